@@ -1,0 +1,51 @@
+/**
+ * CPU benchmark (`deno task bench`): our GEMM path against a raw onnxruntime session over the same
+ * graph in the same run (ratio ≥ 0.9 is the target), and stories260K forward tokens/s.
+ * @module
+ */
+import { cpuBackend, gemmModelBytes, loadOrt } from "../src/backend/cpu.ts";
+import { forward } from "../src/models/decoder.ts";
+import { loadModel } from "../src/models/load.ts";
+import { mulberry32, randnArray } from "../src/quant/_rng.ts";
+
+const rng = mulberry32(1);
+const ort = await loadOrt();
+
+async function best(fn: () => Promise<unknown>, reps: number): Promise<number> {
+  await fn();
+  let b = Infinity;
+  for (let r = 0; r < reps; r++) {
+    const t = performance.now();
+    await fn();
+    b = Math.min(b, performance.now() - t);
+  }
+  return b / 1000;
+}
+
+console.log("GEMM (float32, C = A·B): ours vs a raw onnxruntime session, best of 5");
+console.log("shape (m×k×n)     ours GFLOP/s   raw GFLOP/s   ratio");
+for (const [m, k, n] of [[1024, 1024, 1024], [2048, 768, 768], [256, 64, 172]]) {
+  const a = { shape: [m, k], data: randnArray(rng, m * k) };
+  const b = { shape: [k, n], data: randnArray(rng, k * n) };
+  const ours = await best(() => cpuBackend.matmul(a, b), 5);
+  const raw = await ort.InferenceSession.create(gemmModelBytes(false));
+  const A = new ort.Tensor("float32", a.data, [m, k]);
+  const B = new ort.Tensor("float32", b.data, [k, n]);
+  const rawT = await best(() => raw.run({ A, B }), 5);
+  const f = 2 * m * k * n / 1e9;
+  console.log(
+    `${`${m}×${k}×${n}`.padEnd(17)} ${(f / ours).toFixed(1).padStart(14)} ${
+      (f / rawT).toFixed(1).padStart(13)
+    } ${(rawT / ours).toFixed(2).padStart(7)}`,
+  );
+}
+
+const DATA = new URL("../../shared/data/", import.meta.url).pathname;
+const model = await loadModel(`${DATA}models/stories260K-hf`);
+const ids = Array.from({ length: 8 * 256 }, () => Math.floor(rng() * 512));
+const t = await best(() => forward(model, ids, { batch: 8 }), 3);
+console.log(
+  `\nstories260K forward, 8 × 256 tokens: ${(ids.length / t).toFixed(0)} tokens/s (${
+    (t * 1000).toFixed(0)
+  } ms)`,
+);

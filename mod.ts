@@ -1,0 +1,32 @@
+/**
+ * quantlab: LLM post-training quantization research in Deno. Load a checkpoint, quantize it with a
+ * method from the literature, evaluate it, plot it.
+ *
+ * ```ts
+ * import * as q from "./mod.ts";
+ * const model = await q.loadModel("../shared/data/models/stories260K-hf");
+ * const calib = await q.calibrationSet(model, "tinystories", { nsamples: 128, seqlen: 256, seed: 0 });
+ * const qm = await q.quantize(model, q.gptq({ bits: 3, groupSize: 32, actOrder: true }), { calib });
+ * console.log((await q.perplexity(qm, "tinystories")).ppl);
+ * ```
+ * @module
+ */
+export * from "./src/errors.ts";
+export type { Tensor } from "./src/tensor.ts";
+export { getTokenizer, loadModel, type LoadOptions } from "./src/models/load.ts";
+export type { Model } from "./src/models/model.ts";
+export type { ModelConfig } from "./src/models/config.ts";
+export { createKVCache, forward, type ForwardHooks } from "./src/models/decoder.ts";
+export { loadTokenizer, type Tokenizer } from "./src/io/tokenizer.ts";
+export { readHeader, readTensor, writeSafetensors } from "./src/io/safetensors.ts";
+export { perplexity, quantize } from "./src/api.ts";
+export type { PerplexityOptions, PerplexityResult } from "./src/eval/perplexity.ts";
+export { generate, type GenerateResult } from "./src/eval/generate.ts";
+export { type CalibrationSet, calibrationSet } from "./src/quant/calibration.ts";
+export type { Recipe } from "./src/quant/recipe.ts";
+export { rtn } from "./src/quant/rtn.ts";
+export { gptq } from "./src/quant/gptq.ts";
+export { dequantize } from "./src/quant/grid.ts";
+export type { QuantMeta, QuantResult, WeightQuantizer } from "./src/quant/types.ts";
+export { getBackend } from "./src/backend/device.ts";
+export * as plot from "./src/viz/mod.ts";

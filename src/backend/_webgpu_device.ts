@@ -1,0 +1,474 @@
+/**
+ * WebGPU device plumbing: adapter/device acquisition with the adapter's real limits, a buffer pool
+ * keyed by size, a pipeline cache keyed by WGSL source, dispatch helpers that split large grids,
+ * upload/readback, and `timeKernel` (timestamp queries when present, else wall clock).
+ *
+ * Deno exposes WebGPU behind `--unstable-webgpu`; without the flag `navigator.gpu` is undefined and
+ * {@linkcode hasWebGPU} answers false.
+ * @module
+ */
+import { QuantlabError, UnsupportedError } from "../errors.ts";
+
+/** Options of {@linkcode getWebGPU}. */
+export interface WebGPUOptions {
+  /**
+   * Accept software adapters (isFallbackAdapter, or lavapipe/llvmpipe/SwiftShader in the
+   * description). Tests set it; the default refuses them, so `useDevice` falls back to CPU.
+   */
+  allowFallback?: boolean;
+}
+
+/** A short description of the adapter, for reports. */
+export interface AdapterReport {
+  /** Adapter description, e.g. "NVIDIA H100 80GB HBM3" or "llvmpipe (LLVM 15.0.6, 256 bits)". */
+  description: string;
+  /** Vendor id or name as the adapter reports it. */
+  vendor: string;
+  /** Architecture string (often empty). */
+  architecture: string;
+  /** True for software adapters (flag or a known software rasterizer name). */
+  fallback: boolean;
+  /** Device features that quantlab uses and got: "shader-f16", "timestamp-query". */
+  features: string[];
+  /** Limits granted to the device (the ones that matter for compute). */
+  limits: {
+    maxStorageBufferBindingSize: number;
+    maxBufferSize: number;
+    maxComputeWorkgroupStorageSize: number;
+    maxComputeInvocationsPerWorkgroup: number;
+    maxComputeWorkgroupsPerDimension: number;
+  };
+}
+
+/** One compute dispatch: pipeline, bind group and workgroup counts. */
+export interface Dispatch {
+  /** The compute pipeline. */
+  pipeline: GPUComputePipeline;
+  /** Bind group 0. */
+  bindGroup: GPUBindGroup;
+  /** Workgroup counts (x, y, z). */
+  workgroups: [number, number, number];
+}
+
+/** Result of {@linkcode timeKernel}. */
+export interface KernelTiming {
+  /** Seconds per repetition (median over trials). */
+  seconds: number;
+  /** "timestamp" (GPU timestamp queries) or "wall" (submit → onSubmittedWorkDone). */
+  method: "timestamp" | "wall";
+  /** Seconds per repetition of every trial. */
+  trials: number[];
+}
+
+/** A pool of GPU buffers keyed by (size, usage): `acquire` reuses a released buffer if any. */
+export class BufferPool {
+  #device: GPUDevice;
+  #free = new Map<string, GPUBuffer[]>();
+  #meta = new WeakMap<GPUBuffer, string>();
+  /** Bytes currently held by free buffers. */
+  freeBytes = 0;
+
+  /** Creates a pool over `device`. */
+  constructor(device: GPUDevice) {
+    this.#device = device;
+  }
+
+  /** A buffer of at least `size` bytes (rounded up to 16) with `usage`. */
+  acquire(size: number, usage: number): GPUBuffer {
+    const bytes = Math.max(16, Math.ceil(size / 16) * 16);
+    const key = `${bytes}:${usage}`;
+    const list = this.#free.get(key);
+    const b = list?.pop();
+    if (b) {
+      this.freeBytes -= bytes;
+      return b;
+    }
+    const buf = this.#device.createBuffer({ size: bytes, usage });
+    this.#meta.set(buf, key);
+    return buf;
+  }
+
+  /** Returns buffers to the pool. */
+  release(...bufs: GPUBuffer[]): void {
+    for (const b of bufs) {
+      const key = this.#meta.get(b);
+      if (!key) continue;
+      let list = this.#free.get(key);
+      if (!list) this.#free.set(key, list = []);
+      list.push(b);
+      this.freeBytes += b.size;
+    }
+  }
+
+  /** Destroys every free buffer. */
+  clear(): void {
+    for (const list of this.#free.values()) for (const b of list) b.destroy();
+    this.#free.clear();
+    this.freeBytes = 0;
+  }
+}
+
+/** An acquired device plus its caches. */
+export interface WebGPUContext {
+  /** The adapter. */
+  adapter: GPUAdapter;
+  /** The device, created with the adapter's limits and the features below. */
+  device: GPUDevice;
+  /** True when `shader-f16` is enabled. */
+  f16: boolean;
+  /** True when `timestamp-query` is enabled. */
+  timestamp: boolean;
+  /** True for software adapters. */
+  fallback: boolean;
+  /** Adapter report. */
+  info: AdapterReport;
+  /** Buffer pool. */
+  pool: BufferPool;
+  /** Pipeline cache keyed by WGSL source. */
+  pipelines: Map<string, GPUComputePipeline>;
+  /** Validation results of pipelines created since the last check (see `checkErrors`). */
+  pending: Promise<string | null>[];
+}
+
+const SOFTWARE = /lavapipe|llvmpipe|swiftshader|software|warp/i;
+
+let ctxPromise: Promise<WebGPUContext> | undefined;
+
+/** Cheap check: `navigator.gpu` exists (needs `--unstable-webgpu`). Does not request an adapter. */
+export function hasWebGPU(): boolean {
+  return typeof navigator !== "undefined" && "gpu" in navigator &&
+    (navigator as { gpu?: unknown }).gpu !== undefined;
+}
+
+async function acquire(): Promise<WebGPUContext> {
+  if (!hasWebGPU()) {
+    throw new UnsupportedError(
+      "webgpu: navigator.gpu is missing (run Deno with --unstable-webgpu)",
+    );
+  }
+  const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+  if (!adapter) {
+    throw new UnsupportedError("webgpu: no adapter found (no Vulkan/Metal/DX12 driver)");
+  }
+  const ai = adapter.info;
+  const fallback = Boolean((ai as { isFallbackAdapter?: boolean }).isFallbackAdapter) ||
+    SOFTWARE.test(ai.description ?? "") || SOFTWARE.test(ai.device ?? "");
+  const wanted: GPUFeatureName[] = ["shader-f16", "timestamp-query"];
+  const features = wanted.filter((f) => adapter.features.has(f));
+  const al = adapter.limits;
+  const requiredLimits: Record<string, number> = {
+    maxStorageBufferBindingSize: al.maxStorageBufferBindingSize,
+    maxBufferSize: al.maxBufferSize,
+    maxComputeWorkgroupStorageSize: al.maxComputeWorkgroupStorageSize,
+    maxComputeInvocationsPerWorkgroup: al.maxComputeInvocationsPerWorkgroup,
+    maxComputeWorkgroupSizeX: al.maxComputeWorkgroupSizeX,
+    maxComputeWorkgroupSizeY: al.maxComputeWorkgroupSizeY,
+    maxStorageBuffersPerShaderStage: al.maxStorageBuffersPerShaderStage,
+  };
+  const device = await adapter.requestDevice({ requiredFeatures: features, requiredLimits });
+  const dl = device.limits;
+  const info: AdapterReport = {
+    description: ai.description || ai.device || "unknown adapter",
+    vendor: ai.vendor,
+    architecture: ai.architecture,
+    fallback,
+    features,
+    limits: {
+      maxStorageBufferBindingSize: dl.maxStorageBufferBindingSize,
+      maxBufferSize: dl.maxBufferSize,
+      maxComputeWorkgroupStorageSize: dl.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: dl.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupsPerDimension: dl.maxComputeWorkgroupsPerDimension,
+    },
+  };
+  return {
+    adapter,
+    device,
+    f16: features.includes("shader-f16"),
+    timestamp: features.includes("timestamp-query"),
+    fallback,
+    info,
+    pool: new BufferPool(device),
+    pipelines: new Map(),
+    pending: [],
+  };
+}
+
+/**
+ * Acquires the WebGPU adapter and device once per process (later calls share it). Asks for the
+ * adapter's real buffer limits (not the 128 MiB default) and for `shader-f16` and
+ * `timestamp-query` when present. Throws {@linkcode UnsupportedError} when there is no adapter,
+ * or when it is a software adapter and `allowFallback` is not set.
+ */
+export async function getWebGPU(opts: WebGPUOptions = {}): Promise<WebGPUContext> {
+  ctxPromise ??= acquire();
+  let ctx: WebGPUContext;
+  try {
+    ctx = await ctxPromise;
+  } catch (e) {
+    ctxPromise = undefined;
+    throw e;
+  }
+  if (ctx.fallback && !opts.allowFallback) {
+    throw new UnsupportedError(
+      `webgpu: refusing software adapter "${ctx.info.description}" (pass allowFallback: true)`,
+    );
+  }
+  return ctx;
+}
+
+/** The adapter report of the acquired device (acquires it if needed; software adapters allowed). */
+export async function adapterInfo(): Promise<AdapterReport> {
+  return (await getWebGPU({ allowFallback: true })).info;
+}
+
+/** True when an adapter can be acquired (software adapters count only with `allowFallback`). */
+export async function webgpuAvailable(opts: WebGPUOptions = {}): Promise<boolean> {
+  if (!hasWebGPU()) return false;
+  try {
+    await getWebGPU(opts);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The compute pipeline for `code` (entry point "main"), compiled once per WGSL source. */
+export function pipeline(ctx: WebGPUContext, code: string): GPUComputePipeline {
+  let p = ctx.pipelines.get(code);
+  if (!p) {
+    ctx.device.pushErrorScope("validation");
+    const module = ctx.device.createShaderModule({ code });
+    p = ctx.device.createComputePipeline({
+      layout: "auto",
+      compute: { module, entryPoint: "main" },
+    });
+    ctx.pending.push(
+      ctx.device.popErrorScope().then((e) =>
+        e ? `${e.message}\n--- WGSL ---\n${code.split("\n").slice(0, 40).join("\n")}` : null
+      ),
+    );
+    ctx.pipelines.set(code, p);
+  }
+  return p;
+}
+
+// GPUBufferUsage / GPUMapMode values as numbers, so this module loads without --unstable-webgpu.
+const MAP_READ = 0x1;
+const COPY_SRC = 0x4;
+const COPY_DST = 0x8;
+const UNIFORM = 0x40;
+const STORAGE_BIT = 0x80;
+const QUERY_RESOLVE = 0x200;
+
+/** Storage buffer usage for kernel inputs/outputs (STORAGE | COPY_SRC | COPY_DST). */
+export const STORAGE = STORAGE_BIT | COPY_SRC | COPY_DST;
+
+/** A pooled storage buffer holding `data` (any typed array; padded to 16 bytes). */
+export function upload(ctx: WebGPUContext, data: ArrayBufferView): GPUBuffer {
+  const buf = ctx.pool.acquire(data.byteLength, STORAGE);
+  const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+  const n4 = bytes.byteLength & ~3;
+  if (n4 > 0) ctx.device.queue.writeBuffer(buf, 0, bytes, 0, n4);
+  if (n4 < bytes.byteLength) {
+    const tail = new Uint8Array(4);
+    tail.set(bytes.subarray(n4));
+    ctx.device.queue.writeBuffer(buf, n4, tail);
+  }
+  return buf;
+}
+
+/** A pooled storage buffer of `bytes` (contents unspecified: kernels must write what they read). */
+export function scratch(ctx: WebGPUContext, bytes: number): GPUBuffer {
+  return ctx.pool.acquire(bytes, STORAGE);
+}
+
+/**
+ * A uniform buffer of 32-bit words; `fields` are written in order, each as u32 (integers, given as
+ * numbers) or f32 (given as `{ f: value }`). Padded to 16 bytes. Not pooled (tiny).
+ */
+export function uniforms(ctx: WebGPUContext, fields: (number | { f: number })[]): GPUBuffer {
+  const n = Math.max(4, Math.ceil(fields.length / 4) * 4);
+  const ab = new ArrayBuffer(n * 4);
+  const u = new Uint32Array(ab);
+  const f = new Float32Array(ab);
+  fields.forEach((v, i) => {
+    if (typeof v === "number") u[i] = v >>> 0;
+    else f[i] = v.f;
+  });
+  const buf = ctx.device.createBuffer({
+    size: ab.byteLength,
+    usage: UNIFORM | COPY_DST,
+  });
+  ctx.device.queue.writeBuffer(buf, 0, ab);
+  return buf;
+}
+
+/** A bind group for `pipe` with `buffers` at bindings 0, 1, 2, ... */
+export function bindGroup(
+  ctx: WebGPUContext,
+  pipe: GPUComputePipeline,
+  buffers: (GPUBuffer | { buffer: GPUBuffer; offset?: number; size?: number })[],
+): GPUBindGroup {
+  return ctx.device.createBindGroup({
+    layout: pipe.getBindGroupLayout(0),
+    entries: buffers.map((b, i) => ({
+      binding: i,
+      resource: "buffer" in b ? b : { buffer: b },
+    })),
+  });
+}
+
+/**
+ * Splits `n` workgroups into an (x, y) grid under the per-dimension limit. Kernels recover the
+ * linear id as `wid.x + wid.y * nwg.x` (with `@builtin(num_workgroups) nwg`) and guard `< n`.
+ */
+export function grid(ctx: WebGPUContext, n: number): [number, number, number] {
+  const lim = ctx.device.limits.maxComputeWorkgroupsPerDimension;
+  if (n <= lim) return [Math.max(1, n), 1, 1];
+  const y = Math.ceil(n / lim);
+  return [Math.ceil(n / y), y, 1];
+}
+
+/** Records `dispatches` into one compute pass of `encoder`. */
+export function encodeDispatches(
+  encoder: GPUCommandEncoder,
+  dispatches: Dispatch[],
+  timestampWrites?: GPUComputePassTimestampWrites,
+): void {
+  const pass = encoder.beginComputePass(timestampWrites ? { timestampWrites } : {});
+  for (const d of dispatches) {
+    pass.setPipeline(d.pipeline);
+    pass.setBindGroup(0, d.bindGroup);
+    pass.dispatchWorkgroups(...d.workgroups);
+  }
+  pass.end();
+}
+
+/** Throws a {@linkcode QuantlabError} if a pipeline created since the last check failed. */
+export async function checkErrors(ctx: WebGPUContext): Promise<void> {
+  const pending = ctx.pending.splice(0);
+  for (const e of await Promise.all(pending)) {
+    if (e) throw new QuantlabError(`webgpu: shader or pipeline failed: ${e}`);
+  }
+}
+
+/** Submits `dispatches` (one pass) and waits for completion; throws on validation errors. */
+export async function runDispatches(ctx: WebGPUContext, dispatches: Dispatch[]): Promise<void> {
+  await checkErrors(ctx);
+  ctx.device.pushErrorScope("validation");
+  const enc = ctx.device.createCommandEncoder();
+  encodeDispatches(enc, dispatches);
+  ctx.device.queue.submit([enc.finish()]);
+  const err = await ctx.device.popErrorScope();
+  if (err) throw new QuantlabError(`webgpu: dispatch failed: ${err.message}`);
+  await ctx.device.queue.onSubmittedWorkDone();
+}
+
+/** Copies `bytes` of `buf` (from `offset`) back to the CPU. */
+export async function readback(
+  ctx: WebGPUContext,
+  buf: GPUBuffer,
+  bytes: number,
+  offset = 0,
+): Promise<ArrayBuffer> {
+  const size = Math.ceil(bytes / 4) * 4;
+  const staging = ctx.pool.acquire(size, MAP_READ | COPY_DST);
+  const enc = ctx.device.createCommandEncoder();
+  enc.copyBufferToBuffer(buf, offset, staging, 0, size);
+  ctx.device.queue.submit([enc.finish()]);
+  await staging.mapAsync(1, /* GPUMapMode.READ */ 0, size);
+  const out = staging.getMappedRange(0, size).slice(0, bytes);
+  staging.unmap();
+  ctx.pool.release(staging);
+  return out;
+}
+
+/** Reads `n` float32 values of `buf` back. */
+export async function readF32(
+  ctx: WebGPUContext,
+  buf: GPUBuffer,
+  n: number,
+): Promise<Float32Array> {
+  return new Float32Array(await readback(ctx, buf, n * 4));
+}
+
+/** Reads `n` u32 values of `buf` back. */
+export async function readU32(ctx: WebGPUContext, buf: GPUBuffer, n: number): Promise<Uint32Array> {
+  return new Uint32Array(await readback(ctx, buf, n * 4));
+}
+
+/** Reads `n` f16 values (as Uint16 bits) of `buf` back. */
+export async function readF16Bits(
+  ctx: WebGPUContext,
+  buf: GPUBuffer,
+  n: number,
+): Promise<Uint16Array> {
+  return new Uint16Array(await readback(ctx, buf, n * 2));
+}
+
+/** Options of {@linkcode timeKernel}. */
+export interface TimeKernelOptions {
+  /** Repetitions of the dispatch list per trial (default 10). */
+  reps?: number;
+  /** Trials (default 3); the median is reported. One untimed warm-up trial runs first. */
+  trials?: number;
+  /** Force wall-clock timing even when timestamp queries exist. */
+  wall?: boolean;
+}
+
+/**
+ * Times `make(rep)`'s dispatches (rep = 0..reps-1, so callers can rotate buffers) on the GPU.
+ * With `timestamp-query`, one compute pass per trial carries beginning/end timestamp writes and
+ * the difference (nanoseconds) is read back. Without it, the wall clock runs from submit to
+ * `onSubmittedWorkDone` (which includes submission latency; GPU.md saw it under-report a copy
+ * kernel's bandwidth by ~40%).
+ */
+export async function timeKernel(
+  ctx: WebGPUContext,
+  make: (rep: number) => Dispatch[],
+  opts: TimeKernelOptions = {},
+): Promise<KernelTiming> {
+  const reps = opts.reps ?? 10;
+  const trials = opts.trials ?? 3;
+  const useTs = ctx.timestamp && !opts.wall;
+  const list: Dispatch[] = [];
+  for (let r = 0; r < reps; r++) list.push(...make(r));
+  // warm-up
+  await runDispatches(ctx, list);
+  const times: number[] = [];
+  for (let t = 0; t < trials; t++) {
+    if (useTs) {
+      const qs = ctx.device.createQuerySet({ type: "timestamp", count: 2 });
+      const res = ctx.device.createBuffer({
+        size: 16,
+        usage: QUERY_RESOLVE | COPY_SRC,
+      });
+      const enc = ctx.device.createCommandEncoder();
+      encodeDispatches(enc, list, {
+        querySet: qs,
+        beginningOfPassWriteIndex: 0,
+        endOfPassWriteIndex: 1,
+      });
+      enc.resolveQuerySet(qs, 0, 2, res, 0);
+      ctx.device.queue.submit([enc.finish()]);
+      const ts = new BigUint64Array(await readback(ctx, res, 16));
+      qs.destroy();
+      res.destroy();
+      times.push(Number(ts[1] - ts[0]) * 1e-9 / reps);
+    } else {
+      const enc = ctx.device.createCommandEncoder();
+      encodeDispatches(enc, list);
+      const t0 = performance.now();
+      ctx.device.queue.submit([enc.finish()]);
+      await ctx.device.queue.onSubmittedWorkDone();
+      times.push((performance.now() - t0) * 1e-3 / reps);
+    }
+  }
+  const sorted = [...times].sort((a, b) => a - b);
+  return {
+    seconds: sorted[Math.floor(sorted.length / 2)],
+    method: useTs ? "timestamp" : "wall",
+    trials: times,
+  };
+}

@@ -1,0 +1,123 @@
+/**
+ * CPU backend: matrix products through onnxruntime-node (one cached MatMul session and one cached
+ * Gemm-with-transB session, both with dynamic shapes), plain TypeScript below a size threshold
+ * where a native call costs more than the arithmetic. onnxruntime-node is imported lazily.
+ * @module
+ */
+import type { Tensor } from "../tensor.ts";
+import { type Backend, gemmDims } from "./backend.ts";
+import { matmulTransBTS, matmulTS } from "./_matmul_ts.ts";
+import { encodeModel } from "./_onnx_proto.ts";
+
+// deno-lint-ignore no-explicit-any
+type Ort = any;
+// deno-lint-ignore no-explicit-any
+type Session = any;
+
+let ortPromise: Promise<Ort> | undefined;
+const sessions = new Map<string, Promise<Session>>();
+
+/** Loads onnxruntime-node once (needs `--allow-ffi`). */
+export function loadOrt(): Promise<Ort> {
+  ortPromise ??= import("onnxruntime-node").then((m) => m.default ?? m);
+  return ortPromise;
+}
+
+/** The ONNX bytes of `Y = A · B` (MatMul) or `Y = A · Bᵀ` (Gemm transB=1), float32, dynamic dims. */
+export function gemmModelBytes(transB: boolean): Uint8Array {
+  const f = 1;
+  return encodeModel(
+    [
+      transB
+        ? { op: "Gemm", inputs: ["A", "B"], outputs: ["Y"], intAttrs: { transB: 1 } }
+        : { op: "MatMul", inputs: ["A", "B"], outputs: ["Y"] },
+    ],
+    [
+      { name: "A", elemType: f, dims: ["m", "k"] },
+      { name: "B", elemType: f, dims: transB ? ["n", "k"] : ["k", "n"] },
+    ],
+    [{ name: "Y", elemType: f, dims: ["m", "n"] }],
+  );
+}
+
+/** A cached session for the given graph kind. Threads: all cores (ORT default). */
+export function gemmSession(transB: boolean): Promise<Session> {
+  const key = transB ? "gemmT" : "matmul";
+  let s = sessions.get(key);
+  if (!s) {
+    s = loadOrt().then((ort) =>
+      ort.InferenceSession.create(gemmModelBytes(transB), {
+        graphOptimizationLevel: "all",
+        executionMode: "sequential",
+      })
+    );
+    sessions.set(key, s);
+  }
+  return s;
+}
+
+/** The ONNX bytes of batched attention: MatMul(Q, Kᵀ) + mask → Softmax → MatMul(·, V). */
+export function attentionModelBytes(): Uint8Array {
+  const f = 1;
+  return encodeModel(
+    [
+      { op: "MatMul", inputs: ["Q", "KT"], outputs: ["S"] },
+      { op: "Add", inputs: ["S", "M"], outputs: ["SM"] },
+      { op: "Softmax", inputs: ["SM"], outputs: ["P"], intAttrs: { axis: -1 } },
+      { op: "MatMul", inputs: ["P", "V"], outputs: ["Y"] },
+    ],
+    [
+      { name: "Q", elemType: f, dims: ["g", "t", "d"] },
+      { name: "KT", elemType: f, dims: ["g", "d", "s"] },
+      { name: "V", elemType: f, dims: ["g", "s", "d"] },
+      { name: "M", elemType: f, dims: ["t", "s"] },
+    ],
+    [{ name: "Y", elemType: f, dims: ["g", "t", "d"] }],
+  );
+}
+
+async function runAttention(q: Tensor, kT: Tensor, v: Tensor, mask: Tensor): Promise<Tensor> {
+  const ort = await loadOrt();
+  let s = sessions.get("attn");
+  if (!s) {
+    s = ort.InferenceSession.create(attentionModelBytes(), { graphOptimizationLevel: "all" });
+    sessions.set("attn", s!);
+  }
+  const out = await (await s!).run({
+    Q: new ort.Tensor("float32", q.data, q.shape),
+    KT: new ort.Tensor("float32", kT.data, kT.shape),
+    V: new ort.Tensor("float32", v.data, v.shape),
+    M: new ort.Tensor("float32", mask.data, mask.shape),
+  });
+  return { shape: [...q.shape], data: out.Y.data as Float32Array };
+}
+
+/** Below this many multiply-adds, TypeScript loops win over a native call. */
+export const TS_THRESHOLD = 1 << 15;
+
+async function runGemm(a: Tensor, b: Tensor, transB: boolean): Promise<Tensor> {
+  const [m, k, n] = gemmDims(a, b, transB);
+  if (m * k * n <= TS_THRESHOLD || m === 0 || n === 0 || k === 0) {
+    const data = transB
+      ? matmulTransBTS(a.data, b.data, m, k, n)
+      : matmulTS(a.data, b.data, m, k, n);
+    return { shape: [m, n], data };
+  }
+  const ort = await loadOrt();
+  const session = await gemmSession(transB);
+  const A = new ort.Tensor("float32", a.data, [m, k]);
+  const B = new ort.Tensor("float32", b.data, b.shape);
+  const out = await session.run({ A, B });
+  const y = out.Y;
+  const data = y.data as Float32Array;
+  return { shape: [m, n], data };
+}
+
+/** The CPU backend instance. */
+export const cpuBackend: Backend = {
+  name: "cpu",
+  description: "cpu (onnxruntime-node MatMul/Gemm; TypeScript for tiny shapes)",
+  matmul: (a, b) => runGemm(a, b, false),
+  matmulTransB: (a, b) => runGemm(a, b, true),
+  attention: runAttention,
+};

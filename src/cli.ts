@@ -1,0 +1,149 @@
+/**
+ * A thin CLI over the library: `generate`, `ppl`, `quantize`.
+ *
+ * ```sh
+ * deno task cli generate --prompt "Once upon a time" --max-new-tokens 64
+ * deno task cli ppl --dataset tinystories --seqlen 512
+ * deno task cli quantize --method gptq --bits 3 --group-size 32 --act-order --eval tinystories
+ * ```
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { defaultModelPath } from "./_paths.ts";
+import { generate } from "./eval/generate.ts";
+import { perplexity } from "./eval/perplexity.ts";
+import { loadModel } from "./models/load.ts";
+import { calibrationSet } from "./quant/calibration.ts";
+import { gptq } from "./quant/gptq.ts";
+import { quantize } from "./quant/pipeline.ts";
+import { rtn } from "./quant/rtn.ts";
+import { QuantlabError } from "./errors.ts";
+
+const USAGE = `usage: deno task cli <command> [options]
+commands:
+  generate  --model PATH --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
+  ppl       --model PATH --dataset NAME [--seqlen N] [--nsamples N] [--data-path FILE]
+  quantize  --model PATH --method rtn|gptq --bits B [--group-size G] [--sym] [--act-order]
+            [--static-groups] [--percdamp D] [--calib NAME] [--nsamples N] [--seqlen N] [--seed S]
+            [--workdir DIR] [--eval NAME] [--no-true-sequential]
+--model defaults to stories260K (../shared/data, else the hub).`;
+
+const OPTIONS = {
+  model: { type: "string" },
+  tokenizer: { type: "string" },
+  prompt: { type: "string", default: "Once upon a time" },
+  "max-new-tokens": { type: "string", default: "64" },
+  temperature: { type: "string", default: "0" },
+  "top-p": { type: "string", default: "1" },
+  seed: { type: "string", default: "0" },
+  dataset: { type: "string", default: "tinystories" },
+  "data-path": { type: "string" },
+  seqlen: { type: "string" },
+  nsamples: { type: "string" },
+  method: { type: "string", default: "gptq" },
+  bits: { type: "string", default: "4" },
+  "group-size": { type: "string", default: "-1" },
+  sym: { type: "boolean", default: false },
+  "act-order": { type: "boolean", default: false },
+  "static-groups": { type: "boolean", default: false },
+  percdamp: { type: "string", default: "0.01" },
+  calib: { type: "string", default: "tinystories" },
+  workdir: { type: "string" },
+  eval: { type: "string" },
+  "no-true-sequential": { type: "boolean", default: false },
+  help: { type: "boolean", default: false },
+} as const;
+
+function num(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new QuantlabError(`expected a number, got "${v}"`);
+  return n;
+}
+
+/** Runs the CLI with `args`; returns the exit code. */
+export async function main(args: string[]): Promise<number> {
+  const [cmd, ...rest] = args;
+  const { values: o } = parseArgs({ args: rest, options: OPTIONS, allowPositionals: false });
+  if (!cmd || o.help || !["generate", "ppl", "quantize"].includes(cmd)) {
+    console.log(USAGE);
+    return cmd && !o.help ? 2 : 0;
+  }
+  const model = await loadModel(o.model ?? (await defaultModelPath()), { tokenizer: o.tokenizer });
+  if (cmd === "generate") {
+    const r = await generate(model, o.prompt, {
+      maxNewTokens: num(o["max-new-tokens"]),
+      temperature: num(o.temperature),
+      topP: num(o["top-p"]),
+      seed: num(o.seed),
+    });
+    console.log(r.text);
+    console.error(`(${r.ids.length} tokens, ${r.tokensPerSecond.toFixed(1)} tokens/s)`);
+    return 0;
+  }
+  if (cmd === "ppl") {
+    const r = await perplexity(model, o.dataset, {
+      seqlen: num(o.seqlen),
+      nsamples: num(o.nsamples),
+      path: o["data-path"],
+    });
+    console.log(
+      `${r.dataset}: ppl ${
+        r.ppl.toFixed(4)
+      } (${r.windows} windows × ${r.seqlen}, ${r.tokens} tokens, ${
+        r.seconds.toFixed(1)
+      } s; ${r.source})`,
+    );
+    return 0;
+  }
+  const common = {
+    bits: num(o.bits)!,
+    groupSize: num(o["group-size"]),
+    sym: o.sym,
+  };
+  const q = o.method === "rtn" ? rtn(common) : o.method === "gptq"
+    ? gptq({
+      ...common,
+      actOrder: o["act-order"],
+      staticGroups: o["static-groups"],
+      percdamp: num(o.percdamp),
+    })
+    : undefined;
+  if (!q) throw new QuantlabError(`--method: unknown method "${o.method}" (rtn, gptq)`);
+  const calib = q.needsHessian
+    ? await calibrationSet(model, o.calib, {
+      nsamples: num(o.nsamples) ?? 128,
+      seqlen: num(o.seqlen) ?? Math.min(256, model.config.maxPositions),
+      seed: num(o.seed),
+    })
+    : undefined;
+  const qm = await quantize(model, q, {
+    calib,
+    workdir: o.workdir,
+    trueSequential: !o["no-true-sequential"],
+    onProgress: (p) => p.stage === "block" && console.error(`${p.info} (${p.done}/${p.total})`),
+  });
+  const rep = qm.report;
+  console.log(
+    `${q.name}: ${rep.layers.length} layers, ${rep.bitsPerWeight.toFixed(3)} bits/weight, ${
+      rep.seconds.toFixed(1)
+    } s, peak RSS ${rep.peakRssMiB.toFixed(0)} MiB`,
+  );
+  if (o.eval) {
+    const r = await perplexity(qm, o.eval, { seqlen: num(o.seqlen) });
+    console.log(`${r.dataset}: ppl ${r.ppl.toFixed(4)}`);
+  }
+  return 0;
+}
+
+if (import.meta.main) {
+  try {
+    Deno.exit(await main(Deno.args));
+  } catch (e) {
+    if (e instanceof QuantlabError || (e as Error).name === "TypeError") {
+      console.error(`error: ${(e as Error).message}`);
+      Deno.exit(1);
+    }
+    throw e;
+  }
+}

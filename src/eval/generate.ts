@@ -1,0 +1,119 @@
+/**
+ * Text generation with the KV cache: greedy at temperature 0, else temperature + top-p (nucleus)
+ * sampling from a seeded PRNG.
+ * @module
+ */
+import { OptionError } from "../errors.ts";
+import { createKVCache, forward } from "../models/decoder.ts";
+import { getTokenizer } from "../models/load.ts";
+import type { Model } from "../models/model.ts";
+import { mulberry32 } from "../quant/_rng.ts";
+import { mergeHooks } from "./perplexity.ts";
+
+/** Options of `generate`. */
+export interface GenerateOptions {
+  /** New tokens at most (default 64). */
+  maxNewTokens?: number;
+  /** 0 = greedy (default); > 0 divides the logits. */
+  temperature?: number;
+  /** Nucleus sampling mass (default 1 = off). */
+  topP?: number;
+  /** PRNG seed for sampling (default 0). */
+  seed?: number;
+  /** Stop at the EOS token (default true). */
+  stopAtEos?: boolean;
+  /** Prepend BOS (default true when the tokenizer has one). */
+  addBos?: boolean;
+}
+
+/** Result of `generate`. */
+export interface GenerateResult {
+  /** Prompt + continuation as text. */
+  text: string;
+  /** The continuation only. */
+  completion: string;
+  /** New token ids. */
+  ids: number[];
+  /** Prompt token ids. */
+  promptIds: number[];
+  /** Decode speed, new tokens per second (prefill excluded). */
+  tokensPerSecond: number;
+}
+
+/** Index of the token to emit from `logits` (one row). */
+export function sampleToken(
+  logits: Float32Array,
+  opts: { temperature: number; topP: number; rand: () => number },
+): number {
+  let best = 0;
+  for (let j = 1; j < logits.length; j++) if (logits[j] > logits[best]) best = j;
+  if (opts.temperature <= 0) return best;
+  const mx = logits[best];
+  const p = new Float64Array(logits.length);
+  let s = 0;
+  for (let j = 0; j < p.length; j++) s += p[j] = Math.exp((logits[j] - mx) / opts.temperature);
+  const order = Array.from(p.keys()).sort((a, b) => p[b] - p[a]);
+  let keep = order.length;
+  if (opts.topP < 1) {
+    let c = 0;
+    for (let i = 0; i < order.length; i++) {
+      c += p[order[i]] / s;
+      if (c >= opts.topP) {
+        keep = i + 1;
+        break;
+      }
+    }
+  }
+  let mass = 0;
+  for (let i = 0; i < keep; i++) mass += p[order[i]];
+  let r = opts.rand() * mass;
+  for (let i = 0; i < keep; i++) {
+    r -= p[order[i]];
+    if (r <= 0) return order[i];
+  }
+  return order[keep - 1];
+}
+
+/** Generates a continuation of `prompt` (a string or token ids). */
+export async function generate(
+  model: Model,
+  prompt: string | number[],
+  opts: GenerateOptions = {},
+): Promise<GenerateResult> {
+  const maxNew = opts.maxNewTokens ?? 64;
+  const temperature = opts.temperature ?? 0;
+  const topP = opts.topP ?? 1;
+  if (!(maxNew >= 0)) throw new OptionError("maxNewTokens", `must be ≥ 0, got ${maxNew}`);
+  if (!(temperature >= 0)) throw new OptionError("temperature", `must be ≥ 0, got ${temperature}`);
+  if (!(topP > 0 && topP <= 1)) throw new OptionError("topP", `must be in (0, 1], got ${topP}`);
+  const tok = await getTokenizer(model);
+  const promptIds = typeof prompt === "string"
+    ? tok.encode(prompt, { addBos: opts.addBos ?? true })
+    : [...prompt];
+  const cap = Math.min(model.config.maxPositions, promptIds.length + maxNew);
+  const cache = createKVCache(model.config, cap);
+  const rand = mulberry32(opts.seed ?? 0);
+  const hooks = mergeHooks(model.hooks, undefined);
+  const V = model.config.vocabSize;
+  let logits = await forward(model, promptIds, { cache, hooks });
+  let last = logits.data.subarray(logits.data.length - V);
+  const ids: number[] = [];
+  const t0 = performance.now();
+  while (ids.length < maxNew && cache.length < cap) {
+    const next = sampleToken(last, { temperature, topP, rand });
+    ids.push(next);
+    if ((opts.stopAtEos ?? true) && next === tok.eosId) break;
+    if (cache.length >= cap) break;
+    logits = await forward(model, [next], { cache, hooks });
+    last = logits.data;
+  }
+  const dt = (performance.now() - t0) / 1000;
+  const completion = tok.decode(ids);
+  return {
+    text: tok.decode([...promptIds, ...ids]),
+    completion,
+    ids,
+    promptIds,
+    tokensPerSecond: ids.length / Math.max(dt, 1e-9),
+  };
+}

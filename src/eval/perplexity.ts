@@ -1,0 +1,187 @@
+/**
+ * Perplexity with the GPTQ protocol: join the test split, tokenize once, cut non-overlapping
+ * windows of `seqlen` tokens, average the negative log-likelihood over every predicted token of
+ * every window, and exponentiate.
+ * @module
+ */
+import { OptionError } from "../errors.ts";
+import { loadEvalText } from "../io/datasets.ts";
+import type { Tokenizer } from "../io/tokenizer.ts";
+import { forward, type ForwardHooks } from "../models/decoder.ts";
+import { getTokenizer } from "../models/load.ts";
+import type { Model } from "../models/model.ts";
+import type { Tensor } from "../tensor.ts";
+
+/** Options of `perplexity`. */
+export interface PerplexityOptions {
+  /** Window length in tokens. Default: 2048 capped at the model's context (tinystories: the context). */
+  seqlen?: number;
+  /** Use only the first `nsamples` windows (default: all). */
+  nsamples?: number;
+  /** Windows per forward batch (default 4). */
+  batch?: number;
+  /** Data root (default `$QUANTLAB_DATA` or `../shared/data`). */
+  root?: string;
+  /** A user file for the dataset. */
+  path?: string;
+  /** Progress callback: (windows done, total). */
+  onProgress?: (done: number, total: number) => void;
+  /** Extra forward hooks (activation or KV quantizers); the model's own hooks apply too. */
+  hooks?: ForwardHooks;
+}
+
+/** Result of `perplexity`. */
+export interface PerplexityResult {
+  /** Dataset name (or "custom"). */
+  dataset: string;
+  /** exp(mean NLL). */
+  ppl: number;
+  /** Mean NLL per predicted token (nats). */
+  nll: number;
+  /** Tokens of the joined text. */
+  tokens: number;
+  /** Windows evaluated. */
+  windows: number;
+  /** Window length. */
+  seqlen: number;
+  /** Which text was read. */
+  source: string;
+  /** Wall time. */
+  seconds: number;
+}
+
+/**
+ * The token stream of an evaluation dataset under the GPTQ protocol: `wikitext2` rows joined with
+ * "\n\n", `ptb` lines joined with " ", `c4` the first 1,100 validation documents joined with " "
+ * (then cut to 256 windows), `tinystories` each story stripped with BOS prepended, concatenated.
+ * A tokenizer that adds BOS (Llama, OPT) adds it once at the start of the joined text, as
+ * `tokenizer(text)` does in the reference code.
+ */
+export async function evalTokens(
+  tok: Tokenizer,
+  dataset: string,
+  opts: { root?: string; path?: string } = {},
+): Promise<{ ids: number[]; source: string }> {
+  const t = await loadEvalText(dataset, opts);
+  if (dataset === "tinystories") {
+    const ids: number[] = [];
+    for (const d of t.docs ?? []) {
+      const e = tok.encode(d.trim(), { addBos: true });
+      if (tok.bosId === null || e[0] !== tok.bosId) {
+        ids.push(...(tok.bosId === null ? [] : [tok.bosId]));
+      }
+      for (const x of e) ids.push(x);
+    }
+    return { ids, source: t.source };
+  }
+  let text = t.text;
+  if (text === undefined && t.docs) {
+    text = dataset === "c4" ? t.docs.slice(0, 1100).join(" ") : t.docs.join("\n\n");
+  }
+  return { ids: tok.encode(text ?? ""), source: t.source };
+}
+
+/** Mean NLL of next-token predictions: logits [rows, V] for `ids` rows; counts rows t→t+1 within each window of `T`. */
+export function windowNll(
+  logits: Tensor,
+  ids: number[],
+  T: number,
+): { sum: number; count: number } {
+  const V = logits.shape[1];
+  const L = logits.data;
+  let sum = 0;
+  let count = 0;
+  for (let r = 0; r < ids.length; r++) {
+    if ((r + 1) % T === 0) continue; // last token of a window predicts nothing
+    const o = r * V;
+    let mx = -Infinity;
+    for (let j = 0; j < V; j++) if (L[o + j] > mx) mx = L[o + j];
+    let s = 0;
+    for (let j = 0; j < V; j++) s += Math.exp(L[o + j] - mx);
+    sum += Math.log(s) + mx - L[o + ids[r + 1]];
+    count++;
+  }
+  return { sum, count };
+}
+
+/** Perplexity of `model` on `dataset` ("wikitext2", "ptb", "c4", "tinystories") with the GPTQ protocol. */
+export async function perplexity(
+  model: Model,
+  dataset: string,
+  opts: PerplexityOptions = {},
+): Promise<PerplexityResult> {
+  const t0 = performance.now();
+  const cfg = model.config;
+  const seqlen = opts.seqlen ??
+    (dataset === "tinystories" ? cfg.maxPositions : Math.min(2048, cfg.maxPositions));
+  if (!(seqlen >= 2 && seqlen <= cfg.maxPositions)) {
+    throw new OptionError(
+      "seqlen",
+      `${seqlen} is outside 2..${cfg.maxPositions} (the model's context)`,
+    );
+  }
+  const tok = await getTokenizer(model);
+  const { ids, source } = await evalTokens(tok, dataset, opts);
+  let windows = Math.floor(ids.length / seqlen);
+  if (dataset === "c4") windows = Math.min(windows, 256);
+  if (opts.nsamples !== undefined) {
+    if (!(opts.nsamples >= 1)) {
+      throw new OptionError("nsamples", `must be ≥ 1, got ${opts.nsamples}`);
+    }
+    windows = Math.min(windows, opts.nsamples);
+  }
+  if (windows < 1) {
+    throw new OptionError(
+      "seqlen",
+      `${dataset} has ${ids.length} tokens, fewer than one window of ${seqlen}`,
+    );
+  }
+  const batch = Math.max(1, opts.batch ?? 4);
+  let sum = 0;
+  let count = 0;
+  const hooks = mergeHooks(model.hooks, opts.hooks);
+  for (let w = 0; w < windows; w += batch) {
+    const nb = Math.min(batch, windows - w);
+    const chunk = ids.slice(w * seqlen, (w + nb) * seqlen);
+    const logits = await forward(model, chunk, { batch: nb, hooks });
+    const r = windowNll(logits, chunk, seqlen);
+    sum += r.sum;
+    count += r.count;
+    opts.onProgress?.(w + nb, windows);
+  }
+  const nll = sum / count;
+  return {
+    dataset,
+    ppl: Math.exp(nll),
+    nll,
+    tokens: ids.length,
+    windows,
+    seqlen,
+    source,
+    seconds: (performance.now() - t0) / 1000,
+  };
+}
+
+/** Combines two hook sets; the first runs first. */
+export function mergeHooks(a?: ForwardHooks, b?: ForwardHooks): ForwardHooks | undefined {
+  if (!a) return b;
+  if (!b) return a;
+  const out: ForwardHooks = {};
+  for (const k of ["linearInput", "linearOutput"] as const) {
+    const fa = a[k], fb = b[k];
+    if (fa && fb) {
+      out[k] = async (name: string, x: Tensor) => {
+        const y = (await fa(name, x)) ?? x;
+        return (await fb(name, y)) ?? y;
+      };
+    } else out[k] = fa ?? fb;
+  }
+  const ka = a.attentionKV, kb = b.attentionKV;
+  out.attentionKV = ka && kb
+    ? async (l, kv) => {
+      const r = (await ka(l, kv)) ?? kv;
+      return (await kb(l, r)) ?? r;
+    }
+    : ka ?? kb;
+  return out;
+}

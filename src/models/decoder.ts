@@ -1,0 +1,535 @@
+/**
+ * One decoder forward for every family (Llama/Mistral/Qwen2 and OPT): embeddings, blocks with a KV
+ * cache and hooks, final norm and LM head. Rows are tokens: a batch of `batch` sequences of
+ * `seqLen` tokens is a [batch·seqLen, hidden] tensor; attention never crosses sequences.
+ * Linear products go through the active backend; elementwise work is TypeScript.
+ * @module
+ */
+import type { Tensor } from "../tensor.ts";
+import type { Backend } from "../backend/backend.ts";
+import type { ModelConfig } from "./config.ts";
+import type { Model } from "./model.ts";
+import { QuantlabError } from "../errors.ts";
+import { getBackend } from "../backend/device.ts";
+
+/** Forward hooks. Each may return a replacement tensor (activation or KV-cache quantizers). */
+export interface ForwardHooks {
+  /** Input rows of linear `name` (e.g. "model.layers.0.self_attn.q_proj") before the product. */
+  linearInput?: (name: string, x: Tensor) => void | Tensor | Promise<void | Tensor>;
+  /** Output rows of linear `name` after bias. */
+  linearOutput?: (name: string, y: Tensor) => void | Tensor | Promise<void | Tensor>;
+  /** New keys (after RoPE) and values of block `layer`, [rows, numKvHeads·headDim]. */
+  attentionKV?: (
+    layer: number,
+    kv: { k: Tensor; v: Tensor },
+  ) => void | { k: Tensor; v: Tensor } | Promise<void | { k: Tensor; v: Tensor }>;
+}
+
+/** A KV cache for one sequence: per layer, keys and values [capacity, numKvHeads·headDim]. */
+export interface KVCache {
+  /** Keys per layer. */
+  k: Float32Array[];
+  /** Values per layer. */
+  v: Float32Array[];
+  /** Tokens already cached. */
+  length: number;
+  /** Maximum tokens. */
+  capacity: number;
+}
+
+/** An empty cache for `capacity` tokens (default: the model's context). */
+export function createKVCache(cfg: ModelConfig, capacity = cfg.maxPositions): KVCache {
+  const w = cfg.numKvHeads * cfg.headDim;
+  return {
+    k: Array.from({ length: cfg.numLayers }, () => new Float32Array(capacity * w)),
+    v: Array.from({ length: cfg.numLayers }, () => new Float32Array(capacity * w)),
+    length: 0,
+    capacity,
+  };
+}
+
+/** Options of a block or whole forward. */
+export interface RunOptions {
+  /** Sequences in the batch (rows = batch · seqLen). Default 1. */
+  batch?: number;
+  /** KV cache (batch must be 1); new tokens are appended at `cache.length`. */
+  cache?: KVCache;
+  /** Hooks. */
+  hooks?: ForwardHooks;
+  /** Backend; default the active device's. */
+  backend?: Backend;
+}
+
+function prefix(cfg: ModelConfig): string {
+  return cfg.family === "opt" ? "model.decoder" : "model";
+}
+
+/** y = x · Wᵀ + b for linear `name` (weights `${name}.weight`, optional `${name}.bias`). */
+export async function linear(
+  model: Model,
+  name: string,
+  x: Tensor,
+  opts: { hooks?: ForwardHooks; backend?: Backend } = {},
+): Promise<Tensor> {
+  const be = opts.backend ?? getBackend();
+  if (opts.hooks?.linearInput) x = (await opts.hooks.linearInput(name, x)) ?? x;
+  const W = await model.weights.get(`${name}.weight`);
+  let y = await be.matmulTransB(x, W);
+  if (model.weights.has(`${name}.bias`)) {
+    const b = (await model.weights.get(`${name}.bias`)).data;
+    const n = b.length;
+    const d = y.data;
+    for (let i = 0; i < d.length; i += n) for (let j = 0; j < n; j++) d[i + j] += b[j];
+  }
+  if (opts.hooks?.linearOutput) y = (await opts.hooks.linearOutput(name, y)) ?? y;
+  return y;
+}
+
+function rmsNorm(x: Tensor, w: Float32Array, eps: number): Tensor {
+  const d = w.length;
+  const out = new Float32Array(x.data.length);
+  for (let r = 0; r < x.data.length; r += d) {
+    let ss = 0;
+    for (let j = 0; j < d; j++) ss += x.data[r + j] * x.data[r + j];
+    const s = 1 / Math.sqrt(ss / d + eps);
+    for (let j = 0; j < d; j++) out[r + j] = x.data[r + j] * s * w[j];
+  }
+  return { shape: [...x.shape], data: out };
+}
+
+function layerNorm(x: Tensor, w: Float32Array, b: Float32Array, eps: number): Tensor {
+  const d = w.length;
+  const out = new Float32Array(x.data.length);
+  for (let r = 0; r < x.data.length; r += d) {
+    let mean = 0;
+    for (let j = 0; j < d; j++) mean += x.data[r + j];
+    mean /= d;
+    let v = 0;
+    for (let j = 0; j < d; j++) v += (x.data[r + j] - mean) ** 2;
+    const s = 1 / Math.sqrt(v / d + eps);
+    for (let j = 0; j < d; j++) out[r + j] = (x.data[r + j] - mean) * s * w[j] + b[j];
+  }
+  return { shape: [...x.shape], data: out };
+}
+
+/** Applies the norm `name` (RMSNorm for Llama, LayerNorm for OPT). */
+export async function norm(model: Model, name: string, x: Tensor): Promise<Tensor> {
+  const cfg = model.config;
+  const w = (await model.weights.get(`${name}.weight`)).data;
+  if (cfg.family === "opt") {
+    return layerNorm(x, w, (await model.weights.get(`${name}.bias`)).data, cfg.normEps);
+  }
+  return rmsNorm(x, w, cfg.normEps);
+}
+
+/** RoPE inverse frequencies with Llama-3 / linear scaling applied. */
+export function ropeInvFreq(cfg: ModelConfig): Float64Array {
+  const half = cfg.headDim / 2;
+  const inv = new Float64Array(half);
+  for (let i = 0; i < half; i++) inv[i] = 1 / cfg.ropeTheta ** ((2 * i) / cfg.headDim);
+  const rs = cfg.ropeScaling;
+  if (rs?.type === "linear") { for (let i = 0; i < half; i++) inv[i] /= rs.factor; }
+  if (rs?.type === "llama3") {
+    const orig = rs.originalMaxPositionEmbeddings ?? 8192;
+    const lowW = orig / (rs.lowFreqFactor ?? 1);
+    const highW = orig / (rs.highFreqFactor ?? 4);
+    for (let i = 0; i < half; i++) {
+      const wl = (2 * Math.PI) / inv[i];
+      if (wl < highW) continue;
+      if (wl > lowW) inv[i] /= rs.factor;
+      else {
+        const s = (orig / wl - (rs.lowFreqFactor ?? 1)) /
+          ((rs.highFreqFactor ?? 4) - (rs.lowFreqFactor ?? 1));
+        inv[i] = (1 - s) * inv[i] / rs.factor + s * inv[i];
+      }
+    }
+  }
+  return inv;
+}
+
+/** Rotates [rows, nHeads·headDim] in place, rotate-half layout, row r at position pos(r). */
+function applyRope(
+  x: Float32Array,
+  nHeads: number,
+  hd: number,
+  inv: Float64Array,
+  pos: (r: number) => number,
+): void {
+  const half = hd / 2;
+  const w = nHeads * hd;
+  const rows = x.length / w;
+  const cos = new Float64Array(half);
+  const sin = new Float64Array(half);
+  let lastPos = -1;
+  for (let r = 0; r < rows; r++) {
+    const p = pos(r);
+    if (p !== lastPos) {
+      for (let i = 0; i < half; i++) {
+        // As HF computes them: the angle in float32, then cos/sin rounded to float32.
+        const af = Math.fround(Math.fround(p) * Math.fround(inv[i]));
+        cos[i] = Math.fround(Math.cos(af));
+        sin[i] = Math.fround(Math.sin(af));
+      }
+      lastPos = p;
+    }
+    for (let h = 0; h < nHeads; h++) {
+      const o = r * w + h * hd;
+      for (let i = 0; i < half; i++) {
+        const x1 = x[o + i];
+        const x2 = x[o + i + half];
+        x[o + i] = x1 * cos[i] - x2 * sin[i];
+        x[o + i + half] = x2 * cos[i] + x1 * sin[i];
+      }
+    }
+  }
+}
+
+/**
+ * Causal attention for one sequence: q [T, nH·hd] at positions off..off+T-1 against keys/values
+ * [S, nKV·hd] (S = off + T), grouped-query. Returns [T, nH·hd].
+ */
+export function causalAttention(
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  dims: {
+    T: number;
+    S: number;
+    nH: number;
+    nKV: number;
+    hd: number;
+    scale: number;
+    window?: number | null;
+  },
+): Float32Array {
+  const { T, S, nH, nKV, hd, scale } = dims;
+  const win = dims.window ?? Infinity;
+  const off = S - T;
+  const qw = nH * hd;
+  const kw = nKV * hd;
+  const rep = nH / nKV;
+  const out = new Float32Array(T * qw);
+  const scores = new Float64Array(S);
+  for (let h = 0; h < nH; h++) {
+    const kh = Math.floor(h / rep) * hd;
+    for (let t = 0; t < T; t++) {
+      const qo = t * qw + h * hd;
+      const n = off + t + 1;
+      const s0 = Math.max(0, n - win);
+      let mx = -Infinity;
+      scores.fill(0, 0, s0);
+      for (let s = s0; s < n; s++) {
+        const ko = s * kw + kh;
+        let dot = 0;
+        for (let i = 0; i < hd; i++) dot += q[qo + i] * k[ko + i];
+        dot *= scale;
+        scores[s] = dot;
+        if (dot > mx) mx = dot;
+      }
+      let sum = 0;
+      for (let s = s0; s < n; s++) {
+        const e = Math.exp(scores[s] - mx);
+        scores[s] = e;
+        sum += e;
+      }
+      const oo = t * qw + h * hd;
+      for (let s = s0; s < n; s++) {
+        const p = scores[s] / sum;
+        const vo = s * kw + kh;
+        for (let i = 0; i < hd; i++) out[oo + i] += p * v[vo + i];
+      }
+    }
+  }
+  return out;
+}
+
+/** Below this many score entries per head the TypeScript loop beats a native call. */
+const NATIVE_ATTENTION_MIN = 2048;
+
+/**
+ * Causal attention of `B` sequences: q [B·T, nH·hd], k/v [B·S, nKV·hd] (S ≥ T; queries sit at
+ * positions S−T..S−1). Uses the backend's batched attention when it has one and the problem is big
+ * enough, else {@linkcode causalAttention}. Returns [B·T, nH·hd].
+ */
+export async function attention(
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  dims: {
+    B: number;
+    T: number;
+    S: number;
+    nH: number;
+    nKV: number;
+    hd: number;
+    scale: number;
+    window?: number | null;
+  },
+  backend: Backend,
+): Promise<Float32Array> {
+  const { B, T, S, nH, nKV, hd, scale } = dims;
+  const qw = nH * hd;
+  const kw = nKV * hd;
+  const out = new Float32Array(B * T * qw);
+  if (!backend.attention || T * S < NATIVE_ATTENTION_MIN) {
+    for (let b = 0; b < B; b++) {
+      out.set(
+        causalAttention(
+          q.subarray(b * T * qw, (b + 1) * T * qw),
+          k.subarray(b * S * kw, (b + 1) * S * kw),
+          v.subarray(b * S * kw, (b + 1) * S * kw),
+          { T, S, nH, nKV, hd, scale, window: dims.window },
+        ),
+        b * T * qw,
+      );
+    }
+    return out;
+  }
+  const G = B * nH;
+  const rep = nH / nKV;
+  const Q = new Float32Array(G * T * hd);
+  const KT = new Float32Array(G * hd * S);
+  const V = new Float32Array(G * S * hd);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < nH; h++) {
+      const g = b * nH + h;
+      const kh = Math.floor(h / rep) * hd;
+      for (let t = 0; t < T; t++) {
+        const src = (b * T + t) * qw + h * hd;
+        const dst = (g * T + t) * hd;
+        for (let i = 0; i < hd; i++) Q[dst + i] = q[src + i] * scale;
+      }
+      for (let s = 0; s < S; s++) {
+        const src = (b * S + s) * kw + kh;
+        for (let i = 0; i < hd; i++) {
+          KT[(g * hd + i) * S + s] = k[src + i];
+          V[(g * S + s) * hd + i] = v[src + i];
+        }
+      }
+    }
+  }
+  const mask = new Float32Array(T * S);
+  const off = S - T;
+  const win = dims.window ?? Infinity;
+  for (let t = 0; t < T; t++) {
+    mask.fill(-Infinity, t * S + off + t + 1, (t + 1) * S);
+    if (off + t + 1 > win) mask.fill(-Infinity, t * S, t * S + off + t + 1 - win);
+  }
+  const Y = await backend.attention(
+    { shape: [G, T, hd], data: Q },
+    { shape: [G, hd, S], data: KT },
+    { shape: [G, S, hd], data: V },
+    { shape: [T, S], data: mask },
+  );
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < nH; h++) {
+      const g = b * nH + h;
+      for (let t = 0; t < T; t++) {
+        out.set(Y.data.subarray((g * T + t) * hd, (g * T + t + 1) * hd), (b * T + t) * qw + h * hd);
+      }
+    }
+  }
+  return out;
+}
+
+/** Token (and, for OPT, position) embeddings of `ids` (one row per token), starting at `posOffset`. */
+export async function embed(
+  model: Model,
+  ids: number[],
+  opts: { seqLen?: number; posOffset?: number; backend?: Backend } = {},
+): Promise<Tensor> {
+  const cfg = model.config;
+  const p = prefix(cfg);
+  const E = await model.weights.get(`${p}.embed_tokens.weight`);
+  const de = E.shape[1];
+  const out = new Float32Array(ids.length * de);
+  for (let r = 0; r < ids.length; r++) {
+    const id = ids[r];
+    if (!(id >= 0 && id < E.shape[0])) {
+      throw new QuantlabError(`embed: token id ${id} outside the embedding (${E.shape[0]} rows)`);
+    }
+    out.set(E.data.subarray(id * de, (id + 1) * de), r * de);
+  }
+  let h: Tensor = { shape: [ids.length, de], data: out };
+  if (cfg.family === "opt") {
+    if (cfg.wordEmbedProjDim !== cfg.hiddenSize) {
+      h = await linear(model, `${p}.project_in`, h, { backend: opts.backend });
+    }
+    const P = await model.weights.get(`${p}.embed_positions.weight`);
+    const seqLen = opts.seqLen ?? ids.length;
+    const off = opts.posOffset ?? 0;
+    const d = cfg.hiddenSize;
+    for (let r = 0; r < ids.length; r++) {
+      const pos = (r % seqLen) + off + 2; // OPT's learned positions start at offset 2
+      if (pos >= P.shape[0]) {
+        throw new QuantlabError(`embed: position ${pos - 2} beyond the model's ${P.shape[0] - 2}`);
+      }
+      for (let j = 0; j < d; j++) h.data[r * d + j] += P.data[pos * d + j];
+    }
+  }
+  return h;
+}
+
+function add(a: Tensor, b: Tensor): Tensor {
+  const o = new Float32Array(a.data.length);
+  for (let i = 0; i < o.length; i++) o[i] = a.data[i] + b.data[i];
+  return { shape: [...a.shape], data: o };
+}
+
+/** Runs decoder block `i` on h [batch·seqLen, hidden]. With a cache, batch must be 1. */
+export async function block(
+  model: Model,
+  i: number,
+  h: Tensor,
+  opts: RunOptions = {},
+): Promise<Tensor> {
+  const cfg = model.config;
+  const hooks = opts.hooks;
+  const backend = opts.backend ?? getBackend();
+  const lin = (name: string, x: Tensor) => linear(model, name, x, { hooks, backend });
+  const batch = opts.batch ?? 1;
+  const rows = h.shape[0];
+  const T = rows / batch;
+  if (!Number.isInteger(T)) {
+    throw new QuantlabError(`block: ${rows} rows not divisible by batch ${batch}`);
+  }
+  const cache = opts.cache;
+  if (cache && batch !== 1) throw new QuantlabError("block: a KV cache needs batch 1");
+  const off = cache ? cache.length : 0;
+  if (off + T > (cache?.capacity ?? cfg.maxPositions)) {
+    throw new QuantlabError(
+      `block: ${off + T} tokens exceed the context (${cache?.capacity ?? cfg.maxPositions})`,
+    );
+  }
+  const { numHeads: nH, numKvHeads: nKV, headDim: hd } = cfg;
+  const opt = cfg.family === "opt";
+  const p = `${prefix(cfg)}.layers.${i}`;
+  const attnNorm = opt ? `${p}.self_attn_layer_norm` : `${p}.input_layernorm`;
+  const mlpNorm = opt ? `${p}.final_layer_norm` : `${p}.post_attention_layernorm`;
+  const preLN = !opt || cfg.doLayerNormBefore;
+
+  // --- attention ---
+  const x = preLN ? await norm(model, attnNorm, h) : h;
+  const q = await lin(`${p}.self_attn.q_proj`, x);
+  let k = await lin(`${p}.self_attn.k_proj`, x);
+  let v = await lin(`${p}.self_attn.v_proj`, x);
+  if (!opt) {
+    const inv = ropeInvFreq(cfg);
+    applyRope(q.data, nH, hd, inv, (r) => (r % T) + off);
+    applyRope(k.data, nKV, hd, inv, (r) => (r % T) + off);
+  }
+  if (hooks?.attentionKV) {
+    const r = await hooks.attentionKV(i, { k, v });
+    if (r) ({ k, v } = r);
+  }
+  const qw = nH * hd;
+  const kw = nKV * hd;
+  const scale = 1 / Math.sqrt(hd);
+  let attn: Float32Array;
+  if (cache) {
+    cache.k[i].set(k.data, off * kw);
+    cache.v[i].set(v.data, off * kw);
+    const S = off + T;
+    attn = await attention(
+      q.data,
+      cache.k[i].subarray(0, S * kw),
+      cache.v[i].subarray(0, S * kw),
+      { B: 1, T, S, nH, nKV, hd, scale, window: cfg.slidingWindow },
+      backend,
+    );
+  } else {
+    attn = await attention(
+      q.data,
+      k.data,
+      v.data,
+      {
+        B: batch,
+        T,
+        S: T,
+        nH,
+        nKV,
+        hd,
+        scale,
+        window: cfg.slidingWindow,
+      },
+      backend,
+    );
+  }
+  const oName = opt ? `${p}.self_attn.out_proj` : `${p}.self_attn.o_proj`;
+  const a = await lin(oName, { shape: [rows, qw], data: attn });
+  let h2 = add(h, a);
+  if (!preLN) h2 = await norm(model, attnNorm, h2);
+
+  // --- MLP ---
+  const y = preLN ? await norm(model, mlpNorm, h2) : h2;
+  let m: Tensor;
+  if (opt) {
+    const f1 = await lin(`${p}.fc1`, y);
+    const d = f1.data;
+    if (cfg.activation === "relu") {
+      for (let j = 0; j < d.length; j++) {
+        d[j] = d[j] > 0 ? d[j] : 0;
+      }
+    } else if (cfg.activation === "gelu") {
+      for (let j = 0; j < d.length; j++) d[j] = 0.5 * d[j] * (1 + erf(d[j] / Math.SQRT2));
+    } else throw new QuantlabError(`OPT activation "${cfg.activation}" is not supported`);
+    m = await lin(`${p}.fc2`, f1);
+  } else {
+    const g = await lin(`${p}.mlp.gate_proj`, y);
+    const u = await lin(`${p}.mlp.up_proj`, y);
+    const gd = g.data;
+    for (let j = 0; j < gd.length; j++) gd[j] = (gd[j] / (1 + Math.exp(-gd[j]))) * u.data[j];
+    m = await lin(`${p}.mlp.down_proj`, g);
+  }
+  let out = add(h2, m);
+  if (!preLN) out = await norm(model, mlpNorm, out);
+  return out;
+}
+
+function erf(x: number): number {
+  // Numerical Recipes' erfc Chebyshev fit (|error| < 1.2e-7).
+  const t = 1 / (1 + 0.5 * Math.abs(x));
+  const y = 1 - t * Math.exp(
+        -x * x - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
+                      t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
+                                      t * (-0.82215223 + t * 0.17087277)))))))),
+      );
+  return x >= 0 ? y : -y;
+}
+
+/** Final norm (and OPT project_out) then the LM head: logits [rows, vocab]. */
+export async function head(
+  model: Model,
+  h: Tensor,
+  opts: { backend?: Backend; hooks?: ForwardHooks } = {},
+): Promise<Tensor> {
+  const cfg = model.config;
+  const p = prefix(cfg);
+  let x = h;
+  if (cfg.family === "llama") x = await norm(model, `${p}.norm`, x);
+  else if (cfg.doLayerNormBefore && model.weights.has(`${p}.final_layer_norm.weight`)) {
+    // OPT: some converted checkpoints drop the final LayerNorm (`_remove_final_layer_norm`).
+    x = await norm(model, `${p}.final_layer_norm`, x);
+  }
+  if (cfg.family === "opt" && cfg.wordEmbedProjDim !== cfg.hiddenSize) {
+    x = await linear(model, `${p}.project_out`, x, opts);
+  }
+  const name = model.weights.has("lm_head.weight") ? "lm_head" : `${p}.embed_tokens`;
+  const W = await model.weights.get(`${name}.weight`);
+  const be = opts.backend ?? getBackend();
+  return be.matmulTransB(x, W);
+}
+
+/**
+ * Full forward of token rows. `ids` holds `batch` sequences of equal length, concatenated.
+ * With `cache` (batch 1), positions continue from `cache.length` and the cache grows.
+ */
+export async function forward(model: Model, ids: number[], opts: RunOptions = {}): Promise<Tensor> {
+  const batch = opts.batch ?? 1;
+  const T = ids.length / batch;
+  const off = opts.cache?.length ?? 0;
+  let h = await embed(model, ids, { seqLen: T, posOffset: off, backend: opts.backend });
+  for (let i = 0; i < model.config.numLayers; i++) h = await block(model, i, h, opts);
+  if (opts.cache) opts.cache.length += T;
+  return head(model, h, opts);
+}

@@ -1,0 +1,157 @@
+/**
+ * `loadModel`: a Hugging Face checkpoint folder, a llama2.c `.bin` file, or (online) a hub name.
+ * @module
+ */
+import { FormatError, UnsupportedError } from "../errors.ts";
+import { openCheckpoint } from "../io/hf_checkpoint.ts";
+import { downloadModel } from "../io/hub.ts";
+import { looksLikeLlama2c, readLlama2c } from "../io/llama2c.ts";
+import type { NonFinitePolicy } from "../io/safetensors.ts";
+import { checkVocabFits, loadTokenizer, type Tokenizer } from "../io/tokenizer.ts";
+import { expectedShapes, type ModelConfig, parseConfig } from "./config.ts";
+import { memorySource, type Model, Weights, type WeightSource } from "./model.ts";
+
+/**
+ * Checks every tensor the config implies: present (a missing one is a FormatError naming it) and
+ * of the implied shape. Catches configs that do not match their weights before any forward.
+ */
+export function checkShapes(cfg: ModelConfig, src: WeightSource, where: string): void {
+  const names = new Set(src.names());
+  for (const [name, shape] of expectedShapes(cfg)) {
+    if (!names.has(name)) {
+      throw new FormatError(where, `tensor "${name}" is missing (config.json implies it)`);
+    }
+    const got = src.shape?.(name);
+    if (got && (got.length !== shape.length || got.some((d, i) => d !== shape[i]))) {
+      throw new FormatError(
+        where,
+        `tensor "${name}" has shape [${got}] but config.json implies [${shape}]`,
+      );
+    }
+  }
+}
+
+/** Options of `loadModel`. */
+export interface LoadOptions {
+  /** Tokenizer folder or llama2.c tokenizer `.bin`, when the model folder has none. */
+  tokenizer?: string;
+  /** NaN/Inf weights: "refuse" (default, throws NonFiniteError), "warn" or "allow". */
+  nonFinite?: NonFinitePolicy;
+  /** Hub revision when downloading. */
+  revision?: string;
+}
+
+async function stat(p: string): Promise<Deno.FileInfo | null> {
+  try {
+    return await Deno.stat(p);
+  } catch {
+    return null;
+  }
+}
+
+async function findLlama2cTokenizer(dir: string): Promise<string | undefined> {
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      if (e.isFile && /^tok.*\.bin$|^tokenizer\.bin$/.test(e.name)) return `${dir}/${e.name}`;
+    }
+  } catch { /* no folder */ }
+  return undefined;
+}
+
+/**
+ * Loads a model. `path` is a checkpoint folder (config.json + safetensors), a llama2.c `.bin`
+ * checkpoint, a folder holding one, or a hub name ("facebook/opt-125m",
+ * "karpathy/tinyllamas/stories260K") fetched into the cache when online. Tensors load lazily.
+ *
+ * Tokenizer discovery: `opts.tokenizer`; else tokenizer files in the folder; else a llama2.c
+ * `tok*.bin` beside a llama2.c checkpoint; else, for a folder named `X-hf` (a llama2.c
+ * conversion), a `tok*.bin` in the sibling folder `X`.
+ */
+export async function loadModel(path: string, opts: LoadOptions = {}): Promise<Model> {
+  let st = await stat(path);
+  let local = path;
+  if (!st) {
+    if (path.startsWith(".") || path.startsWith("/") || path.split("/").length < 2) {
+      throw new FormatError(path, "no such file or folder (and not a hub name like owner/repo)");
+    }
+    local = await downloadModel(path, { revision: opts.revision });
+    st = await stat(local);
+  }
+  let file = local;
+  if (st!.isDirectory) {
+    if (!(await stat(`${local}/config.json`))) {
+      // A folder holding a llama2.c checkpoint?
+      for await (const e of Deno.readDir(local)) {
+        if (e.isFile && e.name.endsWith(".bin") && !/^tok|^tokenizer|^pytorch_model/.test(e.name)) {
+          file = `${local}/${e.name}`;
+        }
+      }
+      if (file === local) {
+        const pickled = await stat(`${local}/pytorch_model.bin`);
+        if (!pickled) {
+          throw new FormatError(
+            local,
+            "no config.json and no llama2.c .bin checkpoint in the folder",
+          );
+        }
+      }
+    }
+  }
+  if (file === local && st!.isDirectory) {
+    const ck = await openCheckpoint(local, { nonFinite: opts.nonFinite });
+    const config = parseConfig(ck.config, `${local}/config.json`);
+    let tokenizerPath = opts.tokenizer ?? ck.tokenizerPath;
+    if (!tokenizerPath && /-hf\/?$/.test(local)) {
+      tokenizerPath = await findLlama2cTokenizer(local.replace(/-hf\/?$/, ""));
+    }
+    checkShapes(config, ck.source, `${local}`);
+    return { config, source: path, tokenizerPath, weights: new Weights(ck.source) };
+  }
+  const f = await Deno.open(file);
+  const head = new Uint8Array(28);
+  await f.read(head);
+  f.close();
+  if (!looksLikeLlama2c(head, (await stat(file))!.size)) {
+    throw new UnsupportedError(
+      `${file}: not a llama2.c checkpoint; pass a Hugging Face folder (config.json + safetensors)`,
+    );
+  }
+  const { config: cfgJson, tensors } = await readLlama2c(file);
+  checkShapes(parseConfig(cfgJson, file), memorySource(tensors), file);
+  const dir = file.includes("/") ? file.slice(0, file.lastIndexOf("/")) : ".";
+  return {
+    config: parseConfig(cfgJson, file),
+    source: path,
+    tokenizerPath: opts.tokenizer ?? (await findLlama2cTokenizer(dir)),
+    weights: new Weights(memorySource(tensors)),
+  };
+}
+
+const tokenizers = new WeakMap<object, Promise<Tokenizer>>();
+
+/**
+ * The model's tokenizer (loaded once per weight store and cached). Checks that its vocabulary
+ * fits the embedding. Throws when the model has no tokenizer path.
+ */
+export function getTokenizer(model: Model): Promise<Tokenizer> {
+  let t = tokenizers.get(model.weights);
+  if (!t) {
+    if (!model.tokenizerPath) {
+      return Promise.reject(
+        new FormatError(
+          model.source,
+          "no tokenizer found for this model; pass { tokenizer: <folder or tok.bin> } to loadModel",
+        ),
+      );
+    }
+    t = loadTokenizer(model.tokenizerPath, {
+      vocabSize: model.tokenizerPath.endsWith(".bin") ? model.config.vocabSize : undefined,
+      bos: model.config.family === "opt" ? "</s>" : undefined,
+    }).then((tok) => {
+      checkVocabFits(tok, model.config.vocabSize, model.source);
+      return tok;
+    });
+    tokenizers.set(model.weights, t);
+  }
+  return t;
+}

@@ -1,0 +1,460 @@
+/**
+ * GPTQ (Frantar et al., 2022): quantize a weight column by column and spread each column's error
+ * over the not-yet-quantized columns through the inverse Hessian, with lazy batch updates.
+ * Follows IST-DASLab/gptq `gptq.py` `GPTQ.fasterquant` (and its `g_idx` bookkeeping as in
+ * GPTQ-for-LLaMa/AutoGPTQ); grids come from `grid.ts` (reference `quant.py` `Quantizer`).
+ *
+ * Differences from the reference, all documented at the option or below: `H⁻¹`'s upper
+ * Cholesky factor is computed in float64 (the reference uses float32) and without forming `H⁻¹`
+ * (plain TypeScript up to {@linkcode BLOCKED_LINALG_MIN} columns, blocked with onnxruntime DGEMM
+ * above); act-order's sort is stable; `groupSize` must divide the columns.
+ * @module
+ */
+import type { Tensor } from "../tensor.ts";
+import { NonFiniteError, OptionError, QuantlabError } from "../errors.ts";
+import { cpuBackend } from "../backend/cpu.ts";
+import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import {
+  bitsPerWeight,
+  findParams,
+  type MseOptions,
+  packCodes,
+  resolveMse,
+  roundHalfEven,
+  validateBits,
+} from "./grid.ts";
+import {
+  NotPositiveDefiniteError,
+  onnxGemmF64,
+  upperCholeskyOfInverse,
+  upperCholeskyOfInverseBlocked,
+} from "./linalg.ts";
+
+/** Above this many columns `Hinv` uses the blocked float64 path with onnxruntime DGEMM. */
+export const BLOCKED_LINALG_MIN = 384;
+
+/**
+ * Options of {@linkcode gptq}, with the reference's flag names (`gptq.py`/`llama.py` CLI and
+ * `fasterquant` arguments).
+ */
+export interface GptqOptions {
+  /** Bits per weight code, 2–8 (`--wbits`). */
+  bits: number;
+  /** Columns per group; -1 (default) = one grid per output channel (`--groupsize`). */
+  groupSize?: number;
+  /** Symmetric grid (`--sym`; default false = asymmetric). */
+  sym?: boolean;
+  /** MSE clipping search of the grid (`Quantizer(mse=True)`; norm 2.4, grid 100, shrink 0.8). */
+  mse?: boolean | MseOptions;
+  /** Dampening, a fraction of the mean Hessian diagonal added to it (`--percdamp`, 0.01). */
+  percdamp?: number;
+  /** Columns per lazy batch update (`fasterquant(blocksize=128)`). */
+  blocksize?: number;
+  /** Quantize columns in order of descending `diag(H)` (`--act-order`; default false). */
+  actOrder?: boolean;
+  /**
+   * Fit all group grids up front on the original weight in original column order
+   * (`--static-groups`; default false). No effect without groups, as in the reference.
+   */
+  staticGroups?: boolean;
+  /**
+   * Allow a `groupSize` that does not divide the columns: the last group is shorter, as the
+   * reference code does (`(i1 + i) % groupsize == 0` over `W[:, c:c+groupsize]`). Default false:
+   * such a `groupSize` is an OptionError, since packed GPTQ formats need whole groups.
+   */
+  partialGroups?: boolean;
+}
+
+/** Seconds spent in each phase of one {@linkcode gptqQuantize} call (in `meta.timings`). */
+export interface GptqTimings {
+  /** Damping and `H⁻¹`'s upper Cholesky factor (float64; TypeScript or blocked DGEMM). */
+  linalg: number;
+  /** Grid fitting at group boundaries. */
+  params: number;
+  /** Column loop inside blocks (TypeScript). */
+  inBlock: number;
+  /** Trailing updates `W[:, i2:] −= Err1 · Hinv[i1:i2, i2:]` (backend matmul + subtraction). */
+  trailing: number;
+  /** Floating point operations of the trailing matmuls (`Σ 2·rows·count·(cols − i2)`). */
+  trailingFlops: number;
+  /** Floating point operations of the in-block updates (`Σ 2·rows·(count − 1 − i)`). */
+  inBlockFlops: number;
+}
+
+type Resolved = Required<Omit<GptqOptions, "mse">> & { mse?: boolean | MseOptions };
+
+function resolveOptions(opts: GptqOptions): Resolved {
+  validateBits(opts.bits);
+  const groupSize = opts.groupSize ?? -1;
+  if (!(groupSize === -1 || (Number.isInteger(groupSize) && groupSize > 0))) {
+    throw new OptionError("groupSize", `must be -1 or a positive integer, got ${groupSize}`);
+  }
+  const percdamp = opts.percdamp ?? 0.01;
+  if (!(typeof percdamp === "number" && Number.isFinite(percdamp) && percdamp > 0)) {
+    throw new OptionError("percdamp", `must be a finite number > 0, got ${percdamp}`);
+  }
+  const blocksize = opts.blocksize ?? 128;
+  if (!(Number.isInteger(blocksize) && blocksize >= 1)) {
+    throw new OptionError("blocksize", `must be an integer ≥ 1, got ${blocksize}`);
+  }
+  resolveMse(opts.mse);
+  return {
+    bits: opts.bits,
+    groupSize,
+    sym: opts.sym ?? false,
+    mse: opts.mse,
+    percdamp,
+    blocksize,
+    actOrder: opts.actOrder ?? false,
+    staticGroups: opts.staticGroups ?? false,
+    partialGroups: opts.partialGroups ?? false,
+  };
+}
+
+/** Buffers of {@linkcode quantizeBlock}. */
+interface BlockBuffers {
+  W1: Float32Array;
+  Err1: Float32Array;
+  Hinv: Float32Array;
+  codes: Uint8Array;
+  Q: Float32Array;
+  scales: Float32Array;
+  zeros: Float32Array;
+  colGroup: Int32Array;
+  perm: Int32Array | undefined;
+}
+
+/**
+ * The column loop of one block, row by row (rows are independent inside a block once the grids
+ * are fixed): round, record code and weight at the ORIGINAL column, `err = (w − q)/Hinv_ii`,
+ * `W1[r, i+1:] −= err · Hinv[i, i+1:]`. Returns `Σ (w − q)²/Hinv_ii²`.
+ */
+function quantizeBlock(
+  buf: BlockBuffers,
+  dims: { rows: number; cols: number; ngroups: number; i1: number; i2: number; maxq: number },
+): number {
+  const { W1, Err1, Hinv, codes, Q, scales, zeros, colGroup, perm } = buf;
+  const { rows, cols, ngroups, i1, i2, maxq } = dims;
+  const count = i2 - i1;
+  let loss = 0;
+  for (let r = 0; r < rows; r++) {
+    const wb = r * count, wrow = r * cols, prow = r * ngroups;
+    for (let i = 0; i < count; i++) {
+      const c = i1 + i;
+      const g = prow + colGroup[c];
+      const s = scales[g], z = zeros[g];
+      const w = W1[wb + i];
+      const t = roundHalfEven(Math.fround(w / s)) + z;
+      const code = t >= 0 ? (t <= maxq ? t : maxq) : 0;
+      const q = Math.fround(s * (code - z));
+      const oc = wrow + (perm === undefined ? c : perm[c]);
+      codes[oc] = code;
+      Q[oc] = q;
+      const hr = c * cols + i1;
+      const d = Hinv[hr + i];
+      const diff = Math.fround(w - q);
+      loss += (diff * diff) / (d * d);
+      const err = Math.fround(diff / d);
+      Err1[wb + i] = err;
+      if (err !== 0) {
+        for (let j = i + 1; j < count; j++) W1[wb + j] -= err * Hinv[hr + j];
+      }
+    }
+  }
+  return loss;
+}
+
+/** `W[:, i2:] −= R` for the row-major `[rows, cols − i2]` product `R`. */
+function subtractTrailing(
+  W: Float32Array,
+  R: Float32Array,
+  dims: { rows: number; cols: number; i2: number },
+): void {
+  const { rows, cols, i2 } = dims, rest = cols - i2;
+  for (let r = 0; r < rows; r++) {
+    const wr = r * cols + i2, rr = r * rest;
+    for (let j = 0; j < rest; j++) W[wr + j] -= R[rr + j];
+  }
+}
+
+function notPd(layer: string, percdamp: number, detail: string, cause?: unknown): NonFiniteError {
+  return new NonFiniteError(
+    `gptq: ${layer}: ${detail}; increase the dampening (percdamp, now ${percdamp}) or use ` +
+      `more calibration samples`,
+    { cause },
+  );
+}
+
+/**
+ * GPTQ of one `[rows, cols]` weight (rows = output channels) given `stats.H` (`cols × cols`).
+ * The math of {@linkcode gptq}, exported for scripts and tests. Steps, as `fasterquant`:
+ * 1. per-channel grids (no groups) are fitted on `W` before anything else;
+ * 2. dead inputs (`H_ii = 0`) get `H_ii = 1` and zero weight columns;
+ * 3. `staticGroups`: all group grids fitted now, on this `W`, in original column order;
+ * 4. `actOrder`: columns permuted by descending `diag(H)` (stable sort);
+ * 5. `H += percdamp · mean(diag H) · I`; `Hinv` = upper Cholesky factor of `H⁻¹` (float64,
+ *    then rounded to float32 for the updates as the reference holds it);
+ * 6. blocks of `blocksize` columns: each column is rounded, its error `(w − q)/Hinv_ii`
+ *    updates the rest of the block (TypeScript), then `W[:, i2:] −= Err1 · Hinv[i1:i2, i2:]`
+ *    through `backend.matmul`. Dynamic groups are fitted when `col % groupSize == 0`, on
+ *    `W[:, col:col+groupSize]` as the lazy scheme holds it then (the reference's `W`, which has
+ *    every earlier block's update but not those of earlier columns of the same block).
+ *
+ * `loss` is the reference's `Σ Losses = Σ (w − q)² / Hinv_ii² / 2`.
+ */
+export async function gptqQuantize(
+  W: Tensor,
+  stats: LayerStats,
+  options: GptqOptions & QuantContext,
+): Promise<QuantResult> {
+  const o = resolveOptions(options);
+  const layer = options.layer ?? "weight";
+  const backend = options.backend ?? cpuBackend;
+  if (W.shape.length !== 2) {
+    throw new QuantlabError(`gptq: ${layer} must be 2-D, got shape [${W.shape}]`);
+  }
+  const [rows, cols] = W.shape;
+  const gs = o.groupSize;
+  if (gs > 0 && cols % gs !== 0 && !o.partialGroups) {
+    throw new OptionError(
+      "groupSize",
+      `${gs} does not divide the ${cols} input columns of ${layer} (pass partialGroups: true for a shorter last group, as the reference code allows)`,
+    );
+  }
+  const H0 = stats.H;
+  if (!H0) throw new QuantlabError(`gptq: ${layer}: stats.H (the layer Hessian) is required`);
+  if (H0.length !== cols * cols) {
+    throw new QuantlabError(
+      `gptq: ${layer}: H has ${H0.length} values, expected ${cols}×${cols} for [${W.shape}]`,
+    );
+  }
+  for (let i = 0; i < H0.length; i++) {
+    if (!Number.isFinite(H0[i])) {
+      throw notPd(
+        layer,
+        o.percdamp,
+        `H has a non-finite value ${H0[i]} at (${Math.floor(i / cols)}, ${i % cols})`,
+      );
+    }
+  }
+  for (let i = 0; i < W.data.length; i++) {
+    if (!Number.isFinite(W.data[i])) {
+      throw new NonFiniteError(`gptq: ${layer}: weight has a non-finite value at index ${i}`);
+    }
+  }
+  const timings: GptqTimings = {
+    linalg: 0,
+    params: 0,
+    inBlock: 0,
+    trailing: 0,
+    trailingFlops: 0,
+    inBlockFlops: 0,
+  };
+  let t0 = performance.now();
+  const grid = { bits: o.bits, sym: o.sym, mse: o.mse };
+  const maxq = 2 ** o.bits - 1;
+  const ngroups = gs > 0 ? Math.ceil(cols / gs) : 1;
+  const scales = new Float32Array(rows * ngroups), zeros = new Float32Array(rows * ngroups);
+  const setGroup = (g: number, p: { scale: Float32Array; zero: Float32Array }) => {
+    for (let r = 0; r < rows; r++) {
+      scales[r * ngroups + g] = p.scale[r];
+      zeros[r * ngroups + g] = p.zero[r];
+    }
+  };
+
+  let Wc = W.data.slice();
+  let H = Float64Array.from(H0);
+  // 1. per-channel grid on the original weight (the reference's `quantizer.find_params(W)`).
+  if (gs === -1) setGroup(0, findParams({ shape: [rows, cols], data: Wc }, grid));
+  // 2. dead inputs.
+  for (let i = 0; i < cols; i++) {
+    if (H[i * cols + i] === 0) {
+      H[i * cols + i] = 1;
+      for (let r = 0; r < rows; r++) Wc[r * cols + i] = 0;
+    }
+  }
+  // 3. static groups, original order.
+  const isStatic = o.staticGroups && gs > 0;
+  if (isStatic) {
+    for (let g = 0; g < ngroups; g++) {
+      setGroup(
+        g,
+        findParams({ shape: [rows, cols], data: Wc }, {
+          ...grid,
+          colStart: g * gs,
+          colEnd: Math.min(g * gs + gs, cols),
+        }),
+      );
+    }
+  }
+  // 4. act-order.
+  let perm: Int32Array | undefined;
+  if (o.actOrder) {
+    const diag = new Float64Array(cols);
+    for (let i = 0; i < cols; i++) diag[i] = H[i * cols + i];
+    const order = Array.from({ length: cols }, (_, i) => i).sort((a, b) => diag[b] - diag[a]);
+    perm = Int32Array.from(order);
+    const Wp = new Float32Array(rows * cols);
+    for (let r = 0; r < rows; r++) {
+      const rr = r * cols;
+      for (let c = 0; c < cols; c++) Wp[rr + c] = Wc[rr + perm[c]];
+    }
+    Wc = Wp;
+    const Hp = new Float64Array(cols * cols);
+    for (let i = 0; i < cols; i++) {
+      const src = perm[i] * cols, dst = i * cols;
+      for (let j = 0; j < cols; j++) Hp[dst + j] = H[src + perm[j]];
+    }
+    H = Hp;
+  }
+  timings.params += (performance.now() - t0) / 1000;
+
+  // 5. damping and Hinv = chol(H⁻¹)ᵀ-upper, in float64.
+  t0 = performance.now();
+  let mean = 0;
+  for (let i = 0; i < cols; i++) mean += H[i * cols + i];
+  const damp = (o.percdamp * mean) / cols;
+  for (let i = 0; i < cols; i++) H[i * cols + i] += damp;
+  let Hinv64: Float64Array;
+  try {
+    Hinv64 = cols > BLOCKED_LINALG_MIN
+      ? await upperCholeskyOfInverseBlocked(H, cols, { gemm: await onnxGemmF64() })
+      : upperCholeskyOfInverse(H, cols);
+  } catch (e) {
+    if (e instanceof NotPositiveDefiniteError) {
+      throw notPd(
+        layer,
+        o.percdamp,
+        `the damped Hessian is not positive definite (${e.message})`,
+        e,
+      );
+    }
+    throw e;
+  }
+  H = new Float64Array(0);
+  const Hinv = Float32Array.from(Hinv64);
+  Hinv64 = new Float64Array(0);
+  for (let i = 0; i < cols; i++) {
+    const d = Hinv[i * cols + i];
+    if (!(d > 0) || !Number.isFinite(d)) {
+      throw notPd(layer, o.percdamp, `Hinv[${i}, ${i}] is ${d} in float32`);
+    }
+  }
+  timings.linalg += (performance.now() - t0) / 1000;
+
+  // Group of each (processed) column in the scales layout.
+  const colGroup = new Int32Array(cols);
+  for (let c = 0; c < cols; c++) {
+    colGroup[c] = gs <= 0
+      ? 0
+      : isStatic
+      ? Math.floor((perm ? perm[c] : c) / gs)
+      : Math.floor(c / gs);
+  }
+
+  // 6. blocks.
+  const codes = new Uint8Array(rows * cols);
+  const Q = new Float32Array(rows * cols);
+  const Wt: Tensor = { shape: [rows, cols], data: Wc };
+  let loss = 0;
+  for (let i1 = 0; i1 < cols; i1 += o.blocksize) {
+    const i2 = Math.min(i1 + o.blocksize, cols), count = i2 - i1;
+    if (gs > 0 && !isStatic) {
+      t0 = performance.now();
+      for (let c = i1; c < i2; c++) {
+        if (c % gs === 0) {
+          setGroup(
+            c / gs,
+            findParams(Wt, { ...grid, colStart: c, colEnd: Math.min(c + gs, cols) }),
+          );
+        }
+      }
+      timings.params += (performance.now() - t0) / 1000;
+    }
+    t0 = performance.now();
+    const W1 = new Float32Array(rows * count);
+    for (let r = 0; r < rows; r++) W1.set(Wc.subarray(r * cols + i1, r * cols + i2), r * count);
+    const Err1 = new Float32Array(rows * count);
+    loss += quantizeBlock(
+      { W1, Err1, Hinv, codes, Q, scales, zeros, colGroup, perm },
+      { rows, cols, ngroups, i1, i2, maxq },
+    );
+    timings.inBlockFlops += rows * count * (count - 1);
+    timings.inBlock += (performance.now() - t0) / 1000;
+    if (i2 < cols) {
+      t0 = performance.now();
+      const rest = cols - i2;
+      const B = new Float32Array(count * rest);
+      for (let i = 0; i < count; i++) {
+        B.set(Hinv.subarray((i1 + i) * cols + i2, (i1 + i + 1) * cols), i * rest);
+      }
+      const R = (await backend.matmul(
+        { shape: [rows, count], data: Err1 },
+        { shape: [count, rest], data: B },
+      )).data;
+      subtractTrailing(Wc, R, { rows, cols, i2 });
+      timings.trailingFlops += 2 * rows * count * rest;
+      timings.trailing += (performance.now() - t0) / 1000;
+    }
+  }
+
+  let gIdx: Int32Array | undefined;
+  const gIdxStored = gs > 0 && o.actOrder && !isStatic;
+  if (gs > 0) {
+    gIdx = new Int32Array(cols);
+    for (let i = 0; i < cols; i++) {
+      if (gIdxStored) gIdx[perm![i]] = Math.floor(i / gs);
+      else gIdx[i] = Math.floor(i / gs);
+    }
+  }
+  const meta: QuantMeta = {
+    method: "gptq",
+    bits: o.bits,
+    groupSize: gs,
+    sym: o.sym,
+    shape: [rows, cols],
+    codes,
+    packed: packCodes(codes, o.bits),
+    scales,
+    zeros,
+    gIdx,
+    perm,
+    gIdxStored,
+    actOrder: o.actOrder,
+    staticGroups: isStatic,
+    percdamp: o.percdamp,
+    blocksize: o.blocksize,
+    timings,
+  };
+  return {
+    Wq: { shape: [rows, cols], data: Q },
+    meta,
+    bitsPerWeight: bitsPerWeight(meta),
+    loss: loss / 2,
+  };
+}
+
+/**
+ * The GPTQ weight quantizer (needs `stats.H`). Option names map to the reference as documented
+ * on {@linkcode GptqOptions}: `bits` ↔ `--wbits`, `groupSize` ↔ `--groupsize`, `sym` ↔ `--sym`,
+ * `percdamp` ↔ `--percdamp`, `actOrder` ↔ `--act-order`, `staticGroups` ↔ `--static-groups`,
+ * `blocksize` ↔ `fasterquant(blocksize)`, `mse` ↔ `Quantizer(mse=True)`. Bad options throw
+ * {@linkcode OptionError} here; a `groupSize` that does not divide a layer's columns throws at
+ * quantize time, naming the layer. A non-finite or non-positive-definite Hessian throws
+ * {@linkcode NonFiniteError} naming the layer and suggesting more dampening.
+ *
+ * @example
+ * ```ts
+ * const q = gptq({ bits: 4, groupSize: 128, actOrder: true });
+ * const { Wq, meta } = await q.quantizeWeight(W, { H, nsamples: 128 }, { layer: "mlp.down_proj" });
+ * ```
+ */
+export function gptq(options: GptqOptions): WeightQuantizer {
+  const o = resolveOptions(options);
+  return {
+    name: "gptq",
+    needsHessian: true,
+    options: { ...o },
+    quantizeWeight: (W, stats, ctx) => gptqQuantize(W, stats, { ...o, ...ctx }),
+  };
+}

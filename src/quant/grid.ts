@@ -1,0 +1,319 @@
+/**
+ * Uniform quantization grids shared by every weight quantizer: asymmetric and symmetric grids of
+ * 1–8 bits, per-tensor / per-output-channel / group-wise parameters, min-max or MSE clipping
+ * search, code packing, dequantization and bits-per-weight accounting.
+ *
+ * Semantics follow IST-DASLab/gptq `quant.py` (`Quantizer.find_params`, `quantize`) in float32:
+ * every intermediate is rounded to float32 (`Math.fround`) where torch would hold a float32
+ * tensor, and rounding is half-to-even like `torch.round`. `Wq = scale · (code − zero)`.
+ * @module
+ */
+import type { Tensor } from "../tensor.ts";
+import { OptionError, QuantlabError } from "../errors.ts";
+import type { QuantMeta } from "./types.ts";
+
+/** The MSE clipping search of the reference `Quantizer(mse=True)`. */
+export interface MseOptions {
+  /** Error exponent `Σ |q − x|^norm` (reference `norm`, default 2.4). */
+  norm?: number;
+  /** Shrink steps per unit (reference `grid`, default 100): candidates `p = 1 − i/grid`. */
+  grid?: number;
+  /** Largest shrink tried (reference `maxshrink`, default 0.8): `i < maxshrink · grid`. */
+  maxshrink?: number;
+}
+
+/** Defaults of the MSE search, as the reference `Quantizer.configure`. */
+export const DEFAULT_MSE: Required<MseOptions> = { norm: 2.4, grid: 100, maxshrink: 0.8 };
+
+/** Options of a uniform grid. */
+export interface GridOptions {
+  /** Bits per code, 1–8 (methods restrict this further). `maxq = 2^bits − 1`. */
+  bits: number;
+  /** Symmetric grid (reference `sym`, default false): zero fixed at `(maxq + 1) / 2`. */
+  sym?: boolean;
+  /** MSE clipping search (reference `mse`/`--mse`); `true` uses {@linkcode DEFAULT_MSE}. */
+  mse?: boolean | MseOptions;
+}
+
+/** Options of {@linkcode findParams}. */
+export interface FindParamsOptions extends GridOptions {
+  /** First column of the slice the grid is fitted to (default 0). */
+  colStart?: number;
+  /** End column (exclusive) of the slice (default: all columns). */
+  colEnd?: number;
+  /** One grid per row (default true, reference `perchannel`); false = one grid for the slice. */
+  perChannel?: boolean;
+}
+
+/** Grid parameters for the rows of a matrix: `scale[r]`, `zero[r]`, and `maxq`. */
+export interface GridParams {
+  /** Scale per row (float32). */
+  scale: Float32Array;
+  /** Integer-valued zero point per row. */
+  zero: Float32Array;
+  /** Largest code, `2^bits − 1`. */
+  maxq: number;
+}
+
+/** One scalar grid, the argument of {@linkcode quantize} and {@linkcode quantizeCode}. */
+export interface ScalarGrid {
+  /** Step size. */
+  scale: number;
+  /** Zero point (integer). */
+  zero: number;
+  /** Largest code. */
+  maxq: number;
+}
+
+/** `2^bits − 1`. */
+export function maxqOf(bits: number): number {
+  return 2 ** bits - 1;
+}
+
+/**
+ * Throws {@linkcode OptionError} unless `bits` is an integer in `[min, max]` (default 2–8; grids
+ * themselves accept 1–8 where a method asks for it).
+ */
+export function validateBits(
+  bits: unknown,
+  options: { min?: number; max?: number; option?: string } = {},
+): number {
+  const min = options.min ?? 2, max = options.max ?? 8;
+  if (typeof bits !== "number" || !Number.isInteger(bits) || bits < min || bits > max) {
+    throw new OptionError(
+      options.option ?? "bits",
+      `must be an integer in ${min}–${max}, got ${bits}`,
+    );
+  }
+  return bits;
+}
+
+/** Resolves the `mse` option to full search settings, or undefined for min-max. */
+export function resolveMse(
+  mse: boolean | MseOptions | undefined,
+): Required<MseOptions> | undefined {
+  if (!mse) return undefined;
+  const o = { ...DEFAULT_MSE, ...(mse === true ? {} : mse) };
+  if (!(o.grid >= 1) || !(o.maxshrink > 0 && o.maxshrink <= 1) || !(o.norm > 0)) {
+    throw new OptionError(
+      "mse",
+      `needs grid ≥ 1, 0 < maxshrink ≤ 1, norm > 0; got ${JSON.stringify(o)}`,
+    );
+  }
+  return o;
+}
+
+/** Round half to even, like `torch.round`. */
+export function roundHalfEven(x: number): number {
+  const r = Math.round(x); // half rounds up (toward +∞)
+  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** The code `clamp(round(x/scale) + zero, 0, maxq)` in float32 arithmetic; NaN maps to 0. */
+function codeOf(x: number, scale: number, zero: number, maxq: number): number {
+  const q = roundHalfEven(Math.fround(x / scale)) + zero;
+  return q >= 0 ? (q <= maxq ? q : maxq) : 0;
+}
+
+/** The integer code of `x` on a grid: `clamp(round(x / scale) + zero, 0, maxq)`. */
+export function quantizeCode(x: number, grid: ScalarGrid): number {
+  return codeOf(x, grid.scale, grid.zero, grid.maxq);
+}
+
+/**
+ * The reference `quantize(x, scale, zero, maxq) = scale · (clamp(round(x/scale) + zero, 0, maxq)
+ * − zero)`, in float32 with half-to-even rounding.
+ */
+export function quantize(x: number, grid: ScalarGrid): number {
+  return Math.fround(grid.scale * (codeOf(x, grid.scale, grid.zero, grid.maxq) - grid.zero));
+}
+
+/** Fits scale and zero to the values `data[start + k]`, `k < len`, for each start. */
+function fitGrid(
+  data: Float32Array,
+  starts: number[],
+  len: number,
+  maxq: number,
+  sym: boolean,
+  mse: Required<MseOptions> | undefined,
+): [number, number] {
+  let xmin = 0, xmax = 0; // torch.minimum(x.min, 0), torch.maximum(x.max, 0)
+  for (const s of starts) {
+    for (let k = 0; k < len; k++) {
+      const v = data[s + k];
+      if (v < xmin) xmin = v;
+      if (v > xmax) xmax = v;
+    }
+  }
+  if (sym) {
+    xmax = Math.max(Math.abs(xmin), xmax);
+    if (xmin < 0) xmin = -xmax;
+  }
+  if (xmin === 0 && xmax === 0) {
+    xmin = -1;
+    xmax = 1;
+  }
+  let scale = Math.fround(Math.fround(xmax - xmin) / maxq);
+  let zero = sym ? (maxq + 1) / 2 : roundHalfEven(Math.fround(-xmin / scale));
+  if (mse) {
+    let best = Infinity;
+    const steps = Math.floor(mse.maxshrink * mse.grid);
+    for (let i = 0; i < steps; i++) {
+      const p = Math.fround(1 - i / mse.grid);
+      const xmin1 = Math.fround(p * xmin), xmax1 = Math.fround(p * xmax);
+      const scale1 = Math.fround(Math.fround(xmax1 - xmin1) / maxq);
+      const zero1 = sym ? zero : roundHalfEven(Math.fround(-xmin1 / scale1));
+      let err = 0;
+      for (const s of starts) {
+        for (let k = 0; k < len; k++) {
+          const x = data[s + k];
+          const q = Math.fround(scale1 * (codeOf(x, scale1, zero1, maxq) - zero1));
+          err += Math.abs(q - x) ** mse.norm;
+        }
+      }
+      if (err < best) {
+        best = err;
+        scale = scale1;
+        zero = zero1;
+      }
+    }
+  }
+  return [scale, zero];
+}
+
+/**
+ * Grid parameters of the columns `[colStart, colEnd)` of a 2-D weight, per row (default) or one
+ * for the whole slice (repeated per row, as the reference does). Reference `find_params(x,
+ * weight=True)`: the range always includes 0; symmetric grids use `±max|x|`; an all-zero range
+ * becomes `[−1, 1]`; the MSE search shrinks the range by `p = 1 − i/grid` and keeps the first
+ * best `Σ |q − x|^norm`.
+ */
+export function findParams(W: Tensor, options: FindParamsOptions): GridParams {
+  if (W.shape.length !== 2) {
+    throw new QuantlabError(`findParams: expected a 2-D weight, got shape [${W.shape}]`);
+  }
+  const [rows, cols] = W.shape;
+  const c0 = options.colStart ?? 0, c1 = options.colEnd ?? cols;
+  if (!(0 <= c0 && c0 < c1 && c1 <= cols)) {
+    throw new QuantlabError(`findParams: bad column range [${c0}, ${c1}) of ${cols} columns`);
+  }
+  const bits = validateBits(options.bits, { min: 1 });
+  const maxq = maxqOf(bits);
+  const sym = options.sym ?? false;
+  const mse = resolveMse(options.mse);
+  const scale = new Float32Array(rows), zero = new Float32Array(rows);
+  if (options.perChannel ?? true) {
+    for (let r = 0; r < rows; r++) {
+      const [s, z] = fitGrid(W.data, [r * cols + c0], c1 - c0, maxq, sym, mse);
+      scale[r] = s;
+      zero[r] = z;
+    }
+  } else {
+    const starts = Array.from({ length: rows }, (_, r) => r * cols + c0);
+    const [s, z] = fitGrid(W.data, starts, c1 - c0, maxq, sym, mse);
+    scale.fill(s);
+    zero.fill(z);
+  }
+  return { scale, zero, maxq };
+}
+
+/**
+ * Rebuilds the dequantized weight from `meta`: `Wq[r, j] = fround(scale · (code − zero))` with
+ * the (row, group) parameters of column `j`. Reproduces every method's `Wq` bit-exactly.
+ */
+export function dequantize(meta: QuantMeta): Tensor {
+  const [rows, cols] = meta.shape;
+  const codes = meta.codes ?? unpackCodes(meta.packed!, { bits: meta.bits, count: rows * cols });
+  if (codes.length !== rows * cols) {
+    throw new QuantlabError(`dequantize: ${codes.length} codes for shape [${meta.shape}]`);
+  }
+  const ngroups = meta.scales.length / rows;
+  const group = new Int32Array(cols);
+  for (let j = 0; j < cols; j++) {
+    group[j] = meta.gIdx ? meta.gIdx[j] : meta.groupSize > 0 ? Math.floor(j / meta.groupSize) : 0;
+  }
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    const pr = r * ngroups, wr = r * cols;
+    for (let j = 0; j < cols; j++) {
+      const g = pr + group[j];
+      out[wr + j] = meta.scales[g] * (codes[wr + j] - meta.zeros[g]);
+    }
+  }
+  return { shape: [rows, cols], data: out };
+}
+
+/**
+ * Packs codes of `bits` (1–8) bits into 32-bit words as an LSB-first bitstream: code `k`
+ * occupies stream bits `[k·bits, (k+1)·bits)`, bit `b` of the stream being bit `b % 32` of
+ * word `⌊b/32⌋`. For 2/4/8 bits this is `32/bits` codes per word, lowest code in the lowest bits
+ * (GPTQ's `qweight`); for 3 bits, 32 codes fill 3 words with codes 10 and 21 straddling word
+ * boundaries, exactly GPTQ's 3-bit layout. GPTQ packs along the input dimension of the
+ * transposed weight; an exporter packs the transposed codes with this function.
+ */
+export function packCodes(codes: Uint8Array, bits: number): Uint32Array {
+  validateBits(bits, { min: 1 });
+  const out = new Uint32Array(Math.ceil((codes.length * bits) / 32));
+  const limit = 1 << bits;
+  let pos = 0;
+  for (let k = 0; k < codes.length; k++, pos += bits) {
+    const c = codes[k];
+    if (c >= limit) throw new RangeError(`packCodes: code ${c} at ${k} does not fit ${bits} bits`);
+    const w = pos >>> 5, off = pos & 31;
+    out[w] |= c << off;
+    if (off + bits > 32) out[w + 1] |= c >>> (32 - off);
+  }
+  return out;
+}
+
+/** Inverse of {@linkcode packCodes}: the first `count` codes of `bits` bits. */
+export function unpackCodes(
+  packed: Uint32Array,
+  options: { bits: number; count: number },
+): Uint8Array {
+  const { bits, count } = options;
+  validateBits(bits, { min: 1 });
+  if (packed.length * 32 < count * bits) {
+    throw new RangeError(`unpackCodes: ${packed.length} words hold fewer than ${count} codes`);
+  }
+  const out = new Uint8Array(count);
+  const mask = (1 << bits) - 1;
+  let pos = 0;
+  for (let k = 0; k < count; k++, pos += bits) {
+    const w = pos >>> 5, off = pos & 31;
+    let c = packed[w] >>> off;
+    if (off + bits > 32) c |= packed[w + 1] << (32 - off);
+    out[k] = c & mask;
+  }
+  return out;
+}
+
+/** Storage assumptions of {@linkcode bitsPerWeight}. */
+export interface BitsAccounting {
+  /** Bits per stored scale (default 16, an fp16 scale). */
+  scaleBits?: number;
+  /** Bits per stored zero (default 16 for asymmetric grids, 0 for symmetric: a constant). */
+  zeroBits?: number;
+  /** Bits per `g_idx` entry when stored (act-order without static groups; default 32). */
+  indexBits?: number;
+}
+
+/**
+ * Storage bits per weight: `bits + (scaleBits + zeroBits) · (#parameter sets) / (rows·cols) +
+ * indexBits · cols / (rows·cols)`, the last term only when `meta.gIdxStored` (GPTQ act-order
+ * without static groups needs the `g_idx` vector; otherwise the group of column `j` is
+ * `⌊j / groupSize⌋`). Per-tensor grids count one parameter set; per-channel one per row;
+ * group-wise one per (row, group). Examples: 4-bit asym g128 → 4.25; 4-bit sym per-channel on
+ * 4096 columns → 4 + 16/4096.
+ */
+export function bitsPerWeight(meta: QuantMeta, accounting: BitsAccounting = {}): number {
+  const [rows, cols] = meta.shape;
+  const scaleBits = accounting.scaleBits ?? 16;
+  const zeroBits = accounting.zeroBits ?? (meta.sym ? 0 : 16);
+  const indexBits = accounting.indexBits ?? 32;
+  const n = rows * cols;
+  const paramSets = meta.perTensor ? 1 : meta.scales.length;
+  let bpw = meta.bits + ((scaleBits + zeroBits) * paramSets) / n;
+  if (meta.gIdxStored) bpw += (indexBits * cols) / n;
+  return bpw;
+}

@@ -1,0 +1,342 @@
+/**
+ * The layer-wise quantization pipeline (GPTQ's sequential driver): embed the calibration batch,
+ * then walk the decoder block by block — capture the inputs of each linear through forward hooks,
+ * accumulate `H = 2/n · Σ XᵀX`, quantize in true-sequential groups (q/k/v, o, up/gate, down),
+ * write the dequantized weights back, and re-run the block to feed the next one.
+ * @module
+ */
+import type { Backend } from "../backend/backend.ts";
+import { getBackend } from "../backend/device.ts";
+import { OptionError, QuantlabError } from "../errors.ts";
+import { block, embed } from "../models/decoder.ts";
+import { blockLinearGroups } from "../models/config.ts";
+import type { Model } from "../models/model.ts";
+import { type Tensor, transpose2d } from "../tensor.ts";
+import { readBlock, writeBlock } from "./_checkpoint.ts";
+import type { CalibrationSet } from "./calibration.ts";
+import { type Recipe, resolveRecipe, toRecipe } from "./recipe.ts";
+import type { QuantMeta, WeightQuantizer } from "./types.ts";
+
+/** One quantized layer in the report. */
+export interface LayerReport {
+  /** Layer name (no ".weight"). */
+  name: string;
+  /** Block index. */
+  block: number;
+  /** Method name. */
+  method: string;
+  /** Recipe pattern that matched. */
+  pattern: string;
+  /** [rows, cols]. */
+  shape: [number, number];
+  /** The method's own loss (GPTQ: Σ (w−q)²/d² / 2). */
+  loss: number;
+  /** Relative output error on calibration: √(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)) = ‖XΔWᵀ‖/‖XWᵀ‖. */
+  relErr: number;
+  /** Storage bits per weight (scales, zeros, indices included). */
+  bitsPerWeight: number;
+  /** Seconds in the quantizer. */
+  seconds: number;
+}
+
+/** The report of a `quantize` run. */
+export interface QuantReport {
+  /** Per-layer rows in processing order. */
+  layers: LayerReport[];
+  /** Weighted mean bits per weight over quantized layers. */
+  bitsPerWeight: number;
+  /** Wall time of the whole run. */
+  seconds: number;
+  /** Calibration description. */
+  calib: { dataset: string; source: string; nsamples: number; seqlen: number; seed: number };
+  /** Quantizer names and options by recipe pattern. */
+  recipe: Record<string, { method: string; options: Record<string, unknown> }>;
+  /** Peak resident memory seen (MiB). */
+  peakRssMiB: number;
+  /** Blocks restored from the workdir instead of recomputed. */
+  resumedBlocks: number;
+}
+
+/** Progress events. */
+export interface PipelineProgress {
+  /** "block" after each block; "layer" after each quantized layer. */
+  stage: "block" | "layer";
+  /** Blocks done. */
+  done: number;
+  /** Blocks in all. */
+  total: number;
+  /** Layer name or block summary. */
+  info: string;
+}
+
+/** Options of {@linkcode quantize}. */
+export interface QuantizeOptions {
+  /** Calibration windows (from `calibrationSet`). Required when a quantizer needs statistics. */
+  calib?: CalibrationSet;
+  /** Quantize in groups q/k/v → o → up/gate → down, re-capturing inputs after each (GPTQ `--true-sequential`, default true). */
+  trueSequential?: boolean;
+  /** Calibration sequences per forward chunk (default 8): memory ≈ one block's activations of a chunk. */
+  chunk?: number;
+  /** Folder for resume files: each finished block is checkpointed there atomically. */
+  workdir?: string;
+  /** Backend for products (default: the active device). */
+  backend?: Backend;
+  /** Progress callback. */
+  onProgress?: (p: PipelineProgress) => void;
+}
+
+const STOP = new Error("stop-forward");
+
+function linearNames(model: Model): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < model.config.numLayers; i++) {
+    for (const g of blockLinearGroups(model.config, i)) out.push(...g);
+  }
+  return out;
+}
+
+/** Accumulates Σ XᵀX (float32, like the reference) over token rows of `x` [rows, cols]. */
+async function accumulate(
+  acc: { S: Float32Array; n: number },
+  x: Tensor,
+  be: Backend,
+): Promise<void> {
+  const xt = transpose2d(x);
+  const p = await be.matmul(xt, x);
+  const S = acc.S;
+  for (let j = 0; j < S.length; j++) S[j] += p.data[j];
+  acc.n += x.shape[0];
+}
+
+/** √(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)) with one product through the backend. */
+async function relativeError(W: Tensor, Wq: Tensor, H: Float32Array, be: Backend): Promise<number> {
+  const [rows, cols] = W.shape;
+  const both = new Float32Array(2 * rows * cols);
+  for (let j = 0; j < rows * cols; j++) both[j] = W.data[j] - Wq.data[j];
+  both.set(W.data, rows * cols);
+  const P = await be.matmul({ shape: [2 * rows, cols], data: both }, {
+    shape: [cols, cols],
+    data: H,
+  });
+  let num = 0, den = 0;
+  for (let j = 0; j < rows * cols; j++) num += P.data[j] * both[j];
+  for (let j = rows * cols; j < 2 * rows * cols; j++) den += P.data[j] * both[j];
+  return den > 0 ? Math.sqrt(Math.max(num, 0) / den) : 0;
+}
+
+function fingerprint(model: Model, recipe: Recipe, opts: QuantizeOptions): string {
+  const c = opts.calib;
+  return JSON.stringify({
+    model: model.source,
+    layers: model.config.numLayers,
+    recipe: Object.fromEntries(Object.entries(recipe).map(([k, q]) => [k, [q.name, q.options]])),
+    calib: c ? [c.dataset, c.source, c.ids.length, c.seqlen, c.seed] : null,
+    trueSequential: opts.trueSequential ?? true,
+    chunk: opts.chunk ?? 8,
+  });
+}
+
+/**
+ * Quantizes `model` with a quantizer or a recipe. Returns a new model that shares untouched tensors
+ * with the original, with `report` and `packed` (the per-layer metas for export).
+ */
+export async function quantize(
+  model: Model,
+  recipeOrQuantizer: Recipe | WeightQuantizer,
+  opts: QuantizeOptions = {},
+): Promise<Model> {
+  const t0 = performance.now();
+  const be = opts.backend ?? getBackend();
+  const recipe = toRecipe(recipeOrQuantizer);
+  const assigned = resolveRecipe(recipe, linearNames(model));
+  const needsStats = [...assigned.values()].some((a) => a.quantizer.needsHessian);
+  const calib = opts.calib;
+  if (needsStats && !calib) {
+    throw new OptionError(
+      "calib",
+      "this recipe needs calibration data: pass { calib: await calibrationSet(...) }",
+    );
+  }
+  const chunk = opts.chunk ?? 8;
+  if (!(Number.isInteger(chunk) && chunk >= 1)) {
+    throw new OptionError("chunk", `must be ≥ 1, got ${chunk}`);
+  }
+  const trueSeq = opts.trueSequential ?? true;
+  if (opts.workdir) {
+    await Deno.mkdir(opts.workdir, { recursive: true });
+    const fp = fingerprint(model, recipe, opts);
+    const runFile = `${opts.workdir}/run.json`;
+    let old: string | null = null;
+    try {
+      old = await Deno.readTextFile(runFile);
+    } catch { /* new run */ }
+    if (old !== null && old !== fp) {
+      throw new OptionError(
+        "workdir",
+        `${opts.workdir} holds a different run (model, recipe or calibration differ); use another folder`,
+      );
+    }
+    if (old === null) await Deno.writeTextFile(runFile, fp);
+  }
+
+  const overrides = new Map<string, Tensor>();
+  const packed: Record<string, QuantMeta> = {};
+  const layers: LayerReport[] = [];
+  let peak = Deno.memoryUsage().rss;
+  let resumed = 0;
+
+  // Calibration hidden states, in chunks of `chunk` sequences.
+  let hs: Tensor[] = [];
+  const T = calib?.seqlen ?? 0;
+  const chunkSizes: number[] = [];
+  if (calib && needsStats) {
+    for (let s = 0; s < calib.ids.length; s += chunk) {
+      const ids = calib.ids.slice(s, s + chunk).flat();
+      chunkSizes.push(Math.min(chunk, calib.ids.length - s));
+      hs.push(await embed(model, ids, { seqLen: T, backend: be }));
+    }
+  }
+  const L = model.config.numLayers;
+  for (let i = 0; i < L; i++) {
+    const ck = opts.workdir ? await readBlock(opts.workdir, i) : null;
+    if (ck) {
+      for (const [n, w] of ck.weights) overrides.set(n, w);
+      Object.assign(packed, ck.metas);
+      layers.push(...(ck.reports as LayerReport[]));
+      if (ck.hidden.length) hs = ck.hidden;
+      resumed++;
+      opts.onProgress?.({ stage: "block", done: i + 1, total: L, info: `block ${i} resumed` });
+      continue;
+    }
+    const groups = trueSeq
+      ? blockLinearGroups(model.config, i)
+      : [blockLinearGroups(model.config, i).flat()];
+    const blockWeights = new Map<string, Tensor>();
+    const blockMetas: Record<string, QuantMeta> = {};
+    const blockReports: LayerReport[] = [];
+    for (const group of groups) {
+      const targets = group.filter((n) => assigned.has(n));
+      if (!targets.length) continue;
+      const qmodel: Model = { ...model, weights: model.weights.with(overrides) };
+      const acc = new Map<string, { S: Float32Array; n: number }>();
+      const alias = new Map<string, string>();
+      const wantsH = targets.filter((n) => assigned.get(n)!.quantizer.needsHessian);
+      if (wantsH.length) {
+        const want = new Set(wantsH);
+        for (let c = 0; c < hs.length; c++) {
+          const seenObj = new Map<Tensor, string>();
+          const seen = new Set<string>();
+          const hooks = {
+            linearInput: async (name: string, x: Tensor) => {
+              if (!want.has(name)) return;
+              const first = seenObj.get(x);
+              if (first !== undefined) alias.set(name, first);
+              else {
+                seenObj.set(x, name);
+                let a = acc.get(name);
+                if (!a) {
+                  a = { S: new Float32Array(x.shape[1] * x.shape[1]), n: 0 };
+                  acc.set(name, a);
+                }
+                await accumulate(a, x, be);
+              }
+              seen.add(name);
+              if (seen.size === want.size) throw STOP;
+            },
+          };
+          try {
+            await block(qmodel, i, hs[c], { batch: chunkSizes[c], hooks, backend: be });
+          } catch (e) {
+            if (e !== STOP) throw e;
+          }
+          peak = Math.max(peak, Deno.memoryUsage().rss);
+        }
+      }
+      for (const name of targets) {
+        const { quantizer, pattern } = assigned.get(name)!;
+        const W = await model.weights.get(`${name}.weight`);
+        const a = acc.get(alias.get(name) ?? name);
+        let H: Float32Array | undefined;
+        if (a) {
+          H = new Float32Array(a.S.length);
+          const f = 2 / a.n;
+          for (let j = 0; j < H.length; j++) H[j] = a.S[j] * f;
+        }
+        const tq = performance.now();
+        const res = await quantizer.quantizeWeight(W, { H, nsamples: a?.n ?? 0 }, {
+          backend: be,
+          layer: name,
+        });
+        const seconds = (performance.now() - tq) / 1000;
+        if (res.Wq.data.length !== W.data.length) {
+          throw new QuantlabError(
+            `${quantizer.name}: ${name}: returned a weight of the wrong size`,
+          );
+        }
+        overrides.set(`${name}.weight`, res.Wq);
+        blockWeights.set(`${name}.weight`, res.Wq);
+        blockMetas[name] = res.meta;
+        const rep: LayerReport = {
+          name,
+          block: i,
+          method: quantizer.name,
+          pattern,
+          shape: [W.shape[0], W.shape[1]],
+          loss: res.loss,
+          relErr: H ? await relativeError(W, res.Wq, H, be) : NaN,
+          bitsPerWeight: res.bitsPerWeight,
+          seconds,
+        };
+        blockReports.push(rep);
+        opts.onProgress?.({ stage: "layer", done: i, total: L, info: name });
+      }
+      peak = Math.max(peak, Deno.memoryUsage().rss);
+    }
+    // Feed the next block from the quantized one.
+    if (hs.length && i < L - 1) {
+      const qmodel: Model = { ...model, weights: model.weights.with(overrides) };
+      const next: Tensor[] = [];
+      for (let c = 0; c < hs.length; c++) {
+        next.push(await block(qmodel, i, hs[c], { batch: chunkSizes[c], backend: be }));
+      }
+      hs = next;
+    }
+    Object.assign(packed, blockMetas);
+    layers.push(...blockReports);
+    if (opts.workdir) {
+      await writeBlock(opts.workdir, i, {
+        weights: blockWeights,
+        hidden: hs,
+        metas: blockMetas,
+        reports: blockReports,
+      });
+    }
+    peak = Math.max(peak, Deno.memoryUsage().rss);
+    opts.onProgress?.({ stage: "block", done: i + 1, total: L, info: `block ${i}` });
+  }
+  let bits = 0, count = 0;
+  for (const r of layers) {
+    bits += r.bitsPerWeight * r.shape[0] * r.shape[1];
+    count += r.shape[0] * r.shape[1];
+  }
+  const report: QuantReport = {
+    layers,
+    bitsPerWeight: count ? bits / count : 32,
+    seconds: (performance.now() - t0) / 1000,
+    calib: calib
+      ? {
+        dataset: calib.dataset,
+        source: calib.source,
+        nsamples: calib.ids.length,
+        seqlen: calib.seqlen,
+        seed: calib.seed,
+      }
+      : { dataset: "none", source: "none", nsamples: 0, seqlen: 0, seed: 0 },
+    recipe: Object.fromEntries(
+      Object.entries(recipe).map(([k, q]) => [k, { method: q.name, options: q.options }]),
+    ),
+    peakRssMiB: peak / 2 ** 20,
+    resumedBlocks: resumed,
+  };
+  return { ...model, weights: model.weights.with(overrides), report, packed };
+}
