@@ -3,8 +3,10 @@
  * 1. the runner keeps outputs that arrive after the kernel reports idle (≥ 1 MB displays),
  *    applies display updates, renders quantlab figures/tables/progress, and fails on errors;
  * 2. the executed copies of notebooks/*.ipynb have no errors, a plotly bundle in every plot
- *    cell, and the results table. Missing copies, copies older than their notebook, or all of
- *    them when QUANTLAB_RUN_NOTEBOOKS=1, are produced by running the runner first;
+ *    cell, and the results table, plus per-notebook checks (EXTRA_CHECKS: 01_gptq_step_by_step
+ *    prints 0 code mismatches against gptqQuantize). Missing copies, copies older than their
+ *    notebook, or all of them when QUANTLAB_RUN_NOTEBOOKS=1, are produced by running the runner
+ *    first;
  * 3. with chromium installed, the executed quickstart exported to HTML renders its plots offline
  *    (screenshot not blank, plotly's trace colors present).
  * Both are skipped (ignored, with the reason printed) only when no python3 with jupyter_client
@@ -177,6 +179,47 @@ function mtime(path: string): number {
 
 const notebooks = await listNotebooks();
 
+/** All stream and text/plain output of a cell, as one string. */
+function cellText(cell: Cell): string {
+  return (cell.outputs ?? []).map((o) =>
+    o.output_type === "stream" ? join(o.text) : join(o.data?.["text/plain"] as string | undefined)
+  ).join("\n");
+}
+
+/** Checks of particular notebooks, on top of the common ones (executed copy in, throws). */
+const EXTRA_CHECKS: Record<string, (nb: Notebook) => void> = {
+  "01_gptq_step_by_step.ipynb": (nb) => {
+    const text = nb.cells.map(cellText).join("\n");
+    // the notebook's own column loop against gptqQuantize: 3 block sizes + act-order
+    const diffs = [
+      ...text.matchAll(
+        /gptqQuantize \(([^)]*)\) vs notebook loop: (\d+) of (\d+) codes differ; Wq (\w+)/g,
+      ),
+    ];
+    assertEquals(
+      diffs.length,
+      4,
+      `expected 4 codes-match lines, got:\n${diffs.map((m) => m[0]).join("\n")}`,
+    );
+    for (const m of diffs) {
+      assertEquals(m[2], "0", `codes differ: ${m[0]}`);
+      assertEquals(m[3], "11008", `unexpected code count: ${m[0]}`);
+      assertEquals(m[4], "identical", m[0]);
+    }
+    assert(diffs.some((m) => m[1].includes("actOrder")), "no act-order codes check");
+    const chol = text.match(/max \|UᵀU·H − I\| = ([0-9.e+-]+)/);
+    assert(chol, "no Cholesky check output");
+    assert(Number(chol[1]) < 1e-9, `UᵀU·H is far from I: ${chol[1]}`);
+    const tables = nb.cells.flatMap((c) => c.outputs ?? []).filter((o) =>
+      join(o.data?.["text/html"] as string).includes("quantlab-results")
+    );
+    assertEquals(tables.length, 2, "expected the RTN/GPTQ and the act-order results tables");
+    for (const method of ["rtn", "gptq", "gptq act-order"]) {
+      assertStringIncludes(join(tables[1].data?.["text/plain"] as string), method);
+    }
+  },
+};
+
 for (const name of notebooks) {
   Deno.test({
     name: `executed ${name}: no errors, plotly bundle in every plot cell, results table`,
@@ -215,6 +258,7 @@ for (const name of notebooks) {
       if (nb.cells.some((c) => join(c.source).includes("resultsTable("))) {
         assert(tables > 0, "no results table output");
       }
+      EXTRA_CHECKS[name]?.(nb);
     },
   });
 }
@@ -240,16 +284,14 @@ Deno.test({
   name: "executed quickstart exported to HTML renders its plots offline (headless chromium)",
   ignore: !chromium,
   fn: async () => {
-    const dir = await Deno.makeTempDir({ prefix: "quantlab-shot-" });
-    try {
-      await screenshotNotebook(QUICKSTART, `${dir}/quickstart.png`);
-      const img = await decodePng(await Deno.readFile(`${dir}/quickstart.png`));
-      assertEquals([img.width, img.height], [1200, 3000]);
-      const stats = imageStats(img);
-      assert(stats.variance > 100, `blank page: ${JSON.stringify(stats)}`);
-      assert(stats.plotBlue + stats.plotOrange > 2000, `no plot pixels: ${JSON.stringify(stats)}`);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    // Kept as an artifact (out/ is git-ignored): out/notebooks/00_quickstart.png.
+    const dir = new URL("../out/notebooks/", import.meta.url).pathname;
+    await Deno.mkdir(dir, { recursive: true });
+    await screenshotNotebook(QUICKSTART, `${dir}00_quickstart.png`);
+    const img = await decodePng(await Deno.readFile(`${dir}00_quickstart.png`));
+    assertEquals([img.width, img.height], [1200, 3000]);
+    const stats = imageStats(img);
+    assert(stats.variance > 100, `blank page: ${JSON.stringify(stats)}`);
+    assert(stats.plotBlue + stats.plotOrange > 2000, `no plot pixels: ${JSON.stringify(stats)}`);
   },
 });
