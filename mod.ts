@@ -24,9 +24,14 @@ export type { PerplexityOptions, PerplexityResult } from "./src/eval/perplexity.
 export { generate, type GenerateResult } from "./src/eval/generate.ts";
 export { type CalibrationSet, calibrationSet } from "./src/quant/calibration.ts";
 export type { Recipe } from "./src/quant/recipe.ts";
-export { rtn } from "./src/quant/rtn.ts";
-export { gptq } from "./src/quant/gptq.ts";
-export { dequantize } from "./src/quant/grid.ts";
+export { rtn, type RtnOptions, rtnQuantize } from "./src/quant/rtn.ts";
+export { gptq, type GptqOptions, gptqQuantize } from "./src/quant/gptq.ts";
+export { quantease, type QuantEaseOptions, quanteaseQuantize } from "./src/quant/quantease.ts";
+export { quip, type QuipOptions, quipQuantize } from "./src/quant/quip.ts";
+export { framequant, type FramequantOptions, framequantQuantize } from "./src/quant/framequant.ts";
+export { dequantize, findParams, quantizeCode } from "./src/quant/grid.ts";
+export { dequantizeMeta } from "./src/quant/dequantize.ts";
+export { upperCholeskyOfInverse } from "./src/quant/linalg.ts";
 export type { QuantMeta, QuantResult, WeightQuantizer } from "./src/quant/types.ts";
 export { getBackend } from "./src/backend/device.ts";
 export * as plot from "./src/viz/mod.ts";

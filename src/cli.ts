@@ -17,15 +17,23 @@ import { calibrationSet } from "./quant/calibration.ts";
 import { gptq } from "./quant/gptq.ts";
 import { quantize } from "./quant/pipeline.ts";
 import { rtn } from "./quant/rtn.ts";
+import { quantease, type QuantEaseInit } from "./quant/quantease.ts";
+import { quip, type QuipOptions } from "./quant/quip.ts";
+import { framequant } from "./quant/framequant.ts";
+import type { WeightQuantizer } from "./quant/types.ts";
 import { QuantlabError } from "./errors.ts";
 
 const USAGE = `usage: deno task cli <command> [options]
 commands:
   generate  --model PATH --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
   ppl       --model PATH --dataset NAME [--seqlen N] [--nsamples N] [--data-path FILE]
-  quantize  --model PATH --method rtn|gptq --bits B [--group-size G] [--sym] [--act-order]
-            [--static-groups] [--percdamp D] [--calib NAME] [--nsamples N] [--seqlen N] [--seed S]
-            [--workdir DIR] [--eval NAME] [--no-true-sequential]
+  quantize  --model PATH --method rtn|gptq|quantease|quip|framequant --bits B [--group-size G]
+            [--sym] [--act-order] [--static-groups] [--percdamp D] [--calib NAME] [--nsamples N]
+            [--seqlen N] [--seed S] [--workdir DIR] [--eval NAME] [--no-true-sequential]
+            quantease: [--num-iter N] [--init rtn|gptq|weight] [--outlier F] [--structure-outlier]
+            quip:      [--quip-method ldlq|ldlqRG|allbal|ldlbal_admm] [--npasses N]
+                       [--no-incoh] [--proj kron|hadamard]
+            framequant: [--redundancy R]
 --model defaults to stories260K (../shared/data, else the hub).`;
 
 const OPTIONS = {
@@ -51,6 +59,15 @@ const OPTIONS = {
   workdir: { type: "string" },
   eval: { type: "string" },
   "no-true-sequential": { type: "boolean", default: false },
+  "num-iter": { type: "string" },
+  init: { type: "string" },
+  outlier: { type: "string" },
+  "structure-outlier": { type: "boolean", default: false },
+  "quip-method": { type: "string" },
+  npasses: { type: "string" },
+  "no-incoh": { type: "boolean", default: false },
+  proj: { type: "string" },
+  redundancy: { type: "string" },
   help: { type: "boolean", default: false },
 } as const;
 
@@ -101,15 +118,41 @@ export async function main(args: string[]): Promise<number> {
     groupSize: num(o["group-size"]),
     sym: o.sym,
   };
-  const q = o.method === "rtn" ? rtn(common) : o.method === "gptq"
-    ? gptq({
-      ...common,
-      actOrder: o["act-order"],
-      staticGroups: o["static-groups"],
-      percdamp: num(o.percdamp),
-    })
-    : undefined;
-  if (!q) throw new QuantlabError(`--method: unknown method "${o.method}" (rtn, gptq)`);
+  const gptqLike = {
+    ...common,
+    actOrder: o["act-order"],
+    staticGroups: o["static-groups"],
+    percdamp: num(o.percdamp),
+  };
+  const makers: Record<string, () => WeightQuantizer> = {
+    rtn: () => rtn(common),
+    gptq: () => gptq(gptqLike),
+    quantease: () =>
+      quantease({
+        ...gptqLike,
+        numIter: num(o["num-iter"]),
+        init: o.init as QuantEaseInit | undefined,
+        outlier: num(o.outlier),
+        structureOutlier: o["structure-outlier"],
+      }),
+    quip: () =>
+      quip({
+        bits: common.bits,
+        method: o["quip-method"] as QuipOptions["method"],
+        npasses: num(o.npasses),
+        incoh: !o["no-incoh"],
+        proj: o.proj as QuipOptions["proj"],
+        percdamp: num(o.percdamp),
+      }),
+    framequant: () => framequant({ ...gptqLike, r: num(o.redundancy) }),
+  };
+  const make = makers[o.method];
+  if (!make) {
+    throw new QuantlabError(
+      `--method: unknown method "${o.method}" (${Object.keys(makers).join(", ")})`,
+    );
+  }
+  const q = make();
   const calib = q.needsHessian
     ? await calibrationSet(model, o.calib, {
       nsamples: num(o.nsamples) ?? 128,

@@ -1,8 +1,9 @@
 /**
  * The demo (`deno task demo`): stories260K (from ../shared/data, else the hub), its TinyStories
  * perplexity, a greedy continuation of "Once upon a time", and a quantization table — FP, RTN and
- * GPTQ at 4/3/2 bits, per-channel and group 32, calibrated on 128 × 256 TinyStories train tokens —
- * with TinyStories perplexity, bits/weight and seconds.
+ * GPTQ at 4/3/2 bits, per-channel and group 32, then QuantEase, QuIP (incoherence processing) and
+ * FrameQuant (r = 1.1) at 4/3/2 bits per-channel, calibrated on 128 × 256 TinyStories train
+ * tokens — with TinyStories perplexity, bits/weight and seconds, and the run's peak memory.
  *
  * Flags: `--windows N` evaluates the table on the first N windows of 512 tokens (default: all),
  * `--no-table` stops after the FP figures.
@@ -17,6 +18,9 @@ import { calibrationSet } from "./quant/calibration.ts";
 import { gptq } from "./quant/gptq.ts";
 import { quantize } from "./quant/pipeline.ts";
 import { rtn } from "./quant/rtn.ts";
+import { quantease } from "./quant/quantease.ts";
+import { quip } from "./quant/quip.ts";
+import { framequant } from "./quant/framequant.ts";
 import type { WeightQuantizer } from "./quant/types.ts";
 import { type ResultRow, resultsTable } from "./viz/table.ts";
 
@@ -41,6 +45,7 @@ console.log(
 const g = await generate(model, "Once upon a time", { maxNewTokens: 100, temperature: 0 });
 console.log(`greedy continuation (${g.tokensPerSecond.toFixed(0)} tokens/s):\n${g.text}\n`);
 
+let peak = Deno.memoryUsage().rss / 2 ** 20;
 if (!flags["no-table"]) {
   const calib = await calibrationSet(model, "tinystories", { nsamples: 128, seqlen: 256, seed: 0 });
   console.log(`calibration: ${calib.ids.length} × ${calib.seqlen} tokens from ${calib.source}`);
@@ -56,22 +61,33 @@ if (!flags["no-table"]) {
     ["rtn", (bits, groupSize) => rtn({ bits, groupSize, partialGroups: true })],
     ["gptq", (bits, groupSize) => gptq({ bits, groupSize, actOrder: true, partialGroups: true })],
   ];
+  const more: [string, (bits: number) => WeightQuantizer][] = [
+    ["quantease", (bits) => quantease({ bits })],
+    ["quip", (bits) => quip({ bits, incoh: true, method: "ldlq" })],
+    ["framequant r1.1", (bits) => framequant({ bits, r: 1.1 })],
+  ];
+  const runs: [string, number, number, WeightQuantizer][] = [];
   for (const bits of [4, 3, 2]) {
     for (const groupSize of [-1, 32]) {
-      for (const [name, make] of methods) {
-        const qm = await quantize(model, make(bits, groupSize), { calib });
-        const r = await perplexity(qm, "tinystories", { nsamples });
-        rows.push({
-          method: name,
-          bits,
-          group: groupSize === -1 ? "channel" : String(groupSize),
-          bitsPerWeight: qm.report.bitsPerWeight,
-          ppl: r.ppl,
-          seconds: qm.report.seconds,
-        });
-        console.error(`  ${name} ${bits}-bit g${groupSize}: ppl ${r.ppl.toFixed(3)}`);
-      }
+      for (const [name, make] of methods) runs.push([name, bits, groupSize, make(bits, groupSize)]);
     }
+  }
+  for (const bits of [4, 3, 2]) {
+    for (const [name, make] of more) runs.push([name, bits, -1, make(bits)]);
+  }
+  for (const [name, bits, groupSize, quantizer] of runs) {
+    const qm = await quantize(model, quantizer, { calib });
+    const r = await perplexity(qm, "tinystories", { nsamples });
+    peak = Math.max(peak, qm.report.peakRssMiB, Deno.memoryUsage().rss / 2 ** 20);
+    rows.push({
+      method: name,
+      bits,
+      group: groupSize === -1 ? "channel" : String(groupSize),
+      bitsPerWeight: qm.report.bitsPerWeight,
+      ppl: r.ppl,
+      seconds: qm.report.seconds,
+    });
+    console.error(`  ${name} ${bits}-bit g${groupSize}: ppl ${r.ppl.toFixed(3)}`);
   }
   console.log(
     resultsTable(rows, {
@@ -79,3 +95,5 @@ if (!flags["no-table"]) {
     }).text,
   );
 }
+peak = Math.max(peak, Deno.memoryUsage().rss / 2 ** 20);
+console.log(`peak resident memory: ${peak.toFixed(0)} MiB`);

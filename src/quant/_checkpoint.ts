@@ -25,13 +25,53 @@ export interface BlockCheckpoint {
   reports: unknown[];
 }
 
-const TYPED: Record<string, [string, new (b: ArrayBuffer) => ArrayBufferView]> = {
-  Uint8Array: ["U8", Uint8Array],
-  Float32Array: ["F32", Float32Array],
-  Int32Array: ["I32", Int32Array],
-  Uint32Array: ["I32", Uint32Array],
-  Float64Array: ["F64", Float64Array],
+type TypedCtor = new (b: ArrayBuffer) => ArrayBufferView;
+const TYPED: Record<string, TypedCtor> = {
+  Uint8Array,
+  Int8Array,
+  Uint16Array,
+  Int16Array,
+  Uint32Array,
+  Int32Array,
+  Float32Array,
+  Float64Array,
 };
+
+/**
+ * Replaces every typed array inside `v` (at any depth: QuIP and FrameQuant metas nest them) by a
+ * marker `{ $typed, $key }` and stores its bytes as a U8 tensor under `$key`.
+ */
+function encodeMeta(v: unknown, key: string, t: Record<string, WriteEntry>): unknown {
+  if (ArrayBuffer.isView(v)) {
+    const ctor = v.constructor.name;
+    if (!TYPED[ctor]) throw new Error(`checkpoint: ${key}: cannot store a ${ctor}`);
+    const bytes = new Uint8Array(v.buffer, v.byteOffset, v.byteLength).slice();
+    t[key] = { shape: [bytes.length], data: bytes, dtype: "U8" };
+    return { $typed: ctor, $key: key };
+  }
+  if (Array.isArray(v)) return v.map((x, i) => encodeMeta(x, `${key}.${i}`, t));
+  if (v !== null && typeof v === "object") {
+    const out: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v)) out[k] = encodeMeta(x, `${key}:${k}`, t);
+    return out;
+  }
+  return v;
+}
+
+async function decodeMeta(
+  v: unknown,
+  read: (key: string) => Promise<Uint8Array>,
+): Promise<unknown> {
+  if (Array.isArray(v)) return Promise.all(v.map((x) => decodeMeta(x, read)));
+  if (v !== null && typeof v === "object") {
+    const m = v as { $typed?: string; $key?: string };
+    if (m.$typed && m.$key) return new TYPED[m.$typed]((await read(m.$key)).slice().buffer);
+    const out: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v)) out[k] = await decodeMeta(x, read);
+    return out;
+  }
+  return v;
+}
 
 /** Path of block `i`'s file in `workdir`. */
 export function blockFile(workdir: string, i: number): string {
@@ -43,24 +83,9 @@ export async function writeBlock(workdir: string, i: number, ck: BlockCheckpoint
   const t: Record<string, WriteEntry> = {};
   for (const [n, w] of ck.weights) t[`w:${n}`] = { shape: w.shape, data: w.data };
   ck.hidden.forEach((h, c) => (t[`h:${c}`] = { shape: h.shape, data: h.data }));
-  const metaJson: Record<string, Record<string, unknown>> = {};
+  const metaJson: Record<string, unknown> = {};
   for (const [layer, meta] of Object.entries(ck.metas)) {
-    const plain: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(meta)) {
-      const ctor = (v as object)?.constructor?.name;
-      if (ArrayBuffer.isView(v) && ctor && TYPED[ctor]) {
-        const view = v as ArrayBufferView;
-        t[`m:${layer}:${k}`] = {
-          shape: [
-            view.byteLength / (TYPED[ctor][0] === "F64" ? 8 : TYPED[ctor][0] === "U8" ? 1 : 4),
-          ],
-          data: new Uint8Array(view.buffer, view.byteOffset, view.byteLength).slice(),
-          dtype: TYPED[ctor][0],
-        };
-        plain[k] = { $typed: ctor };
-      } else plain[k] = v;
-    }
-    metaJson[layer] = plain;
+    metaJson[layer] = encodeMeta(meta, `m:${layer}`, t);
   }
   await writeSafetensors(blockFile(workdir, i), t, {
     metadata: {
@@ -87,18 +112,11 @@ export async function readBlock(workdir: string, i: number): Promise<BlockCheckp
   }
   const nh = Number(h.metadata.hidden);
   for (let c = 0; c < nh; c++) hidden.push(await readTensor(h, `h:${c}`));
-  const metaJson = JSON.parse(h.metadata.metas) as Record<string, Record<string, unknown>>;
+  const metaJson = JSON.parse(h.metadata.metas) as Record<string, unknown>;
   const metas: Record<string, QuantMeta> = {};
+  const read = (key: string) => readTensorBytes(h, key);
   for (const [layer, plain] of Object.entries(metaJson)) {
-    const m: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(plain)) {
-      const typed = (v as { $typed?: string })?.$typed;
-      if (typed) {
-        const bytes = (await readTensorBytes(h, `m:${layer}:${k}`)).slice();
-        m[k] = new TYPED[typed][1](bytes.buffer);
-      } else m[k] = v;
-    }
-    metas[layer] = m as QuantMeta;
+    metas[layer] = await decodeMeta(plain, read) as QuantMeta;
   }
   return { weights, hidden, metas, reports: JSON.parse(h.metadata.reports) };
 }

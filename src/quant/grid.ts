@@ -217,11 +217,22 @@ export function findParams(W: Tensor, options: FindParamsOptions): GridParams {
   return { scale, zero, maxq };
 }
 
+/** Methods whose codes live in a transformed basis, so the plain grid decode does not apply. */
+const TRANSFORMED_DOMAIN = new Set(["quip", "framequant"]);
+
 /**
- * Rebuilds the dequantized weight from `meta`: `Wq[r, j] = fround(scale · (code − zero))` with
- * the (row, group) parameters of column `j`. Reproduces every method's `Wq` bit-exactly.
+ * Rebuilds the dequantized weight of a grid `meta` (RTN, GPTQ, QuantEase's grid part):
+ * `Wq[r, j] = fround(scale · (code − zero))` with the (row, group) parameters of column `j`.
+ * A meta whose codes live in a rotated or frame basis (QuIP, FrameQuant) is refused with an
+ * OptionError; `dequantizeMeta` (`dequantize.ts`) decodes every method.
  */
 export function dequantize(meta: QuantMeta): Tensor {
+  if (TRANSFORMED_DOMAIN.has(meta.method)) {
+    throw new OptionError(
+      "meta",
+      `${meta.method} codes live in a transformed basis; use dequantizeMeta (src/quant/dequantize.ts)`,
+    );
+  }
   const [rows, cols] = meta.shape;
   const codes = meta.codes ?? unpackCodes(meta.packed!, { bits: meta.bits, count: rows * cols });
   if (codes.length !== rows * cols) {

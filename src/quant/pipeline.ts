@@ -31,7 +31,7 @@ export interface LayerReport {
   shape: [number, number];
   /** The method's own loss (GPTQ: Σ (w−q)²/d² / 2). */
   loss: number;
-  /** Relative output error on calibration: √(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)) = ‖XΔWᵀ‖/‖XWᵀ‖. */
+  /** Relative output error on calibration: √(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)) = ‖XΔWᵀ‖/‖XWᵀ‖ (NaN without calibration data). */
   relErr: number;
   /** Storage bits per weight (scales, zeros, indices included). */
   bitsPerWeight: number;
@@ -189,7 +189,7 @@ export async function quantize(
   let hs: Tensor[] = [];
   const T = calib?.seqlen ?? 0;
   const chunkSizes: number[] = [];
-  if (calib && needsStats) {
+  if (calib) {
     for (let s = 0; s < calib.ids.length; s += chunk) {
       const ids = calib.ids.slice(s, s + chunk).flat();
       chunkSizes.push(Math.min(chunk, calib.ids.length - s));
@@ -220,7 +220,9 @@ export async function quantize(
       const qmodel: Model = { ...model, weights: model.weights.with(overrides) };
       const acc = new Map<string, { S: Float32Array; n: number }>();
       const alias = new Map<string, string>();
-      const wantsH = targets.filter((n) => assigned.get(n)!.quantizer.needsHessian);
+      // With calibration data every target's H is gathered: quantizers that need it get it, and
+      // the report's relErr is measured for all (RTN included).
+      const wantsH = hs.length ? targets : [];
       if (wantsH.length) {
         const want = new Set(wantsH);
         for (let c = 0; c < hs.length; c++) {

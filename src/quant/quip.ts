@@ -1,0 +1,639 @@
+/**
+ * QuIP (Chee et al., 2023, "QuIP: 2-Bit Quantization of Large Language Models With Guarantees"):
+ * incoherence pre-processing (diagonal rescaling, random orthogonal `U`, `V`), adaptive rounding
+ * in the rotated domain (LDLQ, its greedy variants, or the ADMM variant), and post-processing
+ * back to the original basis. Follows Cornell-RelaxML/QuIP (`opt.py` flags, `method.py`
+ * `preproc`/`postproc`, `quant.py` `qfn`, `vector_balance.py` rounding); transforms are in
+ * `_incoherence.ts`, rounding in `_ldlq.ts`.
+ *
+ * Differences from the reference (each documented at its option):
+ * - `proj: "kron"` is the paper's two-factor Kronecker product of Haar-random factors (balanced
+ *   split, e.g. 172 = 4·43). The reference code's default (`--pre_proj_extra 0`) is a blocked
+ *   "butterfly" (each factor a batch of `n/p` independent `p × p` blocks, plus two random
+ *   permutations); `--pre_proj_extra 1` is the unblocked Kronecker product with the
+ *   permutations. `proj: "hadamard"` (QuIP#'s randomized Hadamard) is an addition.
+ * - `ldlq` runs columns first to last (the paper's form, equal to GPTQ's codes); the reference's
+ *   `round_ldl` runs last to first (GPTQ on reversed columns); its `ldl_gptqequiv` is ours.
+ * - qfn "a" does not clamp `W/scale + zero` to `[0, maxq]` before rounding (the reference's
+ *   `quantize_weight_vecbal` does, which moves values within half a step of the grid ends and
+ *   breaks the GPTQ equivalence; its `ldl_gptqequiv` path does not clamp either).
+ * - Greedy passes clamp each coordinate as it is updated (the reference clamps after each pass,
+ *   except in `ldlbal_admm`'s triangle-greedy), so each pass never increases the proxy loss.
+ * - `incoh` turns on `preRescale` too, as the README says; the reference's `opt.py` sets a
+ *   misspelled `args.pre_resclae`, so its `--incoh_processing` runs without rescaling.
+ * - Everything is float64 (the reference: float32); rotations are seeded (`seed`).
+ * @module
+ */
+import type { Tensor } from "../tensor.ts";
+import { NonFiniteError, OptionError, QuantlabError } from "../errors.ts";
+import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import { findParams, maxqOf, packCodes, roundHalfEven, validateBits } from "./grid.ts";
+import { type GemmF64, NotPositiveDefiniteError, onnxGemmF64 } from "./linalg.ts";
+import { mulberry32 } from "./_rng.ts";
+import {
+  incoherencePost,
+  incoherencePre,
+  type IncoherenceState,
+  makeRotations,
+  type ProjKind,
+} from "./_incoherence.ts";
+import { type AdmmOptions, type QuipMethod, roundMethod } from "./_ldlq.ts";
+
+export {
+  applyRotation,
+  denseRotation,
+  haarOrthogonal,
+  type HadamardRotation,
+  type IncoherenceOptions,
+  incoherencePost,
+  incoherencePre,
+  type IncoherenceState,
+  kronFactors,
+  type KronRotation,
+  makeRotations,
+  type ProjKind,
+  randomHadamard,
+  randomOrthogonalKron,
+  type Rotation,
+  rotationSize,
+} from "./_incoherence.ts";
+export {
+  admmFeedback,
+  type AdmmOptions,
+  greedyPasses,
+  ldlpAdmm,
+  ldlqRound,
+  methodOrder,
+  type QuipMethod,
+  roundMethod,
+  type RoundResult,
+  udlFactor,
+} from "./_ldlq.ts";
+
+/** The quantization function after pre-processing (reference `--qfn`). */
+export type Qfn = "a" | "b";
+
+/** Options of {@linkcode quip}, with the reference's flag names (Cornell-RelaxML/QuIP `opt.py`). */
+export interface QuipOptions {
+  /**
+   * Bits per code (`--wbits`), 2–16. Above 8 the codes are kept unpacked in `meta.codes16`
+   * (research use, e.g. checking that every transform is undone); packed formats need ≤ 8.
+   */
+  bits: number;
+  /**
+   * Rounding method (`--quant`): "ldlq" (default; LDLQ in column order, = GPTQ without
+   * act-order), "ldlqRG" (LDLQ in descending `diag(H)` order, = act-order GPTQ, then `npasses`
+   * greedy passes), "allbal" (greedy passes only, from the unrounded weights, descending
+   * `diag(H)`), "ldlbal_admm" (LDLQ-style rounding with the ADMM feedback of `ldlp_admm`,
+   * descending `diag(H)`, then greedy passes; `O(niters·n³)`, for small layers).
+   */
+  method?: QuipMethod;
+  /**
+   * Greedy passes after the rounding (`--npasses`, default 0; "allbal" needs ≥ 1). Stops
+   * early at a fixed point.
+   */
+  npasses?: number;
+  /**
+   * The meta option `--incoh_processing` (default true): defaults `preGptqH`, `preRescale`,
+   * `preProj` to true and `qfn` to "b". An explicitly given flag overrides it. With
+   * `incoh: false` all three default to false and `qfn` to "a" (the reference's defaults).
+   */
+  incoh?: boolean;
+  /** Dead-input handling and dampening of H, run after the other steps (`--pre_gptqH`). */
+  preGptqH?: boolean;
+  /** Diagonal rescaling `D = (diag H / diag WᵀW)^(1/4)` of W's columns and H (`--pre_rescale`). */
+  preRescale?: boolean;
+  /** Random orthogonal `W ← U W Vᵀ`, `H ← V H Vᵀ` (`--pre_proj`). */
+  preProj?: boolean;
+  /**
+   * The orthogonal transform of `preProj` (default "kron"): "kron" = the paper's two-factor
+   * Kronecker product of Haar-random orthogonal matrices; "hadamard" = randomized Hadamard
+   * `H_N/√N·diag(±1)`, zero-padding a dimension that is not a power of two to `N = nextPow2`
+   * (more codes, counted in bits per weight). The reference's `--pre_proj_extra` variants
+   * (blocked butterflies with permutations) are not implemented. Only with `preProj`.
+   */
+  proj?: ProjKind;
+  /**
+   * Grid after pre-processing (`--qfn`): "a" = per-row asymmetric min-max grid (the shared
+   * `findParams`, reference `quantize_qfna`); "b" = one symmetric grid for the whole matrix with
+   * `maxq + 1` levels on `[−s, s]`, `s = 2.4·rms(W) + 1e-16` (reference `quantize_qfnb`, the
+   * paper's `ρ = 2.4`), values clamped to the grid before rounding. "b" needs `preProj`.
+   */
+  qfn?: Qfn;
+  /** Dampening of `preGptqH`, a fraction of the mean diagonal (`--percdamp`, 0.01). */
+  percdamp?: number;
+  /** Seed of the rotations and of `unbiased` rounding (default 0; the reference: torch's RNG). */
+  seed?: number;
+  /**
+   * Stochastic rounding `⌊x + η⌋`, `η ~ U[0,1)` (`--unbiased`; default false). The reference
+   * refuses it with greedy passes for "ldlq"/"ldlqRG" (so do we); "allbal" rounds each greedy
+   * step stochastically; "ldlbal_admm" only its first rounding.
+   */
+  unbiased?: boolean;
+  /**
+   * Lazy batch updates (`--lazy_batch`; default true here, the reference's default is false):
+   * feedback to later column blocks through one GEMM per block. Same result up to rounding.
+   */
+  lazyBatch?: boolean;
+  /** Columns per lazy batch (the reference's `round_ldl_block(blocksize=128)`). */
+  blocksize?: number;
+  /** Knobs of "ldlbal_admm" (`ldlp_admm(H, rho=0.1, niters=100)`). */
+  admm?: Partial<AdmmOptions>;
+}
+
+/** Resolved options of {@linkcode quip}. */
+export interface ResolvedQuipOptions {
+  /** See {@linkcode QuipOptions.bits}. */
+  bits: number;
+  /** See {@linkcode QuipOptions.method}. */
+  method: QuipMethod;
+  /** See {@linkcode QuipOptions.npasses}. */
+  npasses: number;
+  /** See {@linkcode QuipOptions.incoh}. */
+  incoh: boolean;
+  /** See {@linkcode QuipOptions.preGptqH}. */
+  preGptqH: boolean;
+  /** See {@linkcode QuipOptions.preRescale}. */
+  preRescale: boolean;
+  /** See {@linkcode QuipOptions.preProj}. */
+  preProj: boolean;
+  /** See {@linkcode QuipOptions.proj}. */
+  proj: ProjKind;
+  /** See {@linkcode QuipOptions.qfn}. */
+  qfn: Qfn;
+  /** See {@linkcode QuipOptions.percdamp}. */
+  percdamp: number;
+  /** See {@linkcode QuipOptions.seed}. */
+  seed: number;
+  /** See {@linkcode QuipOptions.unbiased}. */
+  unbiased: boolean;
+  /** See {@linkcode QuipOptions.lazyBatch}. */
+  lazyBatch: boolean;
+  /** See {@linkcode QuipOptions.blocksize}. */
+  blocksize: number;
+  /** See {@linkcode QuipOptions.admm}. */
+  admm: AdmmOptions;
+}
+
+const METHODS: readonly QuipMethod[] = ["ldlq", "ldlqRG", "allbal", "ldlbal_admm"];
+const KNOWN = new Set([
+  "bits",
+  "method",
+  "npasses",
+  "incoh",
+  "preGptqH",
+  "preRescale",
+  "preProj",
+  "proj",
+  "qfn",
+  "percdamp",
+  "seed",
+  "unbiased",
+  "lazyBatch",
+  "blocksize",
+  "admm",
+  // QuantContext, passed through quantizeWeight
+  "backend",
+  "layer",
+]);
+
+function bool(name: string, v: unknown, dflt: boolean): boolean {
+  if (v === undefined) return dflt;
+  if (typeof v !== "boolean") throw new OptionError(name, `must be a boolean, got ${v}`);
+  return v;
+}
+
+/** Validates and resolves {@linkcode QuipOptions}; throws {@linkcode OptionError}. */
+export function resolveQuipOptions(opts: QuipOptions): ResolvedQuipOptions {
+  if (typeof opts !== "object" || opts === null) {
+    throw new OptionError("bits", "quip needs an options object with bits");
+  }
+  for (const k of Object.keys(opts)) {
+    if (!KNOWN.has(k)) throw new OptionError(k, `unknown quip option (known: ${[...KNOWN]})`);
+  }
+  const bits = validateBits(opts.bits, { min: 2, max: 16 });
+  const method = opts.method ?? "ldlq";
+  if (!METHODS.includes(method)) {
+    throw new OptionError("method", `must be one of ${METHODS.join(", ")}, got ${method}`);
+  }
+  const npasses = opts.npasses ?? 0;
+  if (!(Number.isInteger(npasses) && npasses >= 0)) {
+    throw new OptionError("npasses", `must be an integer ≥ 0, got ${npasses}`);
+  }
+  if (method === "allbal" && npasses < 1) {
+    throw new OptionError("npasses", `allbal rounds only in its greedy passes: needs ≥ 1`);
+  }
+  const incoh = bool("incoh", opts.incoh, true);
+  const preGptqH = bool("preGptqH", opts.preGptqH, incoh);
+  const preRescale = bool("preRescale", opts.preRescale, incoh);
+  const preProj = bool("preProj", opts.preProj, incoh);
+  if (opts.proj !== undefined && opts.proj !== "kron" && opts.proj !== "hadamard") {
+    throw new OptionError("proj", `must be "kron" or "hadamard", got ${opts.proj}`);
+  }
+  if (opts.proj !== undefined && !preProj) {
+    throw new OptionError("proj", `has no effect without preProj (or incoh)`);
+  }
+  const proj = opts.proj ?? "kron";
+  const qfn = opts.qfn ?? (preProj && incoh ? "b" : "a");
+  if (qfn !== "a" && qfn !== "b") throw new OptionError("qfn", `must be "a" or "b", got ${qfn}`);
+  if (qfn === "b" && !preProj) {
+    throw new OptionError(
+      "qfn",
+      `"b" assumes incoherent weights: needs preProj (as the reference)`,
+    );
+  }
+  const percdamp = opts.percdamp ?? 0.01;
+  if (!(typeof percdamp === "number" && Number.isFinite(percdamp) && percdamp > 0)) {
+    throw new OptionError("percdamp", `must be a finite number > 0, got ${percdamp}`);
+  }
+  const seed = opts.seed ?? 0;
+  if (!Number.isInteger(seed)) throw new OptionError("seed", `must be an integer, got ${seed}`);
+  const unbiased = bool("unbiased", opts.unbiased, false);
+  if (unbiased && npasses > 0 && (method === "ldlq" || method === "ldlqRG")) {
+    throw new OptionError(
+      "unbiased",
+      `greedy passes are incompatible with unbiased LDL rounding (npasses ${npasses})`,
+    );
+  }
+  const lazyBatch = bool("lazyBatch", opts.lazyBatch, true);
+  const blocksize = opts.blocksize ?? 128;
+  if (!(Number.isInteger(blocksize) && blocksize >= 1)) {
+    throw new OptionError("blocksize", `must be an integer ≥ 1, got ${blocksize}`);
+  }
+  const admmIn = opts.admm ?? {};
+  if (typeof admmIn !== "object" || admmIn === null) {
+    throw new OptionError("admm", `must be an object { rho, niters }`);
+  }
+  const rho = admmIn.rho ?? 0.1, niters = admmIn.niters ?? 100;
+  if (!(typeof rho === "number" && Number.isFinite(rho) && rho > 0)) {
+    throw new OptionError("admm.rho", `must be a finite number > 0, got ${rho}`);
+  }
+  if (!(Number.isInteger(niters) && niters >= 1)) {
+    throw new OptionError("admm.niters", `must be an integer ≥ 1, got ${niters}`);
+  }
+  return {
+    bits,
+    method,
+    npasses,
+    incoh,
+    preGptqH,
+    preRescale,
+    preProj,
+    proj,
+    qfn,
+    percdamp,
+    seed,
+    unbiased,
+    lazyBatch,
+    blocksize,
+    admm: { rho, niters },
+  };
+}
+
+/** Seconds spent in each phase of one {@linkcode quipQuantize} call (in `meta.timings`). */
+export interface QuipTimings {
+  /** Incoherence pre-processing (rescale, rotations of W and H, GPTQ's H handling). */
+  pre: number;
+  /** Grid fitting and scaling to the integer domain. */
+  grid: number;
+  /** Rounding (factorization, LDLQ / ADMM, greedy passes). */
+  round: number;
+  /** Post-processing: decoding and the inverse transforms (`dequantizeQuip`). */
+  post: number;
+  /** The `loss` bookkeeping (qfn "b": the clipping term, `nnz(clipped)·cols` flops). */
+  loss: number;
+}
+
+/** QuIP's part of {@linkcode QuantMeta} (`meta.quip`). */
+export interface QuipMetaInfo {
+  /** Grid kind. */
+  qfn: Qfn;
+  /** Rounding method. */
+  method: QuipMethod;
+  /** `[rows, cols]` of the codes (the rounding domain; padded for "hadamard"). */
+  rotatedShape: [number, number];
+  /** The transform kind, or null without `preProj`. */
+  proj: ProjKind | null;
+  /** Seed the rotations are regenerated from. */
+  seed: number;
+  /** Kronecker factor sizes of U and V (informational; derived from the shapes). */
+  factorsU?: number[];
+  /** See `factorsU`. */
+  factorsV?: number[];
+  /** Column scale `D` of `preRescale` (float32), or undefined. */
+  rescale?: Float32Array;
+  /** Greedy passes run. */
+  passes: number;
+}
+
+/** The float32 grid on a row-major float64 `[rows, cols]` matrix (qfn "a", any bits ≤ 16). */
+function fitRowGrids(W: Float64Array, rows: number, cols: number, bits: number) {
+  if (bits <= 8) {
+    return findParams({ shape: [rows, cols], data: Float32Array.from(W) }, { bits, sym: false });
+  }
+  // Same arithmetic as grid.ts's min-max fit, for widths findParams does not take.
+  const maxq = maxqOf(bits);
+  const scale = new Float32Array(rows), zero = new Float32Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let xmin = 0, xmax = 0;
+    for (let j = 0; j < cols; j++) {
+      const v = Math.fround(W[r * cols + j]);
+      if (v < xmin) xmin = v;
+      if (v > xmax) xmax = v;
+    }
+    if (xmin === 0 && xmax === 0) {
+      xmin = -1;
+      xmax = 1;
+    }
+    const s = Math.fround(Math.fround(xmax - xmin) / maxq);
+    scale[r] = s;
+    zero[r] = roundHalfEven(Math.fround(-xmin / s));
+  }
+  return { scale, zero, maxq };
+}
+
+function stateOf(meta: QuantMeta): IncoherenceState {
+  const info = meta.quip as QuipMetaInfo | undefined;
+  if (!info || meta.method !== "quip") {
+    throw new QuantlabError(`dequantizeQuip: meta.method is ${meta.method}, not "quip"`);
+  }
+  const rot = info.proj ? makeRotations(info.proj, info.rotatedShape, info.seed) : undefined;
+  return {
+    shape: meta.shape,
+    rotatedShape: info.rotatedShape,
+    rescale: info.rescale,
+    U: rot?.U,
+    V: rot?.V,
+    hScale: 1,
+  };
+}
+
+/**
+ * Rebuilds the dequantized weight from a QuIP `meta`: rotated-domain weights
+ * `scales[r]·(code − zeros[r])` (float64 of the float32 grid), then `Uᵀ Ŵ V` (rotations
+ * regenerated from the seed), the padding dropped, `/ D`, rounded to float32. `quipQuantize`
+ * computes its `Wq` with this function, so the two are bit-identical (for the same `gemm`:
+ * onnxruntime's DGEMM by default, TypeScript when onnxruntime cannot load).
+ */
+export async function dequantizeQuip(
+  meta: QuantMeta,
+  options: { gemm?: GemmF64 } = {},
+): Promise<Tensor> {
+  const gemm = options.gemm ?? await onnxGemmF64();
+  const state = stateOf(meta);
+  const [m, n] = state.rotatedShape;
+  const codes = (meta.codes16 as Uint16Array | undefined) ?? meta.codes;
+  if (codes.length !== m * n) {
+    throw new QuantlabError(`dequantizeQuip: ${codes.length} codes for rotated shape [${m}, ${n}]`);
+  }
+  const perRow = meta.scales.length === m;
+  const Wr = new Float64Array(m * n);
+  for (let r = 0; r < m; r++) {
+    const s = meta.scales[perRow ? r : 0], z = meta.zeros[perRow ? r : 0];
+    for (let j = 0; j < n; j++) Wr[r * n + j] = s * (codes[r * n + j] - z);
+  }
+  const W = await incoherencePost(Wr, state, gemm);
+  return { shape: [meta.shape[0], meta.shape[1]], data: Float32Array.from(W) };
+}
+
+/**
+ * Storage bits per original weight of a QuIP `meta`: `bits · (codes / weights)` (more codes when
+ * Hadamard padding applies) + 16 bits per scale (and per zero for qfn "a": one pair per rotated
+ * row; qfn "b": one scale per tensor, zero constant) + 16 bits per rescale entry (fp16, one per
+ * input column). The rotations are regenerated from a seed and cost nothing.
+ */
+export function quipBitsPerWeight(meta: QuantMeta): number {
+  const info = meta.quip as QuipMetaInfo;
+  const [rows, cols] = meta.shape;
+  const [m, n] = info.rotatedShape;
+  const weights = rows * cols;
+  const params = info.qfn === "a" ? m * 32 : 16;
+  const rescale = info.rescale ? 16 * cols : 0;
+  return (meta.bits * m * n + params + rescale) / weights;
+}
+
+/**
+ * Adds the clipping error of qfn "b" to the per-row losses (integer units): with `S = Q − Wi`
+ * (`Wi` clamped) and `c = Wi − Wu` (`Wu` unclamped, nonzero only where clipped),
+ * `(S + c) H (S + c)ᵀ = S H Sᵀ + 2·(c H)·Sᵀ + (c H)·cᵀ`; cost `nnz(c)·n` per row.
+ */
+function addClipLoss(
+  Wi: Float64Array,
+  Wr: Float64Array,
+  scale: number,
+  zero: number,
+  Q: Float64Array,
+  H: Float64Array,
+  [m, n]: [number, number],
+  rowLoss: Float64Array,
+): void {
+  const v = new Float64Array(n);
+  for (let r = 0; r < m; r++) {
+    const ro = r * n;
+    let any = false;
+    v.fill(0);
+    for (let k = 0; k < n; k++) {
+      const c = Wi[ro + k] - (Wr[ro + k] / scale + zero);
+      if (c === 0) continue;
+      any = true;
+      for (let j = 0; j < n; j++) v[j] += c * H[k * n + j];
+    }
+    if (!any) continue;
+    let add = 0;
+    for (let k = 0; k < n; k++) {
+      const c = Wi[ro + k] - (Wr[ro + k] / scale + zero);
+      add += v[k] * (2 * (Q[ro + k] - Wi[ro + k]) + c);
+    }
+    rowLoss[r] += add;
+  }
+}
+
+function notPd(layer: string, o: ResolvedQuipOptions, detail: string, cause?: unknown) {
+  return new NonFiniteError(
+    `quip: ${layer}: ${detail}; ` +
+      (o.preGptqH
+        ? `increase the dampening (percdamp, now ${o.percdamp}) or use more calibration samples`
+        : `enable preGptqH (dead inputs and dampening) or use more calibration samples`),
+    { cause },
+  );
+}
+
+/**
+ * QuIP of one `[rows, cols]` weight given `stats.H` (`cols × cols`). Steps:
+ * 1. pre-processing ({@linkcode incoherencePre}): rescale, rotate, GPTQ's H handling;
+ * 2. grid (`qfn`) and scaling to the integer domain `[0, maxq]`;
+ * 3. rounding (`method`, then `npasses` greedy passes) in the processing order of the method;
+ * 4. post-processing through {@linkcode dequantizeQuip} (so `Wq` equals it bit for bit).
+ *
+ * `loss` is the proxy loss `tr((Ŵ − W) H̃ (Ŵ − W)ᵀ)` in the rounding domain (`W` the rotated
+ * weight before qfn "b"'s clipping, so clipping error counts) under the Hessian the rounding saw
+ * (dampened), with the scalar normalizations of H undone: the original-basis proxy loss under the
+ * dampened Hessian, computed without extra products (for padded "hadamard" it also counts the
+ * padded rows and columns, so it bounds the original-basis loss from above).
+ * `meta.codes` (`meta.codes16` above 8 bits) are in the rotated domain, `meta.quip.rotatedShape`.
+ */
+export async function quipQuantize(
+  W: Tensor,
+  stats: LayerStats,
+  options: QuipOptions & QuantContext,
+): Promise<QuantResult> {
+  const o = resolveQuipOptions(options);
+  const layer = options.layer ?? "weight";
+  if (W.shape.length !== 2) {
+    throw new QuantlabError(`quip: ${layer} must be 2-D, got shape [${W.shape}]`);
+  }
+  const [rows, cols] = W.shape;
+  const H0 = stats.H;
+  if (!H0) throw new QuantlabError(`quip: ${layer}: stats.H (the layer Hessian) is required`);
+  if (H0.length !== cols * cols) {
+    throw new QuantlabError(
+      `quip: ${layer}: H has ${H0.length} values, expected ${cols}×${cols} for [${W.shape}]`,
+    );
+  }
+  for (let i = 0; i < H0.length; i++) {
+    if (!Number.isFinite(H0[i])) {
+      throw notPd(
+        layer,
+        o,
+        `H has a non-finite value ${H0[i]} at (${Math.floor(i / cols)}, ${i % cols})`,
+      );
+    }
+  }
+  for (let i = 0; i < W.data.length; i++) {
+    if (!Number.isFinite(W.data[i])) {
+      throw new NonFiniteError(`quip: ${layer}: weight has a non-finite value at index ${i}`);
+    }
+  }
+  const gemm = await onnxGemmF64();
+  const timings: QuipTimings = { pre: 0, grid: 0, round: 0, post: 0, loss: 0 };
+  let t0 = performance.now();
+  const pre = await incoherencePre(Float64Array.from(W.data), Float64Array.from(H0), [rows, cols], {
+    preRescale: o.preRescale,
+    preProj: o.preProj,
+    proj: o.proj,
+    preGptqH: o.preGptqH,
+    percdamp: o.percdamp,
+    seed: o.seed,
+  }, gemm);
+  timings.pre = (performance.now() - t0) / 1000;
+
+  t0 = performance.now();
+  const [m, n] = pre.state.rotatedShape;
+  const maxq = maxqOf(o.bits);
+  const Wr = pre.W;
+  let scales: Float32Array, zeros: Float32Array;
+  const Wi = new Float64Array(m * n);
+  if (o.qfn === "a") {
+    const p = fitRowGrids(Wr, m, n, o.bits);
+    scales = p.scale;
+    zeros = p.zero;
+    for (let r = 0; r < m; r++) {
+      const s = scales[r], z = zeros[r];
+      for (let j = 0; j < n; j++) Wi[r * n + j] = Wr[r * n + j] / s + z;
+    }
+  } else {
+    let ss = 0;
+    for (let i = 0; i < Wr.length; i++) ss += Wr[i] * Wr[i];
+    const s = 2.4 * Math.sqrt(ss / Wr.length) + 1e-16;
+    scales = Float32Array.of(Math.fround((2 * s) / maxq));
+    zeros = Float32Array.of(maxq / 2);
+    const st = scales[0], z = zeros[0];
+    for (let i = 0; i < Wr.length; i++) {
+      const v = Wr[i] / st + z;
+      Wi[i] = v < 0 ? 0 : v > maxq ? maxq : v;
+    }
+  }
+  timings.grid = (performance.now() - t0) / 1000;
+
+  t0 = performance.now();
+  let rounded;
+  try {
+    rounded = await roundMethod(o.method, Wi, pre.H, { rows: m, cols: n }, {
+      maxq,
+      blocksize: o.lazyBatch ? o.blocksize : n,
+      unbiased: o.unbiased,
+      rng: mulberry32((o.seed ^ 0x5bd1e995) >>> 0),
+      gemm,
+      npasses: o.npasses,
+      admm: o.admm,
+    });
+  } catch (e) {
+    if (e instanceof NotPositiveDefiniteError) {
+      throw notPd(layer, o, `the processed Hessian is not positive definite (${e.message})`, e);
+    }
+    throw e;
+  }
+  timings.round = (performance.now() - t0) / 1000;
+
+  const codesArr = o.bits <= 8 ? new Uint8Array(m * n) : new Uint16Array(m * n);
+  for (let i = 0; i < codesArr.length; i++) codesArr[i] = rounded.Q[i];
+  const info: QuipMetaInfo = {
+    qfn: o.qfn,
+    method: o.method,
+    rotatedShape: [m, n],
+    proj: o.preProj ? o.proj : null,
+    seed: o.seed,
+    factorsU: pre.state.U?.kind === "kron" ? pre.state.U.factors : undefined,
+    factorsV: pre.state.V?.kind === "kron" ? pre.state.V.factors : undefined,
+    rescale: pre.state.rescale,
+    passes: rounded.passes,
+  };
+  const meta: QuantMeta = {
+    method: "quip",
+    bits: o.bits,
+    groupSize: -1,
+    sym: o.qfn === "b",
+    shape: [rows, cols],
+    codes: o.bits <= 8 ? codesArr as Uint8Array : new Uint8Array(0),
+    codes16: o.bits <= 8 ? undefined : codesArr as Uint16Array,
+    packed: o.bits <= 8 ? packCodes(codesArr as Uint8Array, o.bits) : undefined,
+    scales,
+    zeros,
+    perTensor: o.qfn === "b",
+    quip: info,
+    options: { ...o },
+    timings,
+  };
+  t0 = performance.now();
+  const Wq = await dequantizeQuip(meta, { gemm });
+  timings.post = (performance.now() - t0) / 1000;
+
+  t0 = performance.now();
+  if (o.qfn === "b") {
+    addClipLoss(Wi, Wr, scales[0], zeros[0], rounded.Q, pre.H, [m, n], rounded.rowLoss);
+  }
+  let loss = 0;
+  for (let r = 0; r < m; r++) {
+    const s = scales[o.qfn === "a" ? r : 0];
+    loss += s * s * rounded.rowLoss[r];
+  }
+  loss /= pre.state.hScale;
+  timings.loss = (performance.now() - t0) / 1000;
+  return { Wq, meta, bitsPerWeight: quipBitsPerWeight(meta), loss };
+}
+
+/**
+ * The QuIP weight quantizer (needs `stats.H`). Options map to the reference flags as documented
+ * on {@linkcode QuipOptions}: `bits` ↔ `--wbits`, `method` ↔ `--quant`, `npasses` ↔ `--npasses`,
+ * `incoh` ↔ `--incoh_processing`, `preGptqH` ↔ `--pre_gptqH`, `preRescale` ↔ `--pre_rescale`,
+ * `preProj` ↔ `--pre_proj`, `qfn` ↔ `--qfn`, `percdamp` ↔ `--percdamp`, `unbiased` ↔
+ * `--unbiased`, `lazyBatch` ↔ `--lazy_batch`, `admm.rho`/`admm.niters` ↔ `ldlp_admm(rho,
+ * niters)`. Bad options throw {@linkcode OptionError} naming the option. All products are
+ * float64 through onnxruntime (`onnxGemmF64`); `ctx.backend` is not used.
+ *
+ * @example
+ * ```ts
+ * const q = quip({ bits: 2, method: "ldlq" });           // incoherence processing on
+ * const { Wq, meta } = await q.quantizeWeight(W, { H, nsamples: 128 });
+ * const same = await dequantizeQuip(meta);                 // === Wq, bit for bit
+ * ```
+ */
+export function quip(options: QuipOptions): WeightQuantizer {
+  const o = resolveQuipOptions(options);
+  return {
+    name: "quip",
+    needsHessian: true,
+    options: { ...o },
+    quantizeWeight: (W, stats, ctx) => quipQuantize(W, stats, { ...options, layer: ctx?.layer }),
+  };
+}
