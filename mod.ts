@@ -33,5 +33,18 @@ export { dequantize, findParams, quantizeCode } from "./src/quant/grid.ts";
 export { dequantizeMeta } from "./src/quant/dequantize.ts";
 export { upperCholeskyOfInverse } from "./src/quant/linalg.ts";
 export type { QuantMeta, QuantResult, WeightQuantizer } from "./src/quant/types.ts";
-export { getBackend } from "./src/backend/device.ts";
+export {
+  type DeviceChoice,
+  type DeviceKind,
+  getBackend,
+  useDevice,
+  type UseDeviceOptions,
+} from "./src/backend/device.ts";
+export {
+  adapterInfo,
+  webgpuAvailable,
+  type WebGPUBackend,
+  webgpuBackend,
+  type WebGPUBackendOptions,
+} from "./src/backend/webgpu.ts";
 export * as plot from "./src/viz/mod.ts";

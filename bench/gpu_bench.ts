@@ -5,9 +5,23 @@
  * H100 figures). Where `python3` has PyTorch with CUDA, `bench/_torch_peer.py` runs in the same
  * call and the ratios to the PyTorch peers are printed too.
  *
+ * End to end (after the kernels; `--no-e2e` skips it): a synthetic Llama-shaped checkpoint
+ * (`tools/synthetic_checkpoint.ts`, TinyLlama-1.1B shapes by default, truncated to
+ * `--e2e-layers` blocks) is written to a temporary folder and loaded with `loadModel`; then
+ * prefill and decode tokens/s through `webgpuBackend` (dense f32 weights), decode tokens/s from
+ * RTN 4-bit g128 packed weights resident on the GPU (GEMV), and — by default on real adapters,
+ * with `--e2e-gptq` on software ones — the GPTQ pipeline (4-bit g128 act-order) over seeded
+ * random calibration tokens on the WebGPU backend, with its GPU memory (peak live and held bytes
+ * of the buffer pool) against one block's weights and activations.
+ *
  * Usage: `deno run -A --unstable-webgpu bench/gpu_bench.ts [--allow-fallback] [--quick]
- * [--json PATH] [--no-torch]`. Software adapters need `--allow-fallback` and get the quick sizes.
- * Imports no npm package (the GPU machine reaches no registry).
+ * [--json PATH] [--no-torch] [--no-e2e] [--e2e-preset tinyllama-1.1b|llama-2-7b|tiny]
+ * [--e2e-layers N] [--e2e-gptq | --no-e2e-gptq] [--e2e-prompt T] [--e2e-decode N]
+ * [--e2e-nsamples N] [--e2e-seqlen T] [--e2e-dir DIR]`. Software adapters need
+ * `--allow-fallback` and get the quick sizes.
+ * The kernel part imports no npm package (the GPU machine reaches no registry); the end-to-end
+ * part loads its modules lazily and reports (instead of failing the run) when a CPU reference
+ * needs onnxruntime-node and it is missing.
  * @module
  */
 import {
@@ -75,6 +89,22 @@ function report(r: Row): void {
       }% ` +
       `of ${r.ceiling}  [${r.ok ? "ok" : "FAIL"} ${r.check}] (${r.timing})`,
   );
+}
+
+/** Records a failed end-to-end check (counted with the kernel rows, not printed as one). */
+function failed(kernel: string, check: string): void {
+  rows.push({
+    kernel,
+    size: "",
+    ms: NaN,
+    metric: "GB/s",
+    value: NaN,
+    ceiling: "",
+    fraction: NaN,
+    check,
+    ok: false,
+    timing: "",
+  });
 }
 
 /** Distinct sample rows for checks. */
@@ -482,6 +512,240 @@ async function torchPeer(quick: boolean): Promise<Record<string, number> | undef
   }
 }
 
+function flagValue(name: string): string | undefined {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+}
+
+function flagNum(name: string, dflt: number): number {
+  const v = flagValue(name);
+  if (v === undefined) return dflt;
+  const x = Number(v);
+  if (!Number.isFinite(x)) throw new Error(`${name}: not a number: ${v}`);
+  return x;
+}
+
+/** Seconds of an empty submit + `onSubmittedWorkDone` (the floor of every GPU round trip). */
+async function syncLatency(ctx: WebGPUContext): Promise<number> {
+  const n = 10;
+  await ctx.device.queue.onSubmittedWorkDone();
+  const t0 = performance.now();
+  for (let i = 0; i < n; i++) {
+    ctx.device.queue.submit([ctx.device.createCommandEncoder().finish()]);
+    await ctx.device.queue.onSubmittedWorkDone();
+  }
+  return (performance.now() - t0) / 1000 / n;
+}
+
+const MiB = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+
+/** End-to-end benchmarks on a synthetic checkpoint (see the module doc). */
+async function benchE2e(ctx: WebGPUContext, quick: boolean): Promise<Record<string, unknown>> {
+  const { writeSyntheticCheckpoint, PRESETS } = await import("../tools/synthetic_checkpoint.ts");
+  const { loadModel } = await import("../src/models/load.ts");
+  const { createKVCache, forward } = await import("../src/models/decoder.ts");
+  const { blockLinearGroups } = await import("../src/models/config.ts");
+  const { webgpuBackend } = await import("../src/backend/webgpu.ts");
+  const { cpuBackend } = await import("../src/backend/cpu.ts");
+  const { quantize } = await import("../src/quant/pipeline.ts");
+  const { rtn } = await import("../src/quant/rtn.ts");
+  const { gptq } = await import("../src/quant/gptq.ts");
+  type Model = Awaited<ReturnType<typeof loadModel>>;
+  type Backend = typeof cpuBackend;
+
+  const preset = flagValue("--e2e-preset") ?? "tinyllama-1.1b";
+  if (!PRESETS[preset]) throw new Error(`--e2e-preset: unknown "${preset}"`);
+  const full = PRESETS[preset].num_hidden_layers;
+  const layers = Math.min(full, flagNum("--e2e-layers", quick ? 1 : 2));
+  const promptLen = flagNum("--e2e-prompt", quick ? 32 : 512);
+  const decodeN = flagNum("--e2e-decode", quick ? 4 : 32);
+  const runGptq = args.includes("--e2e-gptq") || (!ctx.fallback && !args.includes("--no-e2e-gptq"));
+  const nsamples = flagNum("--e2e-nsamples", quick ? 4 : 128);
+  const seqlen = flagNum("--e2e-seqlen", quick ? 64 : 2048);
+  const out: Record<string, unknown> = { preset, layers, fullLayers: full };
+  const userDir = flagValue("--e2e-dir");
+  const root = userDir ?? (await Deno.makeTempDir({ prefix: "quantlab-e2e-" }));
+  const dir = `${root}/${preset}-${layers}l`;
+  const sync = await syncLatency(ctx);
+  out.syncSeconds = sync;
+  console.log(
+    `\nend to end: synthetic ${preset}, ${layers} of ${full} blocks (f16 on disk, f32 in memory); ` +
+      `GPU round trip floor ${(sync * 1e3).toFixed(2)} ms (submit → onSubmittedWorkDone)`,
+  );
+  try {
+    let t0 = performance.now();
+    const w = await writeSyntheticCheckpoint(dir, { preset, layers, seed: 0, force: true });
+    console.log(
+      `  checkpoint: ${(w.params / 1e6).toFixed(1)} M params, ${MiB(w.bytes)} in ` +
+        `${w.shards.length} shard(s), written in ${w.seconds.toFixed(1)} s`,
+    );
+    const model = await loadModel(dir);
+    const cfg = model.config;
+    const V = cfg.vocabSize;
+    const r = rng(123);
+    const ids = Array.from({ length: promptLen }, () => 3 + Math.floor(r() * (V - 3)));
+    const be = await webgpuBackend({ allowFallback: ctx.fallback, residentWeights: true });
+    const dense = await webgpuBackend({
+      allowFallback: ctx.fallback,
+      packed: false,
+      residentWeights: true,
+    });
+    // Weights from disk (the lazy store caches them), pipelines compiled, nothing resident yet.
+    await forward(model, ids.slice(0, 4), { backend: cpuBackend }).catch(() => {});
+    dense.release();
+    t0 = performance.now();
+    await forward(model, ids, { backend: dense });
+    const tCold = (performance.now() - t0) / 1000;
+    t0 = performance.now();
+    const logits = await forward(model, ids, { backend: dense });
+    const tPrefill = (performance.now() - t0) / 1000;
+    let check = "no CPU reference";
+    try {
+      const ref = await forward(model, ids, { backend: cpuBackend });
+      let d = 0;
+      for (let i = 0; i < ref.data.length; i++) {
+        d = Math.max(d, Math.abs(ref.data[i] - logits.data[i]));
+      }
+      check = `max |Δlogit| vs CPU ${d.toExponential(1)}`;
+      out.prefillMaxAbsDiff = d;
+    } catch (e) {
+      check = `CPU reference skipped (${(e as Error).message.split("\n")[0].slice(0, 80)})`;
+    }
+    out.prefillTokensPerSecond = promptLen / tPrefill;
+    out.prefillColdTokensPerSecond = promptLen / tCold;
+    console.log(
+      `  prefill ${promptLen} tokens, dense f32: ${(tPrefill * 1e3).toFixed(0)} ms, ` +
+        `${(promptLen / tPrefill).toFixed(1)} tok/s with resident weights ` +
+        `(${(promptLen / tCold).toFixed(1)} tok/s uploading them, ` +
+        `${MiB(dense.memory().residentDenseBytes)}) [${check}]`,
+    );
+    const decode = async (m: Model, backend: Backend) => {
+      const cache = createKVCache(cfg, promptLen + decodeN + 1);
+      let lg = await forward(m, ids, { cache, backend });
+      let last = lg.data.subarray(lg.data.length - V);
+      const got: number[] = [];
+      const ts = performance.now();
+      for (let s = 0; s < decodeN; s++) {
+        let best = 0;
+        for (let j = 1; j < V; j++) if (last[j] > last[best]) best = j;
+        got.push(best);
+        lg = await forward(m, [best], { cache, backend });
+        last = lg.data;
+      }
+      return { ids: got, tps: decodeN / ((performance.now() - ts) / 1000) };
+    };
+    const products = 7 * layers + 1;
+    const dd = await decode(model, dense);
+    out.decodeDenseTokensPerSecond = dd.tps;
+    console.log(
+      `  decode ${decodeN} tokens, dense f32 resident: ${dd.tps.toFixed(2)} tok/s ` +
+        `(${products} products per token, each one GPU round trip)`,
+    );
+    t0 = performance.now();
+    const qm = await quantize(model, rtn({ bits: 4, groupSize: 128, partialGroups: true }), {
+      backend: cpuBackend,
+    });
+    const tq = (performance.now() - t0) / 1000;
+    dense.release();
+    const fq = await decode(qm, dense);
+    dense.release();
+    be.release();
+    const pk = await decode(qm, be);
+    const mem = be.memory();
+    const same = pk.ids.every((x, i) => x === fq.ids[i]);
+    out.decodePackedTokensPerSecond = pk.tps;
+    out.decodeFakeQuantTokensPerSecond = fq.tps;
+    out.packedGreedyMatches = same;
+    out.residentPackedBytes = mem.residentPackedBytes;
+    let denseBytes = 0;
+    for (let i = 0; i < layers; i++) {
+      for (const n of blockLinearGroups(cfg, i).flat()) {
+        denseBytes += 4 * (await model.weights.get(`${n}.weight`)).data.length;
+      }
+    }
+    console.log(
+      `  RTN 4b g128 (CPU, ${tq.toFixed(1)} s); decode from packed codes resident on the GPU ` +
+        `(GEMV; LM head dense): ${pk.tps.toFixed(2)} tok/s vs fake-quant dense ` +
+        `${fq.tps.toFixed(2)} tok/s; ` +
+        `${mem.residentPackedLayers} layers, ${MiB(mem.residentPackedBytes)} resident vs ` +
+        `${MiB(denseBytes)} f32; greedy ids ${same ? "equal" : "DIFFER"}`,
+    );
+    if (!same) failed("e2e packed decode", "greedy ids differ from the fake-quantized model's");
+    be.release();
+    dense.release();
+    if (runGptq) {
+      // Default options: uploads per product, nothing resident (the pipeline's memory claim).
+      const pipeBe = await webgpuBackend({ allowFallback: ctx.fallback });
+      const calib = {
+        ids: Array.from(
+          { length: nsamples },
+          () => Array.from({ length: seqlen }, () => 3 + Math.floor(r() * (V - 3))),
+        ),
+        dataset: "random",
+        source: "uniform random token ids (synthetic checkpoint)",
+        seqlen,
+        seed: 0,
+      };
+      ctx.pool.resetPeaks();
+      const live0 = ctx.pool.stats().liveBytes;
+      let rss = Deno.memoryUsage().rss;
+      const blockTimes: number[] = [];
+      let tb = performance.now();
+      t0 = performance.now();
+      const g = await quantize(
+        model,
+        gptq({ bits: 4, groupSize: 128, actOrder: true, partialGroups: true }),
+        {
+          calib,
+          backend: pipeBe,
+          onProgress: (p) => {
+            rss = Math.max(rss, Deno.memoryUsage().rss);
+            if (p.stage === "block") {
+              blockTimes.push((performance.now() - tb) / 1000);
+              tb = performance.now();
+            }
+          },
+        },
+      );
+      const tg = (performance.now() - t0) / 1000;
+      const st = ctx.pool.stats();
+      const blockW = denseBytes / layers;
+      const act = Math.min(8, nsamples) * seqlen * Math.max(cfg.intermediateSize, cfg.hiddenSize) *
+        4;
+      const perBlock = blockTimes.reduce((a, b) => a + b, 0) / Math.max(1, blockTimes.length);
+      out.gptq = {
+        nsamples,
+        seqlen,
+        seconds: tg,
+        blockSeconds: blockTimes,
+        extrapolatedFullModelSeconds: perBlock * full,
+        peakLiveBytes: st.peakLiveBytes,
+        peakAllocatedBytes: st.peakAllocatedBytes,
+        blockWeightBytes: blockW,
+        chunkActivationBytes: act,
+        peakRssBytes: rss,
+        leakedBytes: st.liveBytes - live0,
+        meanRelErr: g.report.layers.reduce((a: number, l: { relErr: number }) => a + l.relErr, 0) /
+          g.report.layers.length,
+      };
+      console.log(
+        `  GPTQ pipeline 4b g128 act-order, ${nsamples} × ${seqlen} random tokens, WebGPU ` +
+          `backend: ${tg.toFixed(1)} s (${perBlock.toFixed(1)} s/block → ~${
+            (perBlock * full / 60).toFixed(1)
+          } min for all ${full} blocks)\n    GPU: peak live ${MiB(st.peakLiveBytes)}, peak held ` +
+          `${MiB(st.peakAllocatedBytes)} (pool cap ${MiB(ctx.pool.maxFreeBytes)} free); one ` +
+          `block's weights ${MiB(blockW)} f32, a chunk's widest activation ${MiB(act)}; ` +
+          `host RSS peak ${MiB(rss)}; GPU bytes not returned: ${st.liveBytes - live0}`,
+      );
+    } else {
+      console.log("  GPTQ pipeline: skipped on a software adapter (pass --e2e-gptq to run it)");
+    }
+  } finally {
+    if (!userDir) await Deno.remove(root, { recursive: true }).catch(() => {});
+  }
+  return out;
+}
+
 async function main(): Promise<void> {
   const ctx = await getWebGPU({ allowFallback });
   const quick = args.includes("--quick") || ctx.fallback;
@@ -509,6 +773,15 @@ async function main(): Promise<void> {
   );
   const tGptq = await benchGptq(ctx, quick ? 256 : 4096);
   await benchSmall(ctx, !quick);
+  let e2e: Record<string, unknown> | undefined;
+  if (!args.includes("--no-e2e")) {
+    try {
+      e2e = await benchE2e(ctx, quick);
+    } catch (e) {
+      console.log(`\nend to end: FAILED: ${(e as Error).stack ?? e}`);
+      failed("end to end", (e as Error).message);
+    }
+  }
 
   const peer = await torchPeer(quick);
   if (peer) {
@@ -534,7 +807,10 @@ async function main(): Promise<void> {
     }`,
   );
   if (jsonPath) {
-    await Deno.writeTextFile(jsonPath, JSON.stringify({ adapter: i, quick, rows, peer }, null, 1));
+    await Deno.writeTextFile(
+      jsonPath,
+      JSON.stringify({ adapter: i, quick, rows, e2e, peer }, null, 1),
+    );
   }
   if (bad.length) Deno.exitCode = 1;
 }

@@ -60,17 +60,51 @@ export interface KernelTiming {
   trials: number[];
 }
 
-/** A pool of GPU buffers keyed by (size, usage): `acquire` reuses a released buffer if any. */
+/** Byte counts of a {@linkcode BufferPool} (see {@linkcode BufferPool.stats}). */
+export interface PoolStats {
+  /** Bytes of pooled buffers handed out and not yet released. */
+  liveBytes: number;
+  /** Bytes of released buffers kept for reuse. */
+  freeBytes: number;
+  /** `liveBytes + freeBytes`: what the pool holds on the device now. */
+  allocatedBytes: number;
+  /** Largest `liveBytes` since creation or {@linkcode BufferPool.resetPeaks}. */
+  peakLiveBytes: number;
+  /** Largest `allocatedBytes` since creation or {@linkcode BufferPool.resetPeaks}. */
+  peakAllocatedBytes: number;
+  /** Buffers created / destroyed so far. */
+  created: number;
+  /** Buffers destroyed so far (evicted, trimmed or destroyed on purpose). */
+  destroyed: number;
+}
+
+/**
+ * A pool of GPU buffers keyed by (size, usage): `acquire` reuses a released buffer if any. Free
+ * buffers are capped at {@linkcode BufferPool.maxFreeBytes}; past it the least recently released
+ * ones are destroyed, so a long run (the GPTQ pipeline walking every block) holds on the device
+ * only what the current product needs plus that cap. {@linkcode BufferPool.stats} reports live,
+ * free and peak bytes.
+ */
 export class BufferPool {
   #device: GPUDevice;
   #free = new Map<string, GPUBuffer[]>();
+  /** Free buffers in release order (oldest first), for eviction. */
+  #freeOrder = new Set<GPUBuffer>();
   #meta = new WeakMap<GPUBuffer, string>();
+  #live = 0;
+  #peakLive = 0;
+  #peakAlloc = 0;
+  #created = 0;
+  #destroyed = 0;
   /** Bytes currently held by free buffers. */
   freeBytes = 0;
+  /** Most bytes kept in free buffers (default 512 MiB); excess is destroyed on release. */
+  maxFreeBytes: number;
 
   /** Creates a pool over `device`. */
-  constructor(device: GPUDevice) {
+  constructor(device: GPUDevice, opts: { maxFreeBytes?: number } = {}) {
     this.#device = device;
+    this.maxFreeBytes = opts.maxFreeBytes ?? 512 * 2 ** 20;
   }
 
   /** A buffer of at least `size` bytes (rounded up to 16) with `usage`. */
@@ -78,33 +112,84 @@ export class BufferPool {
     const bytes = Math.max(16, Math.ceil(size / 16) * 16);
     const key = `${bytes}:${usage}`;
     const list = this.#free.get(key);
-    const b = list?.pop();
+    let b = list?.pop();
     if (b) {
+      this.#freeOrder.delete(b);
       this.freeBytes -= bytes;
-      return b;
+    } else {
+      b = this.#device.createBuffer({ size: bytes, usage });
+      this.#meta.set(b, key);
+      this.#created++;
     }
-    const buf = this.#device.createBuffer({ size: bytes, usage });
-    this.#meta.set(buf, key);
-    return buf;
+    this.#live += bytes;
+    this.#peakLive = Math.max(this.#peakLive, this.#live);
+    this.#peakAlloc = Math.max(this.#peakAlloc, this.#live + this.freeBytes);
+    return b;
   }
 
-  /** Returns buffers to the pool. */
+  /** Returns buffers to the pool (buffers it did not create, or already free, are ignored). */
   release(...bufs: GPUBuffer[]): void {
     for (const b of bufs) {
       const key = this.#meta.get(b);
-      if (!key) continue;
+      if (!key || this.#freeOrder.has(b)) continue;
       let list = this.#free.get(key);
       if (!list) this.#free.set(key, list = []);
       list.push(b);
+      this.#freeOrder.add(b);
+      this.#live -= b.size;
       this.freeBytes += b.size;
+    }
+    if (this.freeBytes > this.maxFreeBytes) this.trim(this.maxFreeBytes);
+  }
+
+  /** Destroys live buffers now instead of keeping them (e.g. resident weights being dropped). */
+  destroy(...bufs: GPUBuffer[]): void {
+    for (const b of bufs) {
+      if (!this.#meta.has(b) || this.#freeOrder.has(b)) continue;
+      this.#meta.delete(b);
+      this.#live -= b.size;
+      this.#destroyed++;
+      b.destroy();
+    }
+  }
+
+  /** Destroys the least recently released free buffers until at most `keepBytes` stay free. */
+  trim(keepBytes = 0): void {
+    for (const b of this.#freeOrder) {
+      if (this.freeBytes <= keepBytes) break;
+      this.#freeOrder.delete(b);
+      const list = this.#free.get(this.#meta.get(b)!)!;
+      list.splice(list.indexOf(b), 1);
+      this.freeBytes -= b.size;
+      this.#meta.delete(b);
+      this.#destroyed++;
+      b.destroy();
     }
   }
 
   /** Destroys every free buffer. */
   clear(): void {
-    for (const list of this.#free.values()) for (const b of list) b.destroy();
+    this.trim(0);
     this.#free.clear();
-    this.freeBytes = 0;
+  }
+
+  /** Live, free and peak bytes. */
+  stats(): PoolStats {
+    return {
+      liveBytes: this.#live,
+      freeBytes: this.freeBytes,
+      allocatedBytes: this.#live + this.freeBytes,
+      peakLiveBytes: this.#peakLive,
+      peakAllocatedBytes: this.#peakAlloc,
+      created: this.#created,
+      destroyed: this.#destroyed,
+    };
+  }
+
+  /** Restarts the peak counters from the current values. */
+  resetPeaks(): void {
+    this.#peakLive = this.#live;
+    this.#peakAlloc = this.#live + this.freeBytes;
   }
 }
 
@@ -363,6 +448,37 @@ export async function runDispatches(ctx: WebGPUContext, dispatches: Dispatch[]):
   const err = await ctx.device.popErrorScope();
   if (err) throw new QuantlabError(`webgpu: dispatch failed: ${err.message}`);
   await ctx.device.queue.onSubmittedWorkDone();
+}
+
+/**
+ * Runs `dispatches` and reads `bytes` of `out` back with a single submission and a single wait
+ * (Deno polls GPU completion about every 10 ms, so each extra wait costs that much).
+ * Throws on validation errors.
+ */
+export async function runAndRead(
+  ctx: WebGPUContext,
+  dispatches: Dispatch[],
+  out: GPUBuffer,
+  bytes: number,
+): Promise<ArrayBuffer> {
+  await checkErrors(ctx);
+  const size = Math.ceil(bytes / 4) * 4;
+  const staging = ctx.pool.acquire(size, MAP_READ | COPY_DST);
+  ctx.device.pushErrorScope("validation");
+  const enc = ctx.device.createCommandEncoder();
+  encodeDispatches(enc, dispatches);
+  enc.copyBufferToBuffer(out, 0, staging, 0, size);
+  ctx.device.queue.submit([enc.finish()]);
+  const err = await ctx.device.popErrorScope();
+  if (err) {
+    ctx.pool.release(staging);
+    throw new QuantlabError(`webgpu: dispatch failed: ${err.message}`);
+  }
+  await staging.mapAsync(1, /* GPUMapMode.READ */ 0, size);
+  const res = staging.getMappedRange(0, size).slice(0, bytes);
+  staging.unmap();
+  ctx.pool.release(staging);
+  return res;
 }
 
 /** Copies `bytes` of `buf` (from `offset`) back to the CPU. */

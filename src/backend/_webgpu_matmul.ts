@@ -8,14 +8,17 @@
 import { UnsupportedError } from "../errors.ts";
 import { MATMUL_TILE, matmulWGSL } from "../../kernels/matmul.ts";
 import { xtxWGSL } from "../../kernels/xtx.ts";
+import { GEMV_F32_ROWS, gemvWGSL } from "../../kernels/gemv.ts";
 import { GPTQ_ROWS_PER_WORKGROUP, gptqBlockWGSL } from "../../kernels/gptq_block.ts";
 import {
   bindGroup,
   type Dispatch,
+  grid,
   pipeline,
   readF16Bits,
   readF32,
   readU32,
+  runAndRead,
   runDispatches,
   scratch,
   uniforms,
@@ -98,6 +101,22 @@ export function matmulDispatch(
   };
 }
 
+/** One dense GEMV dispatch `y[n] = W[n, k] · x[k]` over resident buffers (`kernels/gemv.ts`). */
+export function gemvDispatch(
+  ctx: WebGPUContext,
+  bufs: { x: GPUBuffer; w: GPUBuffer; y: GPUBuffer },
+  o: { n: number; k: number },
+): Dispatch {
+  const vec4 = o.k % 4 === 0;
+  const pipe = pipeline(ctx, gemvWGSL({ vec4 }));
+  const u = uniforms(ctx, [o.n, vec4 ? o.k / 4 : o.k, 0, 0]);
+  return {
+    pipeline: pipe,
+    bindGroup: bindGroup(ctx, pipe, [u, bufs.x, bufs.w, bufs.y]),
+    workgroups: grid(ctx, Math.ceil(o.n / GEMV_F32_ROWS)),
+  };
+}
+
 /** Options of {@linkcode gpuMatmul}. */
 export interface GpuMatmulOptions {
   /** Rows of A. */
@@ -110,11 +129,33 @@ export interface GpuMatmulOptions {
   transB?: boolean;
   /** Override of the device's maxStorageBufferBindingSize (tests force the M split with it). */
   maxBindingBytes?: number;
+  /**
+   * Largest A or C row block in bytes (default 64 MiB): bounds the GPU memory of one product to
+   * B plus three such blocks, at the cost of one more round trip per block.
+   */
+  maxBlockBytes?: number;
+  /**
+   * Keeps B's uploaded blocks on the GPU, keyed by B's array, for later products with the same
+   * B (resident weights for decoding). The caller owns the buffers (see `ResidentB`).
+   */
+  residentB?: ResidentB;
+}
+
+/** A cache of uploaded B blocks (resident dense weights), keyed by the host array. */
+export interface ResidentB {
+  /** The buffer of B's column block at `c0` (length `nn`), if resident. */
+  get(b: Float32Array, c0: number, nn: number): GPUBuffer | undefined;
+  /** Records a freshly uploaded block. */
+  set(b: Float32Array, c0: number, nn: number, buf: GPUBuffer): void;
 }
 
 /**
- * `C[m,n] = A[m,k]·B` (f32) on the GPU, B either [k,n] or [n,k] (`transB`). Where A or C exceed
- * the binding limit, A is split into row blocks that each fit; B must fit in one binding.
+ * `C[m,n] = A[m,k]·B` (f32) on the GPU, B either [k,n] or [n,k] (`transB`). Where an operand
+ * exceeds the binding limit (maxStorageBufferBindingSize), the product is split: C's columns into
+ * blocks whose slice of B fits, A's rows into blocks whose A and C slices fit (and stay under
+ * `maxBlockBytes`). Each block is one
+ * submission and one readback; a one-row block with Bᵀ runs the dense GEMV kernel. Throws {@linkcode UnsupportedError} only when a single
+ * `k`-long row exceeds the limit.
  */
 export async function gpuMatmul(
   ctx: WebGPUContext,
@@ -123,28 +164,58 @@ export async function gpuMatmul(
   opts: GpuMatmulOptions,
 ): Promise<Float32Array> {
   const { m, k, n } = opts;
+  const transB = opts.transB ?? false;
   const limit = opts.maxBindingBytes ?? ctx.device.limits.maxStorageBufferBindingSize;
-  if (k * n * 4 > limit) {
+  const colsPer = Math.min(n, Math.floor(limit / (4 * Math.max(k, 1))));
+  if (colsPer < 1) {
     throw new UnsupportedError(
-      `webgpu matmul: B [${opts.transB ? [n, k] : [k, n]}] exceeds the binding limit ${limit} B`,
+      `webgpu matmul: one ${k}-long row of B [${transB ? [n, k] : [k, n]}] exceeds the binding ` +
+        `limit ${limit} B`,
     );
   }
-  const rowsPer = Math.max(1, Math.min(m, Math.floor(limit / (4 * Math.max(k, n)))));
+  // Row blocks also stay under maxBlockBytes (A, C and C's readback copy are live per block).
+  const rowLimit = Math.min(limit, opts.maxBlockBytes ?? 64 * 2 ** 20);
+  const rowsPer = Math.max(1, Math.min(m, Math.floor(rowLimit / (4 * Math.max(k, colsPer)))));
   const out = new Float32Array(m * n);
-  const bb = upload(ctx, b);
-  try {
-    for (let r0 = 0; r0 < m; r0 += rowsPer) {
-      const mm = Math.min(rowsPer, m - r0);
-      const ab = upload(ctx, a.subarray(r0 * k, (r0 + mm) * k));
-      const cb = scratch(ctx, mm * n * 4);
-      await runDispatches(ctx, [
-        matmulDispatch(ctx, { a: ab, b: bb, c: cb }, { m: mm, k, n, transB: opts.transB }),
-      ]);
-      out.set(await readF32(ctx, cb, mm * n), r0 * n);
-      ctx.pool.release(ab, cb);
+  for (let c0 = 0; c0 < n; c0 += colsPer) {
+    const nn = Math.min(colsPer, n - c0);
+    let bBlock = b;
+    if (nn !== n) {
+      if (transB) bBlock = b.subarray(c0 * k, (c0 + nn) * k);
+      else {
+        bBlock = new Float32Array(k * nn);
+        for (let p = 0; p < k; p++) bBlock.set(b.subarray(p * n + c0, p * n + c0 + nn), p * nn);
+      }
     }
-  } finally {
-    ctx.pool.release(bb);
+    let bb = opts.residentB?.get(b, c0, nn);
+    const keep = bb !== undefined || opts.residentB !== undefined;
+    if (!bb) {
+      bb = upload(ctx, bBlock);
+      opts.residentB?.set(b, c0, nn, bb);
+    }
+    try {
+      for (let r0 = 0; r0 < m; r0 += rowsPer) {
+        const mm = Math.min(rowsPer, m - r0);
+        const ab = upload(ctx, a.subarray(r0 * k, (r0 + mm) * k));
+        const cb = scratch(ctx, mm * nn * 4);
+        try {
+          const d = mm === 1 && transB
+            ? gemvDispatch(ctx, { x: ab, w: bb, y: cb }, { n: nn, k })
+            : matmulDispatch(ctx, { a: ab, b: bb, c: cb }, { m: mm, k, n: nn, transB });
+          const res = new Float32Array(await runAndRead(ctx, [d], cb, mm * nn * 4));
+          if (nn === n) out.set(res, r0 * n);
+          else {
+            for (let i = 0; i < mm; i++) {
+              out.set(res.subarray(i * nn, (i + 1) * nn), (r0 + i) * n + c0);
+            }
+          }
+        } finally {
+          ctx.pool.release(ab, cb);
+        }
+      }
+    } finally {
+      if (!keep) ctx.pool.release(bb);
+    }
   }
   return out;
 }

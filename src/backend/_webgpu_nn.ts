@@ -1,6 +1,6 @@
 /**
  * Host side of the elementwise/row kernels: RMSNorm, LayerNorm, softmax, RoPE and causal
- * attention over a KV cache. `*Dispatch` functions work on resident buffers; `gpu*` functions take
+ * attention over a KV cache (also in the `Backend.attention` layout, `gpuBatchedAttention`). `*Dispatch` functions work on resident buffers; `gpu*` functions take
  * and return typed arrays.
  * @module
  */
@@ -16,6 +16,7 @@ import {
   grid,
   pipeline,
   readF32,
+  runAndRead,
   runDispatches,
   scratch,
   uniforms,
@@ -169,4 +170,77 @@ export function copyDispatch(
   n4: number,
 ): Dispatch {
   return dispatch(ctx, copyWGSL(), [n4, 0, 0, 0], [b.src, b.dst], Math.ceil(n4 / 256));
+}
+
+/** True when `mask` [T, S] is exactly the causal mask with queries at positions S−T..S−1. */
+export function isCausalMask(mask: Float32Array, T: number, S: number): boolean {
+  const off = S - T;
+  for (let t = 0; t < T; t++) {
+    const row = t * S, vis = off + t + 1;
+    for (let s = 0; s < S; s++) {
+      const m = mask[row + s];
+      if (s < vis ? m !== 0 : m !== -Infinity) return false;
+    }
+  }
+  return true;
+}
+
+/**
+ * The `Backend.attention` contract on the GPU: `softmax(Q·Kᵀ + mask)·V` for Q
+ * [G, T, d] (already scaled), Kᵀ [G, d, S], V [G, S, d], returning [G, T, d], through the
+ * flash-style causal kernel of `kernels/attention.ts` (groups as heads, scale 1). Groups are
+ * split into chunks whose K/V fit the binding limit. Resolves to `undefined` when the mask is not
+ * the plain causal one (a sliding window), or d is not a multiple of 4 in 4..256.
+ */
+export async function gpuBatchedAttention(
+  ctx: WebGPUContext,
+  q: Float32Array,
+  kT: Float32Array,
+  v: Float32Array,
+  mask: Float32Array,
+  dims: { G: number; T: number; S: number; d: number; maxBindingBytes?: number },
+): Promise<Float32Array | undefined> {
+  const { G, T, S, d } = dims;
+  if (d % 4 !== 0 || d < 4 || d > 256 || T > S || !isCausalMask(mask, T, S)) return undefined;
+  const limit = dims.maxBindingBytes ?? ctx.device.limits.maxStorageBufferBindingSize;
+  const per = Math.max(1, Math.min(G, Math.floor(limit / (4 * d * Math.max(S, T)))));
+  const out = new Float32Array(G * T * d);
+  for (let g0 = 0; g0 < G; g0 += per) {
+    const g = Math.min(per, G - g0);
+    // [g, T, d] → [T, g, d];  Kᵀ [g, d, S] → [S, g, d];  V [g, S, d] → [S, g, d].
+    const qh = new Float32Array(T * g * d), kh = new Float32Array(S * g * d);
+    const vh = new Float32Array(S * g * d);
+    for (let j = 0; j < g; j++) {
+      const gq = (g0 + j) * T * d, gk = (g0 + j) * d * S, gv = (g0 + j) * S * d;
+      for (let t = 0; t < T; t++) qh.set(q.subarray(gq + t * d, gq + (t + 1) * d), (t * g + j) * d);
+      for (let s = 0; s < S; s++) {
+        vh.set(v.subarray(gv + s * d, gv + (s + 1) * d), (s * g + j) * d);
+        const kb = (s * g + j) * d;
+        for (let i = 0; i < d; i++) kh[kb + i] = kT[gk + i * S + s];
+      }
+    }
+    const qb = upload(ctx, qh), kb = upload(ctx, kh), vb = upload(ctx, vh);
+    const ob = scratch(ctx, qh.byteLength);
+    try {
+      const disp = attentionDispatch(ctx, { q: qb, k: kb, v: vb, o: ob }, {
+        T,
+        S,
+        nH: g,
+        nKV: g,
+        headDim: d,
+        posOffset: S - T,
+        scale: 1,
+      });
+      const o = new Float32Array(await runAndRead(ctx, [disp], ob, qh.byteLength));
+      for (let j = 0; j < g; j++) {
+        const go = (g0 + j) * T * d;
+        for (let t = 0; t < T; t++) {
+          out.set(o.subarray((t * g + j) * d, (t * g + j + 1) * d), go + t * d);
+        }
+      }
+    } finally {
+      ctx.pool.release(qb, kb, vb, ob);
+    }
+  }
+  return out;
 }

@@ -20,6 +20,14 @@ export interface Backend {
    * Kᵀ [G, d, S], V [G, S, d] and an additive mask [T, S]. Returns [G, T, d].
    */
   attention?(q: Tensor, kT: Tensor, v: Tensor, mask: Tensor): Promise<Tensor>;
+  /**
+   * Optional quantized linear: `x · Wᵀ` computed from `meta` (a quantizer's packed description,
+   * `model.packed[name]`) instead of the dense `W`. A backend that keeps packed weights resident
+   * (WebGPU: the dequant GEMV/GEMM kernels) implements it; it resolves to `undefined` when it
+   * cannot serve this layer (unsupported bit width, or `meta` does not dequantize to `W` bit for
+   * bit), and the caller then uses {@linkcode Backend.matmulTransB}.
+   */
+  packedMatmulTransB?(x: Tensor, w: Tensor, meta: unknown): Promise<Tensor | undefined>;
 }
 
 /** Checks 2-D operands and returns [m, k, n]. Throws with both shapes in the message. */

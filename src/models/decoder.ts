@@ -64,7 +64,11 @@ function prefix(cfg: ModelConfig): string {
   return cfg.family === "opt" ? "model.decoder" : "model";
 }
 
-/** y = x · Wᵀ + b for linear `name` (weights `${name}.weight`, optional `${name}.bias`). */
+/**
+ * y = x · Wᵀ + b for linear `name` (weights `${name}.weight`, optional `${name}.bias`). When the
+ * model is quantized (`model.packed[name]`) and the backend has `packedMatmulTransB`, the product
+ * runs from the packed codes (the backend checks that they dequantize to the weight exactly).
+ */
 export async function linear(
   model: Model,
   name: string,
@@ -74,7 +78,9 @@ export async function linear(
   const be = opts.backend ?? getBackend();
   if (opts.hooks?.linearInput) x = (await opts.hooks.linearInput(name, x)) ?? x;
   const W = await model.weights.get(`${name}.weight`);
-  let y = await be.matmulTransB(x, W);
+  // A quantized layer runs from its packed codes where the backend keeps them (WebGPU).
+  const meta = be.packedMatmulTransB ? model.packed?.[name] : undefined;
+  let y = (meta && (await be.packedMatmulTransB!(x, W, meta))) || (await be.matmulTransB(x, W));
   if (model.weights.has(`${name}.bias`)) {
     const b = (await model.weights.get(`${name}.bias`)).data;
     const n = b.length;

@@ -55,6 +55,8 @@ export interface QuantReport {
   peakRssMiB: number;
   /** Blocks restored from the workdir instead of recomputed. */
   resumedBlocks: number;
+  /** The compute backend that ran the products (name and description, e.g. the adapter). */
+  device: string;
 }
 
 /** Progress events. */
@@ -339,6 +341,7 @@ export async function quantize(
     ),
     peakRssMiB: peak / 2 ** 20,
     resumedBlocks: resumed,
+    device: `${be.name}: ${be.description}`,
   };
   return { ...model, weights: model.weights.with(overrides), report, packed };
 }

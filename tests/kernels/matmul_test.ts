@@ -1,6 +1,7 @@
 import { assertLess } from "@std/assert";
 import { getWebGPU, gpuMatmul, gpuMatmulF16, webgpuAvailable } from "../../src/backend/webgpu.ts";
-import { matmulDispatch } from "../../src/backend/_webgpu_matmul.ts";
+import { gemvDispatch, matmulDispatch } from "../../src/backend/_webgpu_matmul.ts";
+import { gemvRef } from "../../kernels/gemv.ts";
 import { readF32, runDispatches, upload } from "../../src/backend/_webgpu_device.ts";
 import { fromF16, randomArray, scaledErr, toF16 } from "../../src/backend/_webgpu_check.ts";
 import { matmulRef, matmulWGSL } from "../../kernels/matmul.ts";
@@ -92,6 +93,22 @@ Deno.test({
         const c32 = fromF16(await gpuMatmulF16(ctx, a16, b16, { m, k, n, transB, accF32: true }));
         assertLess(scaledErr(c32, want), 2e-3, `f32 acc [${m},${k},${n}]`);
       }
+    }
+  },
+});
+
+Deno.test({
+  name: "dense GEMV kernel (one-row A·Bᵀ) matches the CPU reference, vec4 and scalar",
+  ...opts,
+  fn: async () => {
+    const ctx = await getWebGPU({ allowFallback: true });
+    for (const [n, k] of [[1, 4], [1000, 512], [37, 4097], [5, 3]]) {
+      const w = randomArray(n * k, { seed: n + k }), x = randomArray(k, { seed: k });
+      const wb = upload(ctx, w), xb = upload(ctx, x), yb = upload(ctx, new Float32Array(n));
+      await runDispatches(ctx, [gemvDispatch(ctx, { x: xb, w: wb, y: yb }, { n, k })]);
+      const err = scaledErr(await readF32(ctx, yb, n), gemvRef(w, x, { n, k }));
+      assertLess(err, 1e-5, `[${n}, ${k}]: ${err}`);
+      ctx.pool.release(wb, xb, yb);
     }
   },
 });
