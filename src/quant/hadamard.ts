@@ -47,7 +47,9 @@ export function fwht(
         }
       }
     }
-    if (norm) for (let j = base; j < base + n; j++) x[j] *= s;
+    if (norm) {
+      for (let j = base; j < base + n; j++) x[j] *= s;
+    }
   }
 }
 
