@@ -4,9 +4,10 @@
  *    applies display updates, renders quantlab figures/tables/progress, and fails on errors;
  * 2. the executed copies of notebooks/*.ipynb have no errors, a plotly bundle in every plot
  *    cell, and the results table, plus per-notebook checks (EXTRA_CHECKS: 01_gptq_step_by_step
- *    prints 0 code mismatches against gptqQuantize). Missing copies, copies older than their
- *    notebook, or all of them when QUANTLAB_RUN_NOTEBOOKS=1, are produced by running the runner
- *    first;
+ *    prints 0 code mismatches against gptqQuantize; 02_beyond_gptq has all six methods in its
+ *    table and figures, and prints the comparisons its closing text states). Missing copies,
+ *    copies older than their notebook, or all of them when QUANTLAB_RUN_NOTEBOOKS=1, are
+ *    produced by running the runner first;
  * 3. with chromium installed, the executed quickstart exported to HTML renders its plots offline
  *    (screenshot not blank, plotly's trace colors present).
  * Both are skipped (ignored, with the reason printed) only when no python3 with jupyter_client
@@ -217,6 +218,132 @@ const EXTRA_CHECKS: Record<string, (nb: Notebook) => void> = {
     for (const method of ["rtn", "gptq", "gptq act-order"]) {
       assertStringIncludes(join(tables[1].data?.["text/plain"] as string), method);
     }
+  },
+  "02_beyond_gptq.ipynb": (nb) => {
+    const methods = [
+      "rtn",
+      "gptq act-order",
+      "quantease",
+      "quantease outlier 1%",
+      "quip incoh ldlq",
+      "framequant r=1.1",
+    ];
+    const outs = nb.cells.flatMap((c) => c.outputs ?? []);
+    const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    // the results table: fp32 plus every method at 4, 3 and 2 bits
+    const table = outs.find((o) =>
+      join(o.data?.["text/html"] as string).includes("quantlab-results") &&
+      join(o.data?.["text/plain"] as string).includes("per-channel grids")
+    );
+    assert(table, "no sweep results table");
+    const tableText = join(table.data?.["text/plain"] as string);
+    assert(/^fp32\s+32\s/m.test(tableText), "no fp32 row in the results table");
+    for (const m of methods) {
+      const bits = [...tableText.matchAll(new RegExp(`^${esc(m)}\\s{2,}(\\d)\\s`, "gm"))]
+        .map((x) => Number(x[1]));
+      assertEquals(bits, [4, 3, 2], `results table rows of ${m}`);
+    }
+    // the figures, by title, from their plotly JSON
+    type Fig = { data: Record<string, unknown>[]; layout: Record<string, unknown> };
+    const figs = outs.map((o) => o.data?.["application/vnd.plotly.v1+json"] as Fig | undefined)
+      .filter((f): f is Fig => !!f);
+    const titled = (prefix: string) => {
+      const f = figs.find((f) =>
+        String((f.layout.title as { text?: string } | undefined)?.text ?? "").startsWith(prefix)
+      );
+      assert(f, `no figure titled "${prefix}…"`);
+      return f;
+    };
+    const ppl = titled("Perplexity vs bits per weight");
+    assertEquals(ppl.data.map((t) => t.name), methods, "pplVsBits: one trace per method");
+    assertEquals((ppl.layout.yaxis as { type?: string }).type, "log", "pplVsBits: log y");
+    const baseline = Number((ppl.layout.shapes as { y0: number }[])[0]?.y0);
+    assert(baseline > 1, `pplVsBits: no FP32 baseline (${baseline})`);
+    for (const t of ppl.data) {
+      const x = t.x as number[], y = t.y as number[];
+      assertEquals(x.length, 3, `${t.name}: points`);
+      for (let i = 0; i < 3; i++) {
+        assert(Number.isFinite(x[i]) && x[i] > 2 && x[i] < 6, `${t.name}: bits/weight ${x[i]}`);
+        assert(Number.isFinite(y[i]) && y[i] > baseline, `${t.name}: ppl ${y[i]} ≤ FP32`);
+        if (i) assert(x[i] > x[i - 1] && y[i] < y[i - 1], `${t.name}: more bits, higher ppl`);
+      }
+    }
+    const layers = titled("3-bit: relative output error per layer");
+    assertEquals(layers.data.map((t) => t.name), methods, "layerErrors: one trace per method");
+    for (const t of layers.data) {
+      const y = t.y as number[];
+      assertEquals(y.length, 35, `${t.name}: layers`);
+      assert(y.every((v) => Number.isFinite(v) && v > 0 && v < 2), `${t.name}: relErr ${y}`);
+    }
+    titled("model.layers.0.mlp.down_proj: W·D vs its QuIP rotation");
+    titled("model.layers.0.self_attn.q_proj, 3 bits: relative error of each output row");
+
+    const text = nb.cells.map(cellText).join("\n");
+    // the notebook's rotations reproduce QuIP's stored weight
+    const rebuilt = text.match(/max \|Uᵀ·Ŵ·V\/D − Wq\| = ([0-9.e+-]+)/);
+    assert(rebuilt, "no QuIP rebuild check");
+    assert(Number(rebuilt[1]) < 1e-6, `QuIP weight not reproduced: ${rebuilt[1]}`);
+    // the computed comparisons the closing markdown is written from
+    const claims = new Map(
+      [...text.matchAll(/^(.+): (true|false) \((.*)\)$/gm)].map((m) => [m[1], [m[2], m[3]]]),
+    );
+    const expected: Record<string, boolean> = {
+      "GPTQ beats RTN at every bit width": true,
+      "QuantEase beats GPTQ at 4 bits": false,
+      "QuantEase beats GPTQ at 3 bits": false,
+      "QuantEase beats GPTQ at 2 bits": false,
+      "QuantEase has a lower mean layer error than GPTQ at 3 bits": false,
+      "QuantEase with 1% outliers beats plain QuantEase at every bit width": true,
+      "QuantEase 3-bit with 1% outliers beats GPTQ 4-bit": false,
+      "QuIP beats GPTQ at 4 bits": false,
+      "QuIP beats GPTQ at 3 bits": false,
+      "QuIP beats GPTQ at 2 bits": false,
+      "QuIP has a lower mean layer error than GPTQ at 3 bits": false,
+      "rotated q/k projections stay heavier-tailed than every other type": true,
+      "GPTQ on the query/key projections closes most of QuIP's 3-bit gap to GPTQ": true,
+      "FrameQuant beats GPTQ at 4 bits": false,
+      "FrameQuant beats GPTQ at 3 bits": false,
+      "FrameQuant beats GPTQ at 2 bits": true,
+      "FrameQuant has the lowest 2-bit perplexity, by more than 20 %": true,
+      "FrameQuant 2-bit is on the Pareto front": true,
+      "FrameQuant 4-bit without the 2σ clipping beats FrameQuant 4-bit with it": true,
+    };
+    for (const [claim, value] of Object.entries(expected)) {
+      const got = claims.get(claim);
+      assert(got, `claim missing from the output: ${claim}`);
+      assertEquals(got[0], String(value), `"${claim}" (${got[1]}): update the closing markdown`);
+    }
+    const nums = (claim: string) => claims.get(claim)![1].match(/[0-9]+\.[0-9]+/g)!.map(Number);
+    // "its mean layer error at 3 bits is essentially GPTQ's"
+    const [qe, g] = nums("QuantEase has a lower mean layer error than GPTQ at 3 bits");
+    assert(Math.abs(qe / g - 1) < 0.02, `QuantEase vs GPTQ mean relErr ${qe} vs ${g}`);
+    // "the MLP, value and output projections come out close to Gaussian"
+    const kurt = claims.get(
+      "rotated q/k projections stay heavier-tailed than every other type",
+    )![1].split("others")[1].match(/[0-9]+\.[0-9]+/g)!.map(Number);
+    assertEquals(kurt.length, 5, "kurtosis of the other projection types");
+    assert(kurt.every((k) => k < 3.3), `rotated kurtosis of v/o/MLP projections: ${kurt}`);
+    // "without it the 4-bit FrameQuant model comes up to about GPTQ's perplexity"
+    const [noClip, , g4] = nums(
+      "FrameQuant 4-bit without the 2σ clipping beats FrameQuant 4-bit with it",
+    );
+    assert(Math.abs(noClip / g4 - 1) < 0.05, `FrameQuant 4-bit unclipped ${noClip}, GPTQ ${g4}`);
+    // "their small rows get relative errors near or above 1"
+    const rowMax = (m: string) =>
+      Number(text.match(new RegExp(`${esc(m)} 3-bit, [^:]+: per-row [^\\n]* max ([0-9.]+)`))?.[1]);
+    assert(rowMax("quip incoh ldlq") > 0.8, `QuIP per-row max ${rowMax("quip incoh ldlq")}`);
+    assert(rowMax("gptq act-order") < 0.5, `GPTQ per-row max ${rowMax("gptq act-order")}`);
+    const pareto = text.match(/^Pareto front: (.*)$/m);
+    assert(pareto, "no Pareto front line");
+    for (
+      const p of [
+        "quip incoh ldlq 2-bit",
+        "quip incoh ldlq 3-bit",
+        "framequant r=1.1 2-bit",
+        "quantease outlier 1% 3-bit",
+        "quantease outlier 1% 4-bit",
+      ]
+    ) assertStringIncludes(pareto[1], p, "Pareto front (the closing markdown names it)");
   },
 };
 
