@@ -81,7 +81,11 @@ if (!flags["no-table"]) {
     for (const [name, make] of more) runs.push([name, bits, -1, make(bits)]);
   }
   for (const [name, bits, groupSize, quantizer] of runs) {
-    const qm = await quantize(model, quantizer, { calib });
+    // RTN needs no statistics: without calib its time is the quantizer's alone (with calib the
+    // pipeline would also gather Hessians to report each layer's relative error).
+    const qm = await quantize(model, quantizer, {
+      calib: quantizer.needsHessian ? calib : undefined,
+    });
     const r = await perplexity(qm, "tinystories", { nsamples });
     peak = Math.max(peak, qm.report.peakRssMiB, Deno.memoryUsage().rss / 2 ** 20);
     rows.push({
