@@ -19,10 +19,10 @@ import {
 } from "../../src/quant/framequant.ts";
 import { gptqQuantize } from "../../src/quant/gptq.ts";
 import { unpackCodes } from "../../src/quant/grid.ts";
-import type { Tensor } from "../../src/tensor.ts";
 import { OptionError, QuantlabError } from "../../src/errors.ts";
 import { mulberry32, randn, randnArray, type Rng } from "../../src/quant/_rng.ts";
 import { realLayers } from "./_real_stats.ts";
+import { proxyLoss } from "./_oracles.ts";
 
 /** H = 2/n · XᵀX of `n` correlated random input rows, plus `damp`·I (float64). */
 function randomH(rng: Rng, cols: number, n = 96, damp = 1e-3): Float64Array {
@@ -40,22 +40,6 @@ function randomH(rng: Rng, cols: number, n = 96, damp = 1e-3): Float64Array {
   }
   for (let i = 0; i < cols; i++) H[i * cols + i] += damp;
   return H;
-}
-
-/** tr((W−Q) H (W−Q)ᵀ) in float64, in the original basis, independent of the library. */
-function proxyLoss(W: Tensor, Q: Tensor, H: ArrayLike<number>): number {
-  const [rows, cols] = W.shape;
-  const d = new Float64Array(cols);
-  let total = 0;
-  for (let r = 0; r < rows; r++) {
-    for (let j = 0; j < cols; j++) d[j] = W.data[r * cols + j] - Q.data[r * cols + j];
-    for (let i = 0; i < cols; i++) {
-      let s = 0;
-      for (let j = 0; j < cols; j++) s += H[i * cols + j] * d[j];
-      total += d[i] * s;
-    }
-  }
-  return total;
 }
 
 function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
