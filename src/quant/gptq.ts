@@ -19,7 +19,10 @@ import {
   findParams,
   type MseOptions,
   packCodes,
+  resolveBlocksize,
+  resolveGroupSize,
   resolveMse,
+  resolvePercdamp,
   roundHalfEven,
   validateBits,
 } from "./grid.ts";
@@ -85,18 +88,9 @@ type Resolved = Required<Omit<GptqOptions, "mse">> & { mse?: boolean | MseOption
 
 function resolveOptions(opts: GptqOptions): Resolved {
   validateBits(opts.bits);
-  const groupSize = opts.groupSize ?? -1;
-  if (!(groupSize === -1 || (Number.isInteger(groupSize) && groupSize > 0))) {
-    throw new OptionError("groupSize", `must be -1 or a positive integer, got ${groupSize}`);
-  }
-  const percdamp = opts.percdamp ?? 0.01;
-  if (!(typeof percdamp === "number" && Number.isFinite(percdamp) && percdamp > 0)) {
-    throw new OptionError("percdamp", `must be a finite number > 0, got ${percdamp}`);
-  }
-  const blocksize = opts.blocksize ?? 128;
-  if (!(Number.isInteger(blocksize) && blocksize >= 1)) {
-    throw new OptionError("blocksize", `must be an integer ≥ 1, got ${blocksize}`);
-  }
+  const groupSize = resolveGroupSize(opts.groupSize);
+  const percdamp = resolvePercdamp(opts.percdamp);
+  const blocksize = resolveBlocksize(opts.blocksize);
   resolveMse(opts.mse);
   return {
     bits: opts.bits,

@@ -88,6 +88,33 @@ export function validateBits(
   return bits;
 }
 
+/** `groupSize` with its default -1 (per output channel); OptionError unless -1 or an integer ≥ 1. */
+export function resolveGroupSize(groupSize: number | undefined): number {
+  const g = groupSize ?? -1;
+  if (!(g === -1 || (Number.isInteger(g) && g > 0))) {
+    throw new OptionError("groupSize", `must be -1 or a positive integer, got ${g}`);
+  }
+  return g;
+}
+
+/** GPTQ-style dampening `percdamp` (default 0.01); OptionError unless finite and > 0. */
+export function resolvePercdamp(percdamp: number | undefined): number {
+  const d = percdamp ?? 0.01;
+  if (!(typeof d === "number" && Number.isFinite(d) && d > 0)) {
+    throw new OptionError("percdamp", `must be a finite number > 0, got ${d}`);
+  }
+  return d;
+}
+
+/** Lazy-batch `blocksize` (default 128); OptionError unless an integer ≥ 1. */
+export function resolveBlocksize(blocksize: number | undefined): number {
+  const b = blocksize ?? 128;
+  if (!(Number.isInteger(b) && b >= 1)) {
+    throw new OptionError("blocksize", `must be an integer ≥ 1, got ${b}`);
+  }
+  return b;
+}
+
 /** Resolves the `mse` option to full search settings, or undefined for min-max. */
 export function resolveMse(
   mse: boolean | MseOptions | undefined,

@@ -45,7 +45,10 @@ import {
   findParams,
   type MseOptions,
   packCodes,
+  resolveBlocksize,
+  resolveGroupSize,
   resolveMse,
+  resolvePercdamp,
   roundHalfEven,
   validateBits,
 } from "./grid.ts";
@@ -151,10 +154,7 @@ type Resolved = Required<Omit<QuantEaseOptions, "mse">> & { mse?: boolean | MseO
 
 function resolveOptions(opts: QuantEaseOptions): Resolved {
   validateBits(opts.bits);
-  const groupSize = opts.groupSize ?? -1;
-  if (!(groupSize === -1 || (Number.isInteger(groupSize) && groupSize > 0))) {
-    throw new OptionError("groupSize", `must be -1 or a positive integer, got ${groupSize}`);
-  }
+  const groupSize = resolveGroupSize(opts.groupSize);
   const numIter = opts.numIter ?? 30;
   if (!(Number.isInteger(numIter) && numIter >= 0)) {
     throw new OptionError("numIter", `must be an integer ≥ 0, got ${numIter}`);
@@ -166,14 +166,8 @@ function resolveOptions(opts: QuantEaseOptions): Resolved {
   if (init === "weight" && numIter === 0) {
     throw new OptionError("numIter", `must be ≥ 1 with init "weight" (nothing is rounded yet)`);
   }
-  const percdamp = opts.percdamp ?? 0.01;
-  if (!(typeof percdamp === "number" && Number.isFinite(percdamp) && percdamp > 0)) {
-    throw new OptionError("percdamp", `must be a finite number > 0, got ${percdamp}`);
-  }
-  const blocksize = opts.blocksize ?? 128;
-  if (!(Number.isInteger(blocksize) && blocksize >= 1)) {
-    throw new OptionError("blocksize", `must be an integer ≥ 1, got ${blocksize}`);
-  }
+  const percdamp = resolvePercdamp(opts.percdamp);
+  const blocksize = resolveBlocksize(opts.blocksize);
   const outlier = opts.outlier ?? 0;
   if (!(typeof outlier === "number" && Number.isFinite(outlier) && outlier >= 0 && outlier < 1)) {
     throw new OptionError("outlier", `must be a fraction in [0, 1), got ${outlier}`);

@@ -27,7 +27,15 @@
 import type { Tensor } from "../tensor.ts";
 import { NonFiniteError, OptionError, QuantlabError } from "../errors.ts";
 import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
-import { findParams, maxqOf, packCodes, roundHalfEven, validateBits } from "./grid.ts";
+import {
+  findParams,
+  maxqOf,
+  packCodes,
+  resolveBlocksize,
+  resolvePercdamp,
+  roundHalfEven,
+  validateBits,
+} from "./grid.ts";
 import { type GemmF64, NotPositiveDefiniteError, onnxGemmF64 } from "./linalg.ts";
 import { mulberry32 } from "./_rng.ts";
 import {
@@ -242,10 +250,7 @@ export function resolveQuipOptions(opts: QuipOptions): ResolvedQuipOptions {
       `"b" assumes incoherent weights: needs preProj (as the reference)`,
     );
   }
-  const percdamp = opts.percdamp ?? 0.01;
-  if (!(typeof percdamp === "number" && Number.isFinite(percdamp) && percdamp > 0)) {
-    throw new OptionError("percdamp", `must be a finite number > 0, got ${percdamp}`);
-  }
+  const percdamp = resolvePercdamp(opts.percdamp);
   const seed = opts.seed ?? 0;
   if (!Number.isInteger(seed)) throw new OptionError("seed", `must be an integer, got ${seed}`);
   const unbiased = bool("unbiased", opts.unbiased, false);
@@ -256,10 +261,7 @@ export function resolveQuipOptions(opts: QuipOptions): ResolvedQuipOptions {
     );
   }
   const lazyBatch = bool("lazyBatch", opts.lazyBatch, true);
-  const blocksize = opts.blocksize ?? 128;
-  if (!(Number.isInteger(blocksize) && blocksize >= 1)) {
-    throw new OptionError("blocksize", `must be an integer ≥ 1, got ${blocksize}`);
-  }
+  const blocksize = resolveBlocksize(opts.blocksize);
   const admmIn = opts.admm ?? {};
   if (typeof admmIn !== "object" || admmIn === null) {
     throw new OptionError("admm", `must be an object { rho, niters }`);

@@ -11,6 +11,7 @@ import {
   findParams,
   type MseOptions,
   packCodes,
+  resolveGroupSize,
   resolveMse,
   roundHalfEven,
   validateBits,
@@ -38,10 +39,7 @@ export interface RtnOptions {
 
 function checkOptions(opts: RtnOptions): Required<Omit<RtnOptions, "mse">> & RtnOptions {
   validateBits(opts.bits);
-  const groupSize = opts.groupSize ?? -1;
-  if (!(groupSize === -1 || (Number.isInteger(groupSize) && groupSize > 0))) {
-    throw new OptionError("groupSize", `must be -1 or a positive integer, got ${groupSize}`);
-  }
+  const groupSize = resolveGroupSize(opts.groupSize);
   const perChannel = opts.perChannel ?? true;
   if (!perChannel && groupSize !== -1) {
     throw new OptionError("perChannel", "false (per-tensor) cannot be combined with groupSize");
