@@ -307,6 +307,10 @@ export async function quantize(
     }
     Object.assign(packed, blockMetas);
     layers.push(...blockReports);
+    // The block's full-precision linear weights are no longer needed here (the quantized ones
+    // override them): drop them from the lazy cache so host memory stays about one block of FP
+    // weights. They reload from the source if the original model is used again.
+    model.weights.evict([...blockWeights.keys()]);
     if (opts.workdir) {
       await writeBlock(opts.workdir, i, {
         weights: blockWeights,

@@ -1,6 +1,7 @@
 import { assert, assertEquals, assertLess, assertRejects, assertThrows } from "@std/assert";
 import { OptionError } from "../../src/errors.ts";
 import { loadModel } from "../../src/models/load.ts";
+import { type Model, Weights, type WeightSource } from "../../src/models/model.ts";
 import { calibrationSet } from "../../src/quant/calibration.ts";
 import { quantize } from "../../src/quant/pipeline.ts";
 import { resolveRecipe } from "../../src/quant/recipe.ts";
@@ -98,4 +99,29 @@ Deno.test("pipeline: typed errors for missing calibration and bad chunk", async 
     OptionError,
     "matches no layer",
   );
+});
+
+Deno.test("pipeline: finished blocks' FP linear weights leave the lazy cache; norms stay", async () => {
+  const m = await loadModel(MODEL);
+  const loads = new Map<string, number>();
+  const source: WeightSource = {
+    names: () => m.weights.names(),
+    load: (n) => {
+      loads.set(n, (loads.get(n) ?? 0) + 1);
+      return m.weights.get(n);
+    },
+  };
+  const cm: Model = { ...m, weights: new Weights(source) };
+  const calib = await calibrationSet(cm, "tinystories", { nsamples: 2, seqlen: 32 });
+  const qm = await quantize(cm, gptq({ bits: 4 }), { calib });
+  const down = "model.layers.0.mlp.down_proj.weight";
+  assertEquals(loads.get(down), 1);
+  assert((await qm.weights.get(down)) !== (await m.weights.get(down)), "quantized override");
+  assertEquals(loads.get(down), 1, "the quantized model never reloads the FP weight");
+  await cm.weights.get(down);
+  assertEquals(loads.get(down), 2, "evicted after its block, so loaded again");
+  const norm = "model.layers.0.input_layernorm.weight";
+  const before = loads.get(norm);
+  await cm.weights.get(norm);
+  assertEquals(loads.get(norm), before, "norms stay cached");
 });
