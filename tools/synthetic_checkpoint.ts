@@ -21,6 +21,7 @@
  */
 import { OptionError } from "../src/errors.ts";
 import { writeFileAtomic, writeSafetensors } from "../src/io/safetensors.ts";
+import { exists } from "../src/io/hf_checkpoint.ts";
 import { f32ToBf16, f32ToF16 } from "../src/tensor.ts";
 
 /** A Llama-family config.json (the fields quantlab reads). */
@@ -256,15 +257,6 @@ function encode(data: Float32Array, dtype: SyntheticDtype): Uint8Array {
   const conv = dtype === "f16" ? f32ToF16 : f32ToBf16;
   for (let i = 0; i < data.length; i++) out[i] = conv(data[i]);
   return new Uint8Array(out.buffer);
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await Deno.stat(p);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** The config a run writes: the preset with `layers` and the stored dtype applied. */

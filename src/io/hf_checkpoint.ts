@@ -27,7 +27,8 @@ export interface HfCheckpoint {
   tokenizerPath?: string;
 }
 
-async function exists(p: string): Promise<boolean> {
+/** Whether a file or folder exists at `p` (any stat error counts as absent). */
+export async function exists(p: string): Promise<boolean> {
   try {
     await Deno.stat(p);
     return true;

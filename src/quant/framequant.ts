@@ -23,8 +23,9 @@
  * quantizer rather than `seed + layer index`; bits 9–16 round to nearest in the frame domain.
  * @module
  */
+import { checkLayerInputs } from "./_inputs.ts";
 import type { Tensor } from "../tensor.ts";
-import { NonFiniteError, OptionError, QuantlabError } from "../errors.ts";
+import { OptionError, QuantlabError } from "../errors.ts";
 import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
 import {
   type BitsAccounting,
@@ -295,24 +296,7 @@ export async function framequantQuantize(
 ): Promise<QuantResult> {
   const o = resolveOptions(options);
   const layer = options.layer ?? "weight";
-  if (W.shape.length !== 2) {
-    throw new QuantlabError(`framequant: ${layer} must be 2-D, got shape [${W.shape}]`);
-  }
-  const [rows, cols] = W.shape;
-  const H0 = stats.H;
-  if (!H0) throw new QuantlabError(`framequant: ${layer}: stats.H (the layer Hessian) is required`);
-  if (H0.length !== cols * cols) {
-    throw new QuantlabError(
-      `framequant: ${layer}: H has ${H0.length} values, expected ${cols}×${cols} for [${W.shape}]`,
-    );
-  }
-  for (const [name, a] of [["H", H0], ["weight", W.data]] as const) {
-    for (let i = 0; i < a.length; i++) {
-      if (!Number.isFinite(a[i])) {
-        throw new NonFiniteError(`framequant: ${layer}: ${name} has a non-finite value at ${i}`);
-      }
-    }
-  }
+  const { rows, cols, H: H0 } = checkLayerInputs("framequant", W, stats, { layer });
   const kr = frameSize(rows, o.rowR), kc = frameSize(cols, o.r);
   const gs = o.groupSize;
   if (gs > 0 && kc % gs !== 0 && !o.partialGroups) {

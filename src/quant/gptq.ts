@@ -10,8 +10,9 @@
  * above); act-order's sort is stable; `groupSize` must divide the columns.
  * @module
  */
+import { checkLayerInputs } from "./_inputs.ts";
 import type { Tensor } from "../tensor.ts";
-import { NonFiniteError, OptionError, QuantlabError } from "../errors.ts";
+import { NonFiniteError, OptionError } from "../errors.ts";
 import { cpuBackend } from "../backend/cpu.ts";
 import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
 import {
@@ -171,12 +172,12 @@ function subtractTrailing(
   }
 }
 
+function dampHint(percdamp: number): string {
+  return `increase the dampening (percdamp, now ${percdamp}) or use more calibration samples`;
+}
+
 function notPd(layer: string, percdamp: number, detail: string, cause?: unknown): NonFiniteError {
-  return new NonFiniteError(
-    `gptq: ${layer}: ${detail}; increase the dampening (percdamp, now ${percdamp}) or use ` +
-      `more calibration samples`,
-    { cause },
-  );
+  return new NonFiniteError(`gptq: ${layer}: ${detail}; ${dampHint(percdamp)}`, { cause });
 }
 
 /**
@@ -204,37 +205,16 @@ export async function gptqQuantize(
   const o = resolveOptions(options);
   const layer = options.layer ?? "weight";
   const backend = options.backend ?? cpuBackend;
-  if (W.shape.length !== 2) {
-    throw new QuantlabError(`gptq: ${layer} must be 2-D, got shape [${W.shape}]`);
-  }
-  const [rows, cols] = W.shape;
+  const { rows, cols, H: H0 } = checkLayerInputs("gptq", W, stats, {
+    layer,
+    hint: dampHint(o.percdamp),
+  });
   const gs = o.groupSize;
   if (gs > 0 && cols % gs !== 0 && !o.partialGroups) {
     throw new OptionError(
       "groupSize",
       `${gs} does not divide the ${cols} input columns of ${layer} (pass partialGroups: true for a shorter last group, as the reference code allows)`,
     );
-  }
-  const H0 = stats.H;
-  if (!H0) throw new QuantlabError(`gptq: ${layer}: stats.H (the layer Hessian) is required`);
-  if (H0.length !== cols * cols) {
-    throw new QuantlabError(
-      `gptq: ${layer}: H has ${H0.length} values, expected ${cols}×${cols} for [${W.shape}]`,
-    );
-  }
-  for (let i = 0; i < H0.length; i++) {
-    if (!Number.isFinite(H0[i])) {
-      throw notPd(
-        layer,
-        o.percdamp,
-        `H has a non-finite value ${H0[i]} at (${Math.floor(i / cols)}, ${i % cols})`,
-      );
-    }
-  }
-  for (let i = 0; i < W.data.length; i++) {
-    if (!Number.isFinite(W.data[i])) {
-      throw new NonFiniteError(`gptq: ${layer}: weight has a non-finite value at index ${i}`);
-    }
   }
   const timings: GptqTimings = {
     linalg: 0,

@@ -34,8 +34,9 @@
  * within ~1e-7 of a grid midpoint may differ from exact arithmetic.
  * @module
  */
+import { checkLayerInputs } from "./_inputs.ts";
 import type { Tensor } from "../tensor.ts";
-import { NonFiniteError, OptionError, QuantlabError } from "../errors.ts";
+import { OptionError, QuantlabError } from "../errors.ts";
 import { cpuBackend } from "../backend/cpu.ts";
 import type { Backend } from "../backend/backend.ts";
 import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
@@ -503,37 +504,13 @@ export async function quanteaseQuantize(
   const o = resolveOptions(options);
   const layer = options.layer ?? "weight";
   const backend = options.backend ?? cpuBackend;
-  if (W.shape.length !== 2) {
-    throw new QuantlabError(`quantease: ${layer} must be 2-D, got shape [${W.shape}]`);
-  }
-  const [rows, cols] = W.shape;
+  const { rows, cols, H: H0 } = checkLayerInputs("quantease", W, stats, { layer });
   const gs = o.groupSize;
   if (gs > 0 && cols % gs !== 0 && !o.partialGroups) {
     throw new OptionError(
       "groupSize",
       `${gs} does not divide the ${cols} input columns of ${layer} (pass partialGroups: true for a shorter last group)`,
     );
-  }
-  const H0 = stats.H;
-  if (!H0) throw new QuantlabError(`quantease: ${layer}: stats.H (the layer Hessian) is required`);
-  if (H0.length !== cols * cols) {
-    throw new QuantlabError(
-      `quantease: ${layer}: H has ${H0.length} values, expected ${cols}×${cols} for [${W.shape}]`,
-    );
-  }
-  for (let i = 0; i < H0.length; i++) {
-    if (!Number.isFinite(H0[i])) {
-      throw new NonFiniteError(
-        `quantease: ${layer}: H has a non-finite value ${H0[i]} at (${Math.floor(i / cols)}, ${
-          i % cols
-        })`,
-      );
-    }
-  }
-  for (let i = 0; i < W.data.length; i++) {
-    if (!Number.isFinite(W.data[i])) {
-      throw new NonFiniteError(`quantease: ${layer}: weight has a non-finite value at index ${i}`);
-    }
   }
   const timings: QuantEaseTimings = {
     init: 0,

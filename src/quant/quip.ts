@@ -24,6 +24,7 @@
  * - Everything is float64 (the reference: float32); rotations are seeded (`seed`).
  * @module
  */
+import { checkLayerInputs } from "./_inputs.ts";
 import type { Tensor } from "../tensor.ts";
 import { NonFiniteError, OptionError, QuantlabError } from "../errors.ts";
 import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
@@ -450,14 +451,14 @@ function addClipLoss(
   }
 }
 
+function notPdHint(o: ResolvedQuipOptions): string {
+  return o.preGptqH
+    ? `increase the dampening (percdamp, now ${o.percdamp}) or use more calibration samples`
+    : `enable preGptqH (dead inputs and dampening) or use more calibration samples`;
+}
+
 function notPd(layer: string, o: ResolvedQuipOptions, detail: string, cause?: unknown) {
-  return new NonFiniteError(
-    `quip: ${layer}: ${detail}; ` +
-      (o.preGptqH
-        ? `increase the dampening (percdamp, now ${o.percdamp}) or use more calibration samples`
-        : `enable preGptqH (dead inputs and dampening) or use more calibration samples`),
-    { cause },
-  );
+  return new NonFiniteError(`quip: ${layer}: ${detail}; ${notPdHint(o)}`, { cause });
 }
 
 /**
@@ -481,31 +482,10 @@ export async function quipQuantize(
 ): Promise<QuantResult> {
   const o = resolveQuipOptions(options);
   const layer = options.layer ?? "weight";
-  if (W.shape.length !== 2) {
-    throw new QuantlabError(`quip: ${layer} must be 2-D, got shape [${W.shape}]`);
-  }
-  const [rows, cols] = W.shape;
-  const H0 = stats.H;
-  if (!H0) throw new QuantlabError(`quip: ${layer}: stats.H (the layer Hessian) is required`);
-  if (H0.length !== cols * cols) {
-    throw new QuantlabError(
-      `quip: ${layer}: H has ${H0.length} values, expected ${cols}×${cols} for [${W.shape}]`,
-    );
-  }
-  for (let i = 0; i < H0.length; i++) {
-    if (!Number.isFinite(H0[i])) {
-      throw notPd(
-        layer,
-        o,
-        `H has a non-finite value ${H0[i]} at (${Math.floor(i / cols)}, ${i % cols})`,
-      );
-    }
-  }
-  for (let i = 0; i < W.data.length; i++) {
-    if (!Number.isFinite(W.data[i])) {
-      throw new NonFiniteError(`quip: ${layer}: weight has a non-finite value at index ${i}`);
-    }
-  }
+  const { rows, cols, H: H0 } = checkLayerInputs("quip", W, stats, {
+    layer,
+    hint: notPdHint(o),
+  });
   const gemm = await onnxGemmF64();
   const timings: QuipTimings = { pre: 0, grid: 0, round: 0, post: 0, loss: 0 };
   let t0 = performance.now();
