@@ -36,7 +36,9 @@ import {
   upload,
   type WebGPUContext,
 } from "../src/backend/_webgpu_device.ts";
-import { gptqBlockDispatches, matmulDispatch, xtxDispatch } from "../src/backend/_webgpu_matmul.ts";
+import { matmulDispatch, xtxDispatch } from "../src/backend/_webgpu_matmul.ts";
+import { gptqBlockDispatches, gptqLossPartLength } from "../src/backend/_webgpu_gptq.ts";
+import type { GptqColumnsArgs as Args } from "../src/backend/backend.ts";
 import {
   dequantGemmDispatch,
   dequantGemvDispatch,
@@ -337,37 +339,24 @@ function gptqProblem(rows: number, cols: number, seed: number) {
     hinv[i * cols + i] = 0.5 + r();
     for (let j = i + 1; j < cols; j++) hinv[i * cols + j] = (r() - 0.5) * (0.5 / Math.sqrt(cols));
   }
-  // 4-bit, g128 asymmetric grids fixed from the original W (static groups)
-  const maxq = 15, gs = 128, groups = Math.ceil(cols / gs);
-  const scale = new Float32Array(rows * groups), zero = new Float32Array(rows * groups);
-  for (let i = 0; i < rows; i++) {
-    for (let g = 0; g < groups; g++) {
-      let mn = 0, mx = 0;
-      for (let j = g * gs; j < Math.min(cols, (g + 1) * gs); j++) {
-        mn = Math.min(mn, w[i * cols + j]);
-        mx = Math.max(mx, w[i * cols + j]);
-      }
-      scale[i * groups + g] = Math.fround((mx - mn) / maxq);
-      zero[i * groups + g] = Math.round(-mn / scale[i * groups + g]);
-    }
-  }
-  return { w, hinv, scale, zero, maxq, groups };
+  // 4-bit, g128 asymmetric grids fitted on the GPU at each group's first column (dynamic groups)
+  return { w, hinv, maxq: 15, gs: 128, groups: Math.ceil(cols / 128) };
 }
 
+/** The fused GPTQ dispatches alone (grid fits, block kernel, trailing matmul) on resident data. */
 async function benchGptq(ctx: WebGPUContext, n: number): Promise<number> {
   const [rows, cols, bs] = [n, n, 128];
   const p = gptqProblem(rows, cols, 8);
-  const grid = new Float32Array(rows * p.groups * 2);
-  for (let i = 0; i < rows * p.groups; i++) {
-    [grid[2 * i], grid[2 * i + 1]] = [p.scale[i], p.zero[i]];
-  }
+  const colGroup = Uint32Array.from({ length: cols }, (_, c) => Math.floor(c / p.gs));
   const bufs = {
     w: upload(ctx, p.w),
     hinv: upload(ctx, p.hinv),
-    grid: upload(ctx, grid),
+    grid: scratch(ctx, rows * p.groups * 8),
+    colGroup: upload(ctx, colGroup),
     q: scratch(ctx, rows * cols * 4),
     codes: scratch(ctx, rows * cols * 4),
     err: scratch(ctx, rows * bs * 4),
+    lossPart: upload(ctx, new Float32Array(gptqLossPartLength(rows, bs))),
   };
   const list: Dispatch[] = [];
   for (let i1 = 0; i1 < cols; i1 += bs) {
@@ -378,7 +367,8 @@ async function benchGptq(ctx: WebGPUContext, n: number): Promise<number> {
       b: Math.min(bs, cols - i1),
       blockSize: bs,
       maxq: p.maxq,
-      groups: p.groups,
+      ngroups: p.groups,
+      fit: { groupSize: p.gs, sym: false },
     }));
   }
   // correctness first, on fresh W (rows are independent: reference on a row subsample)
@@ -391,10 +381,9 @@ async function benchGptq(ctx: WebGPUContext, n: number): Promise<number> {
     const ref = gptqRef(wr, p.hinv, {
       rows: 1,
       cols,
-      scale: p.scale.subarray(r * p.groups, (r + 1) * p.groups),
-      zero: p.zero.subarray(r * p.groups, (r + 1) * p.groups),
       maxq: p.maxq,
       blockSize: bs,
+      fit: { groupSize: p.gs, sym: false },
     });
     for (let j = 0; j < cols; j++) if (ref.codes[j] !== codes[r * cols + j]) flips++;
   }
@@ -417,6 +406,134 @@ async function benchGptq(ctx: WebGPUContext, n: number): Promise<number> {
   });
   ctx.pool.release(...Object.values(bufs));
   return t.seconds;
+}
+
+/** GPU.md's reference GPTQ (fasterquant, PyTorch CUDA, 4-bit g128 act-order) seconds per layer. */
+const GPTQ_REF_S: Record<string, number> = { "4096x4096": 1.55, "4096x11008": 3.13 };
+
+/**
+ * The whole `gptqQuantize` (4-bit g128 act-order) on the WebGPU backend: total seconds with the
+ * split CPU linalg (float64 Cholesky of H⁻¹) / CPU prep / GPU column pass, beside GPU.md's
+ * reference figures; codes checked on a row subsample against `gptqRef` run on the pass's own
+ * inputs (the permuted W and the float32 Hinv the backend received). H = 2/n·XᵀX + 1e-2·I of
+ * n = cols + 256 Gaussian rows with log-normal channel scales, formed on the GPU. Modules load
+ * lazily; without onnxruntime-node the float64 linalg falls back to TypeScript GEMMs, so sizes
+ * over 4096 columns are skipped then.
+ */
+async function benchGptqFull(ctx: WebGPUContext, quick: boolean): Promise<void> {
+  const { webgpuBackend } = await import("../src/backend/webgpu.ts");
+  const { gptqQuantize } = await import("../src/quant/gptq.ts");
+  const { gemmF64TS, onnxGemmF64 } = await import("../src/quant/linalg.ts");
+  const { mulberry32, randn } = await import("../src/quant/_rng.ts");
+  const be = await webgpuBackend({ allowFallback: ctx.fallback });
+  const ort = (await onnxGemmF64()) !== gemmF64TS;
+  const opts = { bits: 4, groupSize: 128, actOrder: true };
+  let captured: Args | undefined;
+  const spy = {
+    ...be,
+    gptqColumns: (a: Args) => {
+      captured = a;
+      return be.gptqColumns!(a);
+    },
+  };
+  // compile the pipelines outside the timings (same WGSL for every size)
+  {
+    const r = mulberry32(1), c = 256;
+    const H = new Float64Array(c * c);
+    for (let i = 0; i < c; i++) H[i * c + i] = 1 + r();
+    const W = Float32Array.from({ length: 64 * c }, () => randn(r));
+    await gptqQuantize({ shape: [64, c], data: W }, { H, nsamples: 1 }, { ...opts, backend: be });
+  }
+  const sizes: [number, number][] = quick ? [[512, 512]] : [[4096, 4096], [4096, 11008]];
+  for (const [rows, cols] of sizes) {
+    const size = `${rows}x${cols}`;
+    if (!ort && cols > 4096) {
+      console.log(
+        `GPTQ gptqQuantize ${size}: skipped (no onnxruntime-node: the float64 Cholesky would ` +
+          `run on TypeScript GEMMs for many minutes)`,
+      );
+      continue;
+    }
+    const rg = mulberry32(rows + cols);
+    const W = new Float32Array(rows * cols);
+    for (let i = 0; i < W.length; i++) W[i] = 0.02 * randn(rg);
+    const n = cols + 256;
+    const X = new Float32Array(n * cols);
+    const colScale = Float32Array.from({ length: cols }, () => Math.exp(0.5 * randn(rg)));
+    for (let t = 0; t < n; t++) {
+      for (let j = 0; j < cols; j++) X[t * cols + j] = randn(rg) * colScale[j];
+    }
+    const xb = upload(ctx, X), hb = upload(ctx, new Float32Array(cols * cols));
+    await runDispatches(ctx, [
+      xtxDispatch(ctx, { x: xb, h: hb }, { n, d: cols, alpha: 2 / n, beta: 0 }),
+    ]);
+    const H32 = await readF32(ctx, hb, cols * cols);
+    ctx.pool.release(xb, hb);
+    const H = Float64Array.from(H32);
+    for (let i = 0; i < cols; i++) H[i * cols + i] += 1e-2;
+    captured = undefined;
+    const t0 = performance.now();
+    const res = await gptqQuantize({ shape: [rows, cols], data: W }, { H, nsamples: n }, {
+      ...opts,
+      backend: spy,
+    });
+    const total = (performance.now() - t0) / 1000;
+    const tm = res.meta.timings as {
+      linalg: number;
+      params: number;
+      inBlock: number;
+      trailingFlops: number;
+      inBlockFlops: number;
+      columnPass: string;
+    };
+    // check: gptqRef on sampled rows of the pass's own inputs, processed order → original
+    const a = captured as Args | undefined;
+    let flips = 0, checked = 0, check = "GPU column pass did not run";
+    if (a && tm.columnPass === "webgpu") {
+      const sr = sampleRows(rows, ctx.fallback ? 32 : 16);
+      const perm = res.meta.perm as Int32Array | undefined;
+      for (const r of sr) {
+        const ref = gptqRef(a.W.slice(r * cols, (r + 1) * cols), a.Hinv, {
+          rows: 1,
+          cols,
+          maxq: 15,
+          blockSize: a.blocksize,
+          colGroup: a.colGroup,
+          fit: { groupSize: 128, sym: false },
+        });
+        for (let c = 0; c < cols; c++) {
+          if (ref.codes[c] !== res.meta.codes[r * cols + (perm ? perm[c] : c)]) flips++;
+        }
+        checked += cols;
+      }
+      check = `${flips} code flips of ${checked} on ${sr.length} rows vs gptqRef`;
+    }
+    const flops = tm.trailingFlops + tm.inBlockFlops;
+    const refS = GPTQ_REF_S[size];
+    report({
+      kernel: "GPTQ gptqQuantize 4b g128 act",
+      size,
+      ms: total * 1e3,
+      metric: "GFLOP/s",
+      value: flops / total,
+      ceiling: refS === undefined
+        ? CEIL.f32.name
+        : `GPU.md fasterquant ${refS} s/layer (${(refS / total).toFixed(2)}x)`,
+      fraction: (flops / total) / CEIL.f32.value,
+      check,
+      ok: checked > 0 && flips <= checked * 1e-3,
+      timing: "wall",
+    });
+    console.log(
+      `  split: linalg ${tm.linalg.toFixed(3)} s (CPU float64 Cholesky of H⁻¹, ` +
+        `${ort ? "onnxruntime DGEMM" : "TypeScript GEMM"}), prep ${tm.params.toFixed(3)} s ` +
+        `(CPU: grids, act-order permutation), column pass ${tm.inBlock.toFixed(3)} s ` +
+        `(${tm.columnPass}: uploads, ${Math.ceil(cols / 128)} blocks in one submission, ` +
+        `readback, un-permute), other ` +
+        `${(total - tm.linalg - tm.params - tm.inBlock).toFixed(3)} s (packing, copies)`,
+    );
+  }
+  be.release();
 }
 
 async function benchSmall(ctx: WebGPUContext, big: boolean): Promise<void> {
@@ -544,6 +661,8 @@ async function benchE2e(ctx: WebGPUContext, quick: boolean): Promise<Record<stri
   const { writeSyntheticCheckpoint, PRESETS } = await import("../tools/synthetic_checkpoint.ts");
   const { loadModel } = await import("../src/models/load.ts");
   const { createKVCache, forward } = await import("../src/models/decoder.ts");
+  const { residentDecoder, residentUnsupported } = await import("../src/models/resident.ts");
+  const { blockBytesPerRow } = await import("../src/models/_gpu_block.ts");
   const { blockLinearGroups } = await import("../src/models/config.ts");
   const { webgpuBackend } = await import("../src/backend/webgpu.ts");
   const { cpuBackend } = await import("../src/backend/cpu.ts");
@@ -619,20 +738,25 @@ async function benchE2e(ctx: WebGPUContext, quick: boolean): Promise<Record<stri
         `(${(promptLen / tCold).toFixed(1)} tok/s uploading them, ` +
         `${MiB(dense.memory().residentDenseBytes)}) [${check}]`,
     );
-    const decode = async (m: Model, backend: Backend) => {
-      const cache = createKVCache(cfg, promptLen + decodeN + 1);
-      let lg = await forward(m, ids, { cache, backend });
-      let last = lg.data.subarray(lg.data.length - V);
+    /** Greedy decode of `decodeN` tokens after the prompt: `step` returns the last logits. */
+    const greedy = async (step: (toks: number[]) => Promise<Float32Array>) => {
+      let last = await step(ids);
       const got: number[] = [];
       const ts = performance.now();
       for (let s = 0; s < decodeN; s++) {
         let best = 0;
         for (let j = 1; j < V; j++) if (last[j] > last[best]) best = j;
         got.push(best);
-        lg = await forward(m, [best], { cache, backend });
-        last = lg.data;
+        last = await step([best]);
       }
       return { ids: got, tps: decodeN / ((performance.now() - ts) / 1000) };
+    };
+    const decode = (m: Model, backend: Backend) => {
+      const cache = createKVCache(cfg, promptLen + decodeN + 1);
+      return greedy(async (toks) => {
+        const lg = (await forward(m, toks, { cache, backend })).data;
+        return lg.subarray(lg.length - V);
+      });
     };
     const products = 7 * layers + 1;
     const dd = await decode(model, dense);
@@ -671,6 +795,38 @@ async function benchE2e(ctx: WebGPUContext, quick: boolean): Promise<Record<stri
         `${MiB(denseBytes)} f32; greedy ids ${same ? "equal" : "DIFFER"}`,
     );
     if (!same) failed("e2e packed decode", "greedy ids differ from the fake-quantized model's");
+    // The GPU-resident decoder: the whole step is one submission (one GPU wait per token).
+    const decodeResident = async (m: Model, backend: typeof be) => {
+      const dec = await residentDecoder(m, backend, { capacity: promptLen + decodeN + 1 });
+      try {
+        const g = await greedy((toks) => dec.step(toks));
+        return { ...g, bytes: dec.weightBytes, packed: dec.packedLayers };
+      } finally {
+        dec.release();
+      }
+    };
+    const whyNot = residentUnsupported(model, dense, { capacity: promptLen + decodeN + 1 });
+    if (whyNot) console.log(`  resident decoder: not run here (${whyNot})`);
+    const rd = whyNot ? undefined : await decodeResident(model, dense);
+    const rp = whyNot ? undefined : await decodeResident(qm, be);
+    if (rd && rp) {
+      const sameD = rd.ids.every((x, i) => x === dd.ids[i]);
+      const sameP = rp.ids.every((x, i) => x === fq.ids[i]);
+      out.decodeResidentDenseTokensPerSecond = rd.tps;
+      out.decodeResidentPackedTokensPerSecond = rp.tps;
+      out.residentGreedyMatches = sameD && sameP;
+      console.log(
+        `  resident decoder (one submission per token): dense f32 ${rd.tps.toFixed(2)} tok/s ` +
+          `(${(rd.tps / dd.tps).toFixed(1)}x host-driven), packed 4b ${rp.tps.toFixed(2)} tok/s ` +
+          `(${(rp.tps / pk.tps).toFixed(1)}x; ${rp.packed} layers packed, ${
+            MiB(rp.bytes)
+          } on the ` +
+          `GPU); greedy ids ${sameD && sameP ? "equal" : "DIFFER"} to the host-driven runs`,
+      );
+      if (!sameD || !sameP) {
+        failed("e2e resident decode", "greedy ids differ from the host forward's");
+      }
+    }
     be.release();
     dense.release();
     if (runGptq) {
@@ -710,8 +866,7 @@ async function benchE2e(ctx: WebGPUContext, quick: boolean): Promise<Record<stri
       const tg = (performance.now() - t0) / 1000;
       const st = ctx.pool.stats();
       const blockW = denseBytes / layers;
-      const act = Math.min(8, nsamples) * seqlen * Math.max(cfg.intermediateSize, cfg.hiddenSize) *
-        4;
+      const act = Math.min(8, nsamples) * seqlen * blockBytesPerRow(cfg);
       const perBlock = blockTimes.reduce((a, b) => a + b, 0) / Math.max(1, blockTimes.length);
       out.gptq = {
         nsamples,
@@ -734,7 +889,9 @@ async function benchE2e(ctx: WebGPUContext, quick: boolean): Promise<Record<stri
             (perBlock * full / 60).toFixed(1)
           } min for all ${full} blocks)\n    GPU: peak live ${MiB(st.peakLiveBytes)}, peak held ` +
           `${MiB(st.peakAllocatedBytes)} (pool cap ${MiB(ctx.pool.maxFreeBytes)} free); one ` +
-          `block's weights ${MiB(blockW)} f32, a chunk's widest activation ${MiB(act)}; ` +
+          `block's weights ${MiB(blockW)} f32, a chunk's activations ${
+            MiB(act)
+          } (resident blocks: ${g.report.residentBlocks}); ` +
           `host RSS peak ${MiB(rss)}; GPU bytes not returned: ${st.liveBytes - live0}`,
       );
     } else {
@@ -772,6 +929,12 @@ async function main(): Promise<void> {
     copyBw,
   );
   const tGptq = await benchGptq(ctx, quick ? 256 : 4096);
+  try {
+    await benchGptqFull(ctx, quick);
+  } catch (e) {
+    console.log(`GPTQ gptqQuantize: FAILED: ${(e as Error).stack ?? e}`);
+    failed("GPTQ gptqQuantize", (e as Error).message);
+  }
   await benchSmall(ctx, !quick);
   let e2e: Record<string, unknown> | undefined;
   if (!args.includes("--no-e2e")) {

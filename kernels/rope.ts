@@ -1,6 +1,7 @@
 /**
  * Rotary position embedding, Hugging Face "rotate half" layout, applied in place to
- * x [T, heads, headDim]: for i < headDim/2, with pos = posOffset + t,
+ * x [T, heads, headDim]: for i < headDim/2, with pos = posOffset + t (or posOffset + t mod
+ * `period` for a batch of sequences of `period` rows each),
  * `x[i] ← x[i]·cos − x[i+h/2]·sin`, `x[i+h/2] ← x[i+h/2]·cos + x[i]·sin`.
  *
  * cos/sin come from tables [maxPos, headDim/2] built on the CPU by {@linkcode ropeTables} the way
@@ -8,7 +9,7 @@
  * sin/cos are only accurate to 2⁻¹¹ near ±π and unspecified for the large angles of late
  * positions.
  *
- * Binding layout: 0 = uniforms {T, heads, headDim, posOffset}, 1 = X (read_write),
+ * Binding layout: 0 = uniforms {T, heads, headDim, posOffset, period (0 = none)}, 1 = X (read_write),
  * 2 = cos, 3 = sin. Dispatch: ceil(T·heads·headDim/2 / 256) workgroups as an (x, y) grid.
  * @module
  */
@@ -16,7 +17,7 @@
 /** WGSL of the in-place RoPE kernel. */
 export function ropeWGSL(): string {
   return `
-struct P { T: u32, heads: u32, hd: u32, pos0: u32 };
+struct P { T: u32, heads: u32, hd: u32, pos0: u32, period: u32, p0: u32, p1: u32, p2: u32 };
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read_write> X: array<f32>;
 @group(0) @binding(2) var<storage, read> Cs: array<f32>;
@@ -32,7 +33,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let th = id / half;
   let t = th / p.heads;
   let base = th * p.hd;
-  let tab = (p.pos0 + t) * half + i;
+  let tp = select(t, t % p.period, p.period > 0u);
+  let tab = (p.pos0 + tp) * half + i;
   let c = Cs[tab];
   let s = Sn[tab];
   let a = X[base + i];
@@ -67,17 +69,17 @@ export function ropeTables(
 export function ropeRef(
   x: Float32Array,
   tables: { cos: Float32Array; sin: Float32Array },
-  opts: { T: number; heads: number; headDim: number; posOffset: number },
+  opts: { T: number; heads: number; headDim: number; posOffset: number; period?: number },
 ): Float32Array {
   const { T, heads, headDim, posOffset } = opts;
   const half = headDim / 2;
   const y = x.slice();
   for (let t = 0; t < T; t++) {
+    const pos = posOffset + (opts.period ? t % opts.period : t);
     for (let h = 0; h < heads; h++) {
       const base = (t * heads + h) * headDim;
       for (let i = 0; i < half; i++) {
-        const c = tables.cos[(posOffset + t) * half + i],
-          s = tables.sin[(posOffset + t) * half + i];
+        const c = tables.cos[pos * half + i], s = tables.sin[pos * half + i];
         const a = x[base + i], b = x[base + i + half];
         y[base + i] = a * c - b * s;
         y[base + i + half] = b * c + a * s;

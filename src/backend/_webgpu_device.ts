@@ -368,11 +368,8 @@ export function scratch(ctx: WebGPUContext, bytes: number): GPUBuffer {
   return ctx.pool.acquire(bytes, STORAGE);
 }
 
-/**
- * A uniform buffer of 32-bit words; `fields` are written in order, each as u32 (integers, given as
- * numbers) or f32 (given as `{ f: value }`). Padded to 16 bytes. Not pooled (tiny).
- */
-export function uniforms(ctx: WebGPUContext, fields: (number | { f: number })[]): GPUBuffer {
+/** The bytes of uniform `fields` (u32 for numbers, f32 for `{ f }`), padded to 16 bytes. */
+function uniformBytes(fields: (number | { f: number })[]): ArrayBuffer {
   const n = Math.max(4, Math.ceil(fields.length / 4) * 4);
   const ab = new ArrayBuffer(n * 4);
   const u = new Uint32Array(ab);
@@ -381,12 +378,33 @@ export function uniforms(ctx: WebGPUContext, fields: (number | { f: number })[])
     if (typeof v === "number") u[i] = v >>> 0;
     else f[i] = v.f;
   });
+  return ab;
+}
+
+/**
+ * A uniform buffer of 32-bit words; `fields` are written in order, each as u32 (integers, given as
+ * numbers) or f32 (given as `{ f: value }`). Padded to 16 bytes. Not pooled (tiny).
+ */
+export function uniforms(ctx: WebGPUContext, fields: (number | { f: number })[]): GPUBuffer {
+  const ab = uniformBytes(fields);
   const buf = ctx.device.createBuffer({
     size: ab.byteLength,
     usage: UNIFORM | COPY_DST,
   });
   ctx.device.queue.writeBuffer(buf, 0, ab);
   return buf;
+}
+
+/**
+ * Rewrites a buffer made by {@linkcode uniforms} (same field count) through the queue, so a
+ * recorded bind group can be reused with new values (ordered after earlier submissions).
+ */
+export function writeUniforms(
+  ctx: WebGPUContext,
+  buf: GPUBuffer,
+  fields: (number | { f: number })[],
+): void {
+  ctx.device.queue.writeBuffer(buf, 0, uniformBytes(fields));
 }
 
 /** A bind group for `pipe` with `buffers` at bindings 0, 1, 2, ... */
@@ -479,6 +497,38 @@ export async function runAndRead(
   staging.unmap();
   ctx.pool.release(staging);
   return res;
+}
+
+/**
+ * Runs `dispatches` and reads several buffers back (`bytes` of each, from offset 0) with a single
+ * submission and a single wait: one staging buffer per output, all mapped together. Throws on
+ * validation errors; the staging buffers go back to the pool in every case.
+ */
+export async function runAndReadAll(
+  ctx: WebGPUContext,
+  dispatches: Dispatch[],
+  outs: { buffer: GPUBuffer; bytes: number }[],
+): Promise<ArrayBuffer[]> {
+  await checkErrors(ctx);
+  const sizes = outs.map((o) => Math.ceil(o.bytes / 4) * 4);
+  const staging = sizes.map((s) => ctx.pool.acquire(s, MAP_READ | COPY_DST));
+  try {
+    ctx.device.pushErrorScope("validation");
+    const enc = ctx.device.createCommandEncoder();
+    encodeDispatches(enc, dispatches);
+    outs.forEach((o, i) => enc.copyBufferToBuffer(o.buffer, 0, staging[i], 0, sizes[i]));
+    ctx.device.queue.submit([enc.finish()]);
+    const err = await ctx.device.popErrorScope();
+    if (err) throw new QuantlabError(`webgpu: dispatch failed: ${err.message}`);
+    await Promise.all(staging.map((s, i) => s.mapAsync(1, /* GPUMapMode.READ */ 0, sizes[i])));
+    return staging.map((s, i) => {
+      const res = s.getMappedRange(0, sizes[i]).slice(0, outs[i].bytes);
+      s.unmap();
+      return res;
+    });
+  } finally {
+    ctx.pool.release(...staging);
+  }
 }
 
 /** Copies `bytes` of `buf` (from `offset`) back to the CPU. */

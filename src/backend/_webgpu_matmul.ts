@@ -1,6 +1,6 @@
 /**
- * Host side of the matrix kernels: tiled matmul (f32/f16), XᵀX accumulation, and the fused GPTQ
- * block step plus its trailing update. Low-level `*Dispatch` functions work on GPU buffers (for
+ * Host side of the matrix kernels: tiled matmul (f32/f16) and XᵀX accumulation (GPTQ's fused
+ * column pass lives in `_webgpu_gptq.ts`). Low-level `*Dispatch` functions work on GPU buffers (for
  * benchmarks and pipelines that keep data resident); high-level `gpu*` functions take and return
  * typed arrays.
  * @module
@@ -9,7 +9,6 @@ import { UnsupportedError } from "../errors.ts";
 import { MATMUL_TILE, matmulWGSL } from "../../kernels/matmul.ts";
 import { xtxWGSL } from "../../kernels/xtx.ts";
 import { GEMV_F32_ROWS, gemvWGSL } from "../../kernels/gemv.ts";
-import { GPTQ_ROWS_PER_WORKGROUP, gptqBlockWGSL } from "../../kernels/gptq_block.ts";
 import {
   bindGroup,
   type Dispatch,
@@ -17,7 +16,6 @@ import {
   pipeline,
   readF16Bits,
   readF32,
-  readU32,
   runAndRead,
   runDispatches,
   scratch,
@@ -101,10 +99,13 @@ export function matmulDispatch(
   };
 }
 
-/** One dense GEMV dispatch `y[n] = W[n, k] · x[k]` over resident buffers (`kernels/gemv.ts`). */
+/**
+ * One dense GEMV dispatch `y[n] = W[n, k] · x[k]` over resident buffers (`kernels/gemv.ts`); `y`
+ * may be a binding into a larger buffer (offset a multiple of minStorageBufferOffsetAlignment).
+ */
 export function gemvDispatch(
   ctx: WebGPUContext,
-  bufs: { x: GPUBuffer; w: GPUBuffer; y: GPUBuffer },
+  bufs: { x: GPUBuffer; w: GPUBuffer; y: GPUBuffer | GPUBufferBinding },
   o: { n: number; k: number },
 ): Dispatch {
   const vec4 = o.k % 4 === 0;
@@ -275,149 +276,4 @@ export async function gpuXtx(
   const out = await readF32(ctx, hb, opts.d * opts.d);
   ctx.pool.release(xb, hb);
   return out;
-}
-
-/** Buffers of a GPTQ run: W [rows, cols] (updated in place), Hinv [cols, cols], outputs. */
-export interface GptqBuffers {
-  /** W, f32 [rows, cols]; columns right of each block receive the trailing update. */
-  w: GPUBuffer;
-  /** Upper-triangular Cholesky factor of H⁻¹, f32 [cols, cols]. */
-  hinv: GPUBuffer;
-  /** Grid: vec2<f32> (scale, zero), [rows] or [rows, groups] (groups aligned with blocks). */
-  grid: GPUBuffer;
-  /** Output dequantized values, f32 [rows, cols]. */
-  q: GPUBuffer;
-  /** Output codes, u32 [rows, cols]. */
-  codes: GPUBuffer;
-  /** Scratch error block, f32 [rows, blockSize]. */
-  err: GPUBuffer;
-}
-
-/**
- * The dispatches of one GPTQ block [i1, i1+b): the fused quantize-with-error-feedback kernel,
- * then the trailing update `W[:, i1+b:] -= Err · Hinv[i1:i1+b, i1+b:]` through the tiled matmul.
- */
-export function gptqBlockDispatches(
-  ctx: WebGPUContext,
-  bufs: GptqBuffers,
-  o: {
-    rows: number;
-    cols: number;
-    i1: number;
-    b: number;
-    blockSize: number;
-    maxq: number;
-    /** Groups per row of the grid (1: one grid per row). */
-    groups?: number;
-  },
-): Dispatch[] {
-  const pipe = pipeline(ctx, gptqBlockWGSL({ blockSize: o.blockSize }));
-  const groups = o.groups ?? 1;
-  const g = groups === 1 ? 0 : o.i1 / o.blockSize;
-  const u = uniforms(ctx, [o.rows, o.cols, o.i1, o.b, { f: o.maxq }, groups, g, 0]);
-  const out: Dispatch[] = [{
-    pipeline: pipe,
-    bindGroup: bindGroup(ctx, pipe, [
-      u,
-      bufs.w,
-      bufs.hinv,
-      bufs.grid,
-      bufs.q,
-      bufs.codes,
-      bufs.err,
-    ]),
-    workgroups: [Math.ceil(o.rows / GPTQ_ROWS_PER_WORKGROUP), 1, 1],
-  }];
-  const i2 = o.i1 + o.b;
-  if (i2 < o.cols) {
-    out.push(matmulDispatch(ctx, { a: bufs.err, b: bufs.hinv, c: bufs.w }, {
-      m: o.rows,
-      k: o.b,
-      n: o.cols - i2,
-      lda: o.blockSize,
-      ldb: o.cols,
-      ldc: o.cols,
-      offB: o.i1 * o.cols + i2,
-      offC: i2,
-      alpha: -1,
-      beta: 1,
-    }));
-  }
-  return out;
-}
-
-/** Options of {@linkcode gpuGptq}. */
-export interface GpuGptqOptions {
-  /** Rows (output features) of W. */
-  rows: number;
-  /** Columns (input features) of W and the size of Hinv. */
-  cols: number;
-  /**
-   * Scale per row [rows], or per row and group [rows, groups] with groups of exactly `blockSize`
-   * columns (g128 with block 128; the grid is fixed before the pass, as GPTQ's static_groups).
-   */
-  scale: Float32Array;
-  /** Zero points, same shape as `scale`. */
-  zero: Float32Array;
-  /** Largest code (2^bits - 1). */
-  maxq: number;
-  /** Columns per block (default 128, at most 256). */
-  blockSize?: number;
-}
-
-/**
- * GPTQ over a whole matrix on the GPU with fixed grids (per row, or per row and block): for each
- * block, the fused kernel quantizes column by column with error feedback inside the block, then
- * the matmul kernel applies the lazy trailing update. Returns dequantized Q, codes and the final
- * (updated) W.
- */
-export async function gpuGptq(
-  ctx: WebGPUContext,
-  w: Float32Array,
-  hinv: Float32Array,
-  opts: GpuGptqOptions,
-): Promise<{ q: Float32Array; codes: Uint32Array; w: Float32Array }> {
-  const { rows, cols } = opts;
-  const bs = opts.blockSize ?? 128;
-  const groups = opts.scale.length / rows;
-  if (groups !== 1 && groups !== Math.ceil(cols / bs)) {
-    throw new UnsupportedError(
-      `webgpu gptq: grid has ${groups} groups per row; need 1 or one per ${bs}-column block`,
-    );
-  }
-  const grid = new Float32Array(rows * groups * 2);
-  for (let i = 0; i < rows * groups; i++) {
-    grid[2 * i] = opts.scale[i];
-    grid[2 * i + 1] = opts.zero[i];
-  }
-  const bufs: GptqBuffers = {
-    w: upload(ctx, w),
-    hinv: upload(ctx, hinv),
-    grid: upload(ctx, grid),
-    q: scratch(ctx, rows * cols * 4),
-    codes: scratch(ctx, rows * cols * 4),
-    err: scratch(ctx, rows * bs * 4),
-  };
-  const list: Dispatch[] = [];
-  for (let i1 = 0; i1 < cols; i1 += bs) {
-    list.push(
-      ...gptqBlockDispatches(ctx, bufs, {
-        rows,
-        cols,
-        i1,
-        b: Math.min(bs, cols - i1),
-        blockSize: bs,
-        maxq: opts.maxq,
-        groups,
-      }),
-    );
-  }
-  await runDispatches(ctx, list);
-  const res = {
-    q: await readF32(ctx, bufs.q, rows * cols),
-    codes: await readU32(ctx, bufs.codes, rows * cols),
-    w: await readF32(ctx, bufs.w, rows * cols),
-  };
-  ctx.pool.release(...Object.values(bufs));
-  return res;
 }

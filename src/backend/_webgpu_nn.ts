@@ -106,13 +106,13 @@ export function gpuSoftmax(
 export function ropeDispatch(
   ctx: WebGPUContext,
   b: { x: GPUBuffer; cos: GPUBuffer; sin: GPUBuffer },
-  o: { T: number; heads: number; headDim: number; posOffset: number },
+  o: { T: number; heads: number; headDim: number; posOffset: number; period?: number },
 ): Dispatch {
   const n = o.T * o.heads * (o.headDim / 2);
   return dispatch(
     ctx,
     ropeWGSL(),
-    [o.T, o.heads, o.headDim, o.posOffset],
+    [o.T, o.heads, o.headDim, o.posOffset, o.period ?? 0, 0, 0, 0],
     [b.x, b.cos, b.sin],
     Math.ceil(n / 256),
   );
@@ -123,7 +123,7 @@ export function gpuRope(
   ctx: WebGPUContext,
   x: Float32Array,
   tables: { cos: Float32Array; sin: Float32Array },
-  o: { T: number; heads: number; headDim: number; posOffset: number },
+  o: { T: number; heads: number; headDim: number; posOffset: number; period?: number },
 ): Promise<Float32Array> {
   const xb = upload(ctx, x), cb = upload(ctx, tables.cos), sb = upload(ctx, tables.sin);
   return runOne(ctx, ropeDispatch(ctx, { x: xb, cos: cb, sin: sb }, o), xb, x.length, [cb, sb]);
@@ -139,9 +139,9 @@ export function attentionDispatch(
   return dispatch(
     ctx,
     attentionWGSL({ headDim: o.headDim }),
-    [o.T, o.S, o.nH, o.nKV, o.posOffset, { f: scale }, 0, 0],
+    [o.T, o.S, o.nH, o.nKV, o.posOffset, { f: scale }, o.batch ?? 1, 0],
     [b.q, b.k, b.v, b.o],
-    o.T * o.nH,
+    (o.batch ?? 1) * o.T * o.nH,
   );
 }
 

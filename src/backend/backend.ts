@@ -28,6 +28,71 @@ export interface Backend {
    * bit), and the caller then uses {@linkcode Backend.matmulTransB}.
    */
   packedMatmulTransB?(x: Tensor, w: Tensor, meta: unknown): Promise<Tensor | undefined>;
+  /**
+   * Optional GPTQ column pass (step 6 of `gptqQuantize`, min-max grids): every block's column
+   * loop with in-block error feedback, the grid fits of dynamic groups at their first column, and
+   * the lazy trailing updates `W[:, i2:] −= Err1 · Hinv[i1:i2, i2:]`, all on the device (WebGPU:
+   * one submission, one readback). Resolves to `undefined` when it cannot serve the problem (an
+   * operand over the device's binding limit, a block wider than the kernel takes); the caller
+   * then runs its CPU loop. Outputs are in processed (act-order) column order.
+   */
+  gptqColumns?(args: GptqColumnsArgs): Promise<GptqColumnsResult | undefined>;
+}
+
+/** Input of {@linkcode Backend.gptqColumns}: one layer after GPTQ's steps 1–5. */
+export interface GptqColumnsArgs {
+  /** Rows of W (output channels). */
+  rows: number;
+  /** Columns of W (input channels) and the size of `Hinv`. */
+  cols: number;
+  /**
+   * W, float32 [rows, cols], in processed order (permuted for act-order), dead columns zeroed.
+   * Not modified.
+   */
+  W: Float32Array;
+  /** Upper Cholesky factor of the damped `H⁻¹` in processed order, float32 [cols, cols]. */
+  Hinv: Float32Array;
+  /** Columns per lazy batch (`fasterquant(blocksize)`). */
+  blocksize: number;
+  /** Bits per code; `maxq = 2^bits − 1`. */
+  bits: number;
+  /** Symmetric grids (zero fixed at `(maxq + 1) / 2`). */
+  sym: boolean;
+  /** Columns per group, or -1 for one grid per row. */
+  groupSize: number;
+  /** Groups per row of the grid (1 without groups). */
+  ngroups: number;
+  /** Grid group (0 .. ngroups−1) of every processed column [cols]. */
+  colGroup: Int32Array;
+  /**
+   * Scales [rows, ngroups], fitted before the pass (per-channel grids, static groups). With
+   * `fitGroups` they are ignored and the pass fits them.
+   */
+  scales: Float32Array;
+  /** Zero points, same layout as `scales`. */
+  zeros: Float32Array;
+  /**
+   * Dynamic groups: fit group `c / groupSize` (min-max, as `findParams`) when the pass reaches
+   * its first column `c`, on `W[:, c : c + groupSize]` as the lazy scheme holds it then (every
+   * earlier block's trailing update, none of the current block's in-block updates).
+   */
+  fitGroups: boolean;
+}
+
+/** Output of {@linkcode Backend.gptqColumns}, in processed column order. */
+export interface GptqColumnsResult {
+  /** Codes `clamp(round(w/scale) + zero, 0, maxq)`, [rows, cols]. */
+  codes: Uint32Array;
+  /** Dequantized weights `scale · (code − zero)`, float32 [rows, cols]. */
+  Q: Float32Array;
+  /** Scales used, [rows, ngroups] (the fitted ones for dynamic groups). */
+  scales: Float32Array;
+  /** Zero points used, [rows, ngroups]. */
+  zeros: Float32Array;
+  /** `Σ (w − q)² / Hinv_ii²` over all weights (without the reference's factor 1/2). */
+  loss: number;
+  /** Wall-clock seconds of the pass: uploads, dispatches, readback. */
+  seconds: number;
 }
 
 /** Checks 2-D operands and returns [m, k, n]. Throws with both shapes in the message. */

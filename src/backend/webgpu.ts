@@ -1,7 +1,8 @@
 /**
  * WebGPU backend: device acquisition (`getWebGPU`), adapter reports, the `Backend` whose
- * matmul/matmulTransB run the tiled WGSL kernel, and the kernel entry points (dequant matmul,
- * XᵀX, fused GPTQ, norms, softmax, RoPE, attention) re-exported from the private host modules.
+ * matmul/matmulTransB run the tiled WGSL kernel and whose `gptqColumns` runs GPTQ's whole column
+ * pass on the GPU, and the kernel entry points (dequant matmul, XᵀX, fused GPTQ, norms, softmax,
+ * RoPE, attention) re-exported from the private host modules.
  *
  * Needs `deno run --unstable-webgpu`. Software adapters (lavapipe, llvmpipe, SwiftShader) are
  * refused unless `allowFallback: true`, so the default device choice falls back to the CPU there.
@@ -17,6 +18,7 @@ import {
   type WebGPUOptions,
 } from "./_webgpu_device.ts";
 import { gpuMatmul, type ResidentB } from "./_webgpu_matmul.ts";
+import { gpuGptqColumns } from "./_webgpu_gptq.ts";
 import { gpuBatchedAttention } from "./_webgpu_nn.ts";
 import {
   gpuPackedMatmul,
@@ -28,26 +30,30 @@ import {
 export {
   adapterInfo,
   type AdapterReport,
+  bindGroup,
   BufferPool,
   type Dispatch,
   getWebGPU,
+  grid,
   hasWebGPU,
   type KernelTiming,
+  pipeline,
   type PoolStats,
+  readback,
   runAndRead,
   runDispatches,
+  scratch,
   timeKernel,
   type TimeKernelOptions,
+  uniforms,
+  upload,
   webgpuAvailable,
   type WebGPUContext,
   type WebGPUOptions,
+  writeUniforms,
 } from "./_webgpu_device.ts";
 export {
   gemvDispatch,
-  gptqBlockDispatches,
-  type GptqBuffers,
-  gpuGptq,
-  type GpuGptqOptions,
   gpuMatmul,
   gpuMatmulF16,
   type GpuMatmulOptions,
@@ -57,6 +63,16 @@ export {
   type ResidentB,
   xtxDispatch,
 } from "./_webgpu_matmul.ts";
+export {
+  gptqBlockDispatches,
+  type GptqBlockOptions,
+  type GptqBuffers,
+  gptqFits,
+  gptqParamsDispatch,
+  gpuGptq,
+  gpuGptqColumns,
+  type GpuGptqOptions,
+} from "./_webgpu_gptq.ts";
 export {
   dequantGemmDispatch,
   dequantGemvDispatch,
@@ -119,7 +135,8 @@ export function attentionTS(q: Tensor, kT: Tensor, v: Tensor, mask: Tensor): Ten
 export interface WebGPUBackendOptions extends WebGPUOptions {
   /**
    * Override of the device's maxStorageBufferBindingSize used to split products into blocks
-   * (tests force the split with a small value). Default: the device limit.
+   * (tests force the split with a small value) and to decide whether `gptqColumns` can hold a
+   * layer. Default: the device limit.
    */
   maxBindingBytes?: number;
   /**
@@ -206,7 +223,9 @@ export interface WebGPUBackend extends Backend {
  * A {@linkcode Backend} named "webgpu" whose products run the tiled f32 WGSL matmul, whose
  * batched attention runs the flash-style causal kernel (TypeScript for sliding-window masks), and
  * whose quantized layers run the packed dequant GEMV (one token) or GEMM (prefill) kernels from codes
- * kept on the GPU. Acquires the device (throws `UnsupportedError` if none, or a software one
+ * kept on the GPU, and whose `gptqColumns` runs GPTQ's column pass (dynamic-group grid fits, fused
+ * block kernel, trailing matmuls) in one submission (`undefined` when W or Hinv exceeds the
+ * binding limit, so `gptqQuantize` runs its CPU loop). Acquires the device (throws `UnsupportedError` if none, or a software one
  * without `allowFallback`). Uploads of dense operands are per product and go back to the pool
  * afterwards, so a pipeline walking a model block by block holds on the GPU only the current
  * product's operands (plus the pool's capped free list).
@@ -258,6 +277,7 @@ export async function webgpuBackend(opts: WebGPUBackendOptions = {}): Promise<We
       return y ? { shape: [G, T, d], data: y } : attentionTS(q, kT, v, mask);
     },
     ...(opts.packed === false ? {} : { packedMatmulTransB: packed }),
+    gptqColumns: (args) => gpuGptqColumns(ctx, args, { maxBindingBytes: opts.maxBindingBytes }),
     memory: () => {
       const r = residentPackedStats();
       return {

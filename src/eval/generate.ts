@@ -9,6 +9,7 @@ import { getTokenizer } from "../models/load.ts";
 import type { Model } from "../models/model.ts";
 import { mulberry32 } from "../quant/_rng.ts";
 import { mergeHooks } from "./perplexity.ts";
+import { residentFor } from "../models/resident.ts";
 
 /** Options of `generate`. */
 export interface GenerateOptions {
@@ -24,6 +25,11 @@ export interface GenerateOptions {
   stopAtEos?: boolean;
   /** Prepend BOS (default true when the tokenizer has one). */
   addBos?: boolean;
+  /**
+   * On the WebGPU backend, run the GPU-resident decoder (`src/models/resident.ts`: one
+   * submission per token) when the model allows it (default true); false: the host forward.
+   */
+  resident?: boolean;
 }
 
 /** Result of `generate`. */
@@ -38,6 +44,8 @@ export interface GenerateResult {
   promptIds: number[];
   /** Decode speed, new tokens per second (prefill excluded). */
   tokensPerSecond: number;
+  /** True when the GPU-resident decoder ran (WebGPU), false for the host forward. */
+  resident: boolean;
 }
 
 /** Index of the token to emit from `logits` (one row). */
@@ -91,21 +99,30 @@ export async function generate(
     ? tok.encode(prompt, { addBos: opts.addBos ?? true })
     : [...prompt];
   const cap = Math.min(model.config.maxPositions, promptIds.length + maxNew);
-  const cache = createKVCache(model.config, cap);
   const rand = mulberry32(opts.seed ?? 0);
   const hooks = mergeHooks(model.hooks, undefined);
   const V = model.config.vocabSize;
-  let logits = await forward(model, promptIds, { cache, hooks });
-  let last = logits.data.subarray(logits.data.length - V);
+  const dec = await residentFor(model, { capacity: cap, hooks, resident: opts.resident });
+  const cache = dec ? undefined : createKVCache(model.config, cap);
   const ids: number[] = [];
-  const t0 = performance.now();
-  while (ids.length < maxNew && cache.length < cap) {
-    const next = sampleToken(last, { temperature, topP, rand });
-    ids.push(next);
-    if ((opts.stopAtEos ?? true) && next === tok.eosId) break;
-    if (cache.length >= cap) break;
-    logits = await forward(model, [next], { cache, hooks });
-    last = logits.data;
+  let t0 = performance.now();
+  try {
+    const run = dec
+      ? (toks: number[]) => dec.step(toks)
+      : async (toks: number[]) => (await forward(model, toks, { cache, hooks })).data;
+    const used = () => dec ? dec.length : cache!.length;
+    const logits = await run(promptIds);
+    let last = logits.subarray(logits.length - V);
+    t0 = performance.now();
+    while (ids.length < maxNew && used() < cap) {
+      const next = sampleToken(last, { temperature, topP, rand });
+      ids.push(next);
+      if ((opts.stopAtEos ?? true) && next === tok.eosId) break;
+      if (used() >= cap) break;
+      last = await run([next]);
+    }
+  } finally {
+    dec?.release();
   }
   const dt = (performance.now() - t0) / 1000;
   const completion = tok.decode(ids);
@@ -115,5 +132,6 @@ export async function generate(
     ids,
     promptIds,
     tokensPerSecond: ids.length / Math.max(dt, 1e-9),
+    resident: dec !== undefined,
   };
 }

@@ -9,6 +9,7 @@ import { loadEvalText } from "../io/datasets.ts";
 import type { Tokenizer } from "../io/tokenizer.ts";
 import { forward, type ForwardHooks } from "../models/decoder.ts";
 import { getTokenizer } from "../models/load.ts";
+import { residentFor } from "../models/resident.ts";
 import type { Model } from "../models/model.ts";
 import type { Tensor } from "../tensor.ts";
 
@@ -28,6 +29,12 @@ export interface PerplexityOptions {
   onProgress?: (done: number, total: number) => void;
   /** Extra forward hooks (activation or KV quantizers); the model's own hooks apply too. */
   hooks?: ForwardHooks;
+  /**
+   * On the WebGPU backend, run each window through the GPU-resident decoder
+   * (`src/models/resident.ts`: one submission per window) when the model allows it (default
+   * true); false: the host forward in batches of `batch` windows.
+   */
+  resident?: boolean;
 }
 
 /** Result of `perplexity`. */
@@ -48,6 +55,8 @@ export interface PerplexityResult {
   source: string;
   /** Wall time. */
   seconds: number;
+  /** True when the windows ran through the GPU-resident decoder (WebGPU). */
+  resident: boolean;
 }
 
 /**
@@ -140,14 +149,25 @@ export async function perplexity(
   let sum = 0;
   let count = 0;
   const hooks = mergeHooks(model.hooks, opts.hooks);
-  for (let w = 0; w < windows; w += batch) {
-    const nb = Math.min(batch, windows - w);
-    const chunk = ids.slice(w * seqlen, (w + nb) * seqlen);
-    const logits = await forward(model, chunk, { batch: nb, hooks });
-    const r = windowNll(logits, chunk, seqlen);
-    sum += r.sum;
-    count += r.count;
-    opts.onProgress?.(w + nb, windows);
+  const dec = await residentFor(model, { capacity: seqlen, hooks, resident: opts.resident });
+  try {
+    const step = dec ? 1 : batch;
+    for (let w = 0; w < windows; w += step) {
+      const nb = Math.min(step, windows - w);
+      const chunk = ids.slice(w * seqlen, (w + nb) * seqlen);
+      let logits: Tensor;
+      if (dec) {
+        dec.reset();
+        const data = await dec.step(chunk, { allLogits: true });
+        logits = { shape: [seqlen, cfg.vocabSize], data };
+      } else logits = await forward(model, chunk, { batch: nb, hooks });
+      const r = windowNll(logits, chunk, seqlen);
+      sum += r.sum;
+      count += r.count;
+      opts.onProgress?.(w + nb, windows);
+    }
+  } finally {
+    dec?.release();
   }
   const nll = sum / count;
   return {
@@ -159,6 +179,7 @@ export async function perplexity(
     seqlen,
     source,
     seconds: (performance.now() - t0) / 1000,
+    resident: dec !== undefined,
   };
 }
 

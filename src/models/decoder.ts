@@ -11,6 +11,7 @@ import type { ModelConfig } from "./config.ts";
 import type { Model } from "./model.ts";
 import { QuantlabError } from "../errors.ts";
 import { getBackend } from "../backend/device.ts";
+import { erfFit } from "../../kernels/elementwise.ts";
 
 /** Forward hooks. Each may return a replacement tensor (activation or KV-cache quantizers). */
 export interface ForwardHooks {
@@ -477,7 +478,7 @@ export async function block(
         d[j] = d[j] > 0 ? d[j] : 0;
       }
     } else if (cfg.activation === "gelu") {
-      for (let j = 0; j < d.length; j++) d[j] = 0.5 * d[j] * (1 + erf(d[j] / Math.SQRT2));
+      for (let j = 0; j < d.length; j++) d[j] = 0.5 * d[j] * (1 + erfFit(d[j] / Math.SQRT2));
     } else throw new QuantlabError(`OPT activation "${cfg.activation}" is not supported`);
     m = await lin(`${p}.fc2`, f1);
   } else {
@@ -490,17 +491,6 @@ export async function block(
   let out = add(h2, m);
   if (!preLN) out = await norm(model, mlpNorm, out);
   return out;
-}
-
-function erf(x: number): number {
-  // Numerical Recipes' erfc Chebyshev fit (|error| < 1.2e-7).
-  const t = 1 / (1 + 0.5 * Math.abs(x));
-  const y = 1 - t * Math.exp(
-        -x * x - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
-                      t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
-                                      t * (-0.82215223 + t * 0.17087277)))))))),
-      );
-  return x >= 0 ? y : -y;
 }
 
 /** Final norm (and OPT project_out) then the LM head: logits [rows, vocab]. */

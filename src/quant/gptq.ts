@@ -14,6 +14,7 @@ import { checkLayerInputs } from "./_inputs.ts";
 import type { Tensor } from "../tensor.ts";
 import { NonFiniteError, OptionError } from "../errors.ts";
 import { cpuBackend } from "../backend/cpu.ts";
+import type { Backend } from "../backend/backend.ts";
 import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
 import {
   bitsPerWeight,
@@ -73,16 +74,28 @@ export interface GptqOptions {
 export interface GptqTimings {
   /** Damping and `H⁻¹`'s upper Cholesky factor (float64; TypeScript or blocked DGEMM). */
   linalg: number;
-  /** Grid fitting at group boundaries. */
+  /**
+   * Grid fitting at group boundaries and the CPU preparation before the blocks (per-channel and
+   * static grids, dead inputs, act-order permutation); the dynamic group fits of the backend's
+   * column pass are counted in `inBlock`.
+   */
   params: number;
-  /** Column loop inside blocks (TypeScript). */
+  /**
+   * Column loop inside blocks (TypeScript); with the backend's column pass, the whole pass on
+   * the device (grid fits, blocks, trailing updates, transfers) and un-permuting the result.
+   */
   inBlock: number;
-  /** Trailing updates `W[:, i2:] −= Err1 · Hinv[i1:i2, i2:]` (backend matmul + subtraction). */
+  /**
+   * Trailing updates `W[:, i2:] −= Err1 · Hinv[i1:i2, i2:]` (backend matmul + subtraction); 0
+   * with the backend's column pass (counted in `inBlock`).
+   */
   trailing: number;
   /** Floating point operations of the trailing matmuls (`Σ 2·rows·count·(cols − i2)`). */
   trailingFlops: number;
   /** Floating point operations of the in-block updates (`Σ 2·rows·(count − 1 − i)`). */
   inBlockFlops: number;
+  /** Where step 6 ran: "cpu" (the TypeScript loop) or the backend's name (`gptqColumns`). */
+  columnPass: string;
 }
 
 type Resolved = Required<Omit<GptqOptions, "mse">> & { mse?: boolean | MseOptions };
@@ -172,6 +185,84 @@ function subtractTrailing(
   }
 }
 
+/**
+ * Step 6 on the CPU: per block, fit the dynamic groups starting in it (`findParams` on `Wc` as the
+ * lazy scheme holds it), run {@linkcode quantizeBlock} (TypeScript), then `Wc[:, i2:] −= Err1 ·
+ * Hinv[i1:i2, i2:]` through `backend.matmul`. Writes codes/Q at the original columns; returns
+ * `Σ (w − q)²/Hinv_ii²`.
+ */
+async function cpuColumns(
+  buf: {
+    Wc: Float32Array;
+    Hinv: Float32Array;
+    codes: Uint8Array;
+    Q: Float32Array;
+    scales: Float32Array;
+    zeros: Float32Array;
+    colGroup: Int32Array;
+    perm: Int32Array | undefined;
+  },
+  o: {
+    rows: number;
+    cols: number;
+    ngroups: number;
+    maxq: number;
+    blocksize: number;
+    gs: number;
+    fitGroups: boolean;
+    grid: { bits: number; sym: boolean; mse?: boolean | MseOptions };
+    backend: Backend;
+    timings: GptqTimings;
+    setGroup: (g: number, p: { scale: Float32Array; zero: Float32Array }) => void;
+  },
+): Promise<number> {
+  const { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm } = buf;
+  const { rows, cols, ngroups, maxq, gs, timings } = o;
+  const Wt: Tensor = { shape: [rows, cols], data: Wc };
+  let loss = 0, t0: number;
+  for (let i1 = 0; i1 < cols; i1 += o.blocksize) {
+    const i2 = Math.min(i1 + o.blocksize, cols), count = i2 - i1;
+    if (o.fitGroups) {
+      t0 = performance.now();
+      for (let c = i1; c < i2; c++) {
+        if (c % gs === 0) {
+          o.setGroup(
+            c / gs,
+            findParams(Wt, { ...o.grid, colStart: c, colEnd: Math.min(c + gs, cols) }),
+          );
+        }
+      }
+      timings.params += (performance.now() - t0) / 1000;
+    }
+    t0 = performance.now();
+    const W1 = new Float32Array(rows * count);
+    for (let r = 0; r < rows; r++) W1.set(Wc.subarray(r * cols + i1, r * cols + i2), r * count);
+    const Err1 = new Float32Array(rows * count);
+    loss += quantizeBlock(
+      { W1, Err1, Hinv, codes, Q, scales, zeros, colGroup, perm },
+      { rows, cols, ngroups, i1, i2, maxq },
+    );
+    timings.inBlockFlops += rows * count * (count - 1);
+    timings.inBlock += (performance.now() - t0) / 1000;
+    if (i2 < cols) {
+      t0 = performance.now();
+      const rest = cols - i2;
+      const B = new Float32Array(count * rest);
+      for (let i = 0; i < count; i++) {
+        B.set(Hinv.subarray((i1 + i) * cols + i2, (i1 + i + 1) * cols), i * rest);
+      }
+      const R = (await o.backend.matmul(
+        { shape: [rows, count], data: Err1 },
+        { shape: [count, rest], data: B },
+      )).data;
+      subtractTrailing(Wc, R, { rows, cols, i2 });
+      timings.trailingFlops += 2 * rows * count * rest;
+      timings.trailing += (performance.now() - t0) / 1000;
+    }
+  }
+  return loss;
+}
+
 function dampHint(percdamp: number): string {
   return `increase the dampening (percdamp, now ${percdamp}) or use more calibration samples`;
 }
@@ -194,6 +285,11 @@ function notPd(layer: string, percdamp: number, detail: string, cause?: unknown)
  *    through `backend.matmul`. Dynamic groups are fitted when `col % groupSize == 0`, on
  *    `W[:, col:col+groupSize]` as the lazy scheme holds it then (the reference's `W`, which has
  *    every earlier block's update but not those of earlier columns of the same block).
+ *    When the backend has `gptqColumns` (WebGPU) and `mse` is off, the whole step runs there
+ *    (one submission; same semantics, float32 on the device, so codes can differ from the CPU
+ *    loop's by rare one-step rounding-tie flips from summation order); where it declines (a
+ *    layer over the binding limit), or for `mse`, the CPU loop runs. To force the CPU loop with
+ *    device products, pass `{ ...backend, gptqColumns: undefined }`.
  *
  * `loss` is the reference's `Σ Losses = Σ (w − q)² / Hinv_ii² / 2`.
  */
@@ -223,6 +319,7 @@ export async function gptqQuantize(
     trailing: 0,
     trailingFlops: 0,
     inBlockFlops: 0,
+    columnPass: "cpu",
   };
   let t0 = performance.now();
   const grid = { bits: o.bits, sym: o.sym, mse: o.mse };
@@ -326,50 +423,50 @@ export async function gptqQuantize(
       : Math.floor(c / gs);
   }
 
-  // 6. blocks.
+  // 6. blocks: on the backend's device when it offers the column pass (min-max grids only).
   const codes = new Uint8Array(rows * cols);
   const Q = new Float32Array(rows * cols);
-  const Wt: Tensor = { shape: [rows, cols], data: Wc };
-  let loss = 0;
-  for (let i1 = 0; i1 < cols; i1 += o.blocksize) {
-    const i2 = Math.min(i1 + o.blocksize, cols), count = i2 - i1;
-    if (gs > 0 && !isStatic) {
-      t0 = performance.now();
-      for (let c = i1; c < i2; c++) {
-        if (c % gs === 0) {
-          setGroup(
-            c / gs,
-            findParams(Wt, { ...grid, colStart: c, colEnd: Math.min(c + gs, cols) }),
-          );
-        }
+  const dims = { rows, cols, ngroups, maxq, blocksize: o.blocksize };
+  const fitGroups = gs > 0 && !isStatic;
+  t0 = performance.now();
+  const dev = o.mse || !backend.gptqColumns ? undefined : await backend.gptqColumns({
+    ...dims,
+    W: Wc,
+    Hinv,
+    bits: o.bits,
+    sym: o.sym,
+    groupSize: gs,
+    colGroup,
+    scales,
+    zeros,
+    fitGroups,
+  });
+  let loss: number;
+  if (dev) {
+    const dq = dev.Q, dc = dev.codes;
+    for (let r = 0; r < rows; r++) {
+      const wr = r * cols;
+      for (let c = 0; c < cols; c++) {
+        const oc = wr + (perm === undefined ? c : perm[c]);
+        codes[oc] = dc[wr + c];
+        Q[oc] = dq[wr + c];
       }
-      timings.params += (performance.now() - t0) / 1000;
     }
-    t0 = performance.now();
-    const W1 = new Float32Array(rows * count);
-    for (let r = 0; r < rows; r++) W1.set(Wc.subarray(r * cols + i1, r * cols + i2), r * count);
-    const Err1 = new Float32Array(rows * count);
-    loss += quantizeBlock(
-      { W1, Err1, Hinv, codes, Q, scales, zeros, colGroup, perm },
-      { rows, cols, ngroups, i1, i2, maxq },
-    );
-    timings.inBlockFlops += rows * count * (count - 1);
+    scales.set(dev.scales);
+    zeros.set(dev.zeros);
+    loss = dev.loss;
     timings.inBlock += (performance.now() - t0) / 1000;
-    if (i2 < cols) {
-      t0 = performance.now();
-      const rest = cols - i2;
-      const B = new Float32Array(count * rest);
-      for (let i = 0; i < count; i++) {
-        B.set(Hinv.subarray((i1 + i) * cols + i2, (i1 + i + 1) * cols), i * rest);
-      }
-      const R = (await backend.matmul(
-        { shape: [rows, count], data: Err1 },
-        { shape: [count, rest], data: B },
-      )).data;
-      subtractTrailing(Wc, R, { rows, cols, i2 });
-      timings.trailingFlops += 2 * rows * count * rest;
-      timings.trailing += (performance.now() - t0) / 1000;
+    timings.columnPass = backend.name;
+    for (let i1 = 0; i1 < cols; i1 += o.blocksize) {
+      const i2 = Math.min(i1 + o.blocksize, cols), count = i2 - i1;
+      timings.inBlockFlops += rows * count * (count - 1);
+      timings.trailingFlops += 2 * rows * count * (cols - i2);
     }
+  } else {
+    loss = await cpuColumns(
+      { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm },
+      { ...dims, grid, fitGroups, gs, backend, timings, setGroup },
+    );
   }
 
   let gIdx: Int32Array | undefined;

@@ -9,6 +9,13 @@ import type { Backend } from "../backend/backend.ts";
 import { getBackend } from "../backend/device.ts";
 import { OptionError, QuantlabError } from "../errors.ts";
 import { block, embed } from "../models/decoder.ts";
+import {
+  type InputStats,
+  type ResidentBlockRunner,
+  residentBlockRunner,
+  residentBlockUnsupported,
+} from "../models/resident_block.ts";
+import type { WebGPUBackend } from "../backend/webgpu.ts";
 import { blockLinearGroups } from "../models/config.ts";
 import type { Model } from "../models/model.ts";
 import { type Tensor, transpose2d } from "../tensor.ts";
@@ -57,6 +64,8 @@ export interface QuantReport {
   resumedBlocks: number;
   /** The compute backend that ran the products (name and description, e.g. the adapter). */
   device: string;
+  /** True when blocks ran resident on the GPU (`QuantizeOptions.residentBlocks`). */
+  residentBlocks: boolean;
 }
 
 /** Progress events. */
@@ -83,6 +92,13 @@ export interface QuantizeOptions {
   workdir?: string;
   /** Backend for products (default: the active device). */
   backend?: Backend;
+  /**
+   * On the WebGPU backend, run each block resident on the GPU (`src/models/resident_block.ts`:
+   * one submission per calibration chunk, `Σ XᵀX` accumulated on the GPU) when the model allows
+   * it (default true); false: the host-driven block forward with hooks, one GPU round trip per
+   * product.
+   */
+  residentBlocks?: boolean;
   /** Progress callback. */
   onProgress?: (p: PipelineProgress) => void;
 }
@@ -108,6 +124,61 @@ async function accumulate(
   const S = acc.S;
   for (let j = 0; j < S.length; j++) S[j] += p.data[j];
   acc.n += x.shape[0];
+}
+
+/**
+ * `Σ XᵀX` of the inputs of the linears in `want` over every calibration chunk, through the
+ * host-driven block forward with a `linearInput` hook (stopped once every input was seen).
+ * Linears fed the same tensor (q/k/v, gate/up) share one statistics object.
+ */
+async function gatherHost(
+  qmodel: Model,
+  i: number,
+  c: { hs: Tensor[]; chunkSizes: number[]; want: ReadonlySet<string> },
+  be: Backend,
+): Promise<Map<string, InputStats>> {
+  const acc = new Map<string, InputStats>();
+  for (let k = 0; k < c.hs.length; k++) {
+    const seenObj = new Map<Tensor, string>();
+    const seen = new Set<string>();
+    const hooks = {
+      linearInput: async (name: string, x: Tensor) => {
+        if (!c.want.has(name)) return;
+        const first = seenObj.get(x);
+        if (first !== undefined) acc.set(name, acc.get(first)!);
+        else {
+          seenObj.set(x, name);
+          let a = acc.get(name);
+          if (!a) {
+            a = { S: new Float32Array(x.shape[1] * x.shape[1]), n: 0 };
+            acc.set(name, a);
+          }
+          await accumulate(a, x, be);
+        }
+        seen.add(name);
+        if (seen.size === c.want.size) throw STOP;
+      },
+    };
+    try {
+      await block(qmodel, i, c.hs[k], { batch: c.chunkSizes[k], hooks, backend: be });
+    } catch (e) {
+      if (e !== STOP) throw e;
+    }
+  }
+  return acc;
+}
+
+/** {@linkcode gatherHost} through a GPU-resident block (one submission per chunk). */
+async function gatherResident(
+  runner: ResidentBlockRunner,
+  hs: Tensor[],
+  chunkSizes: number[],
+  want: ReadonlySet<string>,
+): Promise<Map<string, InputStats>> {
+  for (let c = 0; c < hs.length; c++) {
+    await runner.run(hs[c], { batch: chunkSizes[c], collect: want });
+  }
+  return await runner.take();
 }
 
 /** √(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)) with one product through the backend. */
@@ -199,6 +270,11 @@ export async function quantize(
     }
   }
   const L = model.config.numLayers;
+  const gpu = be.name === "webgpu" && "ctx" in be ? be as WebGPUBackend : undefined;
+  const resident = gpu && hs.length && opts.residentBlocks !== false &&
+      !residentBlockUnsupported(model, gpu, T)
+    ? gpu
+    : undefined;
   for (let i = 0; i < L; i++) {
     const ck = opts.workdir ? await readBlock(opts.workdir, i) : null;
     if (ck) {
@@ -216,94 +292,86 @@ export async function quantize(
     const blockWeights = new Map<string, Tensor>();
     const blockMetas: Record<string, QuantMeta> = {};
     const blockReports: LayerReport[] = [];
-    for (const group of groups) {
-      const targets = group.filter((n) => assigned.has(n));
-      if (!targets.length) continue;
-      const qmodel: Model = { ...model, weights: model.weights.with(overrides) };
-      const acc = new Map<string, { S: Float32Array; n: number }>();
-      const alias = new Map<string, string>();
-      // With calibration data every target's H is gathered: quantizers that need it get it, and
-      // the report's relErr is measured for all (RTN included).
-      const wantsH = hs.length ? targets : [];
-      if (wantsH.length) {
-        const want = new Set(wantsH);
-        for (let c = 0; c < hs.length; c++) {
-          const seenObj = new Map<Tensor, string>();
-          const seen = new Set<string>();
-          const hooks = {
-            linearInput: async (name: string, x: Tensor) => {
-              if (!want.has(name)) return;
-              const first = seenObj.get(x);
-              if (first !== undefined) alias.set(name, first);
-              else {
-                seenObj.set(x, name);
-                let a = acc.get(name);
-                if (!a) {
-                  a = { S: new Float32Array(x.shape[1] * x.shape[1]), n: 0 };
-                  acc.set(name, a);
-                }
-                await accumulate(a, x, be);
-              }
-              seen.add(name);
-              if (seen.size === want.size) throw STOP;
-            },
-          };
-          try {
-            await block(qmodel, i, hs[c], { batch: chunkSizes[c], hooks, backend: be });
-          } catch (e) {
-            if (e !== STOP) throw e;
+    const runner = resident
+      ? await residentBlockRunner(
+        { ...model, weights: model.weights.with(overrides) },
+        i,
+        resident,
+        {
+          seqLen: T,
+        },
+      )
+      : undefined;
+    try {
+      for (const group of groups) {
+        const targets = group.filter((n) => assigned.has(n));
+        if (!targets.length) continue;
+        const qmodel: Model = { ...model, weights: model.weights.with(overrides) };
+        // With calibration data every target's H is gathered: quantizers that need it get it, and
+        // the report's relErr is measured for all (RTN included).
+        const want = new Set(hs.length ? targets : []);
+        const acc = !want.size
+          ? new Map<string, InputStats>()
+          : runner
+          ? await gatherResident(runner, hs, chunkSizes, want)
+          : await gatherHost(qmodel, i, { hs, chunkSizes, want }, be);
+        peak = Math.max(peak, Deno.memoryUsage().rss);
+        for (const name of targets) {
+          const { quantizer, pattern } = assigned.get(name)!;
+          const W = await model.weights.get(`${name}.weight`);
+          const a = acc.get(name);
+          let H: Float32Array | undefined;
+          if (a) {
+            H = new Float32Array(a.S.length);
+            const f = 2 / a.n;
+            for (let j = 0; j < H.length; j++) H[j] = a.S[j] * f;
           }
-          peak = Math.max(peak, Deno.memoryUsage().rss);
+          const tq = performance.now();
+          const res = await quantizer.quantizeWeight(W, { H, nsamples: a?.n ?? 0 }, {
+            backend: be,
+            layer: name,
+          });
+          const seconds = (performance.now() - tq) / 1000;
+          if (res.Wq.data.length !== W.data.length) {
+            throw new QuantlabError(
+              `${quantizer.name}: ${name}: returned a weight of the wrong size`,
+            );
+          }
+          overrides.set(`${name}.weight`, res.Wq);
+          blockWeights.set(`${name}.weight`, res.Wq);
+          runner?.setWeight(name, res.Wq);
+          blockMetas[name] = res.meta;
+          const rep: LayerReport = {
+            name,
+            block: i,
+            method: quantizer.name,
+            pattern,
+            shape: [W.shape[0], W.shape[1]],
+            loss: res.loss,
+            relErr: H ? await relativeError(W, res.Wq, H, be) : NaN,
+            bitsPerWeight: res.bitsPerWeight,
+            seconds,
+          };
+          blockReports.push(rep);
+          opts.onProgress?.({ stage: "layer", done: i, total: L, info: name });
         }
+        peak = Math.max(peak, Deno.memoryUsage().rss);
       }
-      for (const name of targets) {
-        const { quantizer, pattern } = assigned.get(name)!;
-        const W = await model.weights.get(`${name}.weight`);
-        const a = acc.get(alias.get(name) ?? name);
-        let H: Float32Array | undefined;
-        if (a) {
-          H = new Float32Array(a.S.length);
-          const f = 2 / a.n;
-          for (let j = 0; j < H.length; j++) H[j] = a.S[j] * f;
-        }
-        const tq = performance.now();
-        const res = await quantizer.quantizeWeight(W, { H, nsamples: a?.n ?? 0 }, {
-          backend: be,
-          layer: name,
-        });
-        const seconds = (performance.now() - tq) / 1000;
-        if (res.Wq.data.length !== W.data.length) {
-          throw new QuantlabError(
-            `${quantizer.name}: ${name}: returned a weight of the wrong size`,
+      // Feed the next block from the quantized one.
+      if (hs.length && i < L - 1) {
+        const qmodel: Model = { ...model, weights: model.weights.with(overrides) };
+        const next: Tensor[] = [];
+        for (let c = 0; c < hs.length; c++) {
+          next.push(
+            runner
+              ? (await runner.run(hs[c], { batch: chunkSizes[c], output: true }))!
+              : await block(qmodel, i, hs[c], { batch: chunkSizes[c], backend: be }),
           );
         }
-        overrides.set(`${name}.weight`, res.Wq);
-        blockWeights.set(`${name}.weight`, res.Wq);
-        blockMetas[name] = res.meta;
-        const rep: LayerReport = {
-          name,
-          block: i,
-          method: quantizer.name,
-          pattern,
-          shape: [W.shape[0], W.shape[1]],
-          loss: res.loss,
-          relErr: H ? await relativeError(W, res.Wq, H, be) : NaN,
-          bitsPerWeight: res.bitsPerWeight,
-          seconds,
-        };
-        blockReports.push(rep);
-        opts.onProgress?.({ stage: "layer", done: i, total: L, info: name });
+        hs = next;
       }
-      peak = Math.max(peak, Deno.memoryUsage().rss);
-    }
-    // Feed the next block from the quantized one.
-    if (hs.length && i < L - 1) {
-      const qmodel: Model = { ...model, weights: model.weights.with(overrides) };
-      const next: Tensor[] = [];
-      for (let c = 0; c < hs.length; c++) {
-        next.push(await block(qmodel, i, hs[c], { batch: chunkSizes[c], backend: be }));
-      }
-      hs = next;
+    } finally {
+      runner?.release();
     }
     Object.assign(packed, blockMetas);
     layers.push(...blockReports);
@@ -346,6 +414,7 @@ export async function quantize(
     peakRssMiB: peak / 2 ** 20,
     resumedBlocks: resumed,
     device: `${be.name}: ${be.description}`,
+    residentBlocks: resident !== undefined,
   };
   return { ...model, weights: model.weights.with(overrides), report, packed };
 }

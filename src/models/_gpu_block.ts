@@ -1,0 +1,477 @@
+/**
+ * Shared pieces of the GPU-resident forward (the decoder of `resident.ts` and the pipeline's
+ * block runner of `resident_block.ts`): weights uploaded once (dense f32, or packed codes for
+ * quantized layers), a dispatch recorder, and the recording of one decoder block — the math of
+ * `decoder.ts`'s `block()`, kernel by kernel, for Llama/Mistral/Qwen2 and OPT (pre- and post-LN).
+ * @module
+ */
+import type { ModelConfig } from "./config.ts";
+import type { Model } from "./model.ts";
+import { ropeInvFreq } from "./decoder.ts";
+import { QuantlabError } from "../errors.ts";
+import {
+  bindGroup,
+  dequantGemmDispatch,
+  dequantGemvDispatch,
+  type Dispatch,
+  gemvDispatch,
+  type GpuPackedWeights,
+  grid,
+  matmulDispatch,
+  pipeline,
+  residentPacked,
+  uniforms,
+  upload,
+  type WebGPUContext,
+} from "../backend/webgpu.ts";
+import { attentionWGSL } from "../../kernels/attention.ts";
+import { rmsnormWGSL } from "../../kernels/rmsnorm.ts";
+import { layernormWGSL } from "../../kernels/layernorm.ts";
+import { ropeWGSL } from "../../kernels/rope.ts";
+import {
+  activationWGSL,
+  addWGSL,
+  biasWGSL,
+  copyRangeWGSL,
+  ELEMENTWISE_WG,
+  swigluWGSL,
+} from "../../kernels/elementwise.ts";
+
+/** A linear layer on the GPU: dense [out, in] weights or packed codes, optional bias. */
+export interface GpuLinear {
+  /** Layer name (no ".weight"). */
+  name: string;
+  /** Output features. */
+  rows: number;
+  /** Input features. */
+  cols: number;
+  /** Dense f32 weight [rows, cols]. */
+  dense?: GPUBuffer;
+  /** Packed codes (quantized layers). */
+  packed?: GpuPackedWeights;
+  /** Bias [rows]. */
+  bias?: GPUBuffer;
+  /**
+   * A dense weight over the binding limit, in row blocks (`r0` a multiple of the storage offset
+   * alignment): each block's product writes its slice of the output.
+   */
+  parts?: RowPart[];
+}
+
+/** Rows r0..r0+rows of a matrix, in their own buffer. */
+export interface RowPart {
+  /** First row. */
+  r0: number;
+  /** Rows. */
+  rows: number;
+  /** The rows, f32 [rows, cols]. */
+  buf: GPUBuffer;
+}
+
+/** A norm's weight (and LayerNorm bias). */
+export interface GpuNorm {
+  /** Weight [d]. */
+  w: GPUBuffer;
+  /** LayerNorm bias [d] (OPT). */
+  b?: GPUBuffer;
+}
+
+/** One decoder block's resident weights. */
+export interface GpuBlock {
+  /** Attention-side norm. */
+  attnNorm: GpuNorm;
+  /** MLP-side norm. */
+  mlpNorm: GpuNorm;
+  /** Query projection. */
+  q: GpuLinear;
+  /** Key projection. */
+  k: GpuLinear;
+  /** Value projection. */
+  v: GpuLinear;
+  /** Output projection. */
+  o: GpuLinear;
+  /** OPT: fc1, fc2; Llama: gate, up, down. */
+  mlp: GpuLinear[];
+}
+
+/** Uploads a model's tensors to the GPU, keeping the buffers it owns and the bytes it moved. */
+export interface GpuUploader {
+  /** Buffers this uploader created (released by {@linkcode GpuUploader.release}). */
+  readonly owned: GPUBuffer[];
+  /** Weight bytes resident through this uploader (dense uploads and packed codes). */
+  bytes: number;
+  /** Linears served from packed codes. */
+  packedLayers: number;
+  /** Uploads tensor `name` as f32. */
+  tensor(name: string): Promise<GPUBuffer>;
+  /** Uploads the rows of matrix `name` in blocks that fit the binding limit (one when it fits). */
+  rowParts(name: string): Promise<RowPart[]>;
+  /** Uploads linear `name`: packed when `model.packed[name]` dequantizes to its weight, else dense. */
+  linear(name: string): Promise<GpuLinear>;
+  /** Uploads norm `name` (weight; bias for OPT). */
+  norm(name: string): Promise<GpuNorm>;
+  /** Uploads block `i`. */
+  block(i: number): Promise<GpuBlock>;
+  /** Returns every owned buffer to the pool. */
+  release(): void;
+}
+
+/** The tensor-name prefix of a family ("model" or "model.decoder"). */
+export function modelPrefix(cfg: ModelConfig): string {
+  return cfg.family === "opt" ? "model.decoder" : "model";
+}
+
+/**
+ * Weight uploads for `model` on `ctx` (see {@linkcode GpuUploader}); `maxBindingBytes` overrides
+ * the device's binding limit (tests force row splits with it).
+ */
+export function gpuUploader(
+  ctx: WebGPUContext,
+  model: Model,
+  opts: { maxBindingBytes?: number } = {},
+): GpuUploader {
+  const cfg = model.config;
+  const opt = cfg.family === "opt";
+  const P = modelPrefix(cfg);
+  const limit = opts.maxBindingBytes ?? ctx.device.limits.maxStorageBufferBindingSize;
+  const align = ctx.device.limits.minStorageBufferOffsetAlignment / 4;
+  const split = (data: Float32Array, rows: number, cols: number): RowPart[] => {
+    let per = rows;
+    if (data.byteLength > limit) per = Math.floor(limit / (4 * cols) / align) * align;
+    if (per < 1) throw new QuantlabError(`a row of ${cols} floats exceeds the binding limit`);
+    const parts: RowPart[] = [];
+    for (let r0 = 0; r0 < rows; r0 += per) {
+      const nr = Math.min(per, rows - r0);
+      const buf = upload(ctx, data.subarray(r0 * cols, (r0 + nr) * cols));
+      self.owned.push(buf);
+      parts.push({ r0, rows: nr, buf });
+    }
+    self.bytes += data.byteLength;
+    return parts;
+  };
+  const self: GpuUploader = {
+    owned: [],
+    bytes: 0,
+    packedLayers: 0,
+    async tensor(name) {
+      const t = await model.weights.get(name);
+      self.bytes += t.data.byteLength;
+      const b = upload(ctx, t.data);
+      self.owned.push(b);
+      return b;
+    },
+    async rowParts(name) {
+      const t = await model.weights.get(name);
+      return split(t.data, t.shape[0], t.shape[1]);
+    },
+    async linear(name) {
+      const W = await model.weights.get(`${name}.weight`);
+      const [rows, cols] = W.shape;
+      const meta = model.packed?.[name];
+      const packed = meta ? residentPacked(ctx, meta, W) : undefined;
+      const out: GpuLinear = { name, rows, cols };
+      if (packed) {
+        out.packed = packed;
+        self.packedLayers++;
+        self.bytes += packed.qweight.size + packed.scaleZero.size + packed.chunkGroup.size +
+          packed.colIndex.size;
+      } else if (W.data.byteLength > limit) {
+        out.parts = split(W.data, rows, cols);
+      } else {
+        out.dense = upload(ctx, W.data);
+        self.owned.push(out.dense);
+        self.bytes += W.data.byteLength;
+      }
+      if (model.weights.has(`${name}.bias`)) out.bias = await self.tensor(`${name}.bias`);
+      return out;
+    },
+    async norm(name) {
+      return {
+        w: await self.tensor(`${name}.weight`),
+        b: opt ? await self.tensor(`${name}.bias`) : undefined,
+      };
+    },
+    async block(i) {
+      const p = `${P}.layers.${i}`;
+      return {
+        attnNorm: await self.norm(opt ? `${p}.self_attn_layer_norm` : `${p}.input_layernorm`),
+        mlpNorm: await self.norm(opt ? `${p}.final_layer_norm` : `${p}.post_attention_layernorm`),
+        q: await self.linear(`${p}.self_attn.q_proj`),
+        k: await self.linear(`${p}.self_attn.k_proj`),
+        v: await self.linear(`${p}.self_attn.v_proj`),
+        o: await self.linear(opt ? `${p}.self_attn.out_proj` : `${p}.self_attn.o_proj`),
+        mlp: opt ? [await self.linear(`${p}.fc1`), await self.linear(`${p}.fc2`)] : [
+          await self.linear(`${p}.mlp.gate_proj`),
+          await self.linear(`${p}.mlp.up_proj`),
+          await self.linear(`${p}.mlp.down_proj`),
+        ],
+      };
+    },
+    release() {
+      ctx.pool.release(...self.owned.splice(0));
+    },
+  };
+  return self;
+}
+
+/**
+ * RoPE cos/sin tables [positions, headDim/2] exactly as `decoder.ts` computes them (the angle
+ * `fround(fround(p) · fround(inv_freq))` with rope scaling applied, cos/sin rounded to f32).
+ */
+export function ropeTablesFor(
+  cfg: ModelConfig,
+  positions: number,
+): { cos: Float32Array; sin: Float32Array } {
+  const inv = ropeInvFreq(cfg), half = cfg.headDim / 2;
+  const cos = new Float32Array(positions * half), sin = new Float32Array(positions * half);
+  for (let pos = 0; pos < positions; pos++) {
+    for (let i = 0; i < half; i++) {
+      const af = Math.fround(Math.fround(pos) * Math.fround(inv[i]));
+      cos[pos * half + i] = Math.cos(af);
+      sin[pos * half + i] = Math.sin(af);
+    }
+  }
+  return { cos, sin };
+}
+
+/** Uniform fields: u32 numbers or `{ f }` floats. */
+export type Fields = (number | { f: number })[];
+
+/** A position-dependent uniform buffer of a recorded list: rewritten before each submission. */
+export interface DynUniform {
+  /** The buffer bound in the recorded bind group. */
+  buf: GPUBuffer;
+  /** Its fields for the step's first position. */
+  fields: (pos0: number) => Fields;
+}
+
+/** Collects a list of dispatches (one submission) for the resident forward. */
+export interface Recorder {
+  /** The device. */
+  readonly ctx: WebGPUContext;
+  /** The dispatches, in order. */
+  readonly list: Dispatch[];
+  /** The position-dependent uniforms. */
+  readonly dyn: DynUniform[];
+  /** A uniform buffer whose fields depend on the step's first position. */
+  U(fields: (pos0: number) => Fields): GPUBuffer;
+  /** One elementwise dispatch over `n` elements. */
+  ew(code: string, u: GPUBuffer | Fields, bufs: GPUBuffer[], n: number): void;
+  /** `y = x · Wᵀ (+ b)` for `m` rows: GEMV at m = 1, else the tiled matmul or dequant GEMM. */
+  lin(L: GpuLinear, x: GPUBuffer, y: GPUBuffer, m: number): void;
+  /** The family's norm (RMSNorm or LayerNorm) over `rows` rows of width `d`. */
+  norm(nw: GpuNorm, x: GPUBuffer, y: GPUBuffer, rows: number): void;
+}
+
+/** A {@linkcode Recorder} for a model of config `cfg`. */
+export function recorder(ctx: WebGPUContext, cfg: ModelConfig): Recorder {
+  const list: Dispatch[] = [];
+  const dyn: DynUniform[] = [];
+  const opt = cfg.family === "opt";
+  const r: Recorder = {
+    ctx,
+    list,
+    dyn,
+    U(fields) {
+      const buf = uniforms(ctx, fields(0));
+      dyn.push({ buf, fields });
+      return buf;
+    },
+    ew(code, u, bufs, n) {
+      const pipe = pipeline(ctx, code);
+      const ub = Array.isArray(u) ? uniforms(ctx, u) : u;
+      list.push({
+        pipeline: pipe,
+        bindGroup: bindGroup(ctx, pipe, [ub, ...bufs]),
+        workgroups: grid(ctx, Math.ceil(n / ELEMENTWISE_WG)),
+      });
+    },
+    lin(L, x, y, m) {
+      if (L.parts) {
+        for (const p of L.parts) {
+          list.push(
+            m === 1
+              ? gemvDispatch(ctx, {
+                x,
+                w: p.buf,
+                y: { buffer: y, offset: 4 * p.r0, size: 4 * p.rows },
+              }, { n: p.rows, k: L.cols })
+              : matmulDispatch(ctx, { a: x, b: p.buf, c: y }, {
+                m,
+                k: L.cols,
+                n: p.rows,
+                transB: true,
+                ldc: L.rows,
+                offC: p.r0,
+              }),
+          );
+        }
+      } else if (L.packed) {
+        list.push(
+          m === 1
+            ? dequantGemvDispatch(ctx, L.packed, { x, y })
+            : dequantGemmDispatch(ctx, L.packed, { x, y, m }),
+        );
+      } else if (m === 1) {
+        list.push(gemvDispatch(ctx, { x, w: L.dense!, y }, { n: L.rows, k: L.cols }));
+      } else {
+        list.push(
+          matmulDispatch(ctx, { a: x, b: L.dense!, c: y }, {
+            m,
+            k: L.cols,
+            n: L.rows,
+            transB: true,
+          }),
+        );
+      }
+      if (L.bias) r.ew(biasWGSL(), [m * L.rows, L.rows, 0, 0], [L.bias, y], m * L.rows);
+    },
+    norm(nw, x, y, rows) {
+      const pipe = pipeline(ctx, opt ? layernormWGSL() : rmsnormWGSL());
+      const u = uniforms(ctx, [rows, cfg.hiddenSize, { f: cfg.normEps }, 0]);
+      list.push({
+        pipeline: pipe,
+        bindGroup: bindGroup(ctx, pipe, opt ? [u, x, nw.w, nw.b!, y] : [u, x, nw.w, y]),
+        workgroups: grid(ctx, rows),
+      });
+    },
+  };
+  return r;
+}
+
+/** Activation buffers of one block pass over `B·T` rows. */
+export interface BlockBuffers {
+  /** Residual stream [rows, d] (in and out; post-LN swaps it with `x`). */
+  h: GPUBuffer;
+  /** Normed input / scratch [rows, d]. */
+  x: GPUBuffer;
+  /** Queries [rows, nH·hd]. */
+  q: GPUBuffer;
+  /** Keys [rows, nKV·hd]. */
+  k: GPUBuffer;
+  /** Values [rows, nKV·hd]. */
+  v: GPUBuffer;
+  /** Attention output [rows, nH·hd]. */
+  att: GPUBuffer;
+  /** Gate / fc1 output [rows, ff]. */
+  g: GPUBuffer;
+  /** Up projection [rows, ff] (Llama). */
+  u: GPUBuffer;
+}
+
+/** Bytes per row of {@linkcode BlockBuffers} (what a pass of `rows` rows holds on the GPU). */
+export function blockBytesPerRow(cfg: ModelConfig): number {
+  const qw = cfg.numHeads * cfg.headDim, kw = cfg.numKvHeads * cfg.headDim;
+  return 4 * (2 * cfg.hiddenSize + 2 * qw + 2 * kw + 2 * cfg.intermediateSize);
+}
+
+/** How a block pass attends. */
+export interface BlockAttention {
+  /** Rows per sequence. */
+  T: number;
+  /** Sequences (no cache); must be 1 with a cache. */
+  B: number;
+  /** RoPE tables (Llama family) covering the positions used. */
+  rope?: { cos: GPUBuffer; sin: GPUBuffer };
+  /** KV cache of this layer [capacity, nKV·hd]: new keys are appended at the step's position. */
+  cache?: { K: GPUBuffer; V: GPUBuffer };
+}
+
+/**
+ * Records block `L` over `B·T` rows held in `io.h`. Without a cache each of the B sequences
+ * attends to its own T keys (positions 0..T−1); with one, the T new tokens sit at the step's
+ * position (dynamic uniforms) and are appended to the cache first. `collect(linears, x, rows)`
+ * is called once per distinct linear input, before its products are recorded, in order
+ * (q/k/v, o, gate/up or fc1, down or fc2); when it returns true the recording stops there (the
+ * pipeline only needs the inputs). Returns the buffers holding the residual stream and scratch
+ * afterwards (post-LN swaps them).
+ */
+export function recordBlock(
+  r: Recorder,
+  cfg: ModelConfig,
+  L: GpuBlock,
+  io: BlockBuffers,
+  a: BlockAttention,
+  collect?: (linears: GpuLinear[], x: GPUBuffer, rows: number) => boolean,
+): { h: GPUBuffer; x: GPUBuffer; stopped: boolean } {
+  const opt = cfg.family === "opt";
+  const { numHeads: nH, numKvHeads: nKV, headDim: hd, hiddenSize: d } = cfg;
+  const kw = nKV * hd, ff = cfg.intermediateSize;
+  const rows = a.B * a.T, T = a.T;
+  const preLN = !opt || cfg.doLayerNormBefore;
+  let h = io.h, x = io.x;
+  const stop = (ls: GpuLinear[], inp: GPUBuffer) => collect?.(ls, inp, rows) ?? false;
+
+  const inp = preLN ? x : h;
+  if (preLN) r.norm(L.attnNorm, h, x, rows);
+  if (stop([L.q, L.k, L.v], inp)) return { h, x, stopped: true };
+  r.lin(L.q, inp, io.q, rows);
+  r.lin(L.k, inp, io.k, rows);
+  r.lin(L.v, inp, io.v, rows);
+  if (a.rope) {
+    const rope = pipeline(r.ctx, ropeWGSL());
+    for (const [buf, heads] of [[io.q, nH], [io.k, nKV]] as const) {
+      const u = a.cache
+        ? r.U((pos0) => [T, heads, hd, pos0, 0, 0, 0, 0])
+        : uniforms(r.ctx, [rows, heads, hd, 0, T, 0, 0, 0]);
+      r.list.push({
+        pipeline: rope,
+        bindGroup: bindGroup(r.ctx, rope, [u, buf, a.rope.cos, a.rope.sin]),
+        workgroups: grid(r.ctx, Math.ceil((rows * heads * hd) / 2 / 256)),
+      });
+    }
+  }
+  const attn = pipeline(r.ctx, attentionWGSL({ headDim: hd }));
+  const scale = { f: 1 / Math.sqrt(hd) };
+  let ua: GPUBuffer, K = io.k, V = io.v;
+  if (a.cache) {
+    for (const [src, dst] of [[io.k, a.cache.K], [io.v, a.cache.V]]) {
+      r.ew(copyRangeWGSL(), r.U((pos0) => [T * kw, 0, pos0 * kw, 0]), [src, dst], T * kw);
+    }
+    ({ K, V } = a.cache);
+    ua = r.U((pos0) => [T, pos0 + T, nH, nKV, pos0, scale, 1, 0]);
+  } else {
+    ua = uniforms(r.ctx, [T, T, nH, nKV, 0, scale, a.B, 0]);
+  }
+  r.list.push({
+    pipeline: attn,
+    bindGroup: bindGroup(r.ctx, attn, [ua, io.q, K, V, io.att]),
+    workgroups: grid(r.ctx, rows * nH),
+  });
+  if (stop([L.o], io.att)) return { h, x, stopped: true };
+  // x is free after the q/k/v products: it takes the output projection, then the residual.
+  r.lin(L.o, io.att, x, rows);
+  r.ew(addWGSL(), [rows * d, 0, 0, 0], [x, h], rows * d);
+  if (!preLN) {
+    r.norm(L.attnNorm, h, x, rows);
+    [h, x] = [x, h];
+  }
+  const y = preLN ? x : h;
+  if (preLN) r.norm(L.mlpNorm, h, x, rows);
+  const [first, ...rest] = L.mlp;
+  const firstGroup = opt ? [first] : [first, rest[0]];
+  if (stop(firstGroup, y)) return { h, x, stopped: true };
+  const down = opt ? rest[0] : rest[1];
+  if (opt) {
+    r.lin(first, y, io.g, rows);
+    r.ew(
+      activationWGSL(cfg.activation as "relu" | "gelu"),
+      [rows * ff, 0, 0, 0],
+      [io.g],
+      rows * ff,
+    );
+  } else {
+    r.lin(first, y, io.g, rows);
+    r.lin(rest[0], y, io.u, rows);
+    r.ew(swigluWGSL(), [rows * ff, 0, 0, 0], [io.u, io.g], rows * ff);
+  }
+  if (stop([down], io.g)) return { h, x, stopped: true };
+  // the MLP input is dead after the up/fc1 products: x takes the down projection.
+  r.lin(down, io.g, x, rows);
+  r.ew(addWGSL(), [rows * d, 0, 0, 0], [x, h], rows * d);
+  if (!preLN) {
+    r.norm(L.mlpNorm, h, x, rows);
+    [h, x] = [x, h];
+  }
+  return { h, x, stopped: false };
+}
