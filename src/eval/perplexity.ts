@@ -31,8 +31,9 @@ export interface PerplexityOptions {
   hooks?: ForwardHooks;
   /**
    * On the WebGPU backend, run each window through the GPU-resident decoder
-   * (`src/models/resident.ts`: one submission per window) when the model allows it (default
-   * true); false: the host forward in batches of `batch` windows.
+   * (`src/models/resident.ts`: one submission per window, the per-token NLL computed on the GPU
+   * in float32 so only `seqlen` floats come back) when the model allows it (default true);
+   * false: the host forward in batches of `batch` windows (float64 log-softmax on the CPU).
    */
   resident?: boolean;
 }
@@ -155,15 +156,18 @@ export async function perplexity(
     for (let w = 0; w < windows; w += step) {
       const nb = Math.min(step, windows - w);
       const chunk = ids.slice(w * seqlen, (w + nb) * seqlen);
-      let logits: Tensor;
       if (dec) {
+        // NLL on the GPU: token t predicts chunk[t + 1]; the last token predicts nothing.
         dec.reset();
-        const data = await dec.step(chunk, { allLogits: true });
-        logits = { shape: [seqlen, cfg.vocabSize], data };
-      } else logits = await forward(model, chunk, { batch: nb, hooks });
-      const r = windowNll(logits, chunk, seqlen);
-      sum += r.sum;
-      count += r.count;
+        const nll = await dec.nll(chunk, [...chunk.slice(1), 0]);
+        for (let t = 0; t < seqlen - 1; t++) sum += nll[t];
+        count += seqlen - 1;
+      } else {
+        const logits = await forward(model, chunk, { batch: nb, hooks });
+        const r = windowNll(logits, chunk, seqlen);
+        sum += r.sum;
+        count += r.count;
+      }
       opts.onProgress?.(w + nb, windows);
     }
   } finally {

@@ -61,7 +61,21 @@ for (const c of CASES) {
         }
         assertEquals(dec.length, seq.length);
         await assertRejects(() => dec.step(rng.ids(CTX, VOCAB)), QuantlabError, "capacity");
-        await assertRejects(() => dec.step([VOCAB]), QuantlabError, "outside the embedding");
+        await assertRejects(() => dec.step([VOCAB]), QuantlabError, "outside the vocabulary");
+        // NLL on the GPU = log-softmax of the step's own logits at the targets
+        dec.reset();
+        const nseq = rng.ids(12, VOCAB), targets = rng.ids(12, VOCAB);
+        const lg = await dec.step(nseq, { allLogits: true });
+        dec.reset();
+        const nll = await dec.nll(nseq, targets);
+        for (let t = 0; t < 12; t++) {
+          const row = lg.subarray(t * VOCAB, (t + 1) * VOCAB);
+          let m = -Infinity, s = 0;
+          for (const v of row) m = Math.max(m, v);
+          for (const v of row) s += Math.exp(v - m);
+          assertLess(Math.abs(nll[t] - (m + Math.log(s) - row[targets[t]])), 1e-5, `nll ${t}`);
+        }
+        await assertRejects(() => dec.nll([1, 2], [3]), QuantlabError, "targets");
       } finally {
         dec.release();
         await Deno.remove(dir, { recursive: true });
