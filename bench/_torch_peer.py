@@ -3,7 +3,8 @@
 Prints one JSON line (last line of stdout) with seconds per call:
   matmul_f32_s (TF32 off), matmul_f16_s, gemv_f16_s (fp16 weights, batch 1), copy_s (copy_ of the
   same byte count as the WebGPU copy benchmark), gptq_s (the IST-DASLab fasterquant inner loop with
-  lazy block updates, given Hinv, per-row grid, block 128: the same work as the fused WebGPU path).
+  lazy block updates, given Hinv, per-row grid, block 128: the same work as the fused WebGPU path),
+  hinv_s (fasterquant's Hinv: cholesky, cholesky_inverse, upper cholesky, float32).
 Usage: python3 bench/_torch_peer.py [--quick]
 """
 import json
@@ -90,6 +91,16 @@ def main():
     scale = (mx - mn) / maxq
     zero = torch.round(-mn / scale)
     out["gptq_s"] = timed(lambda: gptq_loop(W.clone(), Hinv, scale, zero, maxq), reps=1, warm=1)
+    # fasterquant's Hinv: cholesky, cholesky_inverse, cholesky(upper) in float32
+    X = torch.randn(n + 256, n, device=dev)
+    H = 2 / (n + 256) * X.T.matmul(X)
+    H += 0.01 * torch.mean(torch.diag(H)) * torch.eye(n, device=dev)
+
+    def hinv():
+        L = torch.linalg.cholesky(H)
+        return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+
+    out["hinv_s"] = timed(hinv, reps=3)
     print(json.dumps(out))
 
 

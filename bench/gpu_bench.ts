@@ -413,20 +413,19 @@ const GPTQ_REF_S: Record<string, number> = { "4096x4096": 1.55, "4096x11008": 3.
 
 /**
  * The whole `gptqQuantize` (4-bit g128 act-order) on the WebGPU backend: total seconds with the
- * split CPU linalg (float64 Cholesky of H⁻¹) / CPU prep / GPU column pass, beside GPU.md's
- * reference figures; codes checked on a row subsample against `gptqRef` run on the pass's own
- * inputs (the permuted W and the float32 Hinv the backend received). H = 2/n·XᵀX + 1e-2·I of
- * n = cols + 256 Gaussian rows with log-normal channel scales, formed on the GPU. Modules load
- * lazily; without onnxruntime-node the float64 linalg falls back to TypeScript GEMMs, so sizes
- * over 4096 columns are skipped then.
+ * split CPU prep (damping, grids, act-order permutation) / device pass (float32 Cholesky of H⁻¹
+ * and every block, one submission), beside GPU.md's reference figures; codes checked on a row
+ * subsample against `gptqRef` run on the pass's own inputs (the permuted W, and Hinv from the
+ * same device factorization of the damped H the backend received). H = 2/n·XᵀX + 1e-2·I of
+ * n = cols + 256 Gaussian rows with log-normal channel scales, formed on the GPU. No
+ * onnxruntime is needed (the GPU machine has none).
  */
 async function benchGptqFull(ctx: WebGPUContext, quick: boolean): Promise<void> {
   const { webgpuBackend } = await import("../src/backend/webgpu.ts");
   const { gptqQuantize } = await import("../src/quant/gptq.ts");
-  const { gemmF64TS, onnxGemmF64 } = await import("../src/quant/linalg.ts");
+  const { gpuUpperCholeskyOfInverse } = await import("../src/backend/webgpu.ts");
   const { mulberry32, randn } = await import("../src/quant/_rng.ts");
   const be = await webgpuBackend({ allowFallback: ctx.fallback });
-  const ort = (await onnxGemmF64()) !== gemmF64TS;
   const opts = { bits: 4, groupSize: 128, actOrder: true };
   let captured: Args | undefined;
   const spy = {
@@ -447,13 +446,6 @@ async function benchGptqFull(ctx: WebGPUContext, quick: boolean): Promise<void> 
   const sizes: [number, number][] = quick ? [[512, 512]] : [[4096, 4096], [4096, 11008]];
   for (const [rows, cols] of sizes) {
     const size = `${rows}x${cols}`;
-    if (!ort && cols > 4096) {
-      console.log(
-        `GPTQ gptqQuantize ${size}: skipped (no onnxruntime-node: the float64 Cholesky would ` +
-          `run on TypeScript GEMMs for many minutes)`,
-      );
-      continue;
-    }
     const rg = mulberry32(rows + cols);
     const W = new Float32Array(rows * cols);
     for (let i = 0; i < W.length; i++) W[i] = 0.02 * randn(rg);
@@ -492,8 +484,9 @@ async function benchGptqFull(ctx: WebGPUContext, quick: boolean): Promise<void> 
     if (a && tm.columnPass === "webgpu") {
       const sr = sampleRows(rows, ctx.fallback ? 32 : 16);
       const perm = res.meta.perm as Int32Array | undefined;
+      const Hinv = a.Hinv ?? await gpuUpperCholeskyOfInverse(ctx, a.H!, cols);
       for (const r of sr) {
-        const ref = gptqRef(a.W.slice(r * cols, (r + 1) * cols), a.Hinv, {
+        const ref = gptqRef(a.W.slice(r * cols, (r + 1) * cols), Hinv, {
           rows: 1,
           cols,
           maxq: 15,
@@ -525,15 +518,54 @@ async function benchGptqFull(ctx: WebGPUContext, quick: boolean): Promise<void> 
       timing: "wall",
     });
     console.log(
-      `  split: linalg ${tm.linalg.toFixed(3)} s (CPU float64 Cholesky of H⁻¹, ` +
-        `${ort ? "onnxruntime DGEMM" : "TypeScript GEMM"}), prep ${tm.params.toFixed(3)} s ` +
-        `(CPU: grids, act-order permutation), column pass ${tm.inBlock.toFixed(3)} s ` +
-        `(${tm.columnPass}: uploads, ${Math.ceil(cols / 128)} blocks in one submission, ` +
+      `  split: CPU prep ${(tm.linalg + tm.params).toFixed(3)} s (damping, grids, act-order ` +
+        `permutation), device pass ${tm.inBlock.toFixed(3)} s (${tm.columnPass}: uploads, ` +
+        `float32 Cholesky of H⁻¹ + ${Math.ceil(cols / 128)} blocks in one submission, ` +
         `readback, un-permute), other ` +
         `${(total - tm.linalg - tm.params - tm.inBlock).toFixed(3)} s (packing, copies)`,
     );
   }
   be.release();
+}
+
+/**
+ * GPTQ's `Hinv` (upper `U`, `Uᵀ·U = H⁻¹`) on the GPU in float32 for an n×n GPTQ-like Hessian
+ * (`bench/_gpu_linalg_bench.ts`), checked in the same run without onnxruntime: on 8 sampled rows
+ * i, `(U·H·Uᵀ)[i, :]` against the identity row, in float64 on the CPU. Returns the seconds.
+ */
+async function benchHinv(ctx: WebGPUContext, n: number): Promise<number> {
+  const { benchCholesky, benchHessian } = await import("./_gpu_linalg_bench.ts");
+  const { gpuUpperCholeskyOfInverse } = await import("../src/backend/webgpu.ts");
+  const r = await benchCholesky(ctx, n, { check: false });
+  const H = await benchHessian(ctx, n, 0);
+  const U = await gpuUpperCholeskyOfInverse(ctx, H, n);
+  let worst = 0;
+  const uh = new Float64Array(n);
+  for (const i of sampleRows(n, 8)) {
+    uh.fill(0);
+    for (let k = i; k < n; k++) { // U is upper: row i starts at column i
+      const u = U[i * n + k];
+      for (let j = 0; j < n; j++) uh[j] += u * H[k * n + j];
+    }
+    for (let j = 0; j < n; j++) {
+      let v = 0;
+      for (let k = j; k < n; k++) v += uh[k] * U[j * n + k];
+      worst = Math.max(worst, Math.abs(v - (i === j ? 1 : 0)));
+    }
+  }
+  report({
+    kernel: "Hinv f32 (Cholesky, inv)",
+    size: `${n}x${n}`,
+    ms: r.seconds * 1e3,
+    metric: "GFLOP/s",
+    value: r.gflops * 1e9,
+    ceiling: CEIL.f32.name,
+    fraction: (r.gflops * 1e9) / CEIL.f32.value,
+    check: `max |U·H·Uᵀ − I| ${worst.toExponential(1)} on 8 rows (tol 1e-2)`,
+    ok: worst < 1e-2,
+    timing: r.method,
+  });
+  return r.seconds;
 }
 
 async function benchSmall(ctx: WebGPUContext, big: boolean): Promise<void> {
@@ -929,6 +961,16 @@ async function main(): Promise<void> {
     copyBw,
   );
   const tGptq = await benchGptq(ctx, quick ? 256 : 4096);
+  let tHinv = NaN;
+  for (const m of quick ? [512] : [4096, 11008]) {
+    try {
+      const t = await benchHinv(ctx, m);
+      if (m === n) tHinv = t;
+    } catch (e) {
+      console.log(`Hinv ${m}: FAILED: ${(e as Error).stack ?? e}`);
+      failed("Hinv f32", (e as Error).message);
+    }
+  }
   try {
     await benchGptqFull(ctx, quick);
   } catch (e) {
@@ -962,6 +1004,7 @@ async function main(): Promise<void> {
     line("copy (GB/s ours vs torch)", (2 * (quick ? 16 * 2 ** 20 : 2 ** 30)) / copyBw, peer.copy_s);
     line("GEMV: 4b WebGPU vs fp16 cuBLAS", tGemv, peer.gemv_f16_s);
     line(`GPTQ ${n}x${n} vs torch loop`, tGptq, peer.gptq_s);
+    line(`Hinv ${n}x${n} vs torch.linalg (f32)`, tHinv, peer.hinv_s);
   }
   const bad = rows.filter((r) => !r.ok);
   console.log(

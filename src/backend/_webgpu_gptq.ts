@@ -31,6 +31,12 @@ import {
   type WebGPUContext,
 } from "./_webgpu_device.ts";
 import { matmulDispatch } from "./_webgpu_matmul.ts";
+import {
+  checkCholeskyStatus,
+  decodeCholeskyStatus,
+  upperCholeskyOfInverseDispatches,
+  type UpperCholeskyOfInversePlan,
+} from "./_webgpu_linalg.ts";
 
 /** Buffers of a GPTQ run: W [rows, cols] (updated in place), Hinv [cols, cols], outputs. */
 export interface GptqBuffers {
@@ -183,7 +189,9 @@ interface Problem {
   rows: number;
   cols: number;
   w: Float32Array;
-  hinv: Float32Array;
+  /** Hinv, or `h` (damped H) from which it is computed on the device first. */
+  hinv?: Float32Array;
+  h?: Float32Array;
   blockSize: number;
   maxq: number;
   ngroups: number;
@@ -205,10 +213,16 @@ async function runGptq(
   const n = rows * cols, nLoss = gptqLossPartLength(rows, bs);
   const owned: GPUBuffer[] = [];
   const keep = (b: GPUBuffer) => (owned.push(b), b);
+  let chol: UpperCholeskyOfInversePlan | undefined;
   try {
+    const hinv = keep(p.hinv ? upload(ctx, p.hinv) : scratch(ctx, cols * cols * 4));
+    if (!p.hinv) {
+      const h = keep(upload(ctx, p.h!));
+      chol = upperCholeskyOfInverseDispatches(ctx, { h, u: hinv }, cols, { inPlace: true });
+    }
     const bufs: GptqBuffers = {
       w: keep(upload(ctx, p.w)),
-      hinv: keep(upload(ctx, p.hinv)),
+      hinv,
       grid: keep(p.grid ? upload(ctx, p.grid) : scratch(ctx, rows * p.ngroups * 8)),
       colGroup: keep(upload(ctx, p.colGroup)),
       q: keep(scratch(ctx, n * 4)),
@@ -216,7 +230,7 @@ async function runGptq(
       err: keep(scratch(ctx, rows * bs * 4)),
       lossPart: keep(upload(ctx, new Float32Array(nLoss))),
     };
-    const list: Dispatch[] = [];
+    const list: Dispatch[] = [...(chol?.dispatches ?? [])];
     for (let i1 = 0; i1 < cols; i1 += bs) {
       list.push(...gptqBlockDispatches(ctx, bufs, {
         rows,
@@ -236,7 +250,9 @@ async function runGptq(
     ];
     if (read.grid) outs.push({ buffer: bufs.grid, bytes: rows * p.ngroups * 8 });
     if (read.w) outs.push({ buffer: bufs.w, bytes: n * 4 });
+    if (chol) outs.push({ buffer: chol.status, bytes: 16 });
     const res = await runAndReadAll(ctx, list, outs);
+    if (chol) checkCholeskyStatus(decodeCholeskyStatus(res[res.length - 1]));
     const lossPart = new Float32Array(res[2]);
     let loss = 0;
     for (let i = 0; i < nLoss; i++) loss += lossPart[i];
@@ -249,6 +265,7 @@ async function runGptq(
       w: read.w ? new Float32Array(res[k++]) : undefined,
     };
   } finally {
+    chol?.release();
     ctx.pool.release(...owned);
   }
 }
@@ -277,8 +294,9 @@ function interleave(scale: Float32Array, zero: Float32Array): Float32Array {
 }
 
 /**
- * GPTQ's column pass on the GPU (the WebGPU backend's `gptqColumns`): uploads W, Hinv, the grid
- * and `colGroup`; then for every block, [the grid fit of the dynamic groups starting in it] →
+ * GPTQ's column pass on the GPU (the WebGPU backend's `gptqColumns`): uploads W, Hinv (or the
+ * damped H, factored on the device first by `upperCholeskyOfInverseDispatches`, float32), the
+ * grid and `colGroup`; then for every block, [the grid fit of the dynamic groups starting in it] →
  * the fused block kernel → the trailing-update matmul, all in one submission; one readback of Q,
  * codes, the loss parts and (dynamic groups) the fitted grid. Every pooled buffer goes back to the
  * pool, also on errors. GPU memory while it runs: W, Q and codes (4·rows·cols bytes each), Hinv
@@ -298,7 +316,11 @@ export async function gpuGptqColumns(
   if (!gptqFits(ctx, { rows, cols, blockSize: bs, maxBindingBytes: opts.maxBindingBytes })) {
     return undefined;
   }
-  if (a.W.length !== rows * cols || a.Hinv.length !== cols * cols || a.colGroup.length !== cols) {
+  const hm = a.Hinv ?? a.H;
+  if ((a.Hinv === undefined) === (a.H === undefined)) {
+    throw new UnsupportedError("webgpu gptq: pass exactly one of Hinv and H");
+  }
+  if (a.W.length !== rows * cols || hm!.length !== cols * cols || a.colGroup.length !== cols) {
     throw new UnsupportedError(`webgpu gptq: operand sizes do not match [${rows}, ${cols}]`);
   }
   const fit = a.fitGroups && a.groupSize > 0 ? { groupSize: a.groupSize, sym: a.sym } : undefined;
@@ -307,6 +329,7 @@ export async function gpuGptqColumns(
     cols,
     w: a.W,
     hinv: a.Hinv,
+    h: a.H,
     blockSize: bs,
     maxq: 2 ** a.bits - 1,
     ngroups: a.ngroups,

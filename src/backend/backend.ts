@@ -51,7 +51,14 @@ export interface GptqColumnsArgs {
    */
   W: Float32Array;
   /** Upper Cholesky factor of the damped `H⁻¹` in processed order, float32 [cols, cols]. */
-  Hinv: Float32Array;
+  Hinv?: Float32Array;
+  /**
+   * Instead of `Hinv`: the damped `H` in processed order, float32 [cols, cols]; the device
+   * computes `Hinv` itself in float32 (as the reference's `torch.linalg.cholesky` /
+   * `cholesky_inverse` on the GPU do) and throws a `NonFiniteError` naming the pivot when `H` is
+   * not positive definite in float32.
+   */
+  H?: Float32Array;
   /** Columns per lazy batch (`fasterquant(blocksize)`). */
   blocksize: number;
   /** Bits per code; `maxq = 2^bits − 1`. */

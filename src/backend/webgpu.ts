@@ -74,6 +74,17 @@ export {
   type GpuGptqOptions,
 } from "./_webgpu_gptq.ts";
 export {
+  checkCholeskyStatus,
+  CholeskyPivotError,
+  type CholeskyStatus,
+  decodeCholeskyStatus,
+  gpuUpperCholeskyOfInverse,
+  maxCholeskyOrder,
+  upperCholeskyOfInverseDispatches,
+  type UpperCholeskyOfInverseOptions,
+  type UpperCholeskyOfInversePlan,
+} from "./_webgpu_linalg.ts";
+export {
   dequantGemmDispatch,
   dequantGemvDispatch,
   gpuDequantMatmul,

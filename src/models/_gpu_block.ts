@@ -359,6 +359,30 @@ export interface BlockBuffers {
   u: GPUBuffer;
 }
 
+/**
+ * Allocates the {@linkcode BlockBuffers} of a pass over `rows` rows with `alloc(bytes)` (`h`
+ * given, or allocated too; OPT has no up projection and gets a placeholder `u`).
+ */
+export function allocBlockBuffers(
+  cfg: ModelConfig,
+  rows: number,
+  alloc: (bytes: number) => GPUBuffer,
+  h?: GPUBuffer,
+): BlockBuffers {
+  const qw = cfg.numHeads * cfg.headDim, kw = cfg.numKvHeads * cfg.headDim;
+  const d = cfg.hiddenSize, ff = cfg.intermediateSize;
+  return {
+    h: h ?? alloc(rows * d * 4),
+    x: alloc(rows * d * 4),
+    q: alloc(rows * qw * 4),
+    k: alloc(rows * kw * 4),
+    v: alloc(rows * kw * 4),
+    att: alloc(rows * qw * 4),
+    g: alloc(rows * ff * 4),
+    u: alloc(cfg.family === "opt" ? 16 : rows * ff * 4),
+  };
+}
+
 /** Bytes per row of {@linkcode BlockBuffers} (what a pass of `rows` rows holds on the GPU). */
 export function blockBytesPerRow(cfg: ModelConfig): number {
   const qw = cfg.numHeads * cfg.headDim, kw = cfg.numKvHeads * cfg.headDim;

@@ -38,6 +38,7 @@ import {
 import { addWGSL, copyRangeWGSL, embedWGSL } from "../../kernels/elementwise.ts";
 import { nllWGSL } from "../../kernels/nll.ts";
 import {
+  allocBlockBuffers,
   type BlockBuffers,
   type DynUniform,
   type GpuBlock,
@@ -211,15 +212,8 @@ export async function residentDecoder(
       return b;
     };
     const bufs: StepBuffers = {
+      ...allocBlockBuffers(cfg, T, s),
       ids: s(T * 4),
-      h: s(T * d * 4),
-      x: s(T * d * 4),
-      q: s(T * qw * 4),
-      k: s(T * kw * 4),
-      v: s(T * kw * 4),
-      att: s(T * qw * 4),
-      g: s(T * ff * 4),
-      u: s(T * ff * 4),
       e: projIn ? s(T * de * 4) : undefined,
       last: s(d * 4),
       xl: s(d * 4),

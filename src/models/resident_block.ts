@@ -24,6 +24,7 @@ import {
   xtxDispatch,
 } from "../backend/webgpu.ts";
 import {
+  allocBlockBuffers,
   type BlockBuffers,
   type GpuBlock,
   type GpuLinear,
@@ -110,7 +111,7 @@ export async function residentBlockRunner(
   const cfg = model.config;
   const T = opts.seqLen;
   const d = cfg.hiddenSize;
-  const qw = cfg.numHeads * cfg.headDim, kw = cfg.numKvHeads * cfg.headDim;
+  const qw = cfg.numHeads * cfg.headDim;
   const ff = cfg.intermediateSize;
   const w = gpuUploader(ctx, model);
   const L: GpuBlock = await w.block(i);
@@ -140,16 +141,7 @@ export async function residentBlockRunner(
     try {
       const h = upload(ctx, rows);
       mine.push(h);
-      const io: BlockBuffers = {
-        h,
-        x: s(n * d * 4),
-        q: s(n * qw * 4),
-        k: s(n * kw * 4),
-        v: s(n * kw * 4),
-        att: s(n * qw * 4),
-        g: s(n * ff * 4),
-        u: cfg.family === "opt" ? s(16) : s(n * ff * 4),
-      };
+      const io: BlockBuffers = allocBlockBuffers(cfg, n, s, h);
       const want = o.collect ?? new Set<string>();
       let left = [...want].filter((x) => byName.has(x)).length;
       const r = recorder(ctx, cfg);

@@ -4,17 +4,18 @@
  * Follows IST-DASLab/gptq `gptq.py` `GPTQ.fasterquant` (and its `g_idx` bookkeeping as in
  * GPTQ-for-LLaMa/AutoGPTQ); grids come from `grid.ts` (reference `quant.py` `Quantizer`).
  *
- * Differences from the reference, all documented at the option or below: `H⁻¹`'s upper
- * Cholesky factor is computed in float64 (the reference uses float32) and without forming `H⁻¹`
- * (plain TypeScript up to {@linkcode BLOCKED_LINALG_MIN} columns, blocked with onnxruntime DGEMM
- * above); act-order's sort is stable; `groupSize` must divide the columns.
+ * Differences from the reference, all documented at the option or below: on the CPU, `H⁻¹`'s
+ * upper Cholesky factor is computed in float64 (the reference uses float32) and without forming
+ * `H⁻¹` (plain TypeScript up to {@linkcode BLOCKED_LINALG_MIN} columns, blocked with onnxruntime
+ * DGEMM above); on WebGPU it is float32 as in the reference, also without forming `H⁻¹`;
+ * act-order's sort is stable; `groupSize` must divide the columns.
  * @module
  */
 import { checkLayerInputs } from "./_inputs.ts";
 import type { Tensor } from "../tensor.ts";
 import { NonFiniteError, OptionError } from "../errors.ts";
 import { cpuBackend } from "../backend/cpu.ts";
-import type { Backend } from "../backend/backend.ts";
+import type { Backend, GptqColumnsResult } from "../backend/backend.ts";
 import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
 import {
   bitsPerWeight,
@@ -72,7 +73,10 @@ export interface GptqOptions {
 
 /** Seconds spent in each phase of one {@linkcode gptqQuantize} call (in `meta.timings`). */
 export interface GptqTimings {
-  /** Damping and `H⁻¹`'s upper Cholesky factor (float64; TypeScript or blocked DGEMM). */
+  /**
+   * Damping and `H⁻¹`'s upper Cholesky factor (float64; TypeScript or blocked DGEMM); with the
+   * backend's column pass only the damping (the device's float32 factorization is in `inBlock`).
+   */
   linalg: number;
   /**
    * Grid fitting at group boundaries and the CPU preparation before the blocks (per-channel and
@@ -285,11 +289,11 @@ function notPd(layer: string, percdamp: number, detail: string, cause?: unknown)
  *    through `backend.matmul`. Dynamic groups are fitted when `col % groupSize == 0`, on
  *    `W[:, col:col+groupSize]` as the lazy scheme holds it then (the reference's `W`, which has
  *    every earlier block's update but not those of earlier columns of the same block).
- *    When the backend has `gptqColumns` (WebGPU) and `mse` is off, the whole step runs there
- *    (one submission; same semantics, float32 on the device, so codes can differ from the CPU
- *    loop's by rare one-step rounding-tie flips from summation order); where it declines (a
- *    layer over the binding limit), or for `mse`, the CPU loop runs. To force the CPU loop with
- *    device products, pass `{ ...backend, gptqColumns: undefined }`.
+ *    When the backend has `gptqColumns` (WebGPU) and `mse` is off, `Hinv` (in float32, as the
+ *    reference) and the whole step run there in one submission: same semantics, so codes can
+ *    differ from the CPU path's (float64 `Hinv`) by rare one-step rounding flips; where it
+ *    declines (a layer over the binding limit), or for `mse`, the CPU path runs. To force the
+ *    CPU path with device products, pass `{ ...backend, gptqColumns: undefined }`.
  *
  * `loss` is the reference's `Σ Losses = Σ (w − q)² / Hinv_ii² / 2`.
  */
@@ -380,37 +384,12 @@ export async function gptqQuantize(
   }
   timings.params += (performance.now() - t0) / 1000;
 
-  // 5. damping and Hinv = chol(H⁻¹)ᵀ-upper, in float64.
+  // 5. damping.
   t0 = performance.now();
   let mean = 0;
   for (let i = 0; i < cols; i++) mean += H[i * cols + i];
   const damp = (o.percdamp * mean) / cols;
   for (let i = 0; i < cols; i++) H[i * cols + i] += damp;
-  let Hinv64: Float64Array;
-  try {
-    Hinv64 = cols > BLOCKED_LINALG_MIN
-      ? await upperCholeskyOfInverseBlocked(H, cols, { gemm: await onnxGemmF64() })
-      : upperCholeskyOfInverse(H, cols);
-  } catch (e) {
-    if (e instanceof NotPositiveDefiniteError) {
-      throw notPd(
-        layer,
-        o.percdamp,
-        `the damped Hessian is not positive definite (${e.message})`,
-        e,
-      );
-    }
-    throw e;
-  }
-  H = new Float64Array(0);
-  const Hinv = Float32Array.from(Hinv64);
-  Hinv64 = new Float64Array(0);
-  for (let i = 0; i < cols; i++) {
-    const d = Hinv[i * cols + i];
-    if (!(d > 0) || !Number.isFinite(d)) {
-      throw notPd(layer, o.percdamp, `Hinv[${i}, ${i}] is ${d} in float32`);
-    }
-  }
   timings.linalg += (performance.now() - t0) / 1000;
 
   // Group of each (processed) column in the scales layout.
@@ -422,25 +401,41 @@ export async function gptqQuantize(
       ? Math.floor((perm ? perm[c] : c) / gs)
       : Math.floor(c / gs);
   }
-
-  // 6. blocks: on the backend's device when it offers the column pass (min-max grids only).
   const codes = new Uint8Array(rows * cols);
   const Q = new Float32Array(rows * cols);
   const dims = { rows, cols, ngroups, maxq, blocksize: o.blocksize };
   const fitGroups = gs > 0 && !isStatic;
-  t0 = performance.now();
-  const dev = o.mse || !backend.gptqColumns ? undefined : await backend.gptqColumns({
-    ...dims,
-    W: Wc,
-    Hinv,
-    bits: o.bits,
-    sym: o.sym,
-    groupSize: gs,
-    colGroup,
-    scales,
-    zeros,
-    fitGroups,
-  });
+
+  // 5–6 on the backend's device when it offers the column pass (min-max grids only): Hinv in
+  // float32 there (as the reference computes it on the GPU), then every block, one submission.
+  let dev: GptqColumnsResult | undefined;
+  if (!o.mse && backend.gptqColumns) {
+    t0 = performance.now();
+    try {
+      dev = await backend.gptqColumns({
+        ...dims,
+        W: Wc,
+        H: Float32Array.from(H),
+        bits: o.bits,
+        sym: o.sym,
+        groupSize: gs,
+        colGroup,
+        scales,
+        zeros,
+        fitGroups,
+      });
+    } catch (e) {
+      if (e instanceof NonFiniteError) {
+        throw notPd(
+          layer,
+          o.percdamp,
+          `the damped Hessian is not positive definite in float32 (${e.message})`,
+          e,
+        );
+      }
+      throw e;
+    }
+  }
   let loss: number;
   if (dev) {
     const dq = dev.Q, dc = dev.codes;
@@ -463,6 +458,34 @@ export async function gptqQuantize(
       timings.trailingFlops += 2 * rows * count * (cols - i2);
     }
   } else {
+    // 5. Hinv = chol(H⁻¹)ᵀ-upper in float64 on the CPU; 6. the column loop.
+    t0 = performance.now();
+    let Hinv64: Float64Array;
+    try {
+      Hinv64 = cols > BLOCKED_LINALG_MIN
+        ? await upperCholeskyOfInverseBlocked(H, cols, { gemm: await onnxGemmF64() })
+        : upperCholeskyOfInverse(H, cols);
+    } catch (e) {
+      if (e instanceof NotPositiveDefiniteError) {
+        throw notPd(
+          layer,
+          o.percdamp,
+          `the damped Hessian is not positive definite (${e.message})`,
+          e,
+        );
+      }
+      throw e;
+    }
+    H = new Float64Array(0);
+    const Hinv = Float32Array.from(Hinv64);
+    Hinv64 = new Float64Array(0);
+    for (let i = 0; i < cols; i++) {
+      const d = Hinv[i * cols + i];
+      if (!(d > 0) || !Number.isFinite(d)) {
+        throw notPd(layer, o.percdamp, `Hinv[${i}, ${i}] is ${d} in float32`);
+      }
+    }
+    timings.linalg += (performance.now() - t0) / 1000;
     loss = await cpuColumns(
       { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm },
       { ...dims, grid, fitGroups, gs, backend, timings, setGroup },

@@ -8,6 +8,7 @@
  */
 import { assert, assertEquals, assertLess } from "@std/assert";
 import { cpuBackend } from "../../src/backend/cpu.ts";
+import { NonFiniteError } from "../../src/errors.ts";
 import { getWebGPU, webgpuAvailable, webgpuBackend } from "../../src/backend/webgpu.ts";
 import { type GptqOptions, gptqQuantize, type GptqTimings } from "../../src/quant/gptq.ts";
 import { dequantize } from "../../src/quant/grid.ts";
@@ -248,3 +249,37 @@ async function exists(path: string): Promise<boolean> {
     return false;
   }
 }
+
+Deno.test({
+  name: "gptq on WebGPU: Hinv in float32 on the device; a non-SPD H names the layer",
+  ...opts,
+  fn: async () => {
+    const be = await webgpuBackend({ allowFallback: true });
+    const rows = 24, cols = 96;
+    const W: Tensor = {
+      shape: [rows, cols],
+      data: randnArray(mulberry32(4), rows * cols, { scale: 0.05 }),
+    };
+    const res = await gptqQuantize(W, {
+      H: randomH(mulberry32(9), cols, { n: 400, k: 60, damp: 1e-3 }),
+      nsamples: 128,
+    }, {
+      bits: 4,
+      backend: be,
+      layer: "mlp.up_proj",
+    });
+    const t = res.meta.timings as GptqTimings;
+    assertEquals(t.columnPass, "webgpu");
+    // H = diag(1, …, 1, −50): the damping (1% of the mean diagonal) cannot make it SPD
+    const H = new Float32Array(cols * cols);
+    for (let i = 0; i < cols; i++) H[i * cols + i] = i === 40 ? -50 : 1;
+    let msg = "";
+    try {
+      await gptqQuantize(W, { H, nsamples: 128 }, { bits: 4, backend: be, layer: "mlp.up_proj" });
+    } catch (e) {
+      assert(e instanceof NonFiniteError);
+      msg = (e as Error).message;
+    }
+    assert(msg.includes("mlp.up_proj") && msg.includes("float32") && msg.includes("percdamp"), msg);
+  },
+});
