@@ -357,6 +357,7 @@ async function benchGptq(ctx: WebGPUContext, n: number): Promise<number> {
     codes: scratch(ctx, rows * cols * 4),
     err: scratch(ctx, rows * bs * 4),
     lossPart: upload(ctx, new Float32Array(gptqLossPartLength(rows, bs))),
+    dstCol: upload(ctx, Uint32Array.from({ length: cols }, (_, c) => c)),
   };
   const list: Dispatch[] = [];
   for (let i1 = 0; i1 < cols; i1 += bs) {
@@ -484,9 +485,17 @@ async function benchGptqFull(ctx: WebGPUContext, quick: boolean): Promise<void> 
     if (a && tm.columnPass === "webgpu") {
       const sr = sampleRows(rows, ctx.fallback ? 32 : 16);
       const perm = res.meta.perm as Int32Array | undefined;
-      const Hinv = a.Hinv ?? await gpuUpperCholeskyOfInverse(ctx, a.H!, cols);
+      // the pass's processed inputs: W and H gathered by perm, dead inputs, damping
+      const pm = a.perm ?? Int32Array.from({ length: cols }, (_, c) => c);
+      const Hp = new Float32Array(cols * cols);
+      for (let i = 0; i < cols; i++) {
+        for (let j = 0; j < cols; j++) Hp[i * cols + j] = a.H![pm[i] * cols + pm[j]];
+        if (a.diagonal) Hp[i * cols + i] = a.diagonal[i];
+      }
+      const Hinv = a.Hinv ?? await gpuUpperCholeskyOfInverse(ctx, Hp, cols);
       for (const r of sr) {
-        const ref = gptqRef(a.W.slice(r * cols, (r + 1) * cols), Hinv, {
+        const Wr = Float32Array.from({ length: cols }, (_, c) => a.W[r * cols + pm[c]]);
+        const ref = gptqRef(Wr, Hinv, {
           rows: 1,
           cols,
           maxq: 15,

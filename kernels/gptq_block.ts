@@ -26,7 +26,9 @@
  * [rows, cols] (read), 2 = Hinv f32 [cols, cols] upper-triangular (read), 3 = grid vec2<f32>
  * [rows, ngroups] (read), 4 = colGroup u32 [cols] (read), 5 = Q f32 [rows, cols], 6 = codes u32
  * [rows, cols], 7 = Err f32 [rows, BS], 8 = lossPart f32 [chunks · BS] (read-write, `+=`; zero it
- * before the first block). Q, codes and Err are written for the block's columns only.
+ * before the first block), 9 = dstCol u32 [cols] (read): processed column c is written to Q and
+ * codes at column `dstCol[c]` (act-order's `perm[c]`, the original column; the identity
+ * otherwise). Q, codes and Err are written for the block's columns only.
  * Dispatch: `chunks = ceil(rows / GPTQ_ROWS_PER_WORKGROUP)` workgroups, split into (x, y) under
  * the per-dimension limit (chunk = wid.x + wid.y · nwg.x); workgroup size = BS (the block size).
  * @module
@@ -58,6 +60,7 @@ struct P { rows: u32, cols: u32, i1: u32, b: u32, maxq: f32, ngroups: u32, p1: u
 @group(0) @binding(6) var<storage, read_write> codes: array<u32>;
 @group(0) @binding(7) var<storage, read_write> Err: array<f32>;
 @group(0) @binding(8) var<storage, read_write> lossPart: array<f32>;
+@group(0) @binding(9) var<storage, read> dstCol: array<u32>;
 var<workgroup> errs: array<f32, ${R}>;
 
 @compute @workgroup_size(${BS}, 1, 1)
@@ -100,8 +103,8 @@ ${
         errs[${r}u] = e;
         let row = r0 + ${r}u;
         if (row < p.rows) {
-          Q[row * p.cols + col] = qv;
-          codes[row * p.cols + col] = u32(qc);
+          Q[row * p.cols + dstCol[col]] = qv;
+          codes[row * p.cols + dstCol[col]] = u32(qc);
           Err[row * ${BS}u + i] = e;
           loss = loss + e * e;
         }

@@ -174,3 +174,69 @@ export function gptqParamsRef(w: Float32Array, o: GptqParamsRefOptions, grid: Fl
     }
   }
 }
+
+/**
+ * WGSL of the column/row gather of GPTQ's act-order on the device:
+ * `dst[i, j] = src[rowIdx[i], colIdx[j]]` for `dst` [rows, cols] and `src` with `cols` columns
+ * (`rowIdx` unused when `rowsIdentity` is 1). W uses it with the identity rows, H with
+ * `rowIdx = colIdx = perm`. Binding layout: 0 = uniforms {rows, cols, rowsIdentity, 0}, 1 = src,
+ * 2 = rowIdx u32, 3 = colIdx u32, 4 = dst. Dispatch: ceil(rows·cols / 256) workgroups, (x, y).
+ */
+export function gatherWGSL(): string {
+  return `
+struct P { rows: u32, cols: u32, rowsIdentity: u32, p0: u32 };
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read> rowIdx: array<u32>;
+@group(0) @binding(3) var<storage, read> colIdx: array<u32>;
+@group(0) @binding(4) var<storage, read_write> dst: array<f32>;
+
+@compute @workgroup_size(256, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+  let t = (wid.x + wid.y * nwg.x) * 256u + lid.x;
+  if (t >= p.rows * p.cols) { return; }
+  let i = t / p.cols;
+  let j = t % p.cols;
+  var si = i;
+  if (p.rowsIdentity == 0u) { si = rowIdx[i]; }
+  dst[t] = src[si * p.cols + colIdx[j]];
+}
+`;
+}
+
+/** CPU reference of {@linkcode gatherWGSL} (`rowIdx` undefined: identity rows). */
+export function gatherRef(
+  src: Float32Array,
+  o: { rows: number; cols: number; rowIdx?: ArrayLike<number>; colIdx: ArrayLike<number> },
+): Float32Array {
+  const dst = new Float32Array(o.rows * o.cols);
+  for (let i = 0; i < o.rows; i++) {
+    const si = o.rowIdx ? o.rowIdx[i] : i;
+    for (let j = 0; j < o.cols; j++) dst[i * o.cols + j] = src[si * o.cols + o.colIdx[j]];
+  }
+  return dst;
+}
+
+/**
+ * WGSL of GPTQ's Hessian preparation on the diagonal, in place on H [n, n]: `H_ii = diag[i]`,
+ * the damped diagonal the caller computed (dead inputs set to 1, `+ percdamp · mean(diag H)`, in
+ * float64 and rounded once, as the CPU path), so the device's H is bit for bit the CPU path's
+ * float32 H. Binding layout: 0 = uniforms {n}, 1 = H, 2 = diag f32 [n]. Dispatch:
+ * ceil(n / 256) workgroups.
+ */
+export function setDiagonalWGSL(): string {
+  return `
+struct P { n: u32, p0: u32, p1: u32, p2: u32 };
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> H: array<f32>;
+@group(0) @binding(2) var<storage, read> diag: array<f32>;
+
+@compute @workgroup_size(256, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let i = wid.x * 256u + lid.x;
+  if (i >= p.n) { return; }
+  H[i * p.n + i] = diag[i];
+}
+`;
+}

@@ -15,9 +15,11 @@ import {
   gptqBlockWGSL,
 } from "../../kernels/gptq_block.ts";
 import {
+  gatherWGSL,
   GPTQ_PARAMS_WORKGROUP,
   gptqParamsWGSL,
   groupsStartingIn,
+  setDiagonalWGSL,
 } from "../../kernels/gptq_params.ts";
 import {
   bindGroup,
@@ -56,6 +58,8 @@ export interface GptqBuffers {
   err: GPUBuffer;
   /** Loss accumulators, f32 [ceil(rows / GPTQ_ROWS_PER_WORKGROUP) · blockSize], zeroed first. */
   lossPart: GPUBuffer;
+  /** Output column of every processed column, u32 [cols] (act-order's perm; else identity). */
+  dstCol: GPUBuffer;
 }
 
 /** Options of {@linkcode gptqBlockDispatches}. */
@@ -164,6 +168,7 @@ export function gptqBlockDispatches(
       bufs.codes,
       bufs.err,
       bufs.lossPart,
+      bufs.dstCol,
     ]),
     workgroups: grid(ctx, Math.ceil(o.rows / GPTQ_ROWS_PER_WORKGROUP)),
   });
@@ -188,10 +193,19 @@ export function gptqBlockDispatches(
 interface Problem {
   rows: number;
   cols: number;
+  /** W [rows, cols]: processed order, or original order with `perm` (gathered on the device). */
   w: Float32Array;
-  /** Hinv, or `h` (damped H) from which it is computed on the device first. */
+  /** Hinv (processed order), or `h` from which the device computes it first. */
   hinv?: Float32Array;
+  /**
+   * H: processed order and damped, or original order with `perm` and/or `diagonal`: the device
+   * gathers rows/columns by `perm`, then sets the diagonal to `diagonal`.
+   */
   h?: Float32Array;
+  /** Processed column c is original column `perm[c]`: W and H are gathered, Q/codes scattered. */
+  perm?: Int32Array;
+  /** The damped diagonal of H in processed order (with `h`). */
+  diagonal?: Float32Array;
   blockSize: number;
   maxq: number;
   ngroups: number;
@@ -215,14 +229,47 @@ async function runGptq(
   const keep = (b: GPUBuffer) => (owned.push(b), b);
   let chol: UpperCholeskyOfInversePlan | undefined;
   try {
+    const list: Dispatch[] = [];
+    const idx = p.perm ? keep(upload(ctx, Uint32Array.from(p.perm))) : undefined;
+    /** `src` [r, cols] gathered by `perm` (columns; rows too for H) into a new buffer. */
+    const gather = (src: GPUBuffer, r: number, rowsToo: boolean) => {
+      const dst = keep(scratch(ctx, r * cols * 4));
+      const pipe = pipeline(ctx, gatherWGSL());
+      list.push({
+        pipeline: pipe,
+        bindGroup: bindGroup(ctx, pipe, [
+          uniforms(ctx, [r, cols, rowsToo ? 0 : 1, 0]),
+          src,
+          idx!,
+          idx!,
+          dst,
+        ]),
+        workgroups: grid(ctx, Math.ceil((r * cols) / 256)),
+      });
+      return dst;
+    };
     const hinv = keep(p.hinv ? upload(ctx, p.hinv) : scratch(ctx, cols * cols * 4));
     if (!p.hinv) {
-      const h = keep(upload(ctx, p.h!));
+      let h = keep(upload(ctx, p.h!));
+      if (idx) h = gather(h, cols, true);
+      if (p.diagonal) {
+        const pipe = pipeline(ctx, setDiagonalWGSL());
+        const db = keep(upload(ctx, p.diagonal));
+        list.push({
+          pipeline: pipe,
+          bindGroup: bindGroup(ctx, pipe, [uniforms(ctx, [cols, 0, 0, 0]), h, db]),
+          workgroups: [Math.ceil(cols / 256), 1, 1],
+        });
+      }
       chol = upperCholeskyOfInverseDispatches(ctx, { h, u: hinv }, cols, { inPlace: true });
+      list.push(...chol.dispatches);
     }
+    let w = keep(upload(ctx, p.w));
+    if (idx) w = gather(w, rows, false);
     const bufs: GptqBuffers = {
-      w: keep(upload(ctx, p.w)),
+      w,
       hinv,
+      dstCol: idx ?? keep(upload(ctx, Uint32Array.from({ length: cols }, (_, c) => c))),
       grid: keep(p.grid ? upload(ctx, p.grid) : scratch(ctx, rows * p.ngroups * 8)),
       colGroup: keep(upload(ctx, p.colGroup)),
       q: keep(scratch(ctx, n * 4)),
@@ -230,7 +277,6 @@ async function runGptq(
       err: keep(scratch(ctx, rows * bs * 4)),
       lossPart: keep(upload(ctx, new Float32Array(nLoss))),
     };
-    const list: Dispatch[] = [...(chol?.dispatches ?? [])];
     for (let i1 = 0; i1 < cols; i1 += bs) {
       list.push(...gptqBlockDispatches(ctx, bufs, {
         rows,
@@ -330,6 +376,8 @@ export async function gpuGptqColumns(
     w: a.W,
     hinv: a.Hinv,
     h: a.H,
+    perm: a.perm,
+    diagonal: a.diagonal,
     blockSize: bs,
     maxq: 2 ** a.bits - 1,
     ngroups: a.ngroups,

@@ -34,7 +34,7 @@ export interface Backend {
    * the lazy trailing updates `W[:, i2:] −= Err1 · Hinv[i1:i2, i2:]`, all on the device (WebGPU:
    * one submission, one readback). Resolves to `undefined` when it cannot serve the problem (an
    * operand over the device's binding limit, a block wider than the kernel takes); the caller
-   * then runs its CPU loop. Outputs are in processed (act-order) column order.
+   * then runs its CPU loop. See {@linkcode GptqColumnsResult} for the output order.
    */
   gptqColumns?(args: GptqColumnsArgs): Promise<GptqColumnsResult | undefined>;
 }
@@ -46,19 +46,30 @@ export interface GptqColumnsArgs {
   /** Columns of W (input channels) and the size of `Hinv`. */
   cols: number;
   /**
-   * W, float32 [rows, cols], in processed order (permuted for act-order), dead columns zeroed.
-   * Not modified.
+   * W, float32 [rows, cols], dead columns zeroed: in processed order, or in the original order
+   * when `perm` is given (the device gathers the columns). Not modified.
    */
   W: Float32Array;
   /** Upper Cholesky factor of the damped `H⁻¹` in processed order, float32 [cols, cols]. */
   Hinv?: Float32Array;
   /**
-   * Instead of `Hinv`: the damped `H` in processed order, float32 [cols, cols]; the device
-   * computes `Hinv` itself in float32 (as the reference's `torch.linalg.cholesky` /
-   * `cholesky_inverse` on the GPU do) and throws a `NonFiniteError` naming the pivot when `H` is
-   * not positive definite in float32.
+   * Instead of `Hinv`: `H`, float32 [cols, cols] — in processed order and damped, or in the
+   * original order with `perm` and with its damped diagonal in `diagonal` (the device gathers it
+   * by `perm`, then sets the diagonal). The device then computes `Hinv` in float32 (as the
+   * reference's `torch.linalg.cholesky` / `cholesky_inverse` on the GPU do) and throws a
+   * `NonFiniteError` naming the pivot when `H` is not positive definite.
    */
   H?: Float32Array;
+  /**
+   * Act-order on the device: processed column c is original column `perm[c]`; W and H are given
+   * in the original order, and `codes`/`Q` come back in the original order.
+   */
+  perm?: Int32Array;
+  /**
+   * H's diagonal as the device must set it, in processed order (with `H`): dead inputs 1, plus
+   * the dampening `percdamp · mean(diag H)`, computed and rounded by the caller.
+   */
+  diagonal?: Float32Array;
   /** Columns per lazy batch (`fasterquant(blocksize)`). */
   blocksize: number;
   /** Bits per code; `maxq = 2^bits − 1`. */
@@ -86,7 +97,10 @@ export interface GptqColumnsArgs {
   fitGroups: boolean;
 }
 
-/** Output of {@linkcode Backend.gptqColumns}, in processed column order. */
+/**
+ * Output of {@linkcode Backend.gptqColumns}: `codes`/`Q` in the original column order when `perm`
+ * was given, else in processed order; `scales`/`zeros` in the grid layout.
+ */
 export interface GptqColumnsResult {
   /** Codes `clamp(round(w/scale) + zero, 0, maxq)`, [rows, cols]. */
   codes: Uint32Array;

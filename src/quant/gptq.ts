@@ -337,16 +337,23 @@ export async function gptqQuantize(
     }
   };
 
-  let Wc = W.data.slice();
-  let H = Float64Array.from(H0);
+  // The diagonal of H (dead inputs set to 1): act-order's key and the damping's mean.
+  const diag = new Float64Array(cols);
+  for (let i = 0; i < cols; i++) diag[i] = H0[i * cols + i];
   // 1. per-channel grid on the original weight (the reference's `quantizer.find_params(W)`).
-  if (gs === -1) setGroup(0, findParams({ shape: [rows, cols], data: Wc }, grid));
-  // 2. dead inputs.
+  if (gs === -1) setGroup(0, findParams(W, grid));
+  // 2. dead inputs: H_ii = 1 (applied to H below) and zero weight columns.
+  const dead: number[] = [];
   for (let i = 0; i < cols; i++) {
-    if (H[i * cols + i] === 0) {
-      H[i * cols + i] = 1;
-      for (let r = 0; r < rows; r++) Wc[r * cols + i] = 0;
+    if (diag[i] === 0) {
+      diag[i] = 1;
+      dead.push(i);
     }
+  }
+  let W0 = W.data; // original column order, dead columns zeroed
+  if (dead.length) {
+    W0 = W.data.slice();
+    for (const i of dead) for (let r = 0; r < rows; r++) W0[r * cols + i] = 0;
   }
   // 3. static groups, original order.
   const isStatic = o.staticGroups && gs > 0;
@@ -354,7 +361,7 @@ export async function gptqQuantize(
     for (let g = 0; g < ngroups; g++) {
       setGroup(
         g,
-        findParams({ shape: [rows, cols], data: Wc }, {
+        findParams({ shape: [rows, cols], data: W0 }, {
           ...grid,
           colStart: g * gs,
           colEnd: Math.min(g * gs + gs, cols),
@@ -362,35 +369,17 @@ export async function gptqQuantize(
       );
     }
   }
-  // 4. act-order.
-  let perm: Int32Array | undefined;
-  if (o.actOrder) {
-    const diag = new Float64Array(cols);
-    for (let i = 0; i < cols; i++) diag[i] = H[i * cols + i];
-    const order = Array.from({ length: cols }, (_, i) => i).sort((a, b) => diag[b] - diag[a]);
-    perm = Int32Array.from(order);
-    const Wp = new Float32Array(rows * cols);
-    for (let r = 0; r < rows; r++) {
-      const rr = r * cols;
-      for (let c = 0; c < cols; c++) Wp[rr + c] = Wc[rr + perm[c]];
-    }
-    Wc = Wp;
-    const Hp = new Float64Array(cols * cols);
-    for (let i = 0; i < cols; i++) {
-      const src = perm[i] * cols, dst = i * cols;
-      for (let j = 0; j < cols; j++) Hp[dst + j] = H[src + perm[j]];
-    }
-    H = Hp;
-  }
-  timings.params += (performance.now() - t0) / 1000;
-
-  // 5. damping.
-  t0 = performance.now();
+  // 4. act-order: processed column c is original column perm[c] (descending diag, stable).
+  const perm = o.actOrder
+    ? Int32Array.from(
+      Array.from({ length: cols }, (_, i) => i).sort((a, b) => diag[b] - diag[a]),
+    )
+    : undefined;
+  // 5. damping: percdamp · mean(diag H), summed in processed order.
   let mean = 0;
-  for (let i = 0; i < cols; i++) mean += H[i * cols + i];
+  for (let i = 0; i < cols; i++) mean += diag[perm ? perm[i] : i];
   const damp = (o.percdamp * mean) / cols;
-  for (let i = 0; i < cols; i++) H[i * cols + i] += damp;
-  timings.linalg += (performance.now() - t0) / 1000;
+  timings.params += (performance.now() - t0) / 1000;
 
   // Group of each (processed) column in the scales layout.
   const colGroup = new Int32Array(cols);
@@ -401,21 +390,25 @@ export async function gptqQuantize(
       ? Math.floor((perm ? perm[c] : c) / gs)
       : Math.floor(c / gs);
   }
-  const codes = new Uint8Array(rows * cols);
-  const Q = new Float32Array(rows * cols);
+  let codes: Uint8Array = new Uint8Array(0);
+  let Q: Float32Array = new Float32Array(0);
   const dims = { rows, cols, ngroups, maxq, blocksize: o.blocksize };
   const fitGroups = gs > 0 && !isStatic;
 
-  // 5–6 on the backend's device when it offers the column pass (min-max grids only): Hinv in
-  // float32 there (as the reference computes it on the GPU), then every block, one submission.
+  // On the backend's device when it offers the column pass (min-max grids only): W and H go up
+  // in the original order; the device permutes them (act-order), fixes dead inputs, damps,
+  // computes Hinv in float32 (as the reference does on the GPU), runs every block and writes
+  // codes/Q back in the original order, in one submission.
   let dev: GptqColumnsResult | undefined;
   if (!o.mse && backend.gptqColumns) {
     t0 = performance.now();
     try {
       dev = await backend.gptqColumns({
         ...dims,
-        W: Wc,
-        H: Float32Array.from(H),
+        W: W0,
+        H: H0 instanceof Float32Array ? H0 : Float32Array.from(H0),
+        perm,
+        diagonal: Float32Array.from({ length: cols }, (_, i) => diag[perm ? perm[i] : i] + damp),
         bits: o.bits,
         sym: o.sym,
         groupSize: gs,
@@ -438,15 +431,8 @@ export async function gptqQuantize(
   }
   let loss: number;
   if (dev) {
-    const dq = dev.Q, dc = dev.codes;
-    for (let r = 0; r < rows; r++) {
-      const wr = r * cols;
-      for (let c = 0; c < cols; c++) {
-        const oc = wr + (perm === undefined ? c : perm[c]);
-        codes[oc] = dc[wr + c];
-        Q[oc] = dq[wr + c];
-      }
-    }
+    codes = Uint8Array.from(dev.codes);
+    Q = dev.Q;
     scales.set(dev.scales);
     zeros.set(dev.zeros);
     loss = dev.loss;
@@ -458,7 +444,27 @@ export async function gptqQuantize(
       timings.trailingFlops += 2 * rows * count * (cols - i2);
     }
   } else {
-    // 5. Hinv = chol(H⁻¹)ᵀ-upper in float64 on the CPU; 6. the column loop.
+    // The CPU path: W and H in processed order (float64 H), Hinv = chol(H⁻¹)ᵀ-upper in
+    // float64, then the column loop.
+    t0 = performance.now();
+    let Wc: Float32Array;
+    let H = new Float64Array(cols * cols);
+    if (perm) {
+      Wc = new Float32Array(rows * cols);
+      for (let r = 0; r < rows; r++) {
+        const rr = r * cols;
+        for (let c = 0; c < cols; c++) Wc[rr + c] = W0[rr + perm[c]];
+      }
+      for (let i = 0; i < cols; i++) {
+        const src = perm[i] * cols, dst = i * cols;
+        for (let j = 0; j < cols; j++) H[dst + j] = H0[src + perm[j]];
+      }
+    } else {
+      Wc = W0 === W.data ? W0.slice() : W0;
+      H.set(H0);
+    }
+    for (let i = 0; i < cols; i++) H[i * cols + i] = diag[perm ? perm[i] : i] + damp;
+    timings.params += (performance.now() - t0) / 1000;
     t0 = performance.now();
     let Hinv64: Float64Array;
     try {
@@ -486,6 +492,8 @@ export async function gptqQuantize(
       }
     }
     timings.linalg += (performance.now() - t0) / 1000;
+    codes = new Uint8Array(rows * cols);
+    Q = new Float32Array(rows * cols);
     loss = await cpuColumns(
       { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm },
       { ...dims, grid, fitGroups, gs, backend, timings, setGroup },

@@ -3,15 +3,24 @@ import { getWebGPU, gpuGptq, webgpuAvailable } from "../../src/backend/webgpu.ts
 import { gptqParamsDispatch, gpuGptqColumns } from "../../src/backend/_webgpu_gptq.ts";
 import {
   bindGroup,
+  grid,
   pipeline,
   readF32,
   runDispatches,
   scratch,
+  uniforms,
   upload,
 } from "../../src/backend/_webgpu_device.ts";
 import { randomArray, rng } from "../../src/backend/_webgpu_check.ts";
 import { gptqRef, roundHalfEven } from "../../kernels/gptq_block.ts";
-import { DIV_RN_WGSL, gptqParamsRef, groupsStartingIn } from "../../kernels/gptq_params.ts";
+import {
+  DIV_RN_WGSL,
+  gatherRef,
+  gatherWGSL,
+  gptqParamsRef,
+  groupsStartingIn,
+  setDiagonalWGSL,
+} from "../../kernels/gptq_params.ts";
 import { findParams } from "../../src/quant/grid.ts";
 
 const available = await webgpuAvailable({ allowFallback: true });
@@ -326,6 +335,55 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     ctx.pool.release(ab, bb, cb);
     for (let i = 0; i < n; i++) {
       assert(got[i] === Math.fround(a[i] / b[i]), `${a[i]} / ${b[i]}: ${got[i]}`);
+    }
+  },
+});
+
+Deno.test({
+  name: "act-order prep kernels: gather W/H by perm and set H's diagonal equal the CPU (exact)",
+  ...opts,
+  fn: async () => {
+    const ctx = await getWebGPU({ allowFallback: true });
+    const g = rng(5);
+    for (const [rows, cols] of [[1, 1], [3, 7], [37, 300]]) {
+      const perm = Uint32Array.from(
+        Array.from({ length: cols }, (_, i) => i).sort(() => g() - 0.5),
+      );
+      const W = randomArray(rows * cols, { seed: rows + cols });
+      const H = randomArray(cols * cols, { seed: cols });
+      const diag = randomArray(cols, { seed: 3 * cols });
+      const run = async (src: Float32Array, r: number, rowsToo: boolean, withDiag: boolean) => {
+        const pipe = pipeline(ctx, gatherWGSL());
+        const sb = upload(ctx, src), ib = upload(ctx, perm), db = scratch(ctx, r * cols * 4);
+        const list = [{
+          pipeline: pipe,
+          bindGroup: bindGroup(ctx, pipe, [
+            uniforms(ctx, [r, cols, rowsToo ? 0 : 1, 0]),
+            sb,
+            ib,
+            ib,
+            db,
+          ]),
+          workgroups: grid(ctx, Math.ceil((r * cols) / 256)),
+        }];
+        const gb = upload(ctx, diag);
+        if (withDiag) {
+          const dp = pipeline(ctx, setDiagonalWGSL());
+          list.push({
+            pipeline: dp,
+            bindGroup: bindGroup(ctx, dp, [uniforms(ctx, [cols, 0, 0, 0]), db, gb]),
+            workgroups: [Math.ceil(cols / 256), 1, 1],
+          });
+        }
+        await runDispatches(ctx, list);
+        const out = await readF32(ctx, db, r * cols);
+        ctx.pool.release(sb, ib, db, gb);
+        return out;
+      };
+      assertEquals(await run(W, rows, false, false), gatherRef(W, { rows, cols, colIdx: perm }));
+      const want = gatherRef(H, { rows: cols, cols, rowIdx: perm, colIdx: perm });
+      for (let i = 0; i < cols; i++) want[i * cols + i] = diag[i];
+      assertEquals(await run(H, cols, true, true), want);
     }
   },
 });
