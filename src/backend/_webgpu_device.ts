@@ -531,6 +531,42 @@ export async function runAndReadAll(
   }
 }
 
+/**
+ * Queues several submissions and waits once: for each step, `before()` runs (typically
+ * `queue.writeBuffer` of that step's uniforms, which the queue orders between the submissions),
+ * then the step's dispatches are submitted; the last submission also copies `bytes` of `out` to
+ * a staging buffer, which is the only wait. A run of dependent steps (a decode loop whose next
+ * input the GPU writes itself) then costs one GPU round trip instead of one per step.
+ */
+export async function runStepsAndRead(
+  ctx: WebGPUContext,
+  steps: { before?: () => void; dispatches: Dispatch[] }[],
+  out: GPUBuffer,
+  bytes: number,
+): Promise<ArrayBuffer> {
+  await checkErrors(ctx);
+  const size = Math.ceil(bytes / 4) * 4;
+  const staging = ctx.pool.acquire(size, MAP_READ | COPY_DST);
+  ctx.device.pushErrorScope("validation");
+  steps.forEach((st, i) => {
+    st.before?.();
+    const enc = ctx.device.createCommandEncoder();
+    encodeDispatches(enc, st.dispatches);
+    if (i === steps.length - 1) enc.copyBufferToBuffer(out, 0, staging, 0, size);
+    ctx.device.queue.submit([enc.finish()]);
+  });
+  const err = await ctx.device.popErrorScope();
+  if (err) {
+    ctx.pool.release(staging);
+    throw new QuantlabError(`webgpu: dispatch failed: ${err.message}`);
+  }
+  await staging.mapAsync(1, /* GPUMapMode.READ */ 0, size);
+  const res = staging.getMappedRange(0, size).slice(0, bytes);
+  staging.unmap();
+  ctx.pool.release(staging);
+  return res;
+}
+
 /** Copies `bytes` of `buf` (from `offset`) back to the CPU. */
 export async function readback(
   ctx: WebGPUContext,

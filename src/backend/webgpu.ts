@@ -42,6 +42,7 @@ export {
   readback,
   runAndRead,
   runDispatches,
+  runStepsAndRead,
   scratch,
   timeKernel,
   type TimeKernelOptions,

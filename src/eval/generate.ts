@@ -9,7 +9,7 @@ import { getTokenizer } from "../models/load.ts";
 import type { Model } from "../models/model.ts";
 import { mulberry32 } from "../quant/_rng.ts";
 import { mergeHooks } from "./perplexity.ts";
-import { residentFor } from "../models/resident.ts";
+import { GREEDY_CHUNK, residentFor } from "../models/resident.ts";
 
 /** Options of `generate`. */
 export interface GenerateOptions {
@@ -114,12 +114,29 @@ export async function generate(
     const logits = await run(promptIds);
     let last = logits.subarray(logits.length - V);
     t0 = performance.now();
-    while (ids.length < maxNew && used() < cap) {
-      const next = sampleToken(last, { temperature, topP, rand });
+    const eos = (t: number) => (opts.stopAtEos ?? true) && t === tok.eosId;
+    if (dec && temperature <= 0 && maxNew > 0 && dec.length < cap) {
+      // Greedy on the GPU: each step's argmax feeds the next step there; one wait per chunk.
+      // Same tokens as the loop below, which emits min(maxNew, cap − prompt) of them.
+      let next = sampleToken(last, { temperature, topP, rand });
       ids.push(next);
-      if ((opts.stopAtEos ?? true) && next === tok.eosId) break;
-      if (used() >= cap) break;
-      last = await run([next]);
+      for (;;) {
+        const n = Math.min(GREEDY_CHUNK, maxNew - ids.length, cap - dec.length - 1);
+        if (eos(next) || n < 1) break;
+        for (const t of await dec.greedy(next, n)) {
+          ids.push(t);
+          next = t;
+          if (eos(t)) break;
+        }
+      }
+    } else {
+      while (ids.length < maxNew && used() < cap) {
+        const next = sampleToken(last, { temperature, topP, rand });
+        ids.push(next);
+        if (eos(next)) break;
+        if (used() >= cap) break;
+        last = await run([next]);
+      }
     }
   } finally {
     dec?.release();

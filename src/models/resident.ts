@@ -29,6 +29,7 @@ import {
   grid,
   pipeline,
   runAndRead,
+  runStepsAndRead,
   scratch,
   uniforms,
   upload,
@@ -37,6 +38,7 @@ import {
 } from "../backend/webgpu.ts";
 import { addWGSL, copyRangeWGSL, embedWGSL } from "../../kernels/elementwise.ts";
 import { nllWGSL } from "../../kernels/nll.ts";
+import { argmaxWGSL } from "../../kernels/argmax.ts";
 import {
   allocBlockBuffers,
   type BlockBuffers,
@@ -49,6 +51,9 @@ import {
   recorder,
   ropeTablesFor,
 } from "./_gpu_block.ts";
+
+/** Tokens per wait of {@linkcode ResidentDecoder.greedy} (the decode loop's GPU round trips). */
+export const GREEDY_CHUNK = 32;
 
 /** Options of {@linkcode residentDecoder}. */
 export interface ResidentOptions {
@@ -89,6 +94,15 @@ export interface ResidentDecoder {
    * computed on the GPU: T floats come back instead of [T, vocab] logits.
    */
   nll(ids: number[], targets: ArrayLike<number>): Promise<Float32Array>;
+  /**
+   * Greedy decoding on the GPU: feeds `first` at position `length`, then `count − 1` more tokens,
+   * each the argmax (first index of the maximum, as `sampleToken` at temperature 0) of the
+   * previous step's logits, written by the GPU into the next step's input; returns the `count`
+   * tokens chosen. The steps are queued as separate submissions with one wait per
+   * {@linkcode GREEDY_CHUNK} tokens, so the ~10 ms GPU round trip is paid per chunk, not per
+   * token. The cache grows by `count`.
+   */
+  greedy(first: number, count: number): Promise<number[]>;
   /** Empties the cache (positions restart at 0; the weights stay). */
   reset(): void;
   /** Frees the cache, activations and this decoder's dense uploads. */
@@ -277,7 +291,23 @@ export async function residentDecoder(
   };
 
   let length = 0;
-  let decodeRec: Recorded | undefined;
+  let decodeRec: (Recorded & { k: GPUBuffer; tokens: GPUBuffer }) | undefined;
+  /** The one-token step, with the greedy argmax (into `ids` and `tokens[k]`) at its end. */
+  const decodeStep = () => {
+    if (decodeRec) return decodeRec;
+    const rec = record(1, "last");
+    const tokens = scratch(ctx, GREEDY_CHUNK * 4);
+    rec.own.push(tokens);
+    const k = uniforms(ctx, [V, 0, 0, 0]);
+    const pipe = pipeline(ctx, argmaxWGSL());
+    rec.list.push({
+      pipeline: pipe,
+      bindGroup: bindGroup(ctx, pipe, [k, rec.bufs.logits, rec.bufs.ids, tokens]),
+      workgroups: [1, 1, 1],
+    });
+    decodeRec = { ...rec, k, tokens };
+    return decodeRec;
+  };
   let released = false;
   const run = async (
     rec: Recorded,
@@ -316,8 +346,7 @@ export async function residentDecoder(
       checkIds(targets, "target id");
     }
     if (T === 1 && mode === "last") {
-      decodeRec ??= record(1, "last");
-      const out = await run(decodeRec, ids, length);
+      const out = await run(decodeStep(), ids, length);
       length += 1;
       return out;
     }
@@ -357,6 +386,40 @@ export async function residentDecoder(
     },
     nll(ids: number[], targets: ArrayLike<number>): Promise<Float32Array> {
       return chunked(ids, "nll", targets);
+    },
+    async greedy(first: number, count: number): Promise<number[]> {
+      if (released) throw new QuantlabError("residentDecoder: greedy() after release()");
+      if (!(Number.isInteger(count) && count >= 1)) {
+        throw new QuantlabError(`residentDecoder: greedy() needs count ≥ 1, got ${count}`);
+      }
+      if (length + count > capacity) {
+        throw new QuantlabError(
+          `residentDecoder: ${length + count} tokens exceed the cache capacity (${capacity})`,
+        );
+      }
+      checkIds([first], "token id");
+      const rec = decodeStep();
+      const out: number[] = [];
+      for (let c0 = 0; c0 < count; c0 += GREEDY_CHUNK) {
+        const n = Math.min(GREEDY_CHUNK, count - c0);
+        const steps = Array.from({ length: n }, (_, s) => {
+          const pos = length + s;
+          return {
+            before: () => {
+              if (c0 === 0 && s === 0) {
+                ctx.device.queue.writeBuffer(rec.bufs.ids, 0, Uint32Array.of(first));
+              }
+              for (const u of rec.dyn) writeUniforms(ctx, u.buf, u.fields(pos));
+              writeUniforms(ctx, rec.k, [V, s, 0, 0]);
+            },
+            dispatches: rec.list,
+          };
+        });
+        const toks = new Uint32Array(await runStepsAndRead(ctx, steps, rec.tokens, n * 4));
+        length += n;
+        out.push(...toks);
+      }
+      return out;
     },
     reset() {
       length = 0;

@@ -21,6 +21,7 @@ import { loadModel } from "../../src/models/load.ts";
 import { residentDecoder, residentFor, residentUnsupported } from "../../src/models/resident.ts";
 import { maxAbsDiffRows, referenceForward, referenceForwardIncremental } from "./_reference.ts";
 import { CASES, CTX, setup, VOCAB } from "./_cases.ts";
+import { argmaxRef } from "../../kernels/argmax.ts";
 
 const TOL = 2e-4;
 const STORIES = "../shared/data/models/stories260K-hf";
@@ -76,6 +77,19 @@ for (const c of CASES) {
           assertLess(Math.abs(nll[t] - (m + Math.log(s) - row[targets[t]])), 1e-5, `nll ${t}`);
         }
         await assertRejects(() => dec.nll([1, 2], [3]), QuantlabError, "targets");
+        // greedy on the GPU (argmax fed back there) = step() + the first-index argmax on the host
+        dec.reset();
+        await dec.step(nseq.slice(0, 5));
+        const chain: number[] = [];
+        let tok = 7;
+        for (let i = 0; i < 12; i++) {
+          tok = argmaxRef(await dec.step([tok]));
+          chain.push(tok);
+        }
+        dec.reset();
+        await dec.step(nseq.slice(0, 5));
+        assertEquals(await dec.greedy(7, 12), chain);
+        assertEquals(dec.length, 17);
       } finally {
         dec.release();
         await Deno.remove(dir, { recursive: true });
@@ -170,6 +184,16 @@ Deno.test({
       );
       assert(a.resident && !b.resident);
       assertEquals(a.ids, b.ids);
+      // the context caps the continuation: same count and tokens on both paths
+      const longPrompt = Array.from({ length: 500 }, (_, i) => 1 + ((i * 13) % 400));
+      const la = await generate(model, longPrompt, { maxNewTokens: 20, stopAtEos: false });
+      const lb = await generate(model, longPrompt, {
+        maxNewTokens: 20,
+        stopAtEos: false,
+        resident: false,
+      });
+      assertEquals(la.ids.length, 512 - 500);
+      assertEquals(la.ids, lb.ids);
       // hooks need host tensors: generate falls back to the host forward and says so
       const hooked = { ...model, hooks: { linearInput: () => {} } };
       const h = await generate(hooked, "Once upon a time", { ...go, maxNewTokens: 4 });
