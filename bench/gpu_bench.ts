@@ -25,7 +25,6 @@
  * @module
  */
 import {
-  type Dispatch,
   getWebGPU,
   readF16Bits,
   readF32,
@@ -37,7 +36,7 @@ import {
   type WebGPUContext,
 } from "../src/backend/_webgpu_device.ts";
 import { matmulDispatch, xtxDispatch } from "../src/backend/_webgpu_matmul.ts";
-import { gptqBlockDispatches, gptqLossPartLength } from "../src/backend/_webgpu_gptq.ts";
+import { gptqLossPartLength, gptqPassDispatches } from "../src/backend/_webgpu_gptq.ts";
 import type { GptqColumnsArgs as Args } from "../src/backend/backend.ts";
 import {
   dequantGemmDispatch,
@@ -359,19 +358,14 @@ async function benchGptq(ctx: WebGPUContext, n: number): Promise<number> {
     lossPart: upload(ctx, new Float32Array(gptqLossPartLength(rows, bs))),
     dstCol: upload(ctx, Uint32Array.from({ length: cols }, (_, c) => c)),
   };
-  const list: Dispatch[] = [];
-  for (let i1 = 0; i1 < cols; i1 += bs) {
-    list.push(...gptqBlockDispatches(ctx, bufs, {
-      rows,
-      cols,
-      i1,
-      b: Math.min(bs, cols - i1),
-      blockSize: bs,
-      maxq: p.maxq,
-      ngroups: p.groups,
-      fit: { groupSize: p.gs, sym: false },
-    }));
-  }
+  const list = gptqPassDispatches(ctx, bufs, {
+    rows,
+    cols,
+    blockSize: bs,
+    maxq: p.maxq,
+    ngroups: p.groups,
+    fit: { groupSize: p.gs, sym: false },
+  });
   // correctness first, on fresh W (rows are independent: reference on a row subsample)
   await runDispatches(ctx, list);
   const codes = await readU32(ctx, bufs.codes, rows * cols);

@@ -34,3 +34,20 @@ ${tree("max")}
   return r;
 }`;
 }
+
+/**
+ * Declares `row_max_sumexp(base, d, tid) -> vec2<f32>` over `d` values of the storage array
+ * `arr` from `base`: the row max m and `Σ exp(x − m)`, both workgroup-reduced (needs
+ * {@linkcode reduceWGSL}; call from uniform flow). The shared first half of softmax and NLL.
+ */
+export function rowMaxSumExpWGSL(arr: string): string {
+  return `
+fn row_max_sumexp(base: u32, d: u32, tid: u32) -> vec2<f32> {
+  var m = -3.0e38;
+  for (var i = tid; i < d; i = i + 256u) { m = max(m, ${arr}[base + i]); }
+  let mx = wg_max(m, tid);
+  var s = 0.0;
+  for (var i = tid; i < d; i = i + 256u) { s = s + exp(${arr}[base + i] - mx); }
+  return vec2<f32>(mx, wg_sum(s, tid));
+}`;
+}

@@ -5,7 +5,7 @@
  * Dispatch: `rows` workgroups as an (x, y) grid.
  * @module
  */
-import { reduceWGSL } from "./_reduce.ts";
+import { reduceWGSL, rowMaxSumExpWGSL } from "./_reduce.ts";
 
 /** WGSL of the row softmax kernel. */
 export function softmaxWGSL(): string {
@@ -15,6 +15,7 @@ struct P { rows: u32, d: u32, p0: u32, p1: u32 };
 @group(0) @binding(1) var<storage, read> X: array<f32>;
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;
 ${reduceWGSL()}
+${rowMaxSumExpWGSL("X")}
 
 @compute @workgroup_size(256, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
@@ -23,12 +24,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   if (row >= p.rows) { return; }
   let tid = lid.x;
   let base = row * p.d;
-  var m = -3.0e38;
-  for (var i = tid; i < p.d; i = i + 256u) { m = max(m, X[base + i]); }
-  let mx = wg_max(m, tid);
-  var s = 0.0;
-  for (var i = tid; i < p.d; i = i + 256u) { s = s + exp(X[base + i] - mx); }
-  let inv = 1.0 / wg_sum(s, tid);
+  let ms = row_max_sumexp(base, p.d, tid);
+  let mx = ms.x;
+  let inv = 1.0 / ms.y;
   for (var i = tid; i < p.d; i = i + 256u) { Y[base + i] = exp(X[base + i] - mx) * inv; }
 }
 `;

@@ -468,56 +468,43 @@ export async function runDispatches(ctx: WebGPUContext, dispatches: Dispatch[]):
   await ctx.device.queue.onSubmittedWorkDone();
 }
 
-/**
- * Runs `dispatches` and reads `bytes` of `out` back with a single submission and a single wait
- * (Deno polls GPU completion about every 10 ms, so each extra wait costs that much).
- * Throws on validation errors.
- */
-export async function runAndRead(
-  ctx: WebGPUContext,
-  dispatches: Dispatch[],
-  out: GPUBuffer,
-  bytes: number,
-): Promise<ArrayBuffer> {
-  await checkErrors(ctx);
-  const size = Math.ceil(bytes / 4) * 4;
-  const staging = ctx.pool.acquire(size, MAP_READ | COPY_DST);
-  ctx.device.pushErrorScope("validation");
-  const enc = ctx.device.createCommandEncoder();
-  encodeDispatches(enc, dispatches);
-  enc.copyBufferToBuffer(out, 0, staging, 0, size);
-  ctx.device.queue.submit([enc.finish()]);
-  const err = await ctx.device.popErrorScope();
-  if (err) {
-    ctx.pool.release(staging);
-    throw new QuantlabError(`webgpu: dispatch failed: ${err.message}`);
-  }
-  await staging.mapAsync(1, /* GPUMapMode.READ */ 0, size);
-  const res = staging.getMappedRange(0, size).slice(0, bytes);
-  staging.unmap();
-  ctx.pool.release(staging);
-  return res;
+/** One submission of {@linkcode runStepsAndReadAll}: `before()` runs first (e.g. uniform writes). */
+export interface Step {
+  /** Queue work to order before this submission (typically `writeUniforms`). */
+  before?: () => void;
+  /** The dispatches of this submission (one compute pass). */
+  dispatches: Dispatch[];
 }
 
 /**
- * Runs `dispatches` and reads several buffers back (`bytes` of each, from offset 0) with a single
- * submission and a single wait: one staging buffer per output, all mapped together. Throws on
- * validation errors; the staging buffers go back to the pool in every case.
+ * Queues `steps` as one submission each and waits once: for each step `before()` runs — a
+ * `queue.writeBuffer` there is ordered between the submissions — then its dispatches are
+ * submitted; the last submission also copies `bytes` of every output (from offset 0) to its own
+ * staging buffer, and all are mapped together. A run of dependent steps (a decode loop whose next
+ * input the GPU writes itself) then costs one GPU round trip instead of one per step (Deno polls
+ * GPU completion about every 10 ms). Throws on validation errors; the staging buffers go back to
+ * the pool in every case.
  */
-export async function runAndReadAll(
+export async function runStepsAndReadAll(
   ctx: WebGPUContext,
-  dispatches: Dispatch[],
+  steps: Step[],
   outs: { buffer: GPUBuffer; bytes: number }[],
 ): Promise<ArrayBuffer[]> {
+  if (!steps.length) throw new QuantlabError("webgpu: runStepsAndReadAll needs a step");
   await checkErrors(ctx);
   const sizes = outs.map((o) => Math.ceil(o.bytes / 4) * 4);
   const staging = sizes.map((s) => ctx.pool.acquire(s, MAP_READ | COPY_DST));
   try {
     ctx.device.pushErrorScope("validation");
-    const enc = ctx.device.createCommandEncoder();
-    encodeDispatches(enc, dispatches);
-    outs.forEach((o, i) => enc.copyBufferToBuffer(o.buffer, 0, staging[i], 0, sizes[i]));
-    ctx.device.queue.submit([enc.finish()]);
+    steps.forEach((st, i) => {
+      st.before?.();
+      const enc = ctx.device.createCommandEncoder();
+      encodeDispatches(enc, st.dispatches);
+      if (i === steps.length - 1) {
+        outs.forEach((o, k) => enc.copyBufferToBuffer(o.buffer, 0, staging[k], 0, sizes[k]));
+      }
+      ctx.device.queue.submit([enc.finish()]);
+    });
     const err = await ctx.device.popErrorScope();
     if (err) throw new QuantlabError(`webgpu: dispatch failed: ${err.message}`);
     await Promise.all(staging.map((s, i) => s.mapAsync(1, /* GPUMapMode.READ */ 0, sizes[i])));
@@ -531,40 +518,33 @@ export async function runAndReadAll(
   }
 }
 
-/**
- * Queues several submissions and waits once: for each step, `before()` runs (typically
- * `queue.writeBuffer` of that step's uniforms, which the queue orders between the submissions),
- * then the step's dispatches are submitted; the last submission also copies `bytes` of `out` to
- * a staging buffer, which is the only wait. A run of dependent steps (a decode loop whose next
- * input the GPU writes itself) then costs one GPU round trip instead of one per step.
- */
-export async function runStepsAndRead(
+/** Runs `dispatches` and reads `bytes` of `out` back: one submission, one wait. */
+export async function runAndRead(
   ctx: WebGPUContext,
-  steps: { before?: () => void; dispatches: Dispatch[] }[],
+  dispatches: Dispatch[],
   out: GPUBuffer,
   bytes: number,
 ): Promise<ArrayBuffer> {
-  await checkErrors(ctx);
-  const size = Math.ceil(bytes / 4) * 4;
-  const staging = ctx.pool.acquire(size, MAP_READ | COPY_DST);
-  ctx.device.pushErrorScope("validation");
-  steps.forEach((st, i) => {
-    st.before?.();
-    const enc = ctx.device.createCommandEncoder();
-    encodeDispatches(enc, st.dispatches);
-    if (i === steps.length - 1) enc.copyBufferToBuffer(out, 0, staging, 0, size);
-    ctx.device.queue.submit([enc.finish()]);
-  });
-  const err = await ctx.device.popErrorScope();
-  if (err) {
-    ctx.pool.release(staging);
-    throw new QuantlabError(`webgpu: dispatch failed: ${err.message}`);
-  }
-  await staging.mapAsync(1, /* GPUMapMode.READ */ 0, size);
-  const res = staging.getMappedRange(0, size).slice(0, bytes);
-  staging.unmap();
-  ctx.pool.release(staging);
-  return res;
+  return (await runStepsAndReadAll(ctx, [{ dispatches }], [{ buffer: out, bytes }]))[0];
+}
+
+/** Runs `dispatches` and reads several buffers back (`bytes` of each): one submission, one wait. */
+export function runAndReadAll(
+  ctx: WebGPUContext,
+  dispatches: Dispatch[],
+  outs: { buffer: GPUBuffer; bytes: number }[],
+): Promise<ArrayBuffer[]> {
+  return runStepsAndReadAll(ctx, [{ dispatches }], outs);
+}
+
+/** {@linkcode runStepsAndReadAll} with one output. */
+export async function runStepsAndRead(
+  ctx: WebGPUContext,
+  steps: Step[],
+  out: GPUBuffer,
+  bytes: number,
+): Promise<ArrayBuffer> {
+  return (await runStepsAndReadAll(ctx, steps, [{ buffer: out, bytes }]))[0];
 }
 
 /** Copies `bytes` of `buf` (from `offset`) back to the CPU. */

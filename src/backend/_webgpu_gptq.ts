@@ -17,6 +17,7 @@ import {
 import {
   gatherWGSL,
   GPTQ_PARAMS_WORKGROUP,
+  type GptqParamsRefOptions,
   gptqParamsWGSL,
   groupsStartingIn,
   setDiagonalWGSL,
@@ -97,16 +98,7 @@ export function gptqLossPartLength(rows: number, blockSize: number): number {
 export function gptqParamsDispatch(
   ctx: WebGPUContext,
   bufs: { w: GPUBuffer; grid: GPUBuffer },
-  o: {
-    rows: number;
-    cols: number;
-    groupSize: number;
-    g0: number;
-    ng: number;
-    ngroups: number;
-    maxq: number;
-    sym: boolean;
-  },
+  o: GptqParamsRefOptions,
 ): Dispatch {
   const pipe = pipeline(ctx, gptqParamsWGSL());
   const u = uniforms(ctx, [
@@ -187,6 +179,21 @@ export function gptqBlockDispatches(
     }));
   }
   return out;
+}
+
+/** The dispatches of every block of a `[rows, cols]` pass ({@linkcode gptqBlockDispatches}). */
+export function gptqPassDispatches(
+  ctx: WebGPUContext,
+  bufs: GptqBuffers,
+  o: Omit<GptqBlockOptions, "i1" | "b">,
+): Dispatch[] {
+  const list: Dispatch[] = [];
+  for (let i1 = 0; i1 < o.cols; i1 += o.blockSize) {
+    list.push(
+      ...gptqBlockDispatches(ctx, bufs, { ...o, i1, b: Math.min(o.blockSize, o.cols - i1) }),
+    );
+  }
+  return list;
 }
 
 /** One GPTQ problem for {@linkcode runGptq}. */
@@ -277,18 +284,14 @@ async function runGptq(
       err: keep(scratch(ctx, rows * bs * 4)),
       lossPart: keep(upload(ctx, new Float32Array(nLoss))),
     };
-    for (let i1 = 0; i1 < cols; i1 += bs) {
-      list.push(...gptqBlockDispatches(ctx, bufs, {
-        rows,
-        cols,
-        i1,
-        b: Math.min(bs, cols - i1),
-        blockSize: bs,
-        maxq: p.maxq,
-        ngroups: p.ngroups,
-        fit: p.fit,
-      }));
-    }
+    list.push(...gptqPassDispatches(ctx, bufs, {
+      rows,
+      cols,
+      blockSize: bs,
+      maxq: p.maxq,
+      ngroups: p.ngroups,
+      fit: p.fit,
+    }));
     const outs = [
       { buffer: bufs.q, bytes: n * 4 },
       { buffer: bufs.codes, bytes: n * 4 },

@@ -234,6 +234,26 @@ export function ropeTablesFor(
   return { cos, sin };
 }
 
+/**
+ * Why {@linkcode recordBlock} cannot compute `cfg`'s block as `decoder.ts` does over `tokens`
+ * attended positions (a sentence), or `undefined`: a sliding window shorter than them, a head
+ * dimension the attention kernel does not take, heads not a multiple of the KV heads, or an OPT
+ * activation without a kernel.
+ */
+export function blockUnsupported(cfg: ModelConfig, tokens: number): string | undefined {
+  if (cfg.slidingWindow && tokens > cfg.slidingWindow) {
+    return `sliding-window attention (window ${cfg.slidingWindow} < ${tokens} tokens)`;
+  }
+  if (cfg.headDim % 4 !== 0 || cfg.headDim > 256) {
+    return `head dimension ${cfg.headDim} (the attention kernel takes multiples of 4 up to 256)`;
+  }
+  if (cfg.numHeads % cfg.numKvHeads !== 0) return "heads not a multiple of KV heads";
+  if (cfg.family === "opt" && !["relu", "gelu"].includes(cfg.activation)) {
+    return `OPT activation "${cfg.activation}"`;
+  }
+  return undefined;
+}
+
 /** Uniform fields: u32 numbers or `{ f }` floats. */
 export type Fields = (number | { f: number })[];
 

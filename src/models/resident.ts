@@ -42,6 +42,7 @@ import { argmaxWGSL } from "../../kernels/argmax.ts";
 import {
   allocBlockBuffers,
   type BlockBuffers,
+  blockUnsupported,
   type DynUniform,
   type GpuBlock,
   type GpuLinear,
@@ -123,16 +124,8 @@ export function residentUnsupported(
   const cfg = model.config;
   const cap = opts.capacity ?? cfg.maxPositions;
   if (opts.hooks ?? model.hooks) return "forward hooks need host tensors";
-  if (cfg.slidingWindow && cap > cfg.slidingWindow) {
-    return `sliding-window attention (window ${cfg.slidingWindow} < ${cap} cached tokens)`;
-  }
-  if (cfg.headDim % 4 !== 0 || cfg.headDim > 256) {
-    return `head dimension ${cfg.headDim} (the attention kernel takes multiples of 4 up to 256)`;
-  }
-  if (cfg.numHeads % cfg.numKvHeads !== 0) return "heads not a multiple of KV heads";
-  if (cfg.family === "opt" && !["relu", "gelu"].includes(cfg.activation)) {
-    return `OPT activation "${cfg.activation}"`;
-  }
+  const why = blockUnsupported(cfg, cap);
+  if (why) return why;
   const limit = opts.maxBindingBytes ?? backend.ctx.device.limits.maxStorageBufferBindingSize;
   const kvBytes = 4 * cap * cfg.numKvHeads * cfg.headDim;
   if (kvBytes > limit) return `a layer's KV cache (${kvBytes} bytes) exceeds the binding limit`;

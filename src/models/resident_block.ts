@@ -26,6 +26,7 @@ import {
 import {
   allocBlockBuffers,
   type BlockBuffers,
+  blockUnsupported,
   type GpuBlock,
   type GpuLinear,
   gpuUploader,
@@ -74,14 +75,8 @@ export function residentBlockUnsupported(
   seqLen: number,
 ): string | undefined {
   const cfg = model.config;
-  if (cfg.slidingWindow && seqLen > cfg.slidingWindow) {
-    return `sliding-window attention (window ${cfg.slidingWindow} < ${seqLen} tokens)`;
-  }
-  if (cfg.headDim % 4 !== 0 || cfg.headDim > 256) return `head dimension ${cfg.headDim}`;
-  if (cfg.numHeads % cfg.numKvHeads !== 0) return "heads not a multiple of KV heads";
-  if (cfg.family === "opt" && !["relu", "gelu"].includes(cfg.activation)) {
-    return `OPT activation "${cfg.activation}"`;
-  }
+  const why = blockUnsupported(cfg, seqLen);
+  if (why) return why;
   const limit = backend.ctx.device.limits.maxStorageBufferBindingSize;
   const widest = Math.max(cfg.intermediateSize, cfg.hiddenSize, cfg.numHeads * cfg.headDim);
   if (4 * widest * widest > limit) return `a ${widest}² Hessian exceeds the binding limit`;

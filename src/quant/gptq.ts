@@ -196,16 +196,7 @@ function subtractTrailing(
  * `Σ (w − q)²/Hinv_ii²`.
  */
 async function cpuColumns(
-  buf: {
-    Wc: Float32Array;
-    Hinv: Float32Array;
-    codes: Uint8Array;
-    Q: Float32Array;
-    scales: Float32Array;
-    zeros: Float32Array;
-    colGroup: Int32Array;
-    perm: Int32Array | undefined;
-  },
+  buf: Omit<BlockBuffers, "W1" | "Err1"> & { Wc: Float32Array },
   o: {
     rows: number;
     cols: number;
@@ -246,7 +237,6 @@ async function cpuColumns(
       { W1, Err1, Hinv, codes, Q, scales, zeros, colGroup, perm },
       { rows, cols, ngroups, i1, i2, maxq },
     );
-    timings.inBlockFlops += rows * count * (count - 1);
     timings.inBlock += (performance.now() - t0) / 1000;
     if (i2 < cols) {
       t0 = performance.now();
@@ -260,7 +250,6 @@ async function cpuColumns(
         { shape: [count, rest], data: B },
       )).data;
       subtractTrailing(Wc, R, { rows, cols, i2 });
-      timings.trailingFlops += 2 * rows * count * rest;
       timings.trailing += (performance.now() - t0) / 1000;
     }
   }
@@ -438,11 +427,6 @@ export async function gptqQuantize(
     loss = dev.loss;
     timings.inBlock += (performance.now() - t0) / 1000;
     timings.columnPass = backend.name;
-    for (let i1 = 0; i1 < cols; i1 += o.blocksize) {
-      const i2 = Math.min(i1 + o.blocksize, cols), count = i2 - i1;
-      timings.inBlockFlops += rows * count * (count - 1);
-      timings.trailingFlops += 2 * rows * count * (cols - i2);
-    }
   } else {
     // The CPU path: W and H in processed order (float64 H), Hinv = chol(H⁻¹)ᵀ-upper in
     // float64, then the column loop.
@@ -498,6 +482,12 @@ export async function gptqQuantize(
       { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm },
       { ...dims, grid, fitGroups, gs, backend, timings, setGroup },
     );
+  }
+
+  for (let i1 = 0; i1 < cols; i1 += o.blocksize) {
+    const i2 = Math.min(i1 + o.blocksize, cols), count = i2 - i1;
+    timings.inBlockFlops += rows * count * (count - 1);
+    timings.trailingFlops += 2 * rows * count * (cols - i2);
   }
 
   let gIdx: Int32Array | undefined;

@@ -270,6 +270,8 @@ export async function quantize(
     }
   }
   const L = model.config.numLayers;
+  /** The model with every quantized weight so far. */
+  const current = (): Model => ({ ...model, weights: model.weights.with(overrides) });
   const gpu = be.name === "webgpu" && "ctx" in be ? be as WebGPUBackend : undefined;
   const resident = gpu && hs.length && opts.residentBlocks !== false &&
       !residentBlockUnsupported(model, gpu, T)
@@ -293,20 +295,12 @@ export async function quantize(
     const blockMetas: Record<string, QuantMeta> = {};
     const blockReports: LayerReport[] = [];
     const runner = resident
-      ? await residentBlockRunner(
-        { ...model, weights: model.weights.with(overrides) },
-        i,
-        resident,
-        {
-          seqLen: T,
-        },
-      )
+      ? await residentBlockRunner(current(), i, resident, { seqLen: T })
       : undefined;
     try {
       for (const group of groups) {
         const targets = group.filter((n) => assigned.has(n));
         if (!targets.length) continue;
-        const qmodel: Model = { ...model, weights: model.weights.with(overrides) };
         // With calibration data every target's H is gathered: quantizers that need it get it, and
         // the report's relErr is measured for all (RTN included).
         const want = new Set(hs.length ? targets : []);
@@ -314,7 +308,7 @@ export async function quantize(
           ? new Map<string, InputStats>()
           : runner
           ? await gatherResident(runner, hs, chunkSizes, want)
-          : await gatherHost(qmodel, i, { hs, chunkSizes, want }, be);
+          : await gatherHost(current(), i, { hs, chunkSizes, want }, be);
         peak = Math.max(peak, Deno.memoryUsage().rss);
         for (const name of targets) {
           const { quantizer, pattern } = assigned.get(name)!;
@@ -359,8 +353,8 @@ export async function quantize(
       }
       // Feed the next block from the quantized one.
       if (hs.length && i < L - 1) {
-        const qmodel: Model = { ...model, weights: model.weights.with(overrides) };
         const next: Tensor[] = [];
+        const qmodel = current();
         for (let c = 0; c < hs.length; c++) {
           next.push(
             runner
