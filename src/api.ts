@@ -1,17 +1,30 @@
 /**
- * The public entry points with progress attached: `perplexity` and `quantize` report progress in
- * Jupyter (one live display) or on a terminal's stderr, unless `{ progress: false }`.
+ * The public entry points with progress and the results ledger attached: `perplexity` and
+ * `quantize` report progress in Jupyter (one live display) or on a terminal's stderr, unless
+ * `{ progress: false }`, and record each run in the ledger (`src/ledger/`): an identical
+ * perplexity already recorded is returned from it unless `{ force: true }`; `{ ledger: false }`
+ * records nothing.
  * @module
  */
 import {
+  evalTokens,
   perplexity as perplexityCore,
   type PerplexityOptions,
   type PerplexityResult,
 } from "./eval/perplexity.ts";
+import { getTokenizer } from "./models/load.ts";
 import type { Model } from "./models/model.ts";
 import { quantize as quantizeCore, type QuantizeOptions } from "./quant/pipeline.ts";
-import type { Recipe } from "./quant/recipe.ts";
+import { type Recipe, toRecipe } from "./quant/recipe.ts";
 import type { WeightQuantizer } from "./quant/types.ts";
+import { canonicalJson, modelIdentity, NotCanonicalError } from "./ledger/hash.ts";
+import {
+  deviceName,
+  idsDigest,
+  type LedgerSwitch,
+  type RunInfo,
+  tracked,
+} from "./ledger/tracked.ts";
 import { progressCallback } from "./viz/progress.ts";
 
 /** Progress switch shared by the wrapped entry points. */
@@ -20,34 +33,118 @@ export interface ProgressSwitch {
   progress?: boolean;
 }
 
+function hooksCacheable(hooks: unknown): boolean {
+  if (hooks === undefined) return true;
+  try {
+    canonicalJson(hooks);
+    return true;
+  } catch (e) {
+    if (e instanceof NotCanonicalError) return false;
+    throw e;
+  }
+}
+
 /**
  * Perplexity with the GPTQ protocol (see `src/eval/perplexity.ts`), with a progress bar over the
- * evaluation windows.
+ * evaluation windows, recorded in the ledger (identity: the model's files and quantized tensors,
+ * the evaluated token stream, the protocol options and the device).
  */
 export function perplexity(
   model: Model,
   dataset: string,
-  opts: PerplexityOptions & ProgressSwitch = {},
-): Promise<PerplexityResult> {
+  opts: PerplexityOptions & ProgressSwitch & LedgerSwitch = {},
+): Promise<PerplexityResult & { run?: RunInfo }> {
   const onProgress = opts.onProgress ??
     (opts.progress === false
       ? undefined
       : progressCallback(`perplexity ${dataset}`, { enabled: opts.progress }));
-  return perplexityCore(model, dataset, { ...opts, onProgress });
+  return tracked({
+    kind: "perplexity",
+    identity: async () => {
+      const m = await modelIdentity(model);
+      const tok = await getTokenizer(model);
+      const data = await evalTokens(tok, dataset, { root: opts.root, path: opts.path });
+      const { root: _r, path: _p, onProgress: _o, ...protocol } = opts;
+      return {
+        identity: {
+          model: { hash: m.hash, parts: m.parts },
+          config: { evaluator: "perplexity", dataset },
+          data: { tokens: idsDigest(data.ids), count: data.ids.length },
+          protocol: JSON.parse(canonicalJson(protocol)),
+          device: deviceName(),
+        },
+        cacheable: m.cacheable && hooksCacheable(opts.hooks),
+      };
+    },
+    run: () => perplexityCore(model, dataset, { ...opts, onProgress }),
+    record: (r) => ({
+      metrics: { ppl: r.ppl, nll: r.nll, tokens: r.tokens, windows: r.windows },
+      result: r,
+    }),
+    revive: (s) => s as PerplexityResult,
+  }, opts);
 }
 
 /**
  * Layer-wise quantization (see `src/quant/pipeline.ts`), with a progress bar over the blocks that
- * names the layer being quantized.
+ * names the layer being quantized, recorded in the ledger (identity: the model, the recipe with
+ * every option, the calibration token ids, the pipeline options and the device; metrics: bits
+ * per weight, mean relative error; the per-layer report). A quantized model is not stored in the
+ * ledger: a repeated call recomputes (the pipeline's `workdir` resume is the way to reuse blocks).
  */
 export function quantize(
   model: Model,
   recipe: Recipe | WeightQuantizer,
-  opts: QuantizeOptions & ProgressSwitch = {},
+  opts: QuantizeOptions & ProgressSwitch & LedgerSwitch = {},
 ): Promise<Model> {
   const onProgress = opts.onProgress ??
     (opts.progress === false
       ? undefined
       : progressCallback("quantize", { enabled: opts.progress }));
-  return quantizeCore(model, recipe, { ...opts, onProgress });
+  return tracked({
+    kind: "quantize",
+    identity: async () => {
+      const m = await modelIdentity(model);
+      const r = toRecipe(recipe);
+      const config = Object.fromEntries(
+        Object.entries(r).map(([k, q]) => [k, { method: q.name, options: q.options }]),
+      );
+      const c = opts.calib;
+      return {
+        identity: {
+          model: { hash: m.hash, parts: m.parts },
+          config: JSON.parse(canonicalJson({ recipe: config })),
+          data: c
+            ? {
+              dataset: c.dataset,
+              ids: idsDigest(c.ids),
+              nsamples: c.ids.length,
+              seqlen: c.seqlen,
+            }
+            : null,
+          seed: c?.seed,
+          protocol: {
+            trueSequential: opts.trueSequential ?? true,
+            chunk: opts.chunk ?? 8,
+            residentBlocks: opts.residentBlocks ?? true,
+          },
+          device: opts.backend ? `${opts.backend.name}: ${opts.backend.description}` : deviceName(),
+        },
+        cacheable: false,
+      };
+    },
+    run: () => quantizeCore(model, recipe, { ...opts, onProgress }),
+    record: (qm) => {
+      const rep = qm.report as { bitsPerWeight: number; layers: { relErr: number }[] };
+      const errs = rep.layers.map((l) => l.relErr).filter((x) => Number.isFinite(x));
+      return {
+        metrics: {
+          bitsPerWeight: rep.bitsPerWeight,
+          meanRelErr: errs.length ? errs.reduce((a, b) => a + b, 0) / errs.length : NaN,
+          layers: rep.layers.length,
+        },
+        report: rep,
+      };
+    },
+  }, opts);
 }

@@ -26,6 +26,7 @@ import { QuantlabError } from "./errors.ts";
 const USAGE = `usage: deno task cli <command> [options]
 commands:
   generate  --model PATH --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
+  sweep     run|submit|status|collect SPEC.json (see: sweep --help)
   ppl       --model PATH --dataset NAME [--seqlen N] [--nsamples N] [--data-path FILE]
   quantize  --model PATH --method rtn|gptq|quantease|quip|framequant --bits B [--group-size G]
             [--sym] [--act-order] [--static-groups] [--percdamp D] [--calib NAME] [--nsamples N]
@@ -81,6 +82,10 @@ function num(v: string | undefined): number | undefined {
 /** Runs the CLI with `args`; returns the exit code. */
 export async function main(args: string[]): Promise<number> {
   const [cmd, ...rest] = args;
+  if (cmd === "sweep") {
+    const { sweepCommand } = await import("./ledger/sweep_cli.ts");
+    return await sweepCommand(rest);
+  }
   const { values: o } = parseArgs({ args: rest, options: OPTIONS, allowPositionals: false });
   if (!cmd || o.help || !["generate", "ppl", "quantize"].includes(cmd)) {
     console.log(USAGE);

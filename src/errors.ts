@@ -46,3 +46,14 @@ export class OfflineError extends QuantlabError {}
 
 /** A tensor holds NaN or Inf where finite values are required. */
 export class NonFiniteError extends QuantlabError {}
+
+/** The results ledger file cannot be read or written. `file` names it. */
+export class LedgerError extends QuantlabError {
+  /** The ledger file. */
+  readonly file: string;
+  /** Creates a ledger error about `file`. */
+  constructor(file: string, message: string, options?: ErrorOptions) {
+    super(`ledger ${file}: ${message}`, options);
+    this.file = file;
+  }
+}
