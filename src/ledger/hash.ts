@@ -92,14 +92,6 @@ export async function fileSha256(path: string): Promise<string> {
 const MODEL_FILE =
   /(\.safetensors|\.safetensors\.index\.json|\.bin|\.gguf|config\.json|tokenizer\.json|tokenizer\.model|tokenizer_config\.json|vocab\.json|merges\.txt|generation_config\.json)$/;
 
-async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isFile;
-  } catch {
-    return false;
-  }
-}
-
 /** Checksums of a model source on disk: a folder's model files, or a single file. */
 export async function sourceChecksums(source: string): Promise<Record<string, string> | null> {
   let st: Deno.FileInfo;
