@@ -20,6 +20,7 @@ export { createKVCache, forward, type ForwardHooks } from "./src/models/decoder.
 export { loadTokenizer, type Tokenizer } from "./src/io/tokenizer.ts";
 export { readHeader, readTensor, writeSafetensors } from "./src/io/safetensors.ts";
 export { perplexity, quantize } from "./src/api.ts";
+export { type LedgerSwitch, type RunInfo } from "./src/ledger/tracked.ts";
 export type { PerplexityOptions, PerplexityResult } from "./src/eval/perplexity.ts";
 export { generate, type GenerateResult } from "./src/eval/generate.ts";
 export { type CalibrationSet, calibrationSet } from "./src/quant/calibration.ts";
@@ -48,3 +49,4 @@ export {
   type WebGPUBackendOptions,
 } from "./src/backend/webgpu.ts";
 export * as plot from "./src/viz/mod.ts";
+export * as ledger from "./src/ledger/mod.ts";

@@ -271,10 +271,12 @@ export async function runSweepTask(
   }, { ledger });
 }
 
+/** Whether process `pid` is alive on this host (a zombie, unreaped after a kill, is not). */
 function alive(pid: number): boolean {
   try {
-    Deno.statSync(`/proc/${pid}`);
-    return true;
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+    return state !== "Z" && state !== "X";
   } catch {
     return false;
   }

@@ -53,6 +53,7 @@ export {
   resultsTable,
   type ResultsTableOptions,
 } from "./table.ts";
+export { paretoFront, type ParetoOptions, paretoPlot, type ParetoPoint } from "./pareto.ts";
 export {
   type Progress,
   progress,
