@@ -189,6 +189,21 @@ function cellText(cell: Cell): string {
 
 /** Checks of particular notebooks, on top of the common ones (executed copy in, throws). */
 const EXTRA_CHECKS: Record<string, (nb: Notebook) => void> = {
+  "06_sweeps.ipynb": (nb) => {
+    const text = nb.cells.map(cellText).join("\n");
+    assertStringIncludes(text, "done 6, already in the ledger 0, failed 0");
+    assertStringIncludes(text, "6 done tasks; 6 quantize and 6 perplexity runs recorded");
+    const claims = new Map(
+      [...text.matchAll(/^(.+): (true|false) \((.*)\)$/gm)].map((m) => [m[1], m[2]]),
+    );
+    assertEquals(claims.get("GPTQ beats RTN at 3 bits"), "true");
+    assertEquals(claims.get("RTN 3-bit is on the Pareto front"), "false");
+    assertEquals(claims.get("a second run recomputes nothing"), "true");
+    const figs = nb.cells.flatMap((c) => c.outputs ?? []).map((o) =>
+      o.data?.["application/vnd.plotly.v1+json"] as { data: { name: string }[] } | undefined
+    ).filter((f) => !!f);
+    assert(figs.some((f) => f!.data.some((t) => t.name === "Pareto front")), "no Pareto plot");
+  },
   "01_gptq_step_by_step.ipynb": (nb) => {
     const text = nb.cells.map(cellText).join("\n");
     // the notebook's own column loop against gptqQuantize: 3 block sizes + act-order
