@@ -11,6 +11,7 @@
  * @module
  */
 import { ConfigError, FormatError, OptionError, UnsupportedError } from "../errors.ts";
+import { writeFileAtomic } from "./_fs.ts";
 import {
   parseLlama2cTokenizer,
   parseSentencePieceModel,
@@ -353,20 +354,11 @@ export function llamaTokenizerConfig(): Record<string, unknown> {
   };
 }
 
-async function writeAtomic(file: string, text: string): Promise<void> {
-  const tmp = `${file}.tmp`;
-  await Deno.writeTextFile(tmp, text);
-  try {
-    await Deno.rename(tmp, file);
-  } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
-    throw e;
-  }
-}
+const writeAtomic = writeFileAtomic;
 
 /**
  * Writes `json` as `<dir>/tokenizer.json` (and `opts.config`, when given, as
- * `<dir>/tokenizer_config.json`), each atomically: written to `<file>.tmp`, then renamed. Creates
+ * `<dir>/tokenizer_config.json`), each atomically (`writeFileAtomic`: unique temp, fsync, rename, fsync of the folder). Creates
  * `dir` if needed. Returns the tokenizer.json path.
  */
 export async function writeTokenizerJson(
