@@ -152,6 +152,7 @@ export async function writeBlock(
     hidden: String(ck.hidden.length),
     run,
     format: CHECKPOINT_FORMAT,
+    block: String(i),
   };
   // The content hash covers the bytes as they will lie in the file; tensor offsets (absolute) do
   // not depend on the metadata, so hash a provisional encoding with the final header length.
@@ -198,6 +199,10 @@ export async function readBlock(workdir: string, i: number, run = ""): Promise<B
   }
   if ((await contentHash(h, bytes)) !== h.metadata.content) {
     return { status: "corrupt", file, reason: "content hash mismatch" };
+  }
+  if (h.metadata.block !== String(i)) {
+    // A whole, valid file of another block (copied or renamed): its content is not this block's.
+    return { status: "corrupt", file, reason: `holds block ${h.metadata.block}, not block ${i}` };
   }
   try {
     const f32 = (name: string) => {
