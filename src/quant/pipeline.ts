@@ -217,6 +217,10 @@ function fingerprint(model: Model, recipe: Recipe, opts: QuantizeOptions): strin
   });
 }
 
+function writeRunFile(file: string, runId: string): Promise<void> {
+  return writeFileAtomic(file, JSON.stringify({ run: runId, format: CHECKPOINT_FORMAT }));
+}
+
 /**
  * Quantizes `model` with a quantizer or a recipe. Returns a new model that shares untouched tensors
  * with the original, with `report` and `packed` (the per-layer metas for export).
@@ -246,6 +250,7 @@ export async function quantize(
   // Run identity: model (source and config), recipe, calibration content, pipeline options and
   // the checkpoint code version, hashed; every block file records it (see _checkpoint.ts).
   let runId = "";
+  let pendingRunFile: string | undefined;
   if (opts.workdir) {
     await Deno.mkdir(opts.workdir, { recursive: true });
     await cleanStaleTemps(opts.workdir);
@@ -268,9 +273,12 @@ export async function quantize(
           `differ) or an unreadable run.json; use another folder`,
       );
     }
-    if (old === null) {
-      await writeFileAtomic(runFile, JSON.stringify({ run: runId, format: CHECKPOINT_FORMAT }));
-    }
+    // No run.json but block files (it was deleted): the blocks' own identities decide; run.json is
+    // written back only once every block was verified or recomputed (end of the run).
+    const hasBlocks = old === null &&
+      [...Deno.readDirSync(opts.workdir)].some((e) => /^block_\d+\.safetensors$/.test(e.name));
+    if (old === null && !hasBlocks) await writeRunFile(runFile, runId);
+    else if (old === null) pendingRunFile = runFile;
   }
 
   const overrides = new Map<string, Tensor>();
@@ -416,6 +424,7 @@ export async function quantize(
     peak = Math.max(peak, Deno.memoryUsage().rss);
     opts.onProgress?.({ stage: "block", done: i + 1, total: L, info: `block ${i}` });
   }
+  if (pendingRunFile) await writeRunFile(pendingRunFile, runId);
   let bits = 0, count = 0;
   for (const r of layers) {
     bits += r.bitsPerWeight * r.shape[0] * r.shape[1];
