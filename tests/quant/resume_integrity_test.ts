@@ -73,7 +73,7 @@ async function flipIn(file: string, prefix: string): Promise<void> {
   await Deno.writeFile(file, b);
 }
 
-async function weightsOf(m: Model): Promise<Map<string, Float32Array>> {
+function weightsOf(m: Model): Map<string, Float32Array> {
   const out = new Map<string, Float32Array>();
   for (const [k, v] of m.weights.overrides()) out.set(k, v.data);
   return out;
