@@ -6,72 +6,14 @@
  */
 import { assert, assertEquals, assertRejects, assertStringIncludes } from "@std/assert";
 import { ResumeError } from "../../src/errors.ts";
-import { readHeader } from "../../src/io/safetensors.ts";
 import { loadModel } from "../../src/models/load.ts";
 import type { Model } from "../../src/models/model.ts";
-import { blockFile } from "../../src/quant/_checkpoint.ts";
+import { CORRUPTIONS } from "../fuzz/_corruptions.ts";
 import { calibrationSet } from "../../src/quant/calibration.ts";
 import { quantize } from "../../src/quant/pipeline.ts";
 import { rtn } from "../../src/quant/rtn.ts";
 
 const MODEL = new URL("../../../shared/data/models/stories260K-hf", import.meta.url).pathname;
-
-/** How a corruption of the workdir must be answered. */
-type Want = "recompute" | "refuse" | "refuse-other-recipe";
-
-/** Corruption kinds: each edits a finished workdir in place. */
-const CORRUPTIONS: Record<string, (dir: string) => Promise<Want>> = {
-  "flipped byte in a stored weight": async (dir) => {
-    await flipIn(blockFile(dir, 1), "w:");
-    return "recompute";
-  },
-  "flipped byte in a stored hidden state": async (dir) => {
-    await flipIn(blockFile(dir, 2), "h:");
-    return "recompute";
-  },
-  "truncated block file": async (dir) => {
-    const f = blockFile(dir, 3);
-    const b = await Deno.readFile(f);
-    await Deno.writeFile(f, b.subarray(0, Math.floor(b.length * 0.6)));
-    return "recompute";
-  },
-  "empty block file": async (dir) => {
-    await Deno.writeFile(blockFile(dir, 0), new Uint8Array(0));
-    return "recompute";
-  },
-  "flipped byte in the metas string": async (dir) => {
-    const f = blockFile(dir, 1);
-    const b = await Deno.readFile(f);
-    const text = new TextDecoder().decode(
-      b.subarray(0, 8 + Number(new DataView(b.buffer).getBigUint64(0, true))),
-    );
-    const at = text.indexOf('"method');
-    assert(at > 0);
-    b[at + 3] ^= 0x01; // "method" → "meUhod": still valid JSON, different meta
-    await Deno.writeFile(f, b);
-    return "recompute";
-  },
-  "a block file replaced by another block's": async (dir) => {
-    await Deno.copyFile(blockFile(dir, 1), blockFile(dir, 2));
-    return "recompute";
-  },
-  "run.json deleted, blocks of another recipe": async (dir) => {
-    await Deno.remove(`${dir}/run.json`);
-    return "refuse-other-recipe";
-  },
-  "run.json garbled": async (dir) => {
-    await Deno.writeTextFile(`${dir}/run.json`, "{not json");
-    return "refuse";
-  },
-};
-
-async function flipIn(file: string, prefix: string): Promise<void> {
-  const h = await readHeader(file);
-  const t = [...h.tensors.values()].find((x) => x.name.startsWith(prefix))!;
-  const b = await Deno.readFile(file);
-  b[t.begin + Math.floor((t.end - t.begin) / 2)] ^= 0x40;
-  await Deno.writeFile(file, b);
-}
 
 function weightsOf(m: Model): Map<string, Float32Array> {
   const out = new Map<string, Float32Array>();
