@@ -76,6 +76,37 @@ export async function fileIfPresent(path: string, what = "file"): Promise<Deno.F
   return st;
 }
 
+/**
+ * Opens `path` for reading after checking it is a regular file ({@linkcode requireFile}); an open
+ * failure (permission, a race) is a {@linkcode FileKindError} naming the path, not a raw error.
+ */
+export async function openForRead(path: string, what = "file"): Promise<Deno.FsFile> {
+  await requireFile(path, what);
+  try {
+    return await Deno.open(path, { read: true });
+  } catch (e) {
+    throw describeStatError(path, e);
+  }
+}
+
+/**
+ * Reads a whole regular file: {@linkcode requireFile} first (a FIFO, folder or device is refused
+ * before it is opened), then the read; a read failure is a {@linkcode FileKindError} naming it.
+ */
+export async function readFileChecked(path: string, what = "file"): Promise<Uint8Array> {
+  await requireFile(path, what);
+  try {
+    return await Deno.readFile(path);
+  } catch (e) {
+    throw describeStatError(path, e);
+  }
+}
+
+/** {@linkcode readFileChecked} decoded as UTF-8 text. */
+export async function readTextChecked(path: string, what = "file"): Promise<string> {
+  return new TextDecoder().decode(await readFileChecked(path, what));
+}
+
 /** `s` cut to `max` characters with a note of how much was cut (bounded error messages). */
 export function clip(s: string, max = 200): string {
   return s.length <= max ? s : `${s.slice(0, max)}… (${s.length - max} more characters)`;

@@ -6,7 +6,7 @@
  * @module
  */
 import { FormatError, NonFiniteError } from "../errors.ts";
-import { clip, requireFile, writeFileAtomic } from "./_fs.ts";
+import { clip, openForRead, writeFileAtomic } from "./_fs.ts";
 import {
   bf16ArrayToF32,
   f16ArrayToF32,
@@ -223,8 +223,7 @@ export function parseHeader(
 
 /** Reads and validates the header of a safetensors file (reads only the header bytes). */
 export async function readHeader(file: string): Promise<SafetensorsHeader> {
-  await requireFile(file, "safetensors file");
-  const f = await Deno.open(file, { read: true });
+  const f = await openForRead(file, "safetensors file");
   try {
     const { size } = await f.stat();
     const lenBuf = new Uint8Array(8);
@@ -255,7 +254,7 @@ async function readFully(f: Deno.FsFile, buf: Uint8Array): Promise<number> {
 export async function readTensorBytes(h: SafetensorsHeader, name: string): Promise<Uint8Array> {
   const info = h.tensors.get(name);
   if (!info) throw new FormatError(h.file, `safetensors: no tensor named "${name}"`);
-  const f = await Deno.open(h.file, { read: true });
+  const f = await openForRead(h.file, "safetensors file");
   try {
     await f.seek(info.begin, Deno.SeekMode.Start);
     const buf = new Uint8Array(info.end - info.begin);

@@ -11,7 +11,7 @@
  * @module
  */
 import { ConfigError, FormatError, OptionError, UnsupportedError } from "../errors.ts";
-import { writeFileAtomic } from "./_fs.ts";
+import { readFileChecked, readTextChecked, writeFileAtomic } from "./_fs.ts";
 import {
   parseLlama2cTokenizer,
   parseSentencePieceModel,
@@ -108,7 +108,7 @@ async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
 }
 
 async function readJson(path: string): Promise<Record<string, unknown>> {
-  const text = await Deno.readTextFile(path);
+  const text = await readTextChecked(path);
   try {
     const v = JSON.parse(text);
     if (v === null || typeof v !== "object" || Array.isArray(v)) {
@@ -267,8 +267,8 @@ export async function loadTokenizer(
       if (modelConfig.model_type === "opt") bos = "</s>";
     }
     const json = tokenizerJsonFromGpt2(
-      await Deno.readTextFile(join(path, "vocab.json")),
-      await Deno.readTextFile(join(path, "merges.txt")),
+      await readTextChecked(join(path, "vocab.json")),
+      await readTextChecked(join(path, "merges.txt")),
       { bos, eos: tokenContent(config.eos_token), file: path },
     );
     const cfg: Record<string, unknown> = { ...config };
@@ -306,9 +306,12 @@ async function sentencePieceTokenizer(
   file: string,
   opts: LoadTokenizerOptions,
 ): Promise<Tokenizer> {
-  const { pieces, modelType, addDummyPrefix } = parseSentencePieceModel(await Deno.readFile(file), {
-    file,
-  });
+  const { pieces, modelType, addDummyPrefix } = parseSentencePieceModel(
+    await readFileChecked(file),
+    {
+      file,
+    },
+  );
   if (modelType !== 2) {
     throw new UnsupportedError(
       `${file}: SentencePiece model type ${modelType} (1 = Unigram) is not supported; only BPE ` +
@@ -329,7 +332,7 @@ async function sentencePieceTokenizer(
 }
 
 async function llama2cTokenizer(file: string, opts: LoadTokenizerOptions): Promise<Tokenizer> {
-  const bytes = await Deno.readFile(file);
+  const bytes = await readFileChecked(file);
   const json = tokenizerJsonFromLlama2c(bytes, { file, vocabSize: opts.vocabSize });
   return await tokenizerFromJson(json, {
     config: llamaTokenizerConfig(),

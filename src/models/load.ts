@@ -3,7 +3,7 @@
  * @module
  */
 import { FileKindError, FormatError, OptionError, UnsupportedError } from "../errors.ts";
-import { kindOf, statPath } from "../io/_fs.ts";
+import { kindOf, openForRead, statPath } from "../io/_fs.ts";
 import { openCheckpoint } from "../io/hf_checkpoint.ts";
 import { downloadModel } from "../io/hub.ts";
 import { looksLikeLlama2c, readLlama2c } from "../io/llama2c.ts";
@@ -93,7 +93,13 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<M
   if (st!.isDirectory) {
     if (!(await stat(`${local}/config.json`))) {
       // A folder holding a llama2.c checkpoint?
-      for await (const e of Deno.readDir(local)) {
+      let entries: Deno.DirEntry[];
+      try {
+        entries = await Array.fromAsync(Deno.readDir(local));
+      } catch (e) {
+        throw new FileKindError(local, `cannot list the folder (${(e as Error).name})`);
+      }
+      for (const e of entries) {
         if (e.isFile && e.name.endsWith(".bin") && !/^tok|^tokenizer|^pytorch_model/.test(e.name)) {
           file = `${local}/${e.name}`;
         }
@@ -119,7 +125,7 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<M
     const source = checkShapes(config, ck.source, `${local}`, { tiedLmHead: opts.tiedLmHead });
     return { config, source: path, tokenizerPath, weights: new Weights(source) };
   }
-  const f = await Deno.open(file);
+  const f = await openForRead(file, "checkpoint");
   const head = new Uint8Array(28);
   await f.read(head);
   f.close();

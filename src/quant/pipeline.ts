@@ -8,7 +8,7 @@
 import type { Backend } from "../backend/backend.ts";
 import { getBackend } from "../backend/device.ts";
 import { OptionError, QuantlabError, ResumeError } from "../errors.ts";
-import { cleanStaleTemps, writeFileAtomic } from "../io/_fs.ts";
+import { cleanStaleTemps, fileIfPresent, writeFileAtomic } from "../io/_fs.ts";
 import { block, embed } from "../models/decoder.ts";
 import {
   type InputStats,
@@ -258,7 +258,7 @@ export async function quantize(
     const runFile = `${opts.workdir}/run.json`;
     let old: string | null = null;
     try {
-      old = await Deno.readTextFile(runFile);
+      if (await fileIfPresent(runFile, "run.json")) old = await Deno.readTextFile(runFile);
     } catch { /* new run (or no run.json: the blocks' own identities are checked) */ }
     let oldId: unknown;
     try {
