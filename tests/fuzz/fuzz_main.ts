@@ -19,7 +19,6 @@
  */
 import { parseArgs } from "node:util";
 import { OptionError, QuantlabError, ResumeError } from "../../src/errors.ts";
-import { readHeader, readTensor } from "../../src/io/safetensors.ts";
 import { perplexity } from "../../src/eval/perplexity.ts";
 import { loadModel } from "../../src/models/load.ts";
 import type { Model } from "../../src/models/model.ts";
@@ -33,6 +32,7 @@ import { rtn } from "../../src/quant/rtn.ts";
 import type { WeightQuantizer } from "../../src/quant/types.ts";
 import { Rng } from "../_rng.ts";
 import { CORRUPTIONS } from "./_corruptions.ts";
+import { KILL_FAILURES, killAndResume, sameMaps } from "./_kill.ts";
 import { FAILURES, fuzzSafetensors } from "./_safetensors_fuzz.ts";
 
 const { values: args } = parseArgs({
@@ -325,94 +325,9 @@ if (parts.has("options")) {
 }
 
 // ---------------------------------------------------------------- 4. resume
-const CHILD = new URL("./_kill_child.ts", import.meta.url).pathname;
-
-async function readAll(file: string): Promise<Map<string, Float32Array>> {
-  const h = await readHeader(file);
-  const out = new Map<string, Float32Array>();
-  for (const n of h.tensors.keys()) out.set(n, (await readTensor(h, n)).data);
-  return out;
-}
-
-function sameMaps(a: Map<string, Float32Array>, b: Map<string, Float32Array>): boolean {
-  if (a.size !== b.size) return false;
-  for (const [k, v] of a) {
-    const w = b.get(k);
-    if (!w || w.length !== v.length || v.some((x, i) => !Object.is(x, w[i]))) return false;
-  }
-  return true;
-}
-
-function child(workdir: string, out: string): Deno.ChildProcess {
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CHILD, workdir, out],
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-}
-
 if (parts.has("kill")) {
-  const dir = await Deno.makeTempDir({ prefix: "quantlab_fuzzkill_" });
-  const counts: Record<string, number> = {};
-  const ex: string[] = [];
-  try {
-    // Reference run, timed from "start" to exit to aim the kills.
-    const ref = child("-", `${dir}/ref.safetensors`);
-    const reader = ref.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    let seen = "";
-    while (!seen.includes("start")) {
-      const r = await reader.read();
-      if (r.done) break;
-      seen += r.value;
-    }
-    const t0 = performance.now();
-    await reader.cancel().catch(() => {});
-    await ref.stderr.cancel().catch(() => {});
-    const st = await ref.status;
-    if (!st.success) throw new Error("reference child failed");
-    const span = performance.now() - t0;
-    const oracle = await readAll(`${dir}/ref.safetensors`);
-    const rng = new Rng(SEED + 7);
-    const K = Number(args.kills);
-    for (let k = 0; k < K; k++) {
-      const work = `${dir}/w${k}`;
-      const p = child(work, `${dir}/k${k}.safetensors`);
-      const rd = p.stdout.pipeThrough(new TextDecoderStream()).getReader();
-      let s = "";
-      while (!s.includes("start")) {
-        const r = await rd.read();
-        if (r.done) break;
-        s += r.value;
-      }
-      const at = rng.next() * span;
-      await new Promise((r) => setTimeout(r, at));
-      try {
-        p.kill("SIGKILL");
-      } catch { /* already exited */ }
-      await rd.cancel().catch(() => {});
-      await p.stderr.cancel().catch(() => {});
-      await p.status;
-      const resumed = await new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", CHILD, work, `${dir}/r${k}.safetensors`],
-        stdout: "null",
-        stderr: "piped",
-      }).output();
-      let o: string;
-      if (!resumed.success) {
-        const err = new TextDecoder().decode(resumed.stderr);
-        o = /ResumeError|QuantlabError|FormatError/.test(err) ? "typed refusal" : "resume crashed";
-      } else {
-        const h = await readHeader(`${dir}/r${k}.safetensors`);
-        const same = sameMaps(oracle, await readAll(`${dir}/r${k}.safetensors`));
-        o = same ? `identical (resumed ${h.metadata.resumed} blocks)` : "different result";
-      }
-      counts[o] = (counts[o] ?? 0) + 1;
-      ex.push(`kill ${k} at ${at.toFixed(0)} ms of ${span.toFixed(0)}: ${o}`);
-    }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-  report("SIGKILL + resume", counts, new Set(["resume crashed", "different result"]), ex);
+  const { counts, examples } = await killAndResume(Number(args.kills), SEED + 7);
+  report("SIGKILL + resume", counts, KILL_FAILURES, examples);
 }
 
 if (parts.has("corrupt")) {
