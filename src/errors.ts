@@ -27,6 +27,20 @@ export class FormatError extends QuantlabError {
 /** A config.json lacks a field or holds a bad value. */
 export class ConfigError extends QuantlabError {}
 
+/** A config.json field is missing, of the wrong type or out of range. `field` names it. */
+export class ConfigFieldError extends ConfigError {
+  /** The config file. */
+  readonly file: string;
+  /** The field, e.g. "num_hidden_layers" ("(root)" for the whole file). */
+  readonly field: string;
+  /** Creates an error about `field` of `file`. */
+  constructor(file: string, field: string, message: string) {
+    super(`${file}: config field "${field}" ${message}`);
+    this.file = file;
+    this.field = field;
+  }
+}
+
 /** An architecture, dtype, file kind or feature is not supported. */
 export class UnsupportedError extends QuantlabError {}
 
@@ -54,6 +68,50 @@ export class LedgerError extends QuantlabError {
   /** Creates a ledger error about `file`. */
   constructor(file: string, message: string, options?: ErrorOptions) {
     super(`ledger ${file}: ${message}`, options);
+
+/** A tensor is not what the config implies. `tensor` names it; subclasses say which way. */
+export class TensorMismatchError extends FormatError {
+  /** The tensor's name, e.g. "model.layers.0.self_attn.q_proj.weight". */
+  readonly tensor: string;
+  /** Creates an error about `tensor` in `file`. */
+  constructor(file: string, tensor: string, message: string) {
+    super(file, message);
+    this.tensor = tensor;
+  }
+}
+
+/** A tensor the config implies is absent from the checkpoint. */
+export class MissingTensorError extends TensorMismatchError {}
+
+/** The checkpoint holds a tensor the config does not account for (it would be ignored). */
+export class UnexpectedTensorError extends TensorMismatchError {}
+
+/** A tensor's shape differs from the one the config implies. */
+export class TensorShapeError extends TensorMismatchError {}
+
+/** A tensor's dtype cannot hold what the model reads from it (e.g. I32 for a float weight). */
+export class TensorDtypeError extends TensorMismatchError {}
+
+/**
+ * A path that must be a regular file (or a folder) is something else: a folder, FIFO, socket or
+ * device, a symlink loop or a dangling link, or unreadable. `file` names the path. FIFOs and
+ * devices are refused before they are opened, so a read never blocks.
+ */
+export class FileKindError extends FormatError {}
+
+/** A layer Hessian `H` is not a valid Σ XᵀX: not symmetric, or a negative diagonal entry. */
+export class HessianError extends QuantlabError {}
+
+/**
+ * A resume folder cannot be trusted for this run: it belongs to another run (model, recipe,
+ * calibration or code version differ). `file` names the file that says so.
+ */
+export class ResumeError extends QuantlabError {
+  /** The checkpoint or run file. */
+  readonly file: string;
+  /** Creates a resume error about `file`. */
+  constructor(file: string, message: string) {
+    super(`${file}: ${message}`);
     this.file = file;
   }
 }

@@ -16,6 +16,7 @@
  */
 import { fileURLToPath } from "node:url";
 import { FormatError, OfflineError, OptionError } from "../errors.ts";
+import { readFileChecked, readTextChecked, statPath } from "./_fs.ts";
 
 /** Dataset names understood by {@linkcode loadEvalText} and {@linkcode loadCalibText}. */
 export type DatasetName = "wikitext2" | "ptb" | "c4" | "tinystories";
@@ -81,6 +82,7 @@ function missing(path: string, what: string): OfflineError {
 
 async function readText(path: string, what: string): Promise<string> {
   try {
+    if (await statPath(path)) return await readTextChecked(path, what);
     return await Deno.readTextFile(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw missing(path, what);
@@ -90,6 +92,7 @@ async function readText(path: string, what: string): Promise<string> {
 
 async function readBytes(path: string, what: string): Promise<Uint8Array> {
   try {
+    if (await statPath(path)) return await readFileChecked(path, what);
     return await Deno.readFile(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw missing(path, what);

@@ -12,6 +12,8 @@ import {
   readTensor,
   type SafetensorsHeader,
 } from "./safetensors.ts";
+import { jsonDepthExceeds } from "./safetensors.ts";
+import { clip, fileIfPresent, requireFile, statPath } from "./_fs.ts";
 
 /** An opened checkpoint folder. */
 export interface HfCheckpoint {
@@ -27,29 +29,56 @@ export interface HfCheckpoint {
   tokenizerPath?: string;
 }
 
-/** Whether a file or folder exists at `p` (any stat error counts as absent). */
+/**
+ * Whether a file or folder exists at `p`. Nothing there: false. A symlink loop, a dangling link
+ * or an unreadable parent is a `FileKindError` naming `p` (not "absent").
+ */
 export async function exists(p: string): Promise<boolean> {
-  try {
-    await Deno.stat(p);
-    return true;
-  } catch {
-    return false;
-  }
+  return (await statPath(p)) !== null;
 }
 
-async function readJson(file: string): Promise<Record<string, unknown>> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(file);
-  } catch (e) {
-    throw new ConfigError(`${file}: cannot read (${(e as Error).message})`);
+/** Largest JSON file read (config, index, generation config): 64 MiB. */
+export const MAX_JSON_BYTES = 64 * 2 ** 20;
+/** Deepest nesting accepted in those JSON files (a config nests 2–3 deep). */
+export const MAX_JSON_DEPTH = 32;
+
+/**
+ * Reads a JSON file that must hold an object: a regular file (folders, FIFOs and devices are
+ * refused before opening), at most {@linkcode MAX_JSON_BYTES}, nesting at most
+ * {@linkcode MAX_JSON_DEPTH}. `null`, arrays and scalars are a ConfigError naming the file.
+ */
+export async function readJsonObject(file: string): Promise<Record<string, unknown>> {
+  const st = await requireFile(file, "JSON file");
+  if (st.size > MAX_JSON_BYTES) {
+    throw new FormatError(file, `${st.size} bytes exceeds the ${MAX_JSON_BYTES}-byte JSON limit`);
   }
+  let bytes: Uint8Array;
   try {
-    return JSON.parse(text);
+    bytes = await Deno.readFile(file);
   } catch (e) {
-    throw new FormatError(file, `not valid JSON (${(e as Error).message})`);
+    throw new FormatError(file, `cannot read (${clip((e as Error).message)})`);
   }
+  const deep = jsonDepthExceeds(bytes, MAX_JSON_DEPTH);
+  if (deep >= 0) {
+    throw new FormatError(file, `JSON nests deeper than ${MAX_JSON_DEPTH} levels (byte ${deep})`);
+  }
+  let v: unknown;
+  try {
+    v = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+  } catch (e) {
+    throw new FormatError(file, `not valid UTF-8 JSON (${clip((e as Error).message)})`);
+  }
+  if (v === null || typeof v !== "object" || Array.isArray(v)) {
+    throw new ConfigError(
+      `${file}: must hold a JSON object, got ${
+        v === null ? "null" : Array.isArray(v) ? "an array" : typeof v
+      }`,
+    );
+  }
+  return v as Record<string, unknown>;
 }
+
+const readJson = readJsonObject;
 
 /** OPT checkpoints often name tensors "decoder.*"; the forward expects "model.decoder.*". */
 export function normaliseName(name: string): string {
@@ -75,7 +104,7 @@ export async function openCheckpoint(
     }
   }
   const cfgFile = `${dir}/config.json`;
-  if (!(await exists(cfgFile))) {
+  if (!(await fileIfPresent(cfgFile, "config.json"))) {
     throw new ConfigError(`${dir}: no config.json; a Hugging Face checkpoint folder needs one`);
   }
   const config = await readJson(cfgFile);
@@ -84,14 +113,26 @@ export async function openCheckpoint(
 
   let shardFiles: string[];
   let weightMap: Record<string, string> | undefined;
-  if (await exists(`${dir}/model.safetensors.index.json`)) {
-    const idx = await readJson(`${dir}/model.safetensors.index.json`);
+  if (await fileIfPresent(`${dir}/model.safetensors.index.json`, "shard index")) {
+    const indexFile = `${dir}/model.safetensors.index.json`;
+    const idx = await readJson(indexFile);
     weightMap = idx.weight_map as Record<string, string>;
-    if (!weightMap || typeof weightMap !== "object") {
-      throw new FormatError(`${dir}/model.safetensors.index.json`, 'no "weight_map" object');
+    if (!weightMap || typeof weightMap !== "object" || Array.isArray(weightMap)) {
+      throw new FormatError(indexFile, 'no "weight_map" object');
+    }
+    for (const [t, f] of Object.entries(weightMap)) {
+      if (typeof f !== "string" || !/^[^/\\]+\.safetensors$/.test(f) || f.startsWith(".")) {
+        throw new FormatError(
+          indexFile,
+          `weight_map["${clip(t)}"] must name a .safetensors file in the folder, got ${
+            clip(JSON.stringify(f) ?? String(f))
+          }`,
+        );
+      }
     }
     shardFiles = [...new Set(Object.values(weightMap))];
-  } else if (await exists(`${dir}/model.safetensors`)) {
+    for (const f of shardFiles) await requireFile(`${dir}/${f}`, "shard named in the index");
+  } else if (await fileIfPresent(`${dir}/model.safetensors`, "model.safetensors")) {
     shardFiles = ["model.safetensors"];
   } else {
     throw new FormatError(
@@ -104,7 +145,7 @@ export async function openCheckpoint(
   const where = new Map<string, { h: SafetensorsHeader; raw: string }>();
   for (const [f, h] of headers) {
     for (const raw of h.tensors.keys()) {
-      if (weightMap && weightMap[raw] !== undefined && weightMap[raw] !== f) continue;
+      if (weightMap && Object.hasOwn(weightMap, raw) && weightMap[raw] !== f) continue;
       where.set(normaliseName(raw), { h, raw });
     }
   }
@@ -122,6 +163,7 @@ export async function openCheckpoint(
       const w = where.get(name);
       return w ? w.h.tensors.get(w.raw)!.shape : undefined;
     },
+    dtype: (name) => where.get(name)?.h.tensors.get(where.get(name)!.raw)?.dtype,
     load: (name) => {
       const w = where.get(name);
       if (!w) return Promise.reject(new FormatError(dir, `checkpoint has no tensor "${name}"`));

@@ -5,6 +5,7 @@
  * @module
  */
 import { OfflineError } from "../errors.ts";
+import { writeFileAtomic } from "./_fs.ts";
 
 /** Cache root: `$QUANTLAB_CACHE`, else `$HF_HOME/quantlab`, else `~/.cache/quantlab`. */
 export function cacheRoot(): string {
@@ -92,10 +93,8 @@ export async function downloadModel(
       throw new OfflineError(`${hint} (downloading ${path}: ${(e as Error).message})`);
     }
     if (!blob) throw new OfflineError(`${hint} (${path} not found)`);
-    const tmp = `${local}.tmp`;
-    await Deno.writeFile(tmp, new Uint8Array(await blob.arrayBuffer()));
-    await Deno.rename(tmp, local);
+    await writeFileAtomic(local, new Uint8Array(await blob.arrayBuffer()));
   }
-  await Deno.writeTextFile(`${dir}/.complete`, new Date().toISOString());
+  await writeFileAtomic(`${dir}/.complete`, new Date().toISOString());
   return dir;
 }

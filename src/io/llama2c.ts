@@ -7,6 +7,7 @@
  * @module
  */
 import { FormatError } from "../errors.ts";
+import { readFileChecked } from "./_fs.ts";
 import type { Tensor } from "../tensor.ts";
 import { firstNonFinite } from "../tensor.ts";
 import { NonFiniteError } from "../errors.ts";
@@ -105,7 +106,7 @@ export async function readLlama2c(
 ): Promise<
   { header: Llama2cHeader; config: Record<string, unknown>; tensors: Record<string, Tensor> }
 > {
-  const bytes = await Deno.readFile(file);
+  const bytes = await readFileChecked(file, "llama2.c checkpoint");
   const h = parseLlama2cHeader(bytes, file);
   const { dim, hiddenDim: hid, nLayers: L, nHeads, nKvHeads, vocabSize: V, seqLen } = h;
   const hd = dim / nHeads;

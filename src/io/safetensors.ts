@@ -6,6 +6,7 @@
  * @module
  */
 import { FormatError, NonFiniteError } from "../errors.ts";
+import { clip, openForRead, writeFileAtomic } from "./_fs.ts";
 import {
   bf16ArrayToF32,
   f16ArrayToF32,
@@ -32,6 +33,37 @@ export const DTYPE_BYTES: Record<string, number> = {
 
 /** Largest header accepted (the reference implementation's limit is 100 MB). */
 export const MAX_HEADER_BYTES = 100_000_000;
+
+/**
+ * Deepest JSON nesting accepted in a header. A valid header nests 3 deep (`{name: {shape: [..]}}`);
+ * the limit is checked by one linear scan before `JSON.parse`, so a deeply nested header is
+ * refused in time linear in its size (an 8 MB one of brackets took 24 s before this check).
+ */
+export const MAX_HEADER_DEPTH = 8;
+
+/** Longest value echoed in an error message (longer ones are cut, saying how much). */
+export const MAX_ECHO = 200;
+
+/**
+ * The first byte offset at which `bytes` (JSON text) nests deeper than `max`, or -1. Brackets
+ * inside strings (with backslash escapes) do not count. One pass, O(n).
+ */
+export function jsonDepthExceeds(bytes: Uint8Array, max: number): number {
+  let depth = 0, inStr = false;
+  for (let i = 0; i < bytes.length; i++) {
+    const c = bytes[i];
+    if (inStr) {
+      if (c === 0x5c) i++; // backslash: skip the escaped byte
+      else if (c === 0x22) inStr = false;
+    } else if (c === 0x22) inStr = true;
+    else if (c === 0x7b || c === 0x5b) {
+      if (++depth > max) return i;
+    } else if (c === 0x7d || c === 0x5d) depth--;
+  }
+  return -1;
+}
+
+const echo = (v: unknown) => clip(JSON.stringify(v) ?? String(v), MAX_ECHO);
 
 /** One tensor's entry in the header. */
 export interface TensorInfo {
@@ -85,13 +117,20 @@ export function parseHeader(
     );
   }
   if (head.length < 8 + n) throw new FormatError(file, "safetensors: header bytes not provided");
+  const deep = jsonDepthExceeds(head.subarray(8, 8 + n), MAX_HEADER_DEPTH);
+  if (deep >= 0) {
+    throw new FormatError(
+      file,
+      `safetensors: header nests deeper than ${MAX_HEADER_DEPTH} levels (at header byte ${deep})`,
+    );
+  }
   let json: Record<string, unknown>;
   try {
     json = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(head.subarray(8, 8 + n)));
   } catch (e) {
     throw new FormatError(
       file,
-      `safetensors: header is not valid UTF-8 JSON (${(e as Error).message})`,
+      `safetensors: header is not valid UTF-8 JSON (${clip((e as Error).message, MAX_ECHO)})`,
     );
   }
   if (json === null || typeof json !== "object" || Array.isArray(json)) {
@@ -104,14 +143,24 @@ export function parseHeader(
   const spans: [number, number, string][] = [];
   for (const [name, v] of Object.entries(json)) {
     if (name === "__metadata__") {
-      metadata = (v ?? {}) as Record<string, string>;
+      if (
+        v === null || typeof v !== "object" || Array.isArray(v) ||
+        !Object.values(v).every((x) => typeof x === "string")
+      ) {
+        throw new FormatError(
+          file,
+          `safetensors: __metadata__ must map strings to strings, got ${echo(v)}`,
+        );
+      }
+      metadata = v as Record<string, string>;
       continue;
     }
+    const tn = clip(name, MAX_ECHO);
     const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-    if (typeof e?.dtype !== "string" || !(e.dtype in DTYPE_BYTES)) {
+    if (typeof e?.dtype !== "string" || !Object.hasOwn(DTYPE_BYTES, e.dtype)) {
       throw new FormatError(
         file,
-        `safetensors: tensor "${name}" has unknown dtype ${JSON.stringify(e?.dtype)} (known: ${
+        `safetensors: tensor "${tn}" has unknown dtype ${echo(e?.dtype)} (known: ${
           Object.keys(DTYPE_BYTES).join(", ")
         })`,
       );
@@ -119,7 +168,7 @@ export function parseHeader(
     if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isInteger(d) && d >= 0)) {
       throw new FormatError(
         file,
-        `safetensors: tensor "${name}" has an invalid shape ${JSON.stringify(e.shape)}`,
+        `safetensors: tensor "${tn}" has an invalid shape ${echo(e.shape)}`,
       );
     }
     const off = e.data_offsets;
@@ -129,22 +178,22 @@ export function parseHeader(
     ) {
       throw new FormatError(
         file,
-        `safetensors: tensor "${name}" has invalid data_offsets ${JSON.stringify(off)}`,
+        `safetensors: tensor "${tn}" has invalid data_offsets ${echo(off)}`,
       );
     }
     if (off[1] > dataLen) {
       throw new FormatError(
         file,
-        `safetensors: tensor "${name}" data_offsets [${off}] run beyond the ${dataLen}-byte data buffer`,
+        `safetensors: tensor "${tn}" data_offsets [${off}] run beyond the ${dataLen}-byte data buffer`,
       );
     }
     const expected = numel(e.shape as number[]) * DTYPE_BYTES[e.dtype];
     if (off[1] - off[0] !== expected) {
       throw new FormatError(
         file,
-        `safetensors: tensor "${name}" ${e.dtype}[${e.shape}] needs ${expected} bytes, data_offsets span ${
-          off[1] - off[0]
-        }`,
+        `safetensors: tensor "${tn}" ${e.dtype}${
+          echo(e.shape)
+        } needs ${expected} bytes, data_offsets span ${off[1] - off[0]}`,
       );
     }
     spans.push([off[0], off[1], name]);
@@ -163,7 +212,9 @@ export function parseHeader(
     if (b < pe) {
       throw new FormatError(
         file,
-        `safetensors: tensors "${pn}" and "${nm}" overlap in the data buffer`,
+        `safetensors: tensors "${clip(pn, MAX_ECHO)}" and "${
+          clip(nm, MAX_ECHO)
+        }" overlap in the data buffer`,
       );
     }
   }
@@ -172,7 +223,7 @@ export function parseHeader(
 
 /** Reads and validates the header of a safetensors file (reads only the header bytes). */
 export async function readHeader(file: string): Promise<SafetensorsHeader> {
-  const f = await Deno.open(file, { read: true });
+  const f = await openForRead(file, "safetensors file");
   try {
     const { size } = await f.stat();
     const lenBuf = new Uint8Array(8);
@@ -203,7 +254,7 @@ async function readFully(f: Deno.FsFile, buf: Uint8Array): Promise<number> {
 export async function readTensorBytes(h: SafetensorsHeader, name: string): Promise<Uint8Array> {
   const info = h.tensors.get(name);
   if (!info) throw new FormatError(h.file, `safetensors: no tensor named "${name}"`);
-  const f = await Deno.open(h.file, { read: true });
+  const f = await openForRead(h.file, "safetensors file");
   try {
     await f.seek(info.begin, Deno.SeekMode.Start);
     const buf = new Uint8Array(info.end - info.begin);
@@ -350,18 +401,7 @@ function f32ToDtypeBytes(data: Float32Array, dtype: string): Uint8Array {
   );
 }
 
-/** Writes bytes atomically: a temp file in the same folder, then rename. */
-export async function writeFileAtomic(path: string, bytes: Uint8Array | string): Promise<void> {
-  const tmp = `${path}.${crypto.randomUUID().slice(0, 8)}.tmp`;
-  try {
-    if (typeof bytes === "string") await Deno.writeTextFile(tmp, bytes);
-    else await Deno.writeFile(tmp, bytes);
-    await Deno.rename(tmp, path);
-  } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
-    throw e;
-  }
-}
+export { writeFileAtomic };
 
 /** Writes a safetensors file atomically (temp file + rename). */
 export async function writeSafetensors(

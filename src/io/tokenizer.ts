@@ -11,6 +11,7 @@
  * @module
  */
 import { ConfigError, FormatError, OptionError, UnsupportedError } from "../errors.ts";
+import { readFileChecked, readTextChecked, writeFileAtomic } from "./_fs.ts";
 import {
   parseLlama2cTokenizer,
   parseSentencePieceModel,
@@ -107,7 +108,7 @@ async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
 }
 
 async function readJson(path: string): Promise<Record<string, unknown>> {
-  const text = await Deno.readTextFile(path);
+  const text = await readTextChecked(path);
   try {
     const v = JSON.parse(text);
     if (v === null || typeof v !== "object" || Array.isArray(v)) {
@@ -266,8 +267,8 @@ export async function loadTokenizer(
       if (modelConfig.model_type === "opt") bos = "</s>";
     }
     const json = tokenizerJsonFromGpt2(
-      await Deno.readTextFile(join(path, "vocab.json")),
-      await Deno.readTextFile(join(path, "merges.txt")),
+      await readTextChecked(join(path, "vocab.json")),
+      await readTextChecked(join(path, "merges.txt")),
       { bos, eos: tokenContent(config.eos_token), file: path },
     );
     const cfg: Record<string, unknown> = { ...config };
@@ -305,9 +306,12 @@ async function sentencePieceTokenizer(
   file: string,
   opts: LoadTokenizerOptions,
 ): Promise<Tokenizer> {
-  const { pieces, modelType, addDummyPrefix } = parseSentencePieceModel(await Deno.readFile(file), {
-    file,
-  });
+  const { pieces, modelType, addDummyPrefix } = parseSentencePieceModel(
+    await readFileChecked(file),
+    {
+      file,
+    },
+  );
   if (modelType !== 2) {
     throw new UnsupportedError(
       `${file}: SentencePiece model type ${modelType} (1 = Unigram) is not supported; only BPE ` +
@@ -328,7 +332,7 @@ async function sentencePieceTokenizer(
 }
 
 async function llama2cTokenizer(file: string, opts: LoadTokenizerOptions): Promise<Tokenizer> {
-  const bytes = await Deno.readFile(file);
+  const bytes = await readFileChecked(file);
   const json = tokenizerJsonFromLlama2c(bytes, { file, vocabSize: opts.vocabSize });
   return await tokenizerFromJson(json, {
     config: llamaTokenizerConfig(),
@@ -353,20 +357,11 @@ export function llamaTokenizerConfig(): Record<string, unknown> {
   };
 }
 
-async function writeAtomic(file: string, text: string): Promise<void> {
-  const tmp = `${file}.tmp`;
-  await Deno.writeTextFile(tmp, text);
-  try {
-    await Deno.rename(tmp, file);
-  } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
-    throw e;
-  }
-}
+const writeAtomic = writeFileAtomic;
 
 /**
  * Writes `json` as `<dir>/tokenizer.json` (and `opts.config`, when given, as
- * `<dir>/tokenizer_config.json`), each atomically: written to `<file>.tmp`, then renamed. Creates
+ * `<dir>/tokenizer_config.json`), each atomically (`writeFileAtomic`: unique temp, fsync, rename, fsync of the folder). Creates
  * `dir` if needed. Returns the tokenizer.json path.
  */
 export async function writeTokenizerJson(

@@ -4,6 +4,7 @@
  * @module
  */
 import { ConfigError, UnsupportedError } from "../errors.ts";
+import { validateConfigJson } from "./_validate.ts";
 
 /** Families with a forward pass here. */
 export type Family = "llama" | "opt";
@@ -98,11 +99,17 @@ function idOf(v: unknown): number | null {
 
 /** Parses a config.json object. `file` names it in errors. */
 export function parseConfig(json: Record<string, unknown>, file = "config.json"): ModelConfig {
+  if (json === null || typeof json !== "object" || Array.isArray(json)) {
+    validateConfigJson(json, file); // throws: the root must be an object
+  }
   const modelType = json.model_type;
-  if (typeof modelType !== "string") {
+  if (typeof modelType !== "string" || !Object.hasOwn(json, "model_type")) {
     throw new ConfigError(`${file}: config field "model_type" is missing`);
   }
-  const family = SUPPORTED_MODEL_TYPES[modelType];
+  // Own-property lookup: "toString" or "__proto__" must not resolve to Object.prototype members.
+  const family = Object.hasOwn(SUPPORTED_MODEL_TYPES, modelType)
+    ? SUPPORTED_MODEL_TYPES[modelType]
+    : undefined;
   if (!family) {
     throw new UnsupportedError(
       `${file}: model_type "${modelType}" is not supported; supported: ${
@@ -110,6 +117,7 @@ export function parseConfig(json: Record<string, unknown>, file = "config.json")
       }`,
     );
   }
+  validateConfigJson(json, file);
   if (family === "opt") {
     const hiddenSize = need(json, "hidden_size", file);
     const numHeads = need(json, "num_attention_heads", file);

@@ -2,33 +2,29 @@
  * `loadModel`: a Hugging Face checkpoint folder, a llama2.c `.bin` file, or (online) a hub name.
  * @module
  */
-import { FormatError, UnsupportedError } from "../errors.ts";
+import { FileKindError, FormatError, OptionError, UnsupportedError } from "../errors.ts";
+import { kindOf, openForRead, statPath } from "../io/_fs.ts";
 import { openCheckpoint } from "../io/hf_checkpoint.ts";
 import { downloadModel } from "../io/hub.ts";
 import { looksLikeLlama2c, readLlama2c } from "../io/llama2c.ts";
 import type { NonFinitePolicy } from "../io/safetensors.ts";
 import { checkVocabFits, loadTokenizer, type Tokenizer } from "../io/tokenizer.ts";
-import { expectedShapes, type ModelConfig, parseConfig } from "./config.ts";
+import { type ModelConfig, parseConfig } from "./config.ts";
+import { checkTensors, type CheckTensorsOptions, hideTensors } from "./_validate.ts";
 import { memorySource, type Model, Weights, type WeightSource } from "./model.ts";
 
 /**
- * Checks every tensor the config implies: present (a missing one is a FormatError naming it) and
- * of the implied shape. Catches configs that do not match their weights before any forward.
+ * Checks the tensors of `src` against what `cfg` implies (see `checkTensors` in `_validate.ts`:
+ * missing, unexpected, wrong shape or dtype are typed errors naming the tensor) and returns the
+ * source without the tensors a named rule ignores (a stored `lm_head` with tied embeddings).
  */
-export function checkShapes(cfg: ModelConfig, src: WeightSource, where: string): void {
-  const names = new Set(src.names());
-  for (const [name, shape] of expectedShapes(cfg)) {
-    if (!names.has(name)) {
-      throw new FormatError(where, `tensor "${name}" is missing (config.json implies it)`);
-    }
-    const got = src.shape?.(name);
-    if (got && (got.length !== shape.length || got.some((d, i) => d !== shape[i]))) {
-      throw new FormatError(
-        where,
-        `tensor "${name}" has shape [${got}] but config.json implies [${shape}]`,
-      );
-    }
-  }
+export function checkShapes(
+  cfg: ModelConfig,
+  src: WeightSource,
+  where: string,
+  opts: CheckTensorsOptions = {},
+): WeightSource {
+  return hideTensors(src, checkTensors(cfg, src, where, opts));
 }
 
 /** Options of `loadModel`. */
@@ -39,15 +35,17 @@ export interface LoadOptions {
   nonFinite?: NonFinitePolicy;
   /** Hub revision when downloading. */
   revision?: string;
+  /**
+   * A stored `lm_head.weight` while config.json ties embeddings: "ignore" (default, the embedding
+   * is the output projection, as transformers does) or "refuse" (an UnexpectedTensorError).
+   */
+  tiedLmHead?: "ignore" | "refuse";
 }
 
-async function stat(p: string): Promise<Deno.FileInfo | null> {
-  try {
-    return await Deno.stat(p);
-  } catch {
-    return null;
-  }
-}
+const LOAD_KEYS = ["tokenizer", "nonFinite", "revision", "tiedLmHead"];
+
+/** stat that returns null only when nothing is there; loops, dangling links: FileKindError. */
+const stat = statPath;
 
 async function findLlama2cTokenizer(dir: string): Promise<string | undefined> {
   try {
@@ -68,10 +66,24 @@ async function findLlama2cTokenizer(dir: string): Promise<string | undefined> {
  * conversion), a `tok*.bin` in the sibling folder `X`.
  */
 export async function loadModel(path: string, opts: LoadOptions = {}): Promise<Model> {
+  for (const k of Object.keys(opts ?? {})) {
+    if (!LOAD_KEYS.includes(k)) {
+      throw new OptionError(k, `unknown loadModel option (known: ${LOAD_KEYS.join(", ")})`);
+    }
+  }
+  if (opts.tiedLmHead !== undefined && !["ignore", "refuse"].includes(opts.tiedLmHead)) {
+    throw new OptionError("tiedLmHead", `must be "ignore" or "refuse", got ${opts.tiedLmHead}`);
+  }
   let st = await stat(path);
   let local = path;
+  if (st && !st.isFile && !st.isDirectory) {
+    throw new FileKindError(path, `is ${kindOf(st)}; pass a checkpoint folder or a .bin file`);
+  }
   if (!st) {
-    if (path.startsWith(".") || path.startsWith("/") || path.split("/").length < 2) {
+    if (
+      path.startsWith(".") || path.startsWith("/") || path.split("/").length < 2 ||
+      (await stat(path.split("/")[0]))
+    ) {
       throw new FormatError(path, "no such file or folder (and not a hub name like owner/repo)");
     }
     local = await downloadModel(path, { revision: opts.revision });
@@ -81,7 +93,13 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<M
   if (st!.isDirectory) {
     if (!(await stat(`${local}/config.json`))) {
       // A folder holding a llama2.c checkpoint?
-      for await (const e of Deno.readDir(local)) {
+      let entries: Deno.DirEntry[];
+      try {
+        entries = await Array.fromAsync(Deno.readDir(local));
+      } catch (e) {
+        throw new FileKindError(local, `cannot list the folder (${(e as Error).name})`);
+      }
+      for (const e of entries) {
         if (e.isFile && e.name.endsWith(".bin") && !/^tok|^tokenizer|^pytorch_model/.test(e.name)) {
           file = `${local}/${e.name}`;
         }
@@ -104,10 +122,10 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<M
     if (!tokenizerPath && /-hf\/?$/.test(local)) {
       tokenizerPath = await findLlama2cTokenizer(local.replace(/-hf\/?$/, ""));
     }
-    checkShapes(config, ck.source, `${local}`);
-    return { config, source: path, tokenizerPath, weights: new Weights(ck.source) };
+    const source = checkShapes(config, ck.source, `${local}`, { tiedLmHead: opts.tiedLmHead });
+    return { config, source: path, tokenizerPath, weights: new Weights(source) };
   }
-  const f = await Deno.open(file);
+  const f = await openForRead(file, "checkpoint");
   const head = new Uint8Array(28);
   await f.read(head);
   f.close();
@@ -117,13 +135,14 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<M
     );
   }
   const { config: cfgJson, tensors } = await readLlama2c(file);
-  checkShapes(parseConfig(cfgJson, file), memorySource(tensors), file);
+  const config = parseConfig(cfgJson, file);
+  const source = checkShapes(config, memorySource(tensors), file, { tiedLmHead: opts.tiedLmHead });
   const dir = file.includes("/") ? file.slice(0, file.lastIndexOf("/")) : ".";
   return {
-    config: parseConfig(cfgJson, file),
+    config,
     source: path,
     tokenizerPath: opts.tokenizer ?? (await findLlama2cTokenizer(dir)),
-    weights: new Weights(memorySource(tensors)),
+    weights: new Weights(source),
   };
 }
 

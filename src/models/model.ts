@@ -14,6 +14,8 @@ export interface WeightSource {
   load(name: string): Promise<Tensor>;
   /** The tensor's shape without loading it, when the source knows it. */
   shape?(name: string): number[] | undefined;
+  /** The tensor's stored dtype (safetensors name, e.g. "BF16"), when the source knows it. */
+  dtype?(name: string): string | undefined;
 }
 
 /** Lazy weights with a cache and an override layer (quantized tensors replace originals here). */

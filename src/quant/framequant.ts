@@ -34,6 +34,12 @@ import {
   roundHalfEven,
   validateBits,
 } from "./grid.ts";
+import {
+  checkOptions as checkStrict,
+  GPTQ_SPECS,
+  type OptionSpec,
+  pickOptions,
+} from "./_options.ts";
 import { gptq, gptqQuantize } from "./gptq.ts";
 import {
   analyzeMatrix,
@@ -115,7 +121,22 @@ interface Resolved {
   normDamp: number;
 }
 
+/** Keys, types and bounds of {@linkcode FramequantOptions} (strict: unknown keys are refused). */
+export const FRAMEQUANT_OPTION_SPECS: Record<string, OptionSpec> = {
+  ...GPTQ_SPECS,
+  r: { type: "number", min: 1, max: 64 },
+  rowR: { type: "number", min: 1, max: 64 },
+  seed: { type: "int", min: 0, max: 2 ** 32 - 1 },
+  clipSigma: {
+    type: "oneOf",
+    want: "false or a finite number > 0",
+    of: [{ type: "enum", values: [false] }, { type: "number", gt: 0, lt: 1e9 }],
+  },
+  normDamp: { type: "number", min: 0, max: 1e6 },
+};
+
 function resolveOptions(opts: FramequantOptions): Resolved {
+  checkStrict("framequant", opts, FRAMEQUANT_OPTION_SPECS, { unknown: "ignore" });
   const bits = validateBits(opts.bits, { max: 16 });
   const r = validateRedundancy(opts.r ?? 1, "r");
   const rowR = validateRedundancy(opts.rowR ?? r, "rowR");
@@ -133,7 +154,8 @@ function resolveOptions(opts: FramequantOptions): Resolved {
   }
   if (bits > 8 && opts.mse) throw new OptionError("mse", "is only available for 2–8 bits");
   // GPTQ validates its own options (groupSize, percdamp, blocksize, mse).
-  const g = gptq({ ...opts, bits: Math.min(bits, 8) }).options as Record<string, unknown>;
+  const g = gptq({ ...pickOptions(opts, GPTQ_SPECS), bits: Math.min(bits, 8) })
+    .options as Record<string, unknown>;
   return {
     bits,
     r,
@@ -407,6 +429,7 @@ export async function framequantQuantize(
  * ```
  */
 export function framequant(options: FramequantOptions): WeightQuantizer {
+  checkStrict("framequant", options, FRAMEQUANT_OPTION_SPECS);
   const o = resolveOptions(options);
   return {
     name: "framequant",

@@ -14,6 +14,7 @@
 import { checkLayerInputs } from "./_inputs.ts";
 import type { Tensor } from "../tensor.ts";
 import { NonFiniteError, OptionError } from "../errors.ts";
+import { checkOptions as checkStrict, GPTQ_SPECS } from "./_options.ts";
 import { cpuBackend } from "../backend/cpu.ts";
 import type { Backend, GptqColumnsResult } from "../backend/backend.ts";
 import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
@@ -105,6 +106,7 @@ export interface GptqTimings {
 type Resolved = Required<Omit<GptqOptions, "mse">> & { mse?: boolean | MseOptions };
 
 function resolveOptions(opts: GptqOptions): Resolved {
+  checkStrict("gptq", opts, GPTQ_SPECS, { unknown: "ignore" });
   validateBits(opts.bits);
   const groupSize = resolveGroupSize(opts.groupSize);
   const percdamp = resolvePercdamp(opts.percdamp);
@@ -542,6 +544,7 @@ export async function gptqQuantize(
  * ```
  */
 export function gptq(options: GptqOptions): WeightQuantizer {
+  checkStrict("gptq", options, GPTQ_SPECS);
   const o = resolveOptions(options);
   return {
     name: "gptq",

@@ -7,7 +7,8 @@
  */
 import type { Backend } from "../backend/backend.ts";
 import { getBackend } from "../backend/device.ts";
-import { OptionError, QuantlabError } from "../errors.ts";
+import { OptionError, QuantlabError, ResumeError } from "../errors.ts";
+import { cleanStaleTemps, fileIfPresent, writeFileAtomic } from "../io/_fs.ts";
 import { block, embed } from "../models/decoder.ts";
 import {
   type InputStats,
@@ -19,7 +20,7 @@ import type { WebGPUBackend } from "../backend/webgpu.ts";
 import { blockLinearGroups } from "../models/config.ts";
 import type { Model } from "../models/model.ts";
 import { type Tensor, transpose2d } from "../tensor.ts";
-import { readBlock, writeBlock } from "./_checkpoint.ts";
+import { CHECKPOINT_FORMAT, hashText, readBlock, writeBlock } from "./_checkpoint.ts";
 import type { CalibrationSet } from "./calibration.ts";
 import { type Recipe, resolveRecipe, toRecipe } from "./recipe.ts";
 import type { QuantMeta, WeightQuantizer } from "./types.ts";
@@ -62,6 +63,11 @@ export interface QuantReport {
   peakRssMiB: number;
   /** Blocks restored from the workdir instead of recomputed. */
   resumedBlocks: number;
+  /**
+   * Block files found in the workdir but not reused because they failed verification (truncated,
+   * unparsable, content hash mismatch), with the reason; those blocks were recomputed.
+   */
+  recomputedBlocks?: { file: string; reason: string }[];
   /** The compute backend that ran the products (name and description, e.g. the adapter). */
   device: string;
   /** True when blocks ran resident on the GPU (`QuantizeOptions.residentBlocks`). */
@@ -200,13 +206,19 @@ async function relativeError(W: Tensor, Wq: Tensor, H: Float32Array, be: Backend
 function fingerprint(model: Model, recipe: Recipe, opts: QuantizeOptions): string {
   const c = opts.calib;
   return JSON.stringify({
+    format: CHECKPOINT_FORMAT,
     model: model.source,
+    config: model.config,
     layers: model.config.numLayers,
     recipe: Object.fromEntries(Object.entries(recipe).map(([k, q]) => [k, [q.name, q.options]])),
-    calib: c ? [c.dataset, c.source, c.ids.length, c.seqlen, c.seed] : null,
+    calib: c ? [c.dataset, c.source, c.ids.length, c.seqlen, c.seed, c.ids] : null,
     trueSequential: opts.trueSequential ?? true,
     chunk: opts.chunk ?? 8,
   });
+}
+
+function writeRunFile(file: string, runId: string): Promise<void> {
+  return writeFileAtomic(file, JSON.stringify({ run: runId, format: CHECKPOINT_FORMAT }));
 }
 
 /**
@@ -235,21 +247,38 @@ export async function quantize(
     throw new OptionError("chunk", `must be ≥ 1, got ${chunk}`);
   }
   const trueSeq = opts.trueSequential ?? true;
+  // Run identity: model (source and config), recipe, calibration content, pipeline options and
+  // the checkpoint code version, hashed; every block file records it (see _checkpoint.ts).
+  let runId = "";
+  let pendingRunFile: string | undefined;
   if (opts.workdir) {
     await Deno.mkdir(opts.workdir, { recursive: true });
-    const fp = fingerprint(model, recipe, opts);
+    await cleanStaleTemps(opts.workdir);
+    runId = await hashText(fingerprint(model, recipe, opts));
     const runFile = `${opts.workdir}/run.json`;
     let old: string | null = null;
     try {
-      old = await Deno.readTextFile(runFile);
-    } catch { /* new run */ }
-    if (old !== null && old !== fp) {
-      throw new OptionError(
-        "workdir",
-        `${opts.workdir} holds a different run (model, recipe or calibration differ); use another folder`,
+      if (await fileIfPresent(runFile, "run.json")) old = await Deno.readTextFile(runFile);
+    } catch { /* new run (or no run.json: the blocks' own identities are checked) */ }
+    let oldId: unknown;
+    try {
+      oldId = old === null ? undefined : JSON.parse(old)?.run;
+    } catch {
+      oldId = null;
+    }
+    if (old !== null && oldId !== runId) {
+      throw new ResumeError(
+        runFile,
+        `${opts.workdir} holds a different run (model, recipe, calibration or code version ` +
+          `differ) or an unreadable run.json; use another folder`,
       );
     }
-    if (old === null) await Deno.writeTextFile(runFile, fp);
+    // No run.json but block files (it was deleted): the blocks' own identities decide; run.json is
+    // written back only once every block was verified or recomputed (end of the run).
+    const hasBlocks = old === null &&
+      [...Deno.readDirSync(opts.workdir)].some((e) => /^block_\d+\.safetensors$/.test(e.name));
+    if (old === null && !hasBlocks) await writeRunFile(runFile, runId);
+    else if (old === null) pendingRunFile = runFile;
   }
 
   const overrides = new Map<string, Tensor>();
@@ -257,6 +286,7 @@ export async function quantize(
   const layers: LayerReport[] = [];
   let peak = Deno.memoryUsage().rss;
   let resumed = 0;
+  const recomputed: { file: string; reason: string }[] = [];
 
   // Calibration hidden states, in chunks of `chunk` sequences.
   let hs: Tensor[] = [];
@@ -278,7 +308,17 @@ export async function quantize(
     ? gpu
     : undefined;
   for (let i = 0; i < L; i++) {
-    const ck = opts.workdir ? await readBlock(opts.workdir, i) : null;
+    const got = opts.workdir ? await readBlock(opts.workdir, i, runId) : null;
+    if (got?.status === "corrupt") {
+      recomputed.push({ file: got.file, reason: got.reason });
+      opts.onProgress?.({
+        stage: "block",
+        done: i,
+        total: L,
+        info: `block ${i}: checkpoint not reused (${got.reason}); recomputing`,
+      });
+    }
+    const ck = got?.status === "ok" ? got.checkpoint : null;
     if (ck) {
       for (const [n, w] of ck.weights) overrides.set(n, w);
       Object.assign(packed, ck.metas);
@@ -379,11 +419,12 @@ export async function quantize(
         hidden: hs,
         metas: blockMetas,
         reports: blockReports,
-      });
+      }, runId);
     }
     peak = Math.max(peak, Deno.memoryUsage().rss);
     opts.onProgress?.({ stage: "block", done: i + 1, total: L, info: `block ${i}` });
   }
+  if (pendingRunFile) await writeRunFile(pendingRunFile, runId);
   let bits = 0, count = 0;
   for (const r of layers) {
     bits += r.bitsPerWeight * r.shape[0] * r.shape[1];
@@ -407,6 +448,7 @@ export async function quantize(
     ),
     peakRssMiB: peak / 2 ** 20,
     resumedBlocks: resumed,
+    recomputedBlocks: recomputed,
     device: `${be.name}: ${be.description}`,
     residentBlocks: resident !== undefined,
   };

@@ -37,6 +37,7 @@
 import { checkLayerInputs } from "./_inputs.ts";
 import type { Tensor } from "../tensor.ts";
 import { OptionError, QuantlabError } from "../errors.ts";
+import { checkOptions as checkStrict, GPTQ_SPECS, MAX_ITERS, type OptionSpec } from "./_options.ts";
 import { cpuBackend } from "../backend/cpu.ts";
 import type { Backend } from "../backend/backend.ts";
 import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
@@ -153,7 +154,19 @@ export interface QuantEaseTimings {
 
 type Resolved = Required<Omit<QuantEaseOptions, "mse">> & { mse?: boolean | MseOptions };
 
+/** Keys, types and bounds of {@linkcode QuantEaseOptions} (strict: unknown keys are refused). */
+export const QUANTEASE_OPTION_SPECS: Record<string, OptionSpec> = {
+  ...GPTQ_SPECS,
+  numIter: { type: "int", min: 0, max: MAX_ITERS },
+  init: { type: "enum", values: ["rtn", "gptq", "weight"] },
+  relax: { type: "boolean" },
+  outlier: { type: "number", min: 0, lt: 1 },
+  structureOutlier: { type: "boolean" },
+  alpha: { type: "number", gt: 0, max: 1e6 },
+};
+
 function resolveOptions(opts: QuantEaseOptions): Resolved {
+  checkStrict("quantease", opts, QUANTEASE_OPTION_SPECS, { unknown: "ignore" });
   validateBits(opts.bits);
   const groupSize = resolveGroupSize(opts.groupSize);
   const numIter = opts.numIter ?? 30;
@@ -805,6 +818,7 @@ export function dequantizeQuantease(meta: QuantMeta): Tensor {
  * ```
  */
 export function quantease(options: QuantEaseOptions): WeightQuantizer {
+  checkStrict("quantease", options, QUANTEASE_OPTION_SPECS);
   const o = resolveOptions(options);
   return {
     name: "quantease",

@@ -40,6 +40,12 @@ import {
 import { type GemmF64, NotPositiveDefiniteError, onnxGemmF64 } from "./linalg.ts";
 import { mulberry32 } from "./_rng.ts";
 import {
+  checkOptions as checkStrict,
+  MAX_BLOCKSIZE,
+  MAX_ITERS,
+  type OptionSpec,
+} from "./_options.ts";
+import {
   incoherencePost,
   incoherencePre,
   type IncoherenceState,
@@ -185,26 +191,32 @@ export interface ResolvedQuipOptions {
 }
 
 const METHODS: readonly QuipMethod[] = ["ldlq", "ldlqRG", "allbal", "ldlbal_admm"];
-const KNOWN = new Set([
-  "bits",
-  "method",
-  "npasses",
-  "incoh",
-  "preGptqH",
-  "preRescale",
-  "preProj",
-  "proj",
-  "qfn",
-  "percdamp",
-  "seed",
-  "unbiased",
-  "lazyBatch",
-  "blocksize",
-  "admm",
-  // QuantContext, passed through quantizeWeight
-  "backend",
-  "layer",
-]);
+
+/** Keys, types and bounds of {@linkcode QuipOptions} (strict: unknown keys are refused). */
+export const QUIP_OPTION_SPECS: Record<string, OptionSpec> = {
+  bits: { type: "int", min: 1, max: 16 },
+  method: { type: "enum", values: METHODS },
+  npasses: { type: "int", min: 0, max: MAX_ITERS },
+  incoh: { type: "boolean" },
+  preGptqH: { type: "boolean" },
+  preRescale: { type: "boolean" },
+  preProj: { type: "boolean" },
+  proj: { type: "enum", values: ["kron", "hadamard"] },
+  qfn: { type: "enum", values: ["a", "b"] },
+  percdamp: { type: "number", gt: 0, max: 1e6 },
+  seed: { type: "int", min: Number.MIN_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER },
+  unbiased: { type: "boolean" },
+  lazyBatch: { type: "boolean" },
+  blocksize: { type: "int", min: 1, max: MAX_BLOCKSIZE },
+  admm: {
+    type: "object",
+    path: true,
+    spec: {
+      rho: { type: "number", gt: 0, max: 1e9 },
+      niters: { type: "int", min: 1, max: MAX_ITERS },
+    },
+  },
+};
 
 function bool(name: string, v: unknown, dflt: boolean): boolean {
   if (v === undefined) return dflt;
@@ -217,9 +229,7 @@ export function resolveQuipOptions(opts: QuipOptions): ResolvedQuipOptions {
   if (typeof opts !== "object" || opts === null) {
     throw new OptionError("bits", "quip needs an options object with bits");
   }
-  for (const k of Object.keys(opts)) {
-    if (!KNOWN.has(k)) throw new OptionError(k, `unknown quip option (known: ${[...KNOWN]})`);
-  }
+  checkStrict("quip", opts, QUIP_OPTION_SPECS, { unknown: "ignore" });
   const bits = validateBits(opts.bits, { min: 2, max: 16 });
   const method = opts.method ?? "ldlq";
   if (!METHODS.includes(method)) {
@@ -611,6 +621,7 @@ export async function quipQuantize(
  * ```
  */
 export function quip(options: QuipOptions): WeightQuantizer {
+  checkStrict("quip", options, QUIP_OPTION_SPECS);
   const o = resolveQuipOptions(options);
   return {
     name: "quip",

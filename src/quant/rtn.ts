@@ -4,8 +4,16 @@
  * @module
  */
 import type { Tensor } from "../tensor.ts";
-import { OptionError, QuantlabError } from "../errors.ts";
+import { OptionError } from "../errors.ts";
 import type { QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import { checkOptions as checkStrict, GRID_SPECS, type OptionSpec } from "./_options.ts";
+import { checkWeight } from "./_inputs.ts";
+
+/** Keys, types and bounds of {@linkcode RtnOptions} (strict: unknown keys are refused). */
+export const RTN_OPTION_SPECS: Record<string, OptionSpec> = {
+  ...GRID_SPECS,
+  perChannel: { type: "boolean" },
+};
 import {
   bitsPerWeight,
   findParams,
@@ -38,6 +46,7 @@ export interface RtnOptions {
 }
 
 function checkOptions(opts: RtnOptions): Required<Omit<RtnOptions, "mse">> & RtnOptions {
+  checkStrict("rtn", opts, RTN_OPTION_SPECS, { unknown: "ignore" });
   validateBits(opts.bits);
   const groupSize = resolveGroupSize(opts.groupSize);
   const perChannel = opts.perChannel ?? true;
@@ -61,9 +70,7 @@ function checkOptions(opts: RtnOptions): Required<Omit<RtnOptions, "mse">> & Rtn
  */
 export function rtnQuantize(W: Tensor, options: RtnOptions & { layer?: string }): QuantResult {
   const o = checkOptions(options);
-  if (W.shape.length !== 2) {
-    throw new QuantlabError(`rtn: ${options.layer ?? "weight"} must be 2-D, got [${W.shape}]`);
-  }
+  checkWeight("rtn", W, options.layer ?? "weight");
   const [rows, cols] = W.shape;
   const gs = o.groupSize;
   if (gs > 0 && cols % gs !== 0 && !options.partialGroups) {
@@ -121,6 +128,7 @@ export function rtnQuantize(W: Tensor, options: RtnOptions & { layer?: string })
  * ```
  */
 export function rtn(options: RtnOptions): WeightQuantizer {
+  checkStrict("rtn", options, RTN_OPTION_SPECS);
   const o = checkOptions(options);
   return {
     name: "rtn",

@@ -14,6 +14,7 @@
  * @module
  */
 import { UnsupportedError } from "../errors.ts";
+import { writeFileAtomic } from "../io/_fs.ts";
 import type { Figure } from "./figures.ts";
 
 /** A Jupyter MIME bundle: MIME type → data. */
@@ -257,7 +258,7 @@ export async function show(obj: unknown, opts: ShowOptions = {}): Promise<string
     const file = opts.file ?? `out/plots/${slug(titleOf(obj))}.html`;
     const dir = file.replace(/[\\/][^\\/]*$/, "");
     if (dir !== file) await Deno.mkdir(dir, { recursive: true });
-    await Deno.writeTextFile(file, await figureDocument(obj, opts));
+    await writeFileAtomic(file, await figureDocument(obj, opts));
     return file;
   }
   const t = obj as { html?: unknown; text?: unknown };

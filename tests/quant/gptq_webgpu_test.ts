@@ -270,9 +270,11 @@ Deno.test({
     });
     const t = res.meta.timings as GptqTimings;
     assertEquals(t.columnPass, "webgpu");
-    // H = diag(1, …, 1, −50): the damping (1% of the mean diagonal) cannot make it SPD
+    // H = I with H(40, 41) = H(41, 40) = 5: symmetric with a non-negative diagonal (so it passes
+    // the input checks) but indefinite (eigenvalue −4): the 1% damping cannot make it SPD.
     const H = new Float32Array(cols * cols);
-    for (let i = 0; i < cols; i++) H[i * cols + i] = i === 40 ? -50 : 1;
+    for (let i = 0; i < cols; i++) H[i * cols + i] = 1;
+    H[40 * cols + 41] = H[41 * cols + 40] = 5;
     let msg = "";
     try {
       await gptqQuantize(W, { H, nsamples: 128 }, { bits: 4, backend: be, layer: "mlp.up_proj" });
