@@ -68,6 +68,9 @@ export class LedgerError extends QuantlabError {
   /** Creates a ledger error about `file`. */
   constructor(file: string, message: string, options?: ErrorOptions) {
     super(`ledger ${file}: ${message}`, options);
+    this.file = file;
+  }
+}
 
 /** A tensor is not what the config implies. `tensor` names it; subclasses say which way. */
 export class TensorMismatchError extends FormatError {
