@@ -9,11 +9,13 @@ import type { ModelConfig } from "./config.ts";
 import type { Model } from "./model.ts";
 import { ropeInvFreq } from "./decoder.ts";
 import { QuantlabError } from "../errors.ts";
+import { linearSpec, type QuantPoints, type QuantSpec } from "./points.ts";
 import {
   bindGroup,
   dequantGemmDispatch,
   dequantGemvDispatch,
   type Dispatch,
+  fakeQuantDispatch,
   gemvDispatch,
   type GpuPackedWeights,
   grid,
@@ -377,6 +379,8 @@ export interface BlockBuffers {
   g: GPUBuffer;
   /** Up projection [rows, ff] (Llama). */
   u: GPUBuffer;
+  /** A linear's fake-quantized input [rows, max(d, nH·hd, ff)] (with `linearInput` specs). */
+  xq?: GPUBuffer;
 }
 
 /**
@@ -388,6 +392,7 @@ export function allocBlockBuffers(
   rows: number,
   alloc: (bytes: number) => GPUBuffer,
   h?: GPUBuffer,
+  opts: { points?: QuantPoints } = {},
 ): BlockBuffers {
   const qw = cfg.numHeads * cfg.headDim, kw = cfg.numKvHeads * cfg.headDim;
   const d = cfg.hiddenSize, ff = cfg.intermediateSize;
@@ -400,6 +405,7 @@ export function allocBlockBuffers(
     att: alloc(rows * qw * 4),
     g: alloc(rows * ff * 4),
     u: alloc(cfg.family === "opt" ? 16 : rows * ff * 4),
+    xq: opts.points?.linearInput ? alloc(rows * Math.max(d, qw, ff) * 4) : undefined,
   };
 }
 
@@ -419,6 +425,11 @@ export interface BlockAttention {
   rope?: { cos: GPUBuffer; sin: GPUBuffer };
   /** KV cache of this layer [capacity, nKV·hd]: new keys are appended at the step's position. */
   cache?: { K: GPUBuffer; V: GPUBuffer };
+  /**
+   * Quantizer specs at the quantization points (`points.ts`; `probs` is not served here), and
+   * the resident buffer of a spec's static scales.
+   */
+  points?: { specs: QuantPoints; scales: (spec: QuantSpec) => GPUBuffer | undefined };
 }
 
 /**
@@ -445,13 +456,40 @@ export function recordBlock(
   const preLN = !opt || cfg.doLayerNormBefore;
   let h = io.h, x = io.x;
   const stop = (ls: GpuLinear[], inp: GPUBuffer) => collect?.(ls, inp, rows) ?? false;
+  const pts = a.points?.specs;
+  /** Fake-quantizes [rows, cols] of `y` (in place, or from `src`) by `spec`, if any. */
+  const fq = (
+    spec: QuantSpec | undefined,
+    y: GPUBuffer,
+    cols: number,
+    where: string,
+    src?: GPUBuffer,
+  ) => {
+    if (!spec) return;
+    const scales = a.points!.scales(spec);
+    const dsp = fakeQuantDispatch(r.ctx, { x: src, y, scales }, { spec, rows, cols, where });
+    if (dsp) r.list.push(dsp);
+  };
+  /** A block linear with its input and output specs. */
+  const lin = (Lin: GpuLinear, inp: GPUBuffer, out: GPUBuffer) => {
+    const si = linearSpec(pts?.linearInput, Lin.name);
+    if (si) {
+      fq(si, io.xq!, Lin.cols, `points.linearInput(${Lin.name})`, inp);
+      inp = io.xq!;
+    }
+    r.lin(Lin, inp, out, rows);
+    fq(linearSpec(pts?.linearOutput, Lin.name), out, Lin.rows, `points.linearOutput(${Lin.name})`);
+  };
 
   const inp = preLN ? x : h;
   if (preLN) r.norm(L.attnNorm, h, x, rows);
   if (stop([L.q, L.k, L.v], inp)) return { h, x, stopped: true };
-  r.lin(L.q, inp, io.q, rows);
-  r.lin(L.k, inp, io.k, rows);
-  r.lin(L.v, inp, io.v, rows);
+  lin(L.q, inp, io.q);
+  lin(L.k, inp, io.k);
+  lin(L.v, inp, io.v);
+  const qw = nH * hd;
+  fq(pts?.qPreRope, io.q, qw, "points.qPreRope");
+  fq(pts?.kPreRope, io.k, kw, "points.kPreRope");
   if (a.rope) {
     const rope = pipeline(r.ctx, ropeWGSL());
     for (const [buf, heads] of [[io.q, nH], [io.k, nKV]] as const) {
@@ -465,6 +503,11 @@ export function recordBlock(
       });
     }
   }
+  fq(pts?.q, io.q, qw, "points.q");
+  fq(pts?.k, io.k, kw, "points.k");
+  fq(pts?.kvWrite?.k, io.k, kw, "points.kvWrite.k");
+  fq(pts?.v, io.v, kw, "points.v");
+  fq(pts?.kvWrite?.v, io.v, kw, "points.kvWrite.v");
   const attn = pipeline(r.ctx, attentionWGSL({ headDim: hd }));
   const scale = { f: 1 / Math.sqrt(hd) };
   let ua: GPUBuffer, K = io.k, V = io.v;
@@ -484,7 +527,7 @@ export function recordBlock(
   });
   if (stop([L.o], io.att)) return { h, x, stopped: true };
   // x is free after the q/k/v products: it takes the output projection, then the residual.
-  r.lin(L.o, io.att, x, rows);
+  lin(L.o, io.att, x);
   r.ew(addWGSL(), [rows * d, 0, 0, 0], [x, h], rows * d);
   if (!preLN) {
     r.norm(L.attnNorm, h, x, rows);
@@ -497,7 +540,7 @@ export function recordBlock(
   if (stop(firstGroup, y)) return { h, x, stopped: true };
   const down = opt ? rest[0] : rest[1];
   if (opt) {
-    r.lin(first, y, io.g, rows);
+    lin(first, y, io.g);
     r.ew(
       activationWGSL(cfg.activation as "relu" | "gelu"),
       [rows * ff, 0, 0, 0],
@@ -505,13 +548,13 @@ export function recordBlock(
       rows * ff,
     );
   } else {
-    r.lin(first, y, io.g, rows);
-    r.lin(rest[0], y, io.u, rows);
+    lin(first, y, io.g);
+    lin(rest[0], y, io.u);
     r.ew(swigluWGSL(), [rows * ff, 0, 0, 0], [io.u, io.g], rows * ff);
   }
   if (stop([down], io.g)) return { h, x, stopped: true };
   // the MLP input is dead after the up/fc1 products: x takes the down projection.
-  r.lin(down, io.g, x, rows);
+  lin(down, io.g, x);
   r.ew(addWGSL(), [rows * d, 0, 0, 0], [x, h], rows * d);
   if (!preLN) {
     r.norm(L.mlpNorm, h, x, rows);

@@ -11,7 +11,8 @@ import type { ModelConfig } from "./config.ts";
 import type { Model } from "./model.ts";
 import { QuantlabError } from "../errors.ts";
 import { getBackend } from "../backend/device.ts";
-import { erfFit } from "../../kernels/elementwise.ts";
+import { erfFit, fakeQuant, type QuantSpec } from "../backend/ops.ts";
+import { checkPoints, linearSpec, type QuantPoints } from "./points.ts";
 
 /** Forward hooks. Each may return a replacement tensor (activation or KV-cache quantizers). */
 export interface ForwardHooks {
@@ -59,6 +60,13 @@ export interface RunOptions {
   hooks?: ForwardHooks;
   /** Backend; default the active device's. */
   backend?: Backend;
+  /** Quantizer specs at the forward's quantization points (default `model.points`). */
+  points?: QuantPoints;
+}
+
+/** `x` fake-quantized by `spec` (unchanged when there is none). */
+function at(x: Tensor, spec: QuantSpec | undefined, where: string): Tensor {
+  return spec ? fakeQuant(x, spec, where) : x;
 }
 
 function prefix(cfg: ModelConfig): string {
@@ -69,14 +77,20 @@ function prefix(cfg: ModelConfig): string {
  * y = x · Wᵀ + b for linear `name` (weights `${name}.weight`, optional `${name}.bias`). When the
  * model is quantized (`model.packed[name]`) and the backend has `packedMatmulTransB`, the product
  * runs from the packed codes (the backend checks that they dequantize to the weight exactly).
+ * `points.linearInput` / `linearOutput` specs matching `name` fake-quantize the input before the
+ * `linearInput` hook and the output (after bias) before the `linearOutput` hook.
  */
 export async function linear(
   model: Model,
   name: string,
   x: Tensor,
-  opts: { hooks?: ForwardHooks; backend?: Backend } = {},
+  opts: { hooks?: ForwardHooks; backend?: Backend; points?: QuantPoints } = {},
 ): Promise<Tensor> {
   const be = opts.backend ?? getBackend();
+  const pts = opts.points;
+  if (pts?.linearInput) {
+    x = at(x, linearSpec(pts.linearInput, name), `points.linearInput(${name})`);
+  }
   if (opts.hooks?.linearInput) x = (await opts.hooks.linearInput(name, x)) ?? x;
   const W = await model.weights.get(`${name}.weight`);
   // A quantized layer runs from its packed codes where the backend keeps them (WebGPU).
@@ -87,6 +101,9 @@ export async function linear(
     const n = b.length;
     const d = y.data;
     for (let i = 0; i < d.length; i += n) for (let j = 0; j < n; j++) d[i + j] += b[j];
+  }
+  if (pts?.linearOutput) {
+    y = at(y, linearSpec(pts.linearOutput, name), `points.linearOutput(${name})`);
   }
   if (opts.hooks?.linearOutput) y = (await opts.hooks.linearOutput(name, y)) ?? y;
   return y;
@@ -207,9 +224,12 @@ export function causalAttention(
     hd: number;
     scale: number;
     window?: number | null;
+    /** Fake-quantizes each query's probability row [S] (masked keys 0) before `p · V`. */
+    probs?: QuantSpec;
   },
 ): Float32Array {
   const { T, S, nH, nKV, hd, scale } = dims;
+  const prow = dims.probs ? new Float32Array(S) : undefined;
   const win = dims.window ?? Infinity;
   const off = S - T;
   const qw = nH * hd;
@@ -240,8 +260,14 @@ export function causalAttention(
         sum += e;
       }
       const oo = t * qw + h * hd;
+      let pq: Float32Array | undefined;
+      if (prow) {
+        prow.fill(0);
+        for (let s = s0; s < n; s++) prow[s] = scores[s] / sum;
+        pq = fakeQuant({ shape: [1, S], data: prow }, dims.probs!, "points.probs").data;
+      }
       for (let s = s0; s < n; s++) {
-        const p = scores[s] / sum;
+        const p = pq ? pq[s] : scores[s] / sum;
         const vo = s * kw + kh;
         for (let i = 0; i < hd; i++) out[oo + i] += p * v[vo + i];
       }
@@ -271,6 +297,8 @@ export async function attention(
     hd: number;
     scale: number;
     window?: number | null;
+    /** Fake-quantizes the probability rows (the TypeScript loop then runs). */
+    probs?: QuantSpec;
   },
   backend: Backend,
 ): Promise<Float32Array> {
@@ -278,14 +306,16 @@ export async function attention(
   const qw = nH * hd;
   const kw = nKV * hd;
   const out = new Float32Array(B * T * qw);
-  if (!backend.attention || T * S < NATIVE_ATTENTION_MIN) {
+  // A 16-bit probs spec is the identity: it keeps the native path (bit-identical logits).
+  const probs = dims.probs && dims.probs.bits < 16 ? dims.probs : undefined;
+  if (!backend.attention || T * S < NATIVE_ATTENTION_MIN || probs) {
     for (let b = 0; b < B; b++) {
       out.set(
         causalAttention(
           q.subarray(b * T * qw, (b + 1) * T * qw),
           k.subarray(b * S * kw, (b + 1) * S * kw),
           v.subarray(b * S * kw, (b + 1) * S * kw),
-          { T, S, nH, nKV, hd, scale, window: dims.window },
+          { T, S, nH, nKV, hd, scale, window: dims.window, probs },
         ),
         b * T * qw,
       );
@@ -393,7 +423,9 @@ export async function block(
   const cfg = model.config;
   const hooks = opts.hooks;
   const backend = opts.backend ?? getBackend();
-  const lin = (name: string, x: Tensor) => linear(model, name, x, { hooks, backend });
+  const points: QuantPoints | undefined = opts.points ?? model.points;
+  if (points) checkPoints(points, cfg);
+  const lin = (name: string, x: Tensor) => linear(model, name, x, { hooks, backend, points });
   const batch = opts.batch ?? 1;
   const rows = h.shape[0];
   const T = rows / batch;
@@ -417,13 +449,22 @@ export async function block(
 
   // --- attention ---
   const x = preLN ? await norm(model, attnNorm, h) : h;
-  const q = await lin(`${p}.self_attn.q_proj`, x);
+  let q = await lin(`${p}.self_attn.q_proj`, x);
   let k = await lin(`${p}.self_attn.k_proj`, x);
   let v = await lin(`${p}.self_attn.v_proj`, x);
+  if (points) {
+    q = at(q, points.qPreRope, "points.qPreRope");
+    k = at(k, points.kPreRope, "points.kPreRope");
+  }
   if (!opt) {
     const inv = ropeInvFreq(cfg);
     applyRope(q.data, nH, hd, inv, (r) => (r % T) + off);
     applyRope(k.data, nKV, hd, inv, (r) => (r % T) + off);
+  }
+  if (points) {
+    q = at(q, points.q, "points.q");
+    k = at(at(k, points.k, "points.k"), points.kvWrite?.k, "points.kvWrite.k");
+    v = at(at(v, points.v, "points.v"), points.kvWrite?.v, "points.kvWrite.v");
   }
   if (hooks?.attentionKV) {
     const r = await hooks.attentionKV(i, { k, v });
@@ -441,7 +482,7 @@ export async function block(
       q.data,
       cache.k[i].subarray(0, S * kw),
       cache.v[i].subarray(0, S * kw),
-      { B: 1, T, S, nH, nKV, hd, scale, window: cfg.slidingWindow },
+      { B: 1, T, S, nH, nKV, hd, scale, window: cfg.slidingWindow, probs: points?.probs },
       backend,
     );
   } else {
@@ -458,6 +499,7 @@ export async function block(
         hd,
         scale,
         window: cfg.slidingWindow,
+        probs: points?.probs,
       },
       backend,
     );

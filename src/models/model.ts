@@ -5,6 +5,7 @@
  */
 import type { Tensor } from "../tensor.ts";
 import type { ModelConfig } from "./config.ts";
+import type { QuantPoints } from "./points.ts";
 
 /** A source of named float32 tensors, loaded on first use and then cached. */
 export interface WeightSource {
@@ -91,6 +92,11 @@ export interface Model {
   /** Forward hooks that evaluators must apply (activation / KV quantizers). */
   // deno-lint-ignore no-explicit-any
   hooks?: any;
+  /**
+   * Activation / KV-cache quantizer specs at the forward's quantization points
+   * (`src/models/points.ts`); both the host forward and the GPU-resident decoder execute them.
+   */
+  points?: QuantPoints;
 }
 
 /** A WeightSource over an in-memory record (tests, synthetic models). */

@@ -13,7 +13,13 @@
  * the OPT activations. Decode steps reuse one recorded dispatch list: only the position-dependent
  * uniforms (RoPE offset, cache offsets, attention length) are rewritten per token.
  *
- * Not served (use the host forward): forward hooks (activation/KV quantizers need host tensors),
+ * Quantization points (`model.points`, `points.ts`) run on the GPU with the fake-quant kernel,
+ * in the host forward's order, so a model with activation/KV-cache specs stays resident; a
+ * prefill split into token chunks (over the binding limit) gives per-tensor and per-channel specs
+ * the chunk's rows, not the whole prompt's.
+ *
+ * Not served (use the host forward): JS forward hooks (they need host tensors), a `probs` spec
+ * (the fused online-softmax attention kernel never holds a row of probabilities),
  * sliding-window attention when the cache is longer than the window, head dimensions the attention
  * kernel does not take (multiples of 4 up to 256), and tensors over the device's
  * `maxStorageBufferBindingSize`. {@linkcode residentUnsupported} says why.
@@ -21,6 +27,7 @@
  */
 import type { Model } from "./model.ts";
 import { QuantlabError, UnsupportedError } from "../errors.ts";
+import { checkPoints, type QuantSpec } from "./points.ts";
 import type { Backend } from "../backend/backend.ts";
 import { getBackend } from "../backend/device.ts";
 import {
@@ -124,6 +131,9 @@ export function residentUnsupported(
   const cfg = model.config;
   const cap = opts.capacity ?? cfg.maxPositions;
   if (opts.hooks ?? model.hooks) return "forward hooks need host tensors";
+  if (model.points?.probs) {
+    return "a probs spec (the fused attention kernel never materializes the probabilities)";
+  }
   const why = blockUnsupported(cfg, cap);
   if (why) return why;
   const limit = opts.maxBindingBytes ?? backend.ctx.device.limits.maxStorageBufferBindingSize;
@@ -207,6 +217,18 @@ export async function residentDecoder(
     rope = { cos: own(upload(ctx, t.cos)), sin: own(upload(ctx, t.sin)) };
   }
   const Kc = layers.map(() => own(scratch(ctx, capacity * kw * 4)));
+  const points = model.points;
+  if (points) checkPoints(points, cfg);
+  const staticScales = new Map<QuantSpec, GPUBuffer>();
+  const specs = points && {
+    specs: points,
+    scales: (spec: QuantSpec) => {
+      if (!spec.scales) return undefined;
+      let b = staticScales.get(spec);
+      if (!b) staticScales.set(spec, b = own(upload(ctx, spec.scales)));
+      return b;
+    },
+  };
   const Vc = layers.map(() => own(scratch(ctx, capacity * kw * 4)));
 
   /** Records the dispatches of one step of T tokens (position-dependent uniforms in `dyn`). */
@@ -219,7 +241,7 @@ export async function residentDecoder(
       return b;
     };
     const bufs: StepBuffers = {
-      ...allocBlockBuffers(cfg, T, s),
+      ...allocBlockBuffers(cfg, T, s, undefined, { points }),
       ids: s(T * 4),
       e: projIn ? s(T * de * 4) : undefined,
       last: s(d * 4),
@@ -239,7 +261,13 @@ export async function residentDecoder(
     }
     let io: BlockBuffers = bufs;
     layers.forEach((L, i) => {
-      const out = recordBlock(r, cfg, L, io, { T, B: 1, rope, cache: { K: Kc[i], V: Vc[i] } });
+      const out = recordBlock(r, cfg, L, io, {
+        T,
+        B: 1,
+        rope,
+        cache: { K: Kc[i], V: Vc[i] },
+        points: specs,
+      });
       io = { ...io, h: out.h, x: out.x };
     });
     // Final norm, OPT project_out, LM head.

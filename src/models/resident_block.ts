@@ -77,6 +77,7 @@ export function residentBlockUnsupported(
   const cfg = model.config;
   const why = blockUnsupported(cfg, seqLen);
   if (why) return why;
+  if (model.points) return "quantization points (the resident runner collects unquantized inputs)";
   const limit = backend.ctx.device.limits.maxStorageBufferBindingSize;
   const widest = Math.max(cfg.intermediateSize, cfg.hiddenSize, cfg.numHeads * cfg.headDim);
   if (4 * widest * widest > limit) return `a ${widest}² Hessian exceeds the binding limit`;
