@@ -5,7 +5,7 @@
  * @module
  */
 import { ConfigError, FormatError, UnsupportedError } from "../errors.ts";
-import type { WeightSource } from "../models/model.ts";
+import type { WeightSource } from "./weight_source.ts";
 import {
   type NonFinitePolicy,
   readHeader,

@@ -11,33 +11,23 @@ import { ropeInvFreq } from "./decoder.ts";
 import { QuantlabError } from "../errors.ts";
 import { linearSpec, type QuantPoints, type QuantSpec } from "./points.ts";
 import {
-  bindGroup,
   dequantGemmDispatch,
   dequantGemvDispatch,
   type Dispatch,
+  type ElementwiseKernel,
   fakeQuantDispatch,
+  type Fields,
   gemvDispatch,
   type GpuPackedWeights,
-  grid,
+  kernelDispatch,
   matmulDispatch,
-  pipeline,
   residentPacked,
   uniforms,
   upload,
   type WebGPUContext,
 } from "../backend/webgpu.ts";
-import { attentionWGSL } from "../../kernels/attention.ts";
-import { rmsnormWGSL } from "../../kernels/rmsnorm.ts";
-import { layernormWGSL } from "../../kernels/layernorm.ts";
-import { ropeWGSL } from "../../kernels/rope.ts";
-import {
-  activationWGSL,
-  addWGSL,
-  biasWGSL,
-  copyRangeWGSL,
-  ELEMENTWISE_WG,
-  swigluWGSL,
-} from "../../kernels/elementwise.ts";
+
+export type { Fields };
 
 /** A linear layer on the GPU: dense [out, in] weights or packed codes, optional bias. */
 export interface GpuLinear {
@@ -256,9 +246,6 @@ export function blockUnsupported(cfg: ModelConfig, tokens: number): string | und
   return undefined;
 }
 
-/** Uniform fields: u32 numbers or `{ f }` floats. */
-export type Fields = (number | { f: number })[];
-
 /** A position-dependent uniform buffer of a recorded list: rewritten before each submission. */
 export interface DynUniform {
   /** The buffer bound in the recorded bind group. */
@@ -278,7 +265,7 @@ export interface Recorder {
   /** A uniform buffer whose fields depend on the step's first position. */
   U(fields: (pos0: number) => Fields): GPUBuffer;
   /** One elementwise dispatch over `n` elements. */
-  ew(code: string, u: GPUBuffer | Fields, bufs: GPUBuffer[], n: number): void;
+  ew(kernel: ElementwiseKernel, u: GPUBuffer | Fields, bufs: GPUBuffer[], n: number): void;
   /** `y = x · Wᵀ (+ b)` for `m` rows: GEMV at m = 1, else the tiled matmul or dequant GEMM. */
   lin(L: GpuLinear, x: GPUBuffer, y: GPUBuffer, m: number): void;
   /** The family's norm (RMSNorm or LayerNorm) over `rows` rows of width `d`. */
@@ -299,14 +286,8 @@ export function recorder(ctx: WebGPUContext, cfg: ModelConfig): Recorder {
       dyn.push({ buf, fields });
       return buf;
     },
-    ew(code, u, bufs, n) {
-      const pipe = pipeline(ctx, code);
-      const ub = Array.isArray(u) ? uniforms(ctx, u) : u;
-      list.push({
-        pipeline: pipe,
-        bindGroup: bindGroup(ctx, pipe, [ub, ...bufs]),
-        workgroups: grid(ctx, Math.ceil(n / ELEMENTWISE_WG)),
-      });
+    ew(kernel, u, bufs, n) {
+      list.push(kernelDispatch(ctx, kernel, u, bufs, n));
     },
     lin(L, x, y, m) {
       if (L.parts) {
@@ -346,16 +327,15 @@ export function recorder(ctx: WebGPUContext, cfg: ModelConfig): Recorder {
           }),
         );
       }
-      if (L.bias) r.ew(biasWGSL(), [m * L.rows, L.rows, 0, 0], [L.bias, y], m * L.rows);
+      if (L.bias) r.ew("bias", [m * L.rows, L.rows, 0, 0], [L.bias, y], m * L.rows);
     },
     norm(nw, x, y, rows) {
-      const pipe = pipeline(ctx, opt ? layernormWGSL() : rmsnormWGSL());
-      const u = uniforms(ctx, [rows, cfg.hiddenSize, { f: cfg.normEps }, 0]);
-      list.push({
-        pipeline: pipe,
-        bindGroup: bindGroup(ctx, pipe, opt ? [u, x, nw.w, nw.b!, y] : [u, x, nw.w, y]),
-        workgroups: grid(ctx, rows),
-      });
+      const u = [rows, cfg.hiddenSize, { f: cfg.normEps }, 0];
+      list.push(
+        opt
+          ? kernelDispatch(ctx, "layernorm", u, [x, nw.w, nw.b!, y], rows)
+          : kernelDispatch(ctx, "rmsnorm", u, [x, nw.w, y], rows),
+      );
     },
   };
   return r;
@@ -491,16 +471,12 @@ export function recordBlock(
   fq(pts?.qPreRope, io.q, qw, "points.qPreRope");
   fq(pts?.kPreRope, io.k, kw, "points.kPreRope");
   if (a.rope) {
-    const rope = pipeline(r.ctx, ropeWGSL());
     for (const [buf, heads] of [[io.q, nH], [io.k, nKV]] as const) {
       const u = a.cache
         ? r.U((pos0) => [T, heads, hd, pos0, 0, 0, 0, 0])
         : uniforms(r.ctx, [rows, heads, hd, 0, T, 0, 0, 0]);
-      r.list.push({
-        pipeline: rope,
-        bindGroup: bindGroup(r.ctx, rope, [u, buf, a.rope.cos, a.rope.sin]),
-        workgroups: grid(r.ctx, Math.ceil((rows * heads * hd) / 2 / 256)),
-      });
+      const groups = Math.ceil((rows * heads * hd) / 2 / 256);
+      r.list.push(kernelDispatch(r.ctx, "rope", u, [buf, a.rope.cos, a.rope.sin], groups));
     }
   }
   fq(pts?.q, io.q, qw, "points.q");
@@ -508,27 +484,24 @@ export function recordBlock(
   fq(pts?.kvWrite?.k, io.k, kw, "points.kvWrite.k");
   fq(pts?.v, io.v, kw, "points.v");
   fq(pts?.kvWrite?.v, io.v, kw, "points.kvWrite.v");
-  const attn = pipeline(r.ctx, attentionWGSL({ headDim: hd }));
   const scale = { f: 1 / Math.sqrt(hd) };
   let ua: GPUBuffer, K = io.k, V = io.v;
   if (a.cache) {
     for (const [src, dst] of [[io.k, a.cache.K], [io.v, a.cache.V]]) {
-      r.ew(copyRangeWGSL(), r.U((pos0) => [T * kw, 0, pos0 * kw, 0]), [src, dst], T * kw);
+      r.ew("copyRange", r.U((pos0) => [T * kw, 0, pos0 * kw, 0]), [src, dst], T * kw);
     }
     ({ K, V } = a.cache);
     ua = r.U((pos0) => [T, pos0 + T, nH, nKV, pos0, scale, 1, 0]);
   } else {
     ua = uniforms(r.ctx, [T, T, nH, nKV, 0, scale, a.B, 0]);
   }
-  r.list.push({
-    pipeline: attn,
-    bindGroup: bindGroup(r.ctx, attn, [ua, io.q, K, V, io.att]),
-    workgroups: grid(r.ctx, rows * nH),
-  });
+  r.list.push(
+    kernelDispatch(r.ctx, { attention: { headDim: hd } }, ua, [io.q, K, V, io.att], rows * nH),
+  );
   if (stop([L.o], io.att)) return { h, x, stopped: true };
   // x is free after the q/k/v products: it takes the output projection, then the residual.
   lin(L.o, io.att, x);
-  r.ew(addWGSL(), [rows * d, 0, 0, 0], [x, h], rows * d);
+  r.ew("add", [rows * d, 0, 0, 0], [x, h], rows * d);
   if (!preLN) {
     r.norm(L.attnNorm, h, x, rows);
     [h, x] = [x, h];
@@ -542,7 +515,7 @@ export function recordBlock(
   if (opt) {
     lin(first, y, io.g);
     r.ew(
-      activationWGSL(cfg.activation as "relu" | "gelu"),
+      cfg.activation as "relu" | "gelu",
       [rows * ff, 0, 0, 0],
       [io.g],
       rows * ff,
@@ -550,12 +523,12 @@ export function recordBlock(
   } else {
     lin(first, y, io.g);
     lin(rest[0], y, io.u);
-    r.ew(swigluWGSL(), [rows * ff, 0, 0, 0], [io.u, io.g], rows * ff);
+    r.ew("swiglu", [rows * ff, 0, 0, 0], [io.u, io.g], rows * ff);
   }
   if (stop([down], io.g)) return { h, x, stopped: true };
   // the MLP input is dead after the up/fc1 products: x takes the down projection.
   lin(down, io.g, x);
-  r.ew(addWGSL(), [rows * d, 0, 0, 0], [x, h], rows * d);
+  r.ew("add", [rows * d, 0, 0, 0], [x, h], rows * d);
   if (!preLN) {
     r.norm(L.mlpNorm, h, x, rows);
     [h, x] = [x, h];

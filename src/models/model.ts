@@ -6,16 +6,9 @@
 import type { Tensor } from "../tensor.ts";
 import type { ModelConfig } from "./config.ts";
 import type { QuantPoints } from "./points.ts";
+import type { WeightSource } from "../io/weight_source.ts";
 
-/** A source of named float32 tensors, loaded on first use and then cached. */
-export interface WeightSource {
-  /** Every tensor name the source holds (HF naming). */
-  names(): string[];
-  /** Loads one tensor (float32). */
-  load(name: string): Promise<Tensor>;
-  /** The tensor's shape without loading it, when the source knows it. */
-  shape?(name: string): number[] | undefined;
-}
+export type { WeightSource };
 
 /** Lazy weights with a cache and an override layer (quantized tensors replace originals here). */
 export class Weights {

@@ -31,10 +31,8 @@ import { checkPoints, type QuantSpec } from "./points.ts";
 import type { Backend } from "../backend/backend.ts";
 import { getBackend } from "../backend/device.ts";
 import {
-  bindGroup,
   type Dispatch,
-  grid,
-  pipeline,
+  kernelDispatch,
   runAndRead,
   runStepsAndRead,
   scratch,
@@ -43,9 +41,6 @@ import {
   type WebGPUBackend,
   writeUniforms,
 } from "../backend/webgpu.ts";
-import { addWGSL, copyRangeWGSL, embedWGSL } from "../../kernels/elementwise.ts";
-import { nllWGSL } from "../../kernels/nll.ts";
-import { argmaxWGSL } from "../../kernels/argmax.ts";
 import {
   allocBlockBuffers,
   type BlockBuffers,
@@ -254,10 +249,10 @@ export async function residentDecoder(
     const r = recorder(ctx, cfg);
     // Embeddings (OPT: project_in, then learned positions at offset 2).
     const e0 = projIn ? bufs.e! : bufs.h;
-    for (const p of E) r.ew(embedWGSL(), [T * de, de, p.r0, p.rows], [bufs.ids, p.buf, e0], T * de);
+    for (const p of E) r.ew("embed", [T * de, de, p.r0, p.rows], [bufs.ids, p.buf, e0], T * de);
     if (projIn) r.lin(projIn, e0, bufs.h, T);
     if (posTable) {
-      r.ew(addWGSL(), r.U((pos0) => [T * d, (pos0 + 2) * d, 0, 0]), [posTable, bufs.h], T * d);
+      r.ew("add", r.U((pos0) => [T * d, (pos0 + 2) * d, 0, 0]), [posTable, bufs.h], T * d);
     }
     let io: BlockBuffers = bufs;
     layers.forEach((L, i) => {
@@ -273,7 +268,7 @@ export async function residentDecoder(
     // Final norm, OPT project_out, LM head.
     let rows = T, src = io.h;
     if (!all) {
-      r.ew(copyRangeWGSL(), [d, (T - 1) * d, 0, 0], [io.h, bufs.last], d);
+      r.ew("copyRange", [d, (T - 1) * d, 0, 0], [io.h, bufs.last], d);
       rows = 1;
       src = bufs.last;
     }
@@ -288,17 +283,9 @@ export async function residentDecoder(
     }
     r.lin(head, hx, bufs.logits, rows);
     if (mode === "nll") {
-      const pipe = pipeline(ctx, nllWGSL());
-      r.list.push({
-        pipeline: pipe,
-        bindGroup: bindGroup(ctx, pipe, [
-          uniforms(ctx, [T, V, 0, 0]),
-          bufs.logits,
-          bufs.targets!,
-          bufs.nll!,
-        ]),
-        workgroups: grid(ctx, T),
-      });
+      r.list.push(
+        kernelDispatch(ctx, "nll", [T, V, 0, 0], [bufs.logits, bufs.targets!, bufs.nll!], T),
+      );
       return { list: r.list, dyn: r.dyn, bufs, out: bufs.nll!, outBytes: T * 4, own: mine };
     }
     return {
@@ -320,12 +307,7 @@ export async function residentDecoder(
     const tokens = scratch(ctx, GREEDY_CHUNK * 4);
     rec.own.push(tokens);
     const k = uniforms(ctx, [V, 0, 0, 0]);
-    const pipe = pipeline(ctx, argmaxWGSL());
-    rec.list.push({
-      pipeline: pipe,
-      bindGroup: bindGroup(ctx, pipe, [k, rec.bufs.logits, rec.bufs.ids, tokens]),
-      workgroups: [1, 1, 1],
-    });
+    rec.list.push(kernelDispatch(ctx, "argmax", k, [rec.bufs.logits, rec.bufs.ids, tokens], 1));
     decodeRec = { ...rec, k, tokens };
     return decodeRec;
   };
