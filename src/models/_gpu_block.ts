@@ -9,6 +9,7 @@ import type { ModelConfig } from "./config.ts";
 import type { Model } from "./model.ts";
 import { ropeInvFreq } from "./decoder.ts";
 import { QuantlabError } from "../errors.ts";
+import { familyOf } from "./family.ts";
 import { linearSpec, type QuantPoints, type QuantSpec } from "./points.ts";
 import {
   dequantGemmDispatch,
@@ -108,11 +109,6 @@ export interface GpuUploader {
   release(): void;
 }
 
-/** The tensor-name prefix of a family ("model" or "model.decoder"). */
-export function modelPrefix(cfg: ModelConfig): string {
-  return cfg.family === "opt" ? "model.decoder" : "model";
-}
-
 /**
  * Weight uploads for `model` on `ctx` (see {@linkcode GpuUploader}); `maxBindingBytes` overrides
  * the device's binding limit (tests force row splits with it).
@@ -123,8 +119,7 @@ export function gpuUploader(
   opts: { maxBindingBytes?: number } = {},
 ): GpuUploader {
   const cfg = model.config;
-  const opt = cfg.family === "opt";
-  const P = modelPrefix(cfg);
+  const fam = familyOf(cfg);
   const limit = opts.maxBindingBytes ?? ctx.device.limits.maxStorageBufferBindingSize;
   const align = ctx.device.limits.minStorageBufferOffsetAlignment / 4;
   const split = (data: Float32Array, rows: number, cols: number): RowPart[] => {
@@ -180,23 +175,21 @@ export function gpuUploader(
     async norm(name) {
       return {
         w: await self.tensor(`${name}.weight`),
-        b: opt ? await self.tensor(`${name}.bias`) : undefined,
+        b: fam.norm === "layer" ? await self.tensor(`${name}.bias`) : undefined,
       };
     },
     async block(i) {
-      const p = `${P}.layers.${i}`;
+      const n = fam.block(i);
+      const mlp: GpuLinear[] = [];
+      for (const name of n.mlp) mlp.push(await self.linear(name));
       return {
-        attnNorm: await self.norm(opt ? `${p}.self_attn_layer_norm` : `${p}.input_layernorm`),
-        mlpNorm: await self.norm(opt ? `${p}.final_layer_norm` : `${p}.post_attention_layernorm`),
-        q: await self.linear(`${p}.self_attn.q_proj`),
-        k: await self.linear(`${p}.self_attn.k_proj`),
-        v: await self.linear(`${p}.self_attn.v_proj`),
-        o: await self.linear(opt ? `${p}.self_attn.out_proj` : `${p}.self_attn.o_proj`),
-        mlp: opt ? [await self.linear(`${p}.fc1`), await self.linear(`${p}.fc2`)] : [
-          await self.linear(`${p}.mlp.gate_proj`),
-          await self.linear(`${p}.mlp.up_proj`),
-          await self.linear(`${p}.mlp.down_proj`),
-        ],
+        attnNorm: await self.norm(n.attnNorm),
+        mlpNorm: await self.norm(n.mlpNorm),
+        q: await self.linear(n.q),
+        k: await self.linear(n.k),
+        v: await self.linear(n.v),
+        o: await self.linear(n.o),
+        mlp,
       };
     },
     release() {
@@ -240,7 +233,7 @@ export function blockUnsupported(cfg: ModelConfig, tokens: number): string | und
     return `head dimension ${cfg.headDim} (the attention kernel takes multiples of 4 up to 256)`;
   }
   if (cfg.numHeads % cfg.numKvHeads !== 0) return "heads not a multiple of KV heads";
-  if (cfg.family === "opt" && !["relu", "gelu"].includes(cfg.activation)) {
+  if (familyOf(cfg).mlp === "fc" && !["relu", "gelu"].includes(cfg.activation)) {
     return `OPT activation "${cfg.activation}"`;
   }
   return undefined;
@@ -276,7 +269,7 @@ export interface Recorder {
 export function recorder(ctx: WebGPUContext, cfg: ModelConfig): Recorder {
   const list: Dispatch[] = [];
   const dyn: DynUniform[] = [];
-  const opt = cfg.family === "opt";
+  const layerNorm = familyOf(cfg).norm === "layer";
   const r: Recorder = {
     ctx,
     list,
@@ -332,7 +325,7 @@ export function recorder(ctx: WebGPUContext, cfg: ModelConfig): Recorder {
     norm(nw, x, y, rows) {
       const u = [rows, cfg.hiddenSize, { f: cfg.normEps }, 0];
       list.push(
-        opt
+        layerNorm
           ? kernelDispatch(ctx, "layernorm", u, [x, nw.w, nw.b!, y], rows)
           : kernelDispatch(ctx, "rmsnorm", u, [x, nw.w, y], rows),
       );
@@ -384,7 +377,7 @@ export function allocBlockBuffers(
     v: alloc(rows * kw * 4),
     att: alloc(rows * qw * 4),
     g: alloc(rows * ff * 4),
-    u: alloc(cfg.family === "opt" ? 16 : rows * ff * 4),
+    u: alloc(familyOf(cfg).mlp === "fc" ? 16 : rows * ff * 4),
     xq: opts.points?.linearInput ? alloc(rows * Math.max(d, qw, ff) * 4) : undefined,
   };
 }
@@ -429,11 +422,12 @@ export function recordBlock(
   a: BlockAttention,
   collect?: (linears: GpuLinear[], x: GPUBuffer, rows: number) => boolean,
 ): { h: GPUBuffer; x: GPUBuffer; stopped: boolean } {
-  const opt = cfg.family === "opt";
+  const fam = familyOf(cfg);
+  const fc = fam.mlp === "fc";
   const { numHeads: nH, numKvHeads: nKV, headDim: hd, hiddenSize: d } = cfg;
   const kw = nKV * hd, ff = cfg.intermediateSize;
   const rows = a.B * a.T, T = a.T;
-  const preLN = !opt || cfg.doLayerNormBefore;
+  const preLN = fam.norm === "rms" || cfg.doLayerNormBefore;
   let h = io.h, x = io.x;
   const stop = (ls: GpuLinear[], inp: GPUBuffer) => collect?.(ls, inp, rows) ?? false;
   const pts = a.points?.specs;
@@ -509,10 +503,10 @@ export function recordBlock(
   const y = preLN ? x : h;
   if (preLN) r.norm(L.mlpNorm, h, x, rows);
   const [first, ...rest] = L.mlp;
-  const firstGroup = opt ? [first] : [first, rest[0]];
+  const firstGroup = fc ? [first] : [first, rest[0]];
   if (stop(firstGroup, y)) return { h, x, stopped: true };
-  const down = opt ? rest[0] : rest[1];
-  if (opt) {
+  const down = fc ? rest[0] : rest[1];
+  if (fc) {
     lin(first, y, io.g);
     r.ew(
       cfg.activation as "relu" | "gelu",

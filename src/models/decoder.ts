@@ -13,6 +13,7 @@ import { QuantlabError } from "../errors.ts";
 import { getBackend } from "../backend/device.ts";
 import { erfFit, fakeQuant, type QuantSpec } from "../backend/ops.ts";
 import { checkPoints, linearSpec, type QuantPoints } from "./points.ts";
+import { familyOf } from "./family.ts";
 
 /** Forward hooks. Each may return a replacement tensor (activation or KV-cache quantizers). */
 export interface ForwardHooks {
@@ -67,10 +68,6 @@ export interface RunOptions {
 /** `x` fake-quantized by `spec` (unchanged when there is none). */
 function at(x: Tensor, spec: QuantSpec | undefined, where: string): Tensor {
   return spec ? fakeQuant(x, spec, where) : x;
-}
-
-function prefix(cfg: ModelConfig): string {
-  return cfg.family === "opt" ? "model.decoder" : "model";
 }
 
 /**
@@ -136,11 +133,11 @@ function layerNorm(x: Tensor, w: Float32Array, b: Float32Array, eps: number): Te
   return { shape: [...x.shape], data: out };
 }
 
-/** Applies the norm `name` (RMSNorm for Llama, LayerNorm for OPT). */
+/** Applies the norm `name` (the family's kind: RMSNorm for Llama, LayerNorm for OPT). */
 export async function norm(model: Model, name: string, x: Tensor): Promise<Tensor> {
   const cfg = model.config;
   const w = (await model.weights.get(`${name}.weight`)).data;
-  if (cfg.family === "opt") {
+  if (familyOf(cfg).norm === "layer") {
     return layerNorm(x, w, (await model.weights.get(`${name}.bias`)).data, cfg.normEps);
   }
   return rmsNorm(x, w, cfg.normEps);
@@ -376,8 +373,8 @@ export async function embed(
   opts: { seqLen?: number; posOffset?: number; backend?: Backend } = {},
 ): Promise<Tensor> {
   const cfg = model.config;
-  const p = prefix(cfg);
-  const E = await model.weights.get(`${p}.embed_tokens.weight`);
+  const fam = familyOf(cfg);
+  const E = await model.weights.get(`${fam.embed}.weight`);
   const de = E.shape[1];
   const out = new Float32Array(ids.length * de);
   for (let r = 0; r < ids.length; r++) {
@@ -388,16 +385,16 @@ export async function embed(
     out.set(E.data.subarray(id * de, (id + 1) * de), r * de);
   }
   let h: Tensor = { shape: [ids.length, de], data: out };
-  if (cfg.family === "opt") {
-    if (cfg.wordEmbedProjDim !== cfg.hiddenSize) {
-      h = await linear(model, `${p}.project_in`, h, { backend: opts.backend });
+  if (fam.positions === "learned") {
+    if (fam.projIn && cfg.wordEmbedProjDim !== cfg.hiddenSize) {
+      h = await linear(model, fam.projIn, h, { backend: opts.backend });
     }
-    const P = await model.weights.get(`${p}.embed_positions.weight`);
+    const P = await model.weights.get(`${fam.positionTable}.weight`);
     const seqLen = opts.seqLen ?? ids.length;
     const off = opts.posOffset ?? 0;
     const d = cfg.hiddenSize;
     for (let r = 0; r < ids.length; r++) {
-      const pos = (r % seqLen) + off + 2; // OPT's learned positions start at offset 2
+      const pos = (r % seqLen) + off + fam.positionOffset; // OPT's table starts at offset 2
       if (pos >= P.shape[0]) {
         throw new QuantlabError(`embed: position ${pos - 2} beyond the model's ${P.shape[0] - 2}`);
       }
@@ -441,22 +438,21 @@ export async function block(
     );
   }
   const { numHeads: nH, numKvHeads: nKV, headDim: hd } = cfg;
-  const opt = cfg.family === "opt";
-  const p = `${prefix(cfg)}.layers.${i}`;
-  const attnNorm = opt ? `${p}.self_attn_layer_norm` : `${p}.input_layernorm`;
-  const mlpNorm = opt ? `${p}.final_layer_norm` : `${p}.post_attention_layernorm`;
-  const preLN = !opt || cfg.doLayerNormBefore;
+  const fam = familyOf(cfg);
+  const names = fam.block(i);
+  const { attnNorm, mlpNorm } = names;
+  const preLN = fam.norm === "rms" || cfg.doLayerNormBefore;
 
   // --- attention ---
   const x = preLN ? await norm(model, attnNorm, h) : h;
-  let q = await lin(`${p}.self_attn.q_proj`, x);
-  let k = await lin(`${p}.self_attn.k_proj`, x);
-  let v = await lin(`${p}.self_attn.v_proj`, x);
+  let q = await lin(names.q, x);
+  let k = await lin(names.k, x);
+  let v = await lin(names.v, x);
   if (points) {
     q = at(q, points.qPreRope, "points.qPreRope");
     k = at(k, points.kPreRope, "points.kPreRope");
   }
-  if (!opt) {
+  if (fam.positions === "rope") {
     const inv = ropeInvFreq(cfg);
     applyRope(q.data, nH, hd, inv, (r) => (r % T) + off);
     applyRope(k.data, nKV, hd, inv, (r) => (r % T) + off);
@@ -504,16 +500,15 @@ export async function block(
       backend,
     );
   }
-  const oName = opt ? `${p}.self_attn.out_proj` : `${p}.self_attn.o_proj`;
-  const a = await lin(oName, { shape: [rows, qw], data: attn });
+  const a = await lin(names.o, { shape: [rows, qw], data: attn });
   let h2 = add(h, a);
   if (!preLN) h2 = await norm(model, attnNorm, h2);
 
   // --- MLP ---
   const y = preLN ? await norm(model, mlpNorm, h2) : h2;
   let m: Tensor;
-  if (opt) {
-    const f1 = await lin(`${p}.fc1`, y);
+  if (fam.mlp === "fc") {
+    const f1 = await lin(names.mlp[0], y);
     const d = f1.data;
     if (cfg.activation === "relu") {
       for (let j = 0; j < d.length; j++) {
@@ -522,13 +517,13 @@ export async function block(
     } else if (cfg.activation === "gelu") {
       for (let j = 0; j < d.length; j++) d[j] = 0.5 * d[j] * (1 + erfFit(d[j] / Math.SQRT2));
     } else throw new QuantlabError(`OPT activation "${cfg.activation}" is not supported`);
-    m = await lin(`${p}.fc2`, f1);
+    m = await lin(names.mlp[1], f1);
   } else {
-    const g = await lin(`${p}.mlp.gate_proj`, y);
-    const u = await lin(`${p}.mlp.up_proj`, y);
+    const g = await lin(names.mlp[0], y);
+    const u = await lin(names.mlp[1], y);
     const gd = g.data;
     for (let j = 0; j < gd.length; j++) gd[j] = (gd[j] / (1 + Math.exp(-gd[j]))) * u.data[j];
-    m = await lin(`${p}.mlp.down_proj`, g);
+    m = await lin(names.mlp[2], g);
   }
   let out = add(h2, m);
   if (!preLN) out = await norm(model, mlpNorm, out);
@@ -542,17 +537,17 @@ export async function head(
   opts: { backend?: Backend; hooks?: ForwardHooks } = {},
 ): Promise<Tensor> {
   const cfg = model.config;
-  const p = prefix(cfg);
+  const fam = familyOf(cfg);
   let x = h;
-  if (cfg.family === "llama") x = await norm(model, `${p}.norm`, x);
-  else if (cfg.doLayerNormBefore && model.weights.has(`${p}.final_layer_norm.weight`)) {
+  if (fam.norm === "rms") x = await norm(model, fam.finalNorm, x);
+  else if (cfg.doLayerNormBefore && model.weights.has(`${fam.finalNorm}.weight`)) {
     // OPT: some converted checkpoints drop the final LayerNorm (`_remove_final_layer_norm`).
-    x = await norm(model, `${p}.final_layer_norm`, x);
+    x = await norm(model, fam.finalNorm, x);
   }
-  if (cfg.family === "opt" && cfg.wordEmbedProjDim !== cfg.hiddenSize) {
-    x = await linear(model, `${p}.project_out`, x, opts);
+  if (fam.projOut && cfg.wordEmbedProjDim !== cfg.hiddenSize) {
+    x = await linear(model, fam.projOut, x, opts);
   }
-  const name = model.weights.has("lm_head.weight") ? "lm_head" : `${p}.embed_tokens`;
+  const name = model.weights.has("lm_head.weight") ? "lm_head" : fam.embed;
   const W = await model.weights.get(`${name}.weight`);
   const be = opts.backend ?? getBackend();
   return be.matmulTransB(x, W);

@@ -27,6 +27,7 @@
  */
 import type { Model } from "./model.ts";
 import { QuantlabError, UnsupportedError } from "../errors.ts";
+import { familyOf } from "./family.ts";
 import { checkPoints, type QuantSpec } from "./points.ts";
 import type { Backend } from "../backend/backend.ts";
 import { getBackend } from "../backend/device.ts";
@@ -49,7 +50,6 @@ import {
   type GpuBlock,
   type GpuLinear,
   gpuUploader,
-  modelPrefix,
   recordBlock,
   recorder,
   ropeTablesFor,
@@ -177,8 +177,8 @@ export async function residentDecoder(
   if (why) throw new UnsupportedError(`residentDecoder: ${why}; use the host forward`);
   const ctx = backend.ctx;
   const cfg = model.config;
-  const opt = cfg.family === "opt";
-  const P = modelPrefix(cfg);
+  const fam = familyOf(cfg);
+  const learned = fam.positions === "learned";
   const capacity = opts.capacity ?? cfg.maxPositions;
   const { numHeads: nH, numKvHeads: nKV, headDim: hd, hiddenSize: d } = cfg;
   const qw = nH * hd, kw = nKV * hd, ff = cfg.intermediateSize, V = cfg.vocabSize;
@@ -189,17 +189,17 @@ export async function residentDecoder(
     return b;
   };
   const has = (name: string) => model.weights.has(name);
-  const E = await w.rowParts(`${P}.embed_tokens.weight`);
-  const de = opt ? cfg.wordEmbedProjDim : d;
-  const posTable = opt ? await w.tensor(`${P}.embed_positions.weight`) : undefined;
-  const projIn = opt && de !== d ? await w.linear(`${P}.project_in`) : undefined;
-  const projOut = opt && de !== d ? await w.linear(`${P}.project_out`) : undefined;
+  const E = await w.rowParts(`${fam.embed}.weight`);
+  const de = learned ? cfg.wordEmbedProjDim : d;
+  const posTable = learned ? await w.tensor(`${fam.positionTable}.weight`) : undefined;
+  const projIn = fam.projIn && de !== d ? await w.linear(fam.projIn) : undefined;
+  const projOut = fam.projOut && de !== d ? await w.linear(fam.projOut) : undefined;
   const layers: GpuBlock[] = [];
   for (let i = 0; i < cfg.numLayers; i++) layers.push(await w.block(i));
-  const finalNorm = !opt
-    ? await w.norm(`${P}.norm`)
-    : cfg.doLayerNormBefore && has(`${P}.final_layer_norm.weight`)
-    ? await w.norm(`${P}.final_layer_norm`)
+  const finalNorm = fam.norm === "rms"
+    ? await w.norm(fam.finalNorm)
+    : cfg.doLayerNormBefore && has(`${fam.finalNorm}.weight`)
+    ? await w.norm(fam.finalNorm)
     : undefined;
   const head: GpuLinear = has("lm_head.weight")
     ? await w.linear("lm_head")
@@ -207,7 +207,7 @@ export async function residentDecoder(
     ? { name: "lm_head", rows: V, cols: de, dense: E[0].buf }
     : { name: "lm_head", rows: V, cols: de, parts: E };
   let rope: { cos: GPUBuffer; sin: GPUBuffer } | undefined;
-  if (!opt) {
+  if (fam.positions === "rope") {
     const t = ropeTablesFor(cfg, capacity);
     rope = { cos: own(upload(ctx, t.cos)), sin: own(upload(ctx, t.sin)) };
   }
@@ -252,7 +252,12 @@ export async function residentDecoder(
     for (const p of E) r.ew("embed", [T * de, de, p.r0, p.rows], [bufs.ids, p.buf, e0], T * de);
     if (projIn) r.lin(projIn, e0, bufs.h, T);
     if (posTable) {
-      r.ew("add", r.U((pos0) => [T * d, (pos0 + 2) * d, 0, 0]), [posTable, bufs.h], T * d);
+      r.ew(
+        "add",
+        r.U((pos0) => [T * d, (pos0 + fam.positionOffset) * d, 0, 0]),
+        [posTable, bufs.h],
+        T * d,
+      );
     }
     let io: BlockBuffers = bufs;
     layers.forEach((L, i) => {

@@ -14,6 +14,7 @@
 import type { Tensor } from "../tensor.ts";
 import type { Model } from "./model.ts";
 import { QuantlabError } from "../errors.ts";
+import { familyOf } from "./family.ts";
 import {
   readback,
   runAndRead,
@@ -114,7 +115,7 @@ export async function residentBlockRunner(
   const byName = new Map<string, GpuLinear>();
   for (const l of [L.q, L.k, L.v, L.o, ...L.mlp]) byName.set(l.name, l);
   let rope: { cos: GPUBuffer; sin: GPUBuffer } | undefined;
-  if (cfg.family !== "opt") {
+  if (familyOf(cfg).positions === "rope") {
     const t = ropeTablesFor(cfg, T);
     rope = { cos: upload(ctx, t.cos), sin: upload(ctx, t.sin) };
     w.owned.push(rope.cos, rope.sin);
