@@ -63,7 +63,17 @@ export interface RunOptions {
   backend?: Backend;
   /** Quantizer specs at the forward's quantization points (default `model.points`). */
   points?: QuantPoints;
+  /**
+   * Sees each quantization point's tensor before its spec (calibration statistics, e.g.
+   * `point_stats.ts`): `point` is a {@linkcode QuantPoints} key ("linearInput", "linearOutput",
+   * "qPreRope", "kPreRope", "q", "k", "v"), `site` the linear's name or the block index.
+   * Host forward only; must not modify `x`.
+   */
+  observe?: Observer;
 }
+
+/** See {@linkcode RunOptions.observe}. */
+export type Observer = (point: string, site: string, x: Tensor) => void;
 
 /** `x` fake-quantized by `spec` (unchanged when there is none). */
 function at(x: Tensor, spec: QuantSpec | undefined, where: string): Tensor {
@@ -81,10 +91,11 @@ export async function linear(
   model: Model,
   name: string,
   x: Tensor,
-  opts: { hooks?: ForwardHooks; backend?: Backend; points?: QuantPoints } = {},
+  opts: { hooks?: ForwardHooks; backend?: Backend; points?: QuantPoints; observe?: Observer } = {},
 ): Promise<Tensor> {
   const be = opts.backend ?? getBackend();
   const pts = opts.points;
+  opts.observe?.("linearInput", name, x);
   if (pts?.linearInput) {
     x = at(x, linearSpec(pts.linearInput, name), `points.linearInput(${name})`);
   }
@@ -99,6 +110,7 @@ export async function linear(
     const d = y.data;
     for (let i = 0; i < d.length; i += n) for (let j = 0; j < n; j++) d[i + j] += b[j];
   }
+  opts.observe?.("linearOutput", name, y);
   if (pts?.linearOutput) {
     y = at(y, linearSpec(pts.linearOutput, name), `points.linearOutput(${name})`);
   }
@@ -422,7 +434,9 @@ export async function block(
   const backend = opts.backend ?? getBackend();
   const points: QuantPoints | undefined = opts.points ?? model.points;
   if (points) checkPoints(points, cfg);
-  const lin = (name: string, x: Tensor) => linear(model, name, x, { hooks, backend, points });
+  const observe = opts.observe;
+  const lin = (name: string, x: Tensor) =>
+    linear(model, name, x, { hooks, backend, points, observe });
   const batch = opts.batch ?? 1;
   const rows = h.shape[0];
   const T = rows / batch;
@@ -448,6 +462,8 @@ export async function block(
   let q = await lin(names.q, x);
   let k = await lin(names.k, x);
   let v = await lin(names.v, x);
+  observe?.("qPreRope", `${i}`, q);
+  observe?.("kPreRope", `${i}`, k);
   if (points) {
     q = at(q, points.qPreRope, "points.qPreRope");
     k = at(k, points.kPreRope, "points.kPreRope");
@@ -457,6 +473,9 @@ export async function block(
     applyRope(q.data, nH, hd, inv, (r) => (r % T) + off);
     applyRope(k.data, nKV, hd, inv, (r) => (r % T) + off);
   }
+  observe?.("q", `${i}`, q);
+  observe?.("k", `${i}`, k);
+  observe?.("v", `${i}`, v);
   if (points) {
     q = at(q, points.q, "points.q");
     k = at(at(k, points.k, "points.k"), points.kvWrite?.k, "points.kvWrite.k");

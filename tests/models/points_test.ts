@@ -46,6 +46,15 @@ const SINGLE: Record<string, QuantPoints> = {
     linearInput: { "*.self_attn.o_proj": { bits: 6, granularity: "tensor" } },
   },
   "linearInput up_proj (asym)": { linearInput: { "*.mlp.up_proj": { bits: 8, sym: false } } },
+  "linearInput down_proj (static per-channel scales)": {
+    linearInput: {
+      "*.mlp.down_proj": {
+        bits: 6,
+        granularity: "channel",
+        scales: Float32Array.from({ length: 172 }, (_, j) => 0.01 + 0.0002 * j),
+      },
+    },
+  },
   "linearOutput k_proj": { linearOutput: { "*.self_attn.k_proj": { bits: 8 } } },
   "qPreRope": { qPreRope: { bits: 8, groupSize: 8 } },
   "kPreRope (per channel)": { kPreRope: { bits: 8, granularity: "channel" } },
