@@ -17,6 +17,10 @@ export { getTokenizer, loadModel, type LoadOptions } from "./src/models/load.ts"
 export type { Model } from "./src/models/model.ts";
 export type { ModelConfig } from "./src/models/config.ts";
 export { createKVCache, forward, type ForwardHooks } from "./src/models/decoder.ts";
+export { checkPoints, type QuantPoints, type QuantSpec } from "./src/models/points.ts";
+export { collectChannelAbsMax, staticChannelSpec } from "./src/models/point_stats.ts";
+export { type FamilyDescription, familyOf } from "./src/models/family.ts";
+export { fakeQuant } from "./src/backend/ops.ts";
 export { loadTokenizer, type Tokenizer } from "./src/io/tokenizer.ts";
 export { readHeader, readTensor, writeSafetensors } from "./src/io/safetensors.ts";
 export { perplexity, quantize } from "./src/api.ts";

@@ -56,6 +56,39 @@ export function gemmSession(transB: boolean): Promise<Session> {
   return s;
 }
 
+/**
+ * A float64 `Y = A · B` through onnxruntime (`MatMul` on `tensor(double)`, MLAS DGEMM, dynamic
+ * shapes): resolves to the product function once the session exists. Rejects when
+ * onnxruntime-node cannot be loaded (callers fall back to TypeScript).
+ */
+export async function matmulF64Session(): Promise<
+  (a: Float64Array, b: Float64Array, dims: { m: number; k: number; n: number }) => Promise<
+    Float64Array
+  >
+> {
+  const ort = await loadOrt();
+  const f64 = 11; // TensorProto.DOUBLE
+  const session = await ort.InferenceSession.create(
+    encodeModel(
+      [{ op: "MatMul", inputs: ["A", "B"], outputs: ["Y"] }],
+      [{ name: "A", elemType: f64, dims: ["m", "k"] }, {
+        name: "B",
+        elemType: f64,
+        dims: ["k", "n"],
+      }],
+      [{ name: "Y", elemType: f64, dims: ["m", "n"] }],
+    ),
+    { graphOptimizationLevel: "all", executionMode: "sequential" },
+  );
+  return async (a, b, { m, k, n }) => {
+    const out = await session.run({
+      A: new ort.Tensor("float64", a, [m, k]),
+      B: new ort.Tensor("float64", b, [k, n]),
+    });
+    return out.Y.data as Float64Array;
+  };
+}
+
 /** The ONNX bytes of batched attention: MatMul(Q, Kᵀ) + mask → Softmax → MatMul(·, V). */
 export function attentionModelBytes(): Uint8Array {
   const f = 1;

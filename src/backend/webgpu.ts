@@ -108,6 +108,13 @@ export {
   gpuSoftmax,
   isCausalMask,
 } from "./_webgpu_nn.ts";
+export { type FakeQuantBuffers, fakeQuantDispatch, gpuFakeQuant } from "./_webgpu_fake_quant.ts";
+export {
+  type ElementwiseKernel,
+  type Fields,
+  kernelDispatch,
+  type RowKernel,
+} from "./_webgpu_forward.ts";
 
 /**
  * `softmax(Q·Kᵀ + mask)·V` in TypeScript (float64 sums) for masks the GPU kernel does not take

@@ -7,7 +7,7 @@ import { OptionError } from "../errors.ts";
 import { createKVCache, forward } from "../models/decoder.ts";
 import { getTokenizer } from "../models/load.ts";
 import type { Model } from "../models/model.ts";
-import { mulberry32 } from "../quant/_rng.ts";
+import { mulberry32 } from "../rng.ts";
 import { mergeHooks } from "./perplexity.ts";
 import { GREEDY_CHUNK, residentFor } from "../models/resident.ts";
 

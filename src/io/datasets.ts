@@ -16,7 +16,7 @@
  */
 import { fileURLToPath } from "node:url";
 import { FormatError, OfflineError, OptionError } from "../errors.ts";
-import { readFileChecked, readTextChecked, statPath } from "./_fs.ts";
+import { readFileChecked, readTextChecked, statPath } from "./fs.ts";
 
 /** Dataset names understood by {@linkcode loadEvalText} and {@linkcode loadCalibText}. */
 export type DatasetName = "wikitext2" | "ptb" | "c4" | "tinystories";

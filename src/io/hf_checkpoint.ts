@@ -5,7 +5,7 @@
  * @module
  */
 import { ConfigError, FormatError, UnsupportedError } from "../errors.ts";
-import type { WeightSource } from "../models/model.ts";
+import type { WeightSource } from "./weight_source.ts";
 import {
   type NonFinitePolicy,
   readHeader,
@@ -13,7 +13,7 @@ import {
   type SafetensorsHeader,
 } from "./safetensors.ts";
 import { jsonDepthExceeds } from "./safetensors.ts";
-import { clip, fileIfPresent, requireFile, statPath } from "./_fs.ts";
+import { clip, fileIfPresent, requireFile, statPath } from "./fs.ts";
 
 /** An opened checkpoint folder. */
 export interface HfCheckpoint {

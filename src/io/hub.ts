@@ -5,7 +5,7 @@
  * @module
  */
 import { OfflineError } from "../errors.ts";
-import { writeFileAtomic } from "./_fs.ts";
+import { writeFileAtomic } from "./fs.ts";
 
 /** Cache root: `$QUANTLAB_CACHE`, else `$HF_HOME/quantlab`, else `~/.cache/quantlab`. */
 export function cacheRoot(): string {

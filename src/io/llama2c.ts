@@ -7,7 +7,7 @@
  * @module
  */
 import { FormatError } from "../errors.ts";
-import { readFileChecked } from "./_fs.ts";
+import { readFileChecked } from "./fs.ts";
 import type { Tensor } from "../tensor.ts";
 import { firstNonFinite } from "../tensor.ts";
 import { NonFiniteError } from "../errors.ts";

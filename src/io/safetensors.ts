@@ -6,7 +6,7 @@
  * @module
  */
 import { FormatError, NonFiniteError } from "../errors.ts";
-import { clip, openForRead, writeFileAtomic } from "./_fs.ts";
+import { clip, openForRead, writeFileAtomic } from "./fs.ts";
 import {
   bf16ArrayToF32,
   f16ArrayToF32,

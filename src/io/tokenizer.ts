@@ -11,7 +11,7 @@
  * @module
  */
 import { ConfigError, FormatError, OptionError, UnsupportedError } from "../errors.ts";
-import { readFileChecked, readTextChecked, writeFileAtomic } from "./_fs.ts";
+import { readFileChecked, readTextChecked, writeFileAtomic } from "./fs.ts";
 import {
   parseLlama2cTokenizer,
   parseSentencePieceModel,

@@ -9,33 +9,26 @@ import type { ModelConfig } from "./config.ts";
 import type { Model } from "./model.ts";
 import { ropeInvFreq } from "./decoder.ts";
 import { QuantlabError } from "../errors.ts";
+import { familyOf } from "./family.ts";
+import { linearSpec, type QuantPoints, type QuantSpec } from "./points.ts";
 import {
-  bindGroup,
   dequantGemmDispatch,
   dequantGemvDispatch,
   type Dispatch,
+  type ElementwiseKernel,
+  fakeQuantDispatch,
+  type Fields,
   gemvDispatch,
   type GpuPackedWeights,
-  grid,
+  kernelDispatch,
   matmulDispatch,
-  pipeline,
   residentPacked,
   uniforms,
   upload,
   type WebGPUContext,
 } from "../backend/webgpu.ts";
-import { attentionWGSL } from "../../kernels/attention.ts";
-import { rmsnormWGSL } from "../../kernels/rmsnorm.ts";
-import { layernormWGSL } from "../../kernels/layernorm.ts";
-import { ropeWGSL } from "../../kernels/rope.ts";
-import {
-  activationWGSL,
-  addWGSL,
-  biasWGSL,
-  copyRangeWGSL,
-  ELEMENTWISE_WG,
-  swigluWGSL,
-} from "../../kernels/elementwise.ts";
+
+export type { Fields };
 
 /** A linear layer on the GPU: dense [out, in] weights or packed codes, optional bias. */
 export interface GpuLinear {
@@ -116,11 +109,6 @@ export interface GpuUploader {
   release(): void;
 }
 
-/** The tensor-name prefix of a family ("model" or "model.decoder"). */
-export function modelPrefix(cfg: ModelConfig): string {
-  return cfg.family === "opt" ? "model.decoder" : "model";
-}
-
 /**
  * Weight uploads for `model` on `ctx` (see {@linkcode GpuUploader}); `maxBindingBytes` overrides
  * the device's binding limit (tests force row splits with it).
@@ -131,8 +119,7 @@ export function gpuUploader(
   opts: { maxBindingBytes?: number } = {},
 ): GpuUploader {
   const cfg = model.config;
-  const opt = cfg.family === "opt";
-  const P = modelPrefix(cfg);
+  const fam = familyOf(cfg);
   const limit = opts.maxBindingBytes ?? ctx.device.limits.maxStorageBufferBindingSize;
   const align = ctx.device.limits.minStorageBufferOffsetAlignment / 4;
   const split = (data: Float32Array, rows: number, cols: number): RowPart[] => {
@@ -188,23 +175,21 @@ export function gpuUploader(
     async norm(name) {
       return {
         w: await self.tensor(`${name}.weight`),
-        b: opt ? await self.tensor(`${name}.bias`) : undefined,
+        b: fam.norm === "layer" ? await self.tensor(`${name}.bias`) : undefined,
       };
     },
     async block(i) {
-      const p = `${P}.layers.${i}`;
+      const n = fam.block(i);
+      const mlp: GpuLinear[] = [];
+      for (const name of n.mlp) mlp.push(await self.linear(name));
       return {
-        attnNorm: await self.norm(opt ? `${p}.self_attn_layer_norm` : `${p}.input_layernorm`),
-        mlpNorm: await self.norm(opt ? `${p}.final_layer_norm` : `${p}.post_attention_layernorm`),
-        q: await self.linear(`${p}.self_attn.q_proj`),
-        k: await self.linear(`${p}.self_attn.k_proj`),
-        v: await self.linear(`${p}.self_attn.v_proj`),
-        o: await self.linear(opt ? `${p}.self_attn.out_proj` : `${p}.self_attn.o_proj`),
-        mlp: opt ? [await self.linear(`${p}.fc1`), await self.linear(`${p}.fc2`)] : [
-          await self.linear(`${p}.mlp.gate_proj`),
-          await self.linear(`${p}.mlp.up_proj`),
-          await self.linear(`${p}.mlp.down_proj`),
-        ],
+        attnNorm: await self.norm(n.attnNorm),
+        mlpNorm: await self.norm(n.mlpNorm),
+        q: await self.linear(n.q),
+        k: await self.linear(n.k),
+        v: await self.linear(n.v),
+        o: await self.linear(n.o),
+        mlp,
       };
     },
     release() {
@@ -248,14 +233,11 @@ export function blockUnsupported(cfg: ModelConfig, tokens: number): string | und
     return `head dimension ${cfg.headDim} (the attention kernel takes multiples of 4 up to 256)`;
   }
   if (cfg.numHeads % cfg.numKvHeads !== 0) return "heads not a multiple of KV heads";
-  if (cfg.family === "opt" && !["relu", "gelu"].includes(cfg.activation)) {
+  if (familyOf(cfg).mlp === "fc" && !["relu", "gelu"].includes(cfg.activation)) {
     return `OPT activation "${cfg.activation}"`;
   }
   return undefined;
 }
-
-/** Uniform fields: u32 numbers or `{ f }` floats. */
-export type Fields = (number | { f: number })[];
 
 /** A position-dependent uniform buffer of a recorded list: rewritten before each submission. */
 export interface DynUniform {
@@ -276,7 +258,7 @@ export interface Recorder {
   /** A uniform buffer whose fields depend on the step's first position. */
   U(fields: (pos0: number) => Fields): GPUBuffer;
   /** One elementwise dispatch over `n` elements. */
-  ew(code: string, u: GPUBuffer | Fields, bufs: GPUBuffer[], n: number): void;
+  ew(kernel: ElementwiseKernel, u: GPUBuffer | Fields, bufs: GPUBuffer[], n: number): void;
   /** `y = x · Wᵀ (+ b)` for `m` rows: GEMV at m = 1, else the tiled matmul or dequant GEMM. */
   lin(L: GpuLinear, x: GPUBuffer, y: GPUBuffer, m: number): void;
   /** The family's norm (RMSNorm or LayerNorm) over `rows` rows of width `d`. */
@@ -287,7 +269,7 @@ export interface Recorder {
 export function recorder(ctx: WebGPUContext, cfg: ModelConfig): Recorder {
   const list: Dispatch[] = [];
   const dyn: DynUniform[] = [];
-  const opt = cfg.family === "opt";
+  const layerNorm = familyOf(cfg).norm === "layer";
   const r: Recorder = {
     ctx,
     list,
@@ -297,14 +279,8 @@ export function recorder(ctx: WebGPUContext, cfg: ModelConfig): Recorder {
       dyn.push({ buf, fields });
       return buf;
     },
-    ew(code, u, bufs, n) {
-      const pipe = pipeline(ctx, code);
-      const ub = Array.isArray(u) ? uniforms(ctx, u) : u;
-      list.push({
-        pipeline: pipe,
-        bindGroup: bindGroup(ctx, pipe, [ub, ...bufs]),
-        workgroups: grid(ctx, Math.ceil(n / ELEMENTWISE_WG)),
-      });
+    ew(kernel, u, bufs, n) {
+      list.push(kernelDispatch(ctx, kernel, u, bufs, n));
     },
     lin(L, x, y, m) {
       if (L.parts) {
@@ -344,16 +320,15 @@ export function recorder(ctx: WebGPUContext, cfg: ModelConfig): Recorder {
           }),
         );
       }
-      if (L.bias) r.ew(biasWGSL(), [m * L.rows, L.rows, 0, 0], [L.bias, y], m * L.rows);
+      if (L.bias) r.ew("bias", [m * L.rows, L.rows, 0, 0], [L.bias, y], m * L.rows);
     },
     norm(nw, x, y, rows) {
-      const pipe = pipeline(ctx, opt ? layernormWGSL() : rmsnormWGSL());
-      const u = uniforms(ctx, [rows, cfg.hiddenSize, { f: cfg.normEps }, 0]);
-      list.push({
-        pipeline: pipe,
-        bindGroup: bindGroup(ctx, pipe, opt ? [u, x, nw.w, nw.b!, y] : [u, x, nw.w, y]),
-        workgroups: grid(ctx, rows),
-      });
+      const u = [rows, cfg.hiddenSize, { f: cfg.normEps }, 0];
+      list.push(
+        layerNorm
+          ? kernelDispatch(ctx, "layernorm", u, [x, nw.w, nw.b!, y], rows)
+          : kernelDispatch(ctx, "rmsnorm", u, [x, nw.w, y], rows),
+      );
     },
   };
   return r;
@@ -377,6 +352,8 @@ export interface BlockBuffers {
   g: GPUBuffer;
   /** Up projection [rows, ff] (Llama). */
   u: GPUBuffer;
+  /** A linear's fake-quantized input [rows, max(d, nH·hd, ff)] (with `linearInput` specs). */
+  xq?: GPUBuffer;
 }
 
 /**
@@ -388,6 +365,7 @@ export function allocBlockBuffers(
   rows: number,
   alloc: (bytes: number) => GPUBuffer,
   h?: GPUBuffer,
+  opts: { points?: QuantPoints } = {},
 ): BlockBuffers {
   const qw = cfg.numHeads * cfg.headDim, kw = cfg.numKvHeads * cfg.headDim;
   const d = cfg.hiddenSize, ff = cfg.intermediateSize;
@@ -399,7 +377,8 @@ export function allocBlockBuffers(
     v: alloc(rows * kw * 4),
     att: alloc(rows * qw * 4),
     g: alloc(rows * ff * 4),
-    u: alloc(cfg.family === "opt" ? 16 : rows * ff * 4),
+    u: alloc(familyOf(cfg).mlp === "fc" ? 16 : rows * ff * 4),
+    xq: opts.points?.linearInput ? alloc(rows * Math.max(d, qw, ff) * 4) : undefined,
   };
 }
 
@@ -419,6 +398,11 @@ export interface BlockAttention {
   rope?: { cos: GPUBuffer; sin: GPUBuffer };
   /** KV cache of this layer [capacity, nKV·hd]: new keys are appended at the step's position. */
   cache?: { K: GPUBuffer; V: GPUBuffer };
+  /**
+   * Quantizer specs at the quantization points (`points.ts`; `probs` is not served here), and
+   * the resident buffer of a spec's static scales.
+   */
+  points?: { specs: QuantPoints; scales: (spec: QuantSpec) => GPUBuffer | undefined };
 }
 
 /**
@@ -438,54 +422,80 @@ export function recordBlock(
   a: BlockAttention,
   collect?: (linears: GpuLinear[], x: GPUBuffer, rows: number) => boolean,
 ): { h: GPUBuffer; x: GPUBuffer; stopped: boolean } {
-  const opt = cfg.family === "opt";
+  const fam = familyOf(cfg);
+  const fc = fam.mlp === "fc";
   const { numHeads: nH, numKvHeads: nKV, headDim: hd, hiddenSize: d } = cfg;
   const kw = nKV * hd, ff = cfg.intermediateSize;
   const rows = a.B * a.T, T = a.T;
-  const preLN = !opt || cfg.doLayerNormBefore;
+  const preLN = fam.norm === "rms" || cfg.doLayerNormBefore;
   let h = io.h, x = io.x;
   const stop = (ls: GpuLinear[], inp: GPUBuffer) => collect?.(ls, inp, rows) ?? false;
+  const pts = a.points?.specs;
+  /** Fake-quantizes [rows, cols] of `y` (in place, or from `src`) by `spec`, if any. */
+  const fq = (
+    spec: QuantSpec | undefined,
+    y: GPUBuffer,
+    cols: number,
+    where: string,
+    src?: GPUBuffer,
+  ) => {
+    if (!spec) return;
+    const scales = a.points!.scales(spec);
+    const dsp = fakeQuantDispatch(r.ctx, { x: src, y, scales }, { spec, rows, cols, where });
+    if (dsp) r.list.push(dsp);
+  };
+  /** A block linear with its input and output specs. */
+  const lin = (Lin: GpuLinear, inp: GPUBuffer, out: GPUBuffer) => {
+    const si = linearSpec(pts?.linearInput, Lin.name);
+    if (si) {
+      fq(si, io.xq!, Lin.cols, `points.linearInput(${Lin.name})`, inp);
+      inp = io.xq!;
+    }
+    r.lin(Lin, inp, out, rows);
+    fq(linearSpec(pts?.linearOutput, Lin.name), out, Lin.rows, `points.linearOutput(${Lin.name})`);
+  };
 
   const inp = preLN ? x : h;
   if (preLN) r.norm(L.attnNorm, h, x, rows);
   if (stop([L.q, L.k, L.v], inp)) return { h, x, stopped: true };
-  r.lin(L.q, inp, io.q, rows);
-  r.lin(L.k, inp, io.k, rows);
-  r.lin(L.v, inp, io.v, rows);
+  lin(L.q, inp, io.q);
+  lin(L.k, inp, io.k);
+  lin(L.v, inp, io.v);
+  const qw = nH * hd;
+  fq(pts?.qPreRope, io.q, qw, "points.qPreRope");
+  fq(pts?.kPreRope, io.k, kw, "points.kPreRope");
   if (a.rope) {
-    const rope = pipeline(r.ctx, ropeWGSL());
     for (const [buf, heads] of [[io.q, nH], [io.k, nKV]] as const) {
       const u = a.cache
         ? r.U((pos0) => [T, heads, hd, pos0, 0, 0, 0, 0])
         : uniforms(r.ctx, [rows, heads, hd, 0, T, 0, 0, 0]);
-      r.list.push({
-        pipeline: rope,
-        bindGroup: bindGroup(r.ctx, rope, [u, buf, a.rope.cos, a.rope.sin]),
-        workgroups: grid(r.ctx, Math.ceil((rows * heads * hd) / 2 / 256)),
-      });
+      const groups = Math.ceil((rows * heads * hd) / 2 / 256);
+      r.list.push(kernelDispatch(r.ctx, "rope", u, [buf, a.rope.cos, a.rope.sin], groups));
     }
   }
-  const attn = pipeline(r.ctx, attentionWGSL({ headDim: hd }));
+  fq(pts?.q, io.q, qw, "points.q");
+  fq(pts?.k, io.k, kw, "points.k");
+  fq(pts?.kvWrite?.k, io.k, kw, "points.kvWrite.k");
+  fq(pts?.v, io.v, kw, "points.v");
+  fq(pts?.kvWrite?.v, io.v, kw, "points.kvWrite.v");
   const scale = { f: 1 / Math.sqrt(hd) };
   let ua: GPUBuffer, K = io.k, V = io.v;
   if (a.cache) {
     for (const [src, dst] of [[io.k, a.cache.K], [io.v, a.cache.V]]) {
-      r.ew(copyRangeWGSL(), r.U((pos0) => [T * kw, 0, pos0 * kw, 0]), [src, dst], T * kw);
+      r.ew("copyRange", r.U((pos0) => [T * kw, 0, pos0 * kw, 0]), [src, dst], T * kw);
     }
     ({ K, V } = a.cache);
     ua = r.U((pos0) => [T, pos0 + T, nH, nKV, pos0, scale, 1, 0]);
   } else {
     ua = uniforms(r.ctx, [T, T, nH, nKV, 0, scale, a.B, 0]);
   }
-  r.list.push({
-    pipeline: attn,
-    bindGroup: bindGroup(r.ctx, attn, [ua, io.q, K, V, io.att]),
-    workgroups: grid(r.ctx, rows * nH),
-  });
+  r.list.push(
+    kernelDispatch(r.ctx, { attention: { headDim: hd } }, ua, [io.q, K, V, io.att], rows * nH),
+  );
   if (stop([L.o], io.att)) return { h, x, stopped: true };
   // x is free after the q/k/v products: it takes the output projection, then the residual.
-  r.lin(L.o, io.att, x, rows);
-  r.ew(addWGSL(), [rows * d, 0, 0, 0], [x, h], rows * d);
+  lin(L.o, io.att, x);
+  r.ew("add", [rows * d, 0, 0, 0], [x, h], rows * d);
   if (!preLN) {
     r.norm(L.attnNorm, h, x, rows);
     [h, x] = [x, h];
@@ -493,26 +503,26 @@ export function recordBlock(
   const y = preLN ? x : h;
   if (preLN) r.norm(L.mlpNorm, h, x, rows);
   const [first, ...rest] = L.mlp;
-  const firstGroup = opt ? [first] : [first, rest[0]];
+  const firstGroup = fc ? [first] : [first, rest[0]];
   if (stop(firstGroup, y)) return { h, x, stopped: true };
-  const down = opt ? rest[0] : rest[1];
-  if (opt) {
-    r.lin(first, y, io.g, rows);
+  const down = fc ? rest[0] : rest[1];
+  if (fc) {
+    lin(first, y, io.g);
     r.ew(
-      activationWGSL(cfg.activation as "relu" | "gelu"),
+      cfg.activation as "relu" | "gelu",
       [rows * ff, 0, 0, 0],
       [io.g],
       rows * ff,
     );
   } else {
-    r.lin(first, y, io.g, rows);
-    r.lin(rest[0], y, io.u, rows);
-    r.ew(swigluWGSL(), [rows * ff, 0, 0, 0], [io.u, io.g], rows * ff);
+    lin(first, y, io.g);
+    lin(rest[0], y, io.u);
+    r.ew("swiglu", [rows * ff, 0, 0, 0], [io.u, io.g], rows * ff);
   }
   if (stop([down], io.g)) return { h, x, stopped: true };
   // the MLP input is dead after the up/fc1 products: x takes the down projection.
-  r.lin(down, io.g, x, rows);
-  r.ew(addWGSL(), [rows * d, 0, 0, 0], [x, h], rows * d);
+  lin(down, io.g, x);
+  r.ew("add", [rows * d, 0, 0, 0], [x, h], rows * d);
   if (!preLN) {
     r.norm(L.mlpNorm, h, x, rows);
     [h, x] = [x, h];

@@ -5,6 +5,7 @@
  */
 import { ConfigError, UnsupportedError } from "../errors.ts";
 import { validateConfigJson } from "./_validate.ts";
+import { familyOf, linearGroups } from "./family.ts";
 
 /** Families with a forward pass here. */
 export type Family = "llama" | "opt";
@@ -238,52 +239,30 @@ export function parseConfig(json: Record<string, unknown>, file = "config.json")
 export function expectedShapes(cfg: ModelConfig): Map<string, number[]> {
   const m = new Map<string, number[]>();
   const { hiddenSize: d, numHeads: nH, numKvHeads: nKV, headDim: hd, intermediateSize: f } = cfg;
-  if (cfg.family === "opt") {
-    m.set("model.decoder.embed_tokens.weight", [cfg.vocabSize, cfg.wordEmbedProjDim]);
-    m.set("model.decoder.embed_positions.weight", [cfg.maxPositions + 2, d]);
-    for (let i = 0; i < cfg.numLayers; i++) {
-      const p = `model.decoder.layers.${i}`;
-      for (const n of ["q_proj", "k_proj", "v_proj", "out_proj"]) {
-        m.set(`${p}.self_attn.${n}.weight`, [d, d]);
-      }
-      m.set(`${p}.fc1.weight`, [f, d]);
-      m.set(`${p}.fc2.weight`, [d, f]);
-    }
-    return m;
-  }
-  m.set("model.embed_tokens.weight", [cfg.vocabSize, d]);
+  const fam = familyOf(cfg);
+  if (fam.positions === "learned") {
+    m.set(`${fam.embed}.weight`, [cfg.vocabSize, cfg.wordEmbedProjDim]);
+    m.set(`${fam.positionTable}.weight`, [cfg.maxPositions + fam.positionOffset, d]);
+  } else m.set(`${fam.embed}.weight`, [cfg.vocabSize, d]);
   for (let i = 0; i < cfg.numLayers; i++) {
-    const p = `model.layers.${i}`;
-    m.set(`${p}.self_attn.q_proj.weight`, [nH * hd, d]);
-    m.set(`${p}.self_attn.k_proj.weight`, [nKV * hd, d]);
-    m.set(`${p}.self_attn.v_proj.weight`, [nKV * hd, d]);
-    m.set(`${p}.self_attn.o_proj.weight`, [d, nH * hd]);
-    m.set(`${p}.mlp.gate_proj.weight`, [f, d]);
-    m.set(`${p}.mlp.up_proj.weight`, [f, d]);
-    m.set(`${p}.mlp.down_proj.weight`, [d, f]);
-    m.set(`${p}.input_layernorm.weight`, [d]);
-    m.set(`${p}.post_attention_layernorm.weight`, [d]);
+    const b = fam.block(i);
+    m.set(`${b.q}.weight`, [nH * hd, d]);
+    m.set(`${b.k}.weight`, [nKV * hd, d]);
+    m.set(`${b.v}.weight`, [nKV * hd, d]);
+    m.set(`${b.o}.weight`, [d, nH * hd]);
+    const last = b.mlp.length - 1;
+    for (const n of b.mlp.slice(0, last)) m.set(`${n}.weight`, [f, d]);
+    m.set(`${b.mlp[last]}.weight`, [d, f]);
+    if (fam.norm === "rms") {
+      m.set(`${b.attnNorm}.weight`, [d]);
+      m.set(`${b.mlpNorm}.weight`, [d]);
+    }
   }
-  m.set("model.norm.weight", [d]);
+  if (fam.norm === "rms") m.set(`${fam.finalNorm}.weight`, [d]);
   return m;
 }
 
 /** The linear layers of block `i`, in true-sequential groups (qkv, o, up/gate, down). */
 export function blockLinearGroups(cfg: ModelConfig, i: number): string[][] {
-  if (cfg.family === "opt") {
-    const p = `model.decoder.layers.${i}`;
-    return [
-      [`${p}.self_attn.q_proj`, `${p}.self_attn.k_proj`, `${p}.self_attn.v_proj`],
-      [`${p}.self_attn.out_proj`],
-      [`${p}.fc1`],
-      [`${p}.fc2`],
-    ];
-  }
-  const p = `model.layers.${i}`;
-  return [
-    [`${p}.self_attn.q_proj`, `${p}.self_attn.k_proj`, `${p}.self_attn.v_proj`],
-    [`${p}.self_attn.o_proj`],
-    [`${p}.mlp.gate_proj`, `${p}.mlp.up_proj`],
-    [`${p}.mlp.down_proj`],
-  ];
+  return linearGroups(familyOf(cfg), i);
 }

@@ -11,7 +11,9 @@ import type { ModelConfig } from "./config.ts";
 import type { Model } from "./model.ts";
 import { QuantlabError } from "../errors.ts";
 import { getBackend } from "../backend/device.ts";
-import { erfFit } from "../../kernels/elementwise.ts";
+import { erfFit, fakeQuant, type QuantSpec } from "../backend/ops.ts";
+import { checkPoints, linearSpec, type QuantPoints } from "./points.ts";
+import { familyOf } from "./family.ts";
 
 /** Forward hooks. Each may return a replacement tensor (activation or KV-cache quantizers). */
 export interface ForwardHooks {
@@ -59,24 +61,44 @@ export interface RunOptions {
   hooks?: ForwardHooks;
   /** Backend; default the active device's. */
   backend?: Backend;
+  /** Quantizer specs at the forward's quantization points (default `model.points`). */
+  points?: QuantPoints;
+  /**
+   * Sees each quantization point's tensor before its spec (calibration statistics, e.g.
+   * `point_stats.ts`): `point` is a {@linkcode QuantPoints} key ("linearInput", "linearOutput",
+   * "qPreRope", "kPreRope", "q", "k", "v"), `site` the linear's name or the block index.
+   * Host forward only; must not modify `x`.
+   */
+  observe?: Observer;
 }
 
-function prefix(cfg: ModelConfig): string {
-  return cfg.family === "opt" ? "model.decoder" : "model";
+/** See {@linkcode RunOptions.observe}. */
+export type Observer = (point: string, site: string, x: Tensor) => void;
+
+/** `x` fake-quantized by `spec` (unchanged when there is none). */
+function at(x: Tensor, spec: QuantSpec | undefined, where: string): Tensor {
+  return spec ? fakeQuant(x, spec, where) : x;
 }
 
 /**
  * y = x · Wᵀ + b for linear `name` (weights `${name}.weight`, optional `${name}.bias`). When the
  * model is quantized (`model.packed[name]`) and the backend has `packedMatmulTransB`, the product
  * runs from the packed codes (the backend checks that they dequantize to the weight exactly).
+ * `points.linearInput` / `linearOutput` specs matching `name` fake-quantize the input before the
+ * `linearInput` hook and the output (after bias) before the `linearOutput` hook.
  */
 export async function linear(
   model: Model,
   name: string,
   x: Tensor,
-  opts: { hooks?: ForwardHooks; backend?: Backend } = {},
+  opts: { hooks?: ForwardHooks; backend?: Backend; points?: QuantPoints; observe?: Observer } = {},
 ): Promise<Tensor> {
   const be = opts.backend ?? getBackend();
+  const pts = opts.points;
+  opts.observe?.("linearInput", name, x);
+  if (pts?.linearInput) {
+    x = at(x, linearSpec(pts.linearInput, name), `points.linearInput(${name})`);
+  }
   if (opts.hooks?.linearInput) x = (await opts.hooks.linearInput(name, x)) ?? x;
   const W = await model.weights.get(`${name}.weight`);
   // A quantized layer runs from its packed codes where the backend keeps them (WebGPU).
@@ -87,6 +109,10 @@ export async function linear(
     const n = b.length;
     const d = y.data;
     for (let i = 0; i < d.length; i += n) for (let j = 0; j < n; j++) d[i + j] += b[j];
+  }
+  opts.observe?.("linearOutput", name, y);
+  if (pts?.linearOutput) {
+    y = at(y, linearSpec(pts.linearOutput, name), `points.linearOutput(${name})`);
   }
   if (opts.hooks?.linearOutput) y = (await opts.hooks.linearOutput(name, y)) ?? y;
   return y;
@@ -119,11 +145,11 @@ function layerNorm(x: Tensor, w: Float32Array, b: Float32Array, eps: number): Te
   return { shape: [...x.shape], data: out };
 }
 
-/** Applies the norm `name` (RMSNorm for Llama, LayerNorm for OPT). */
+/** Applies the norm `name` (the family's kind: RMSNorm for Llama, LayerNorm for OPT). */
 export async function norm(model: Model, name: string, x: Tensor): Promise<Tensor> {
   const cfg = model.config;
   const w = (await model.weights.get(`${name}.weight`)).data;
-  if (cfg.family === "opt") {
+  if (familyOf(cfg).norm === "layer") {
     return layerNorm(x, w, (await model.weights.get(`${name}.bias`)).data, cfg.normEps);
   }
   return rmsNorm(x, w, cfg.normEps);
@@ -207,9 +233,12 @@ export function causalAttention(
     hd: number;
     scale: number;
     window?: number | null;
+    /** Fake-quantizes each query's probability row [S] (masked keys 0) before `p · V`. */
+    probs?: QuantSpec;
   },
 ): Float32Array {
   const { T, S, nH, nKV, hd, scale } = dims;
+  const prow = dims.probs ? new Float32Array(S) : undefined;
   const win = dims.window ?? Infinity;
   const off = S - T;
   const qw = nH * hd;
@@ -240,8 +269,14 @@ export function causalAttention(
         sum += e;
       }
       const oo = t * qw + h * hd;
+      let pq: Float32Array | undefined;
+      if (prow) {
+        prow.fill(0);
+        for (let s = s0; s < n; s++) prow[s] = scores[s] / sum;
+        pq = fakeQuant({ shape: [1, S], data: prow }, dims.probs!, "points.probs").data;
+      }
       for (let s = s0; s < n; s++) {
-        const p = scores[s] / sum;
+        const p = pq ? pq[s] : scores[s] / sum;
         const vo = s * kw + kh;
         for (let i = 0; i < hd; i++) out[oo + i] += p * v[vo + i];
       }
@@ -271,6 +306,8 @@ export async function attention(
     hd: number;
     scale: number;
     window?: number | null;
+    /** Fake-quantizes the probability rows (the TypeScript loop then runs). */
+    probs?: QuantSpec;
   },
   backend: Backend,
 ): Promise<Float32Array> {
@@ -278,14 +315,16 @@ export async function attention(
   const qw = nH * hd;
   const kw = nKV * hd;
   const out = new Float32Array(B * T * qw);
-  if (!backend.attention || T * S < NATIVE_ATTENTION_MIN) {
+  // A 16-bit probs spec is the identity: it keeps the native path (bit-identical logits).
+  const probs = dims.probs && dims.probs.bits < 16 ? dims.probs : undefined;
+  if (!backend.attention || T * S < NATIVE_ATTENTION_MIN || probs) {
     for (let b = 0; b < B; b++) {
       out.set(
         causalAttention(
           q.subarray(b * T * qw, (b + 1) * T * qw),
           k.subarray(b * S * kw, (b + 1) * S * kw),
           v.subarray(b * S * kw, (b + 1) * S * kw),
-          { T, S, nH, nKV, hd, scale, window: dims.window },
+          { T, S, nH, nKV, hd, scale, window: dims.window, probs },
         ),
         b * T * qw,
       );
@@ -346,8 +385,8 @@ export async function embed(
   opts: { seqLen?: number; posOffset?: number; backend?: Backend } = {},
 ): Promise<Tensor> {
   const cfg = model.config;
-  const p = prefix(cfg);
-  const E = await model.weights.get(`${p}.embed_tokens.weight`);
+  const fam = familyOf(cfg);
+  const E = await model.weights.get(`${fam.embed}.weight`);
   const de = E.shape[1];
   const out = new Float32Array(ids.length * de);
   for (let r = 0; r < ids.length; r++) {
@@ -358,16 +397,16 @@ export async function embed(
     out.set(E.data.subarray(id * de, (id + 1) * de), r * de);
   }
   let h: Tensor = { shape: [ids.length, de], data: out };
-  if (cfg.family === "opt") {
-    if (cfg.wordEmbedProjDim !== cfg.hiddenSize) {
-      h = await linear(model, `${p}.project_in`, h, { backend: opts.backend });
+  if (fam.positions === "learned") {
+    if (fam.projIn && cfg.wordEmbedProjDim !== cfg.hiddenSize) {
+      h = await linear(model, fam.projIn, h, { backend: opts.backend });
     }
-    const P = await model.weights.get(`${p}.embed_positions.weight`);
+    const P = await model.weights.get(`${fam.positionTable}.weight`);
     const seqLen = opts.seqLen ?? ids.length;
     const off = opts.posOffset ?? 0;
     const d = cfg.hiddenSize;
     for (let r = 0; r < ids.length; r++) {
-      const pos = (r % seqLen) + off + 2; // OPT's learned positions start at offset 2
+      const pos = (r % seqLen) + off + fam.positionOffset; // OPT's table starts at offset 2
       if (pos >= P.shape[0]) {
         throw new QuantlabError(`embed: position ${pos - 2} beyond the model's ${P.shape[0] - 2}`);
       }
@@ -393,7 +432,11 @@ export async function block(
   const cfg = model.config;
   const hooks = opts.hooks;
   const backend = opts.backend ?? getBackend();
-  const lin = (name: string, x: Tensor) => linear(model, name, x, { hooks, backend });
+  const points: QuantPoints | undefined = opts.points ?? model.points;
+  if (points) checkPoints(points, cfg);
+  const observe = opts.observe;
+  const lin = (name: string, x: Tensor) =>
+    linear(model, name, x, { hooks, backend, points, observe });
   const batch = opts.batch ?? 1;
   const rows = h.shape[0];
   const T = rows / batch;
@@ -409,21 +452,34 @@ export async function block(
     );
   }
   const { numHeads: nH, numKvHeads: nKV, headDim: hd } = cfg;
-  const opt = cfg.family === "opt";
-  const p = `${prefix(cfg)}.layers.${i}`;
-  const attnNorm = opt ? `${p}.self_attn_layer_norm` : `${p}.input_layernorm`;
-  const mlpNorm = opt ? `${p}.final_layer_norm` : `${p}.post_attention_layernorm`;
-  const preLN = !opt || cfg.doLayerNormBefore;
+  const fam = familyOf(cfg);
+  const names = fam.block(i);
+  const { attnNorm, mlpNorm } = names;
+  const preLN = fam.norm === "rms" || cfg.doLayerNormBefore;
 
   // --- attention ---
   const x = preLN ? await norm(model, attnNorm, h) : h;
-  const q = await lin(`${p}.self_attn.q_proj`, x);
-  let k = await lin(`${p}.self_attn.k_proj`, x);
-  let v = await lin(`${p}.self_attn.v_proj`, x);
-  if (!opt) {
+  let q = await lin(names.q, x);
+  let k = await lin(names.k, x);
+  let v = await lin(names.v, x);
+  observe?.("qPreRope", `${i}`, q);
+  observe?.("kPreRope", `${i}`, k);
+  if (points) {
+    q = at(q, points.qPreRope, "points.qPreRope");
+    k = at(k, points.kPreRope, "points.kPreRope");
+  }
+  if (fam.positions === "rope") {
     const inv = ropeInvFreq(cfg);
     applyRope(q.data, nH, hd, inv, (r) => (r % T) + off);
     applyRope(k.data, nKV, hd, inv, (r) => (r % T) + off);
+  }
+  observe?.("q", `${i}`, q);
+  observe?.("k", `${i}`, k);
+  observe?.("v", `${i}`, v);
+  if (points) {
+    q = at(q, points.q, "points.q");
+    k = at(at(k, points.k, "points.k"), points.kvWrite?.k, "points.kvWrite.k");
+    v = at(at(v, points.v, "points.v"), points.kvWrite?.v, "points.kvWrite.v");
   }
   if (hooks?.attentionKV) {
     const r = await hooks.attentionKV(i, { k, v });
@@ -441,7 +497,7 @@ export async function block(
       q.data,
       cache.k[i].subarray(0, S * kw),
       cache.v[i].subarray(0, S * kw),
-      { B: 1, T, S, nH, nKV, hd, scale, window: cfg.slidingWindow },
+      { B: 1, T, S, nH, nKV, hd, scale, window: cfg.slidingWindow, probs: points?.probs },
       backend,
     );
   } else {
@@ -458,20 +514,20 @@ export async function block(
         hd,
         scale,
         window: cfg.slidingWindow,
+        probs: points?.probs,
       },
       backend,
     );
   }
-  const oName = opt ? `${p}.self_attn.out_proj` : `${p}.self_attn.o_proj`;
-  const a = await lin(oName, { shape: [rows, qw], data: attn });
+  const a = await lin(names.o, { shape: [rows, qw], data: attn });
   let h2 = add(h, a);
   if (!preLN) h2 = await norm(model, attnNorm, h2);
 
   // --- MLP ---
   const y = preLN ? await norm(model, mlpNorm, h2) : h2;
   let m: Tensor;
-  if (opt) {
-    const f1 = await lin(`${p}.fc1`, y);
+  if (fam.mlp === "fc") {
+    const f1 = await lin(names.mlp[0], y);
     const d = f1.data;
     if (cfg.activation === "relu") {
       for (let j = 0; j < d.length; j++) {
@@ -480,13 +536,13 @@ export async function block(
     } else if (cfg.activation === "gelu") {
       for (let j = 0; j < d.length; j++) d[j] = 0.5 * d[j] * (1 + erfFit(d[j] / Math.SQRT2));
     } else throw new QuantlabError(`OPT activation "${cfg.activation}" is not supported`);
-    m = await lin(`${p}.fc2`, f1);
+    m = await lin(names.mlp[1], f1);
   } else {
-    const g = await lin(`${p}.mlp.gate_proj`, y);
-    const u = await lin(`${p}.mlp.up_proj`, y);
+    const g = await lin(names.mlp[0], y);
+    const u = await lin(names.mlp[1], y);
     const gd = g.data;
     for (let j = 0; j < gd.length; j++) gd[j] = (gd[j] / (1 + Math.exp(-gd[j]))) * u.data[j];
-    m = await lin(`${p}.mlp.down_proj`, g);
+    m = await lin(names.mlp[2], g);
   }
   let out = add(h2, m);
   if (!preLN) out = await norm(model, mlpNorm, out);
@@ -500,17 +556,17 @@ export async function head(
   opts: { backend?: Backend; hooks?: ForwardHooks } = {},
 ): Promise<Tensor> {
   const cfg = model.config;
-  const p = prefix(cfg);
+  const fam = familyOf(cfg);
   let x = h;
-  if (cfg.family === "llama") x = await norm(model, `${p}.norm`, x);
-  else if (cfg.doLayerNormBefore && model.weights.has(`${p}.final_layer_norm.weight`)) {
+  if (fam.norm === "rms") x = await norm(model, fam.finalNorm, x);
+  else if (cfg.doLayerNormBefore && model.weights.has(`${fam.finalNorm}.weight`)) {
     // OPT: some converted checkpoints drop the final LayerNorm (`_remove_final_layer_norm`).
-    x = await norm(model, `${p}.final_layer_norm`, x);
+    x = await norm(model, fam.finalNorm, x);
   }
-  if (cfg.family === "opt" && cfg.wordEmbedProjDim !== cfg.hiddenSize) {
-    x = await linear(model, `${p}.project_out`, x, opts);
+  if (fam.projOut && cfg.wordEmbedProjDim !== cfg.hiddenSize) {
+    x = await linear(model, fam.projOut, x, opts);
   }
-  const name = model.weights.has("lm_head.weight") ? "lm_head" : `${p}.embed_tokens`;
+  const name = model.weights.has("lm_head.weight") ? "lm_head" : fam.embed;
   const W = await model.weights.get(`${name}.weight`);
   const be = opts.backend ?? getBackend();
   return be.matmulTransB(x, W);

@@ -3,7 +3,7 @@
  * @module
  */
 import { FileKindError, FormatError, OptionError, UnsupportedError } from "../errors.ts";
-import { kindOf, openForRead, statPath } from "../io/_fs.ts";
+import { kindOf, openForRead, statPath } from "../io/fs.ts";
 import { openCheckpoint } from "../io/hf_checkpoint.ts";
 import { downloadModel } from "../io/hub.ts";
 import { looksLikeLlama2c, readLlama2c } from "../io/llama2c.ts";

@@ -5,18 +5,10 @@
  */
 import type { Tensor } from "../tensor.ts";
 import type { ModelConfig } from "./config.ts";
+import type { QuantPoints } from "./points.ts";
+import type { WeightSource } from "../io/weight_source.ts";
 
-/** A source of named float32 tensors, loaded on first use and then cached. */
-export interface WeightSource {
-  /** Every tensor name the source holds (HF naming). */
-  names(): string[];
-  /** Loads one tensor (float32). */
-  load(name: string): Promise<Tensor>;
-  /** The tensor's shape without loading it, when the source knows it. */
-  shape?(name: string): number[] | undefined;
-  /** The tensor's stored dtype (safetensors name, e.g. "BF16"), when the source knows it. */
-  dtype?(name: string): string | undefined;
-}
+export type { WeightSource };
 
 /** Lazy weights with a cache and an override layer (quantized tensors replace originals here). */
 export class Weights {
@@ -93,6 +85,11 @@ export interface Model {
   /** Forward hooks that evaluators must apply (activation / KV quantizers). */
   // deno-lint-ignore no-explicit-any
   hooks?: any;
+  /**
+   * Activation / KV-cache quantizer specs at the forward's quantization points
+   * (`src/models/points.ts`); both the host forward and the GPU-resident decoder execute them.
+   */
+  points?: QuantPoints;
 }
 
 /** A WeightSource over an in-memory record (tests, synthetic models). */

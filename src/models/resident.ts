@@ -13,7 +13,13 @@
  * the OPT activations. Decode steps reuse one recorded dispatch list: only the position-dependent
  * uniforms (RoPE offset, cache offsets, attention length) are rewritten per token.
  *
- * Not served (use the host forward): forward hooks (activation/KV quantizers need host tensors),
+ * Quantization points (`model.points`, `points.ts`) run on the GPU with the fake-quant kernel,
+ * in the host forward's order, so a model with activation/KV-cache specs stays resident; a
+ * prefill split into token chunks (over the binding limit) gives per-tensor and per-channel specs
+ * the chunk's rows, not the whole prompt's.
+ *
+ * Not served (use the host forward): JS forward hooks (they need host tensors), a `probs` spec
+ * (the fused online-softmax attention kernel never holds a row of probabilities),
  * sliding-window attention when the cache is longer than the window, head dimensions the attention
  * kernel does not take (multiples of 4 up to 256), and tensors over the device's
  * `maxStorageBufferBindingSize`. {@linkcode residentUnsupported} says why.
@@ -21,13 +27,13 @@
  */
 import type { Model } from "./model.ts";
 import { QuantlabError, UnsupportedError } from "../errors.ts";
+import { familyOf } from "./family.ts";
+import { checkPoints, type QuantSpec } from "./points.ts";
 import type { Backend } from "../backend/backend.ts";
 import { getBackend } from "../backend/device.ts";
 import {
-  bindGroup,
   type Dispatch,
-  grid,
-  pipeline,
+  kernelDispatch,
   runAndRead,
   runStepsAndRead,
   scratch,
@@ -36,9 +42,6 @@ import {
   type WebGPUBackend,
   writeUniforms,
 } from "../backend/webgpu.ts";
-import { addWGSL, copyRangeWGSL, embedWGSL } from "../../kernels/elementwise.ts";
-import { nllWGSL } from "../../kernels/nll.ts";
-import { argmaxWGSL } from "../../kernels/argmax.ts";
 import {
   allocBlockBuffers,
   type BlockBuffers,
@@ -47,7 +50,6 @@ import {
   type GpuBlock,
   type GpuLinear,
   gpuUploader,
-  modelPrefix,
   recordBlock,
   recorder,
   ropeTablesFor,
@@ -124,6 +126,9 @@ export function residentUnsupported(
   const cfg = model.config;
   const cap = opts.capacity ?? cfg.maxPositions;
   if (opts.hooks ?? model.hooks) return "forward hooks need host tensors";
+  if (model.points?.probs) {
+    return "a probs spec (the fused attention kernel never materializes the probabilities)";
+  }
   const why = blockUnsupported(cfg, cap);
   if (why) return why;
   const limit = opts.maxBindingBytes ?? backend.ctx.device.limits.maxStorageBufferBindingSize;
@@ -172,8 +177,8 @@ export async function residentDecoder(
   if (why) throw new UnsupportedError(`residentDecoder: ${why}; use the host forward`);
   const ctx = backend.ctx;
   const cfg = model.config;
-  const opt = cfg.family === "opt";
-  const P = modelPrefix(cfg);
+  const fam = familyOf(cfg);
+  const learned = fam.positions === "learned";
   const capacity = opts.capacity ?? cfg.maxPositions;
   const { numHeads: nH, numKvHeads: nKV, headDim: hd, hiddenSize: d } = cfg;
   const qw = nH * hd, kw = nKV * hd, ff = cfg.intermediateSize, V = cfg.vocabSize;
@@ -184,17 +189,17 @@ export async function residentDecoder(
     return b;
   };
   const has = (name: string) => model.weights.has(name);
-  const E = await w.rowParts(`${P}.embed_tokens.weight`);
-  const de = opt ? cfg.wordEmbedProjDim : d;
-  const posTable = opt ? await w.tensor(`${P}.embed_positions.weight`) : undefined;
-  const projIn = opt && de !== d ? await w.linear(`${P}.project_in`) : undefined;
-  const projOut = opt && de !== d ? await w.linear(`${P}.project_out`) : undefined;
+  const E = await w.rowParts(`${fam.embed}.weight`);
+  const de = learned ? cfg.wordEmbedProjDim : d;
+  const posTable = learned ? await w.tensor(`${fam.positionTable}.weight`) : undefined;
+  const projIn = fam.projIn && de !== d ? await w.linear(fam.projIn) : undefined;
+  const projOut = fam.projOut && de !== d ? await w.linear(fam.projOut) : undefined;
   const layers: GpuBlock[] = [];
   for (let i = 0; i < cfg.numLayers; i++) layers.push(await w.block(i));
-  const finalNorm = !opt
-    ? await w.norm(`${P}.norm`)
-    : cfg.doLayerNormBefore && has(`${P}.final_layer_norm.weight`)
-    ? await w.norm(`${P}.final_layer_norm`)
+  const finalNorm = fam.norm === "rms"
+    ? await w.norm(fam.finalNorm)
+    : cfg.doLayerNormBefore && has(`${fam.finalNorm}.weight`)
+    ? await w.norm(fam.finalNorm)
     : undefined;
   const head: GpuLinear = has("lm_head.weight")
     ? await w.linear("lm_head")
@@ -202,11 +207,23 @@ export async function residentDecoder(
     ? { name: "lm_head", rows: V, cols: de, dense: E[0].buf }
     : { name: "lm_head", rows: V, cols: de, parts: E };
   let rope: { cos: GPUBuffer; sin: GPUBuffer } | undefined;
-  if (!opt) {
+  if (fam.positions === "rope") {
     const t = ropeTablesFor(cfg, capacity);
     rope = { cos: own(upload(ctx, t.cos)), sin: own(upload(ctx, t.sin)) };
   }
   const Kc = layers.map(() => own(scratch(ctx, capacity * kw * 4)));
+  const points = model.points;
+  if (points) checkPoints(points, cfg);
+  const staticScales = new Map<QuantSpec, GPUBuffer>();
+  const specs = points && {
+    specs: points,
+    scales: (spec: QuantSpec) => {
+      if (!spec.scales) return undefined;
+      let b = staticScales.get(spec);
+      if (!b) staticScales.set(spec, b = own(upload(ctx, spec.scales)));
+      return b;
+    },
+  };
   const Vc = layers.map(() => own(scratch(ctx, capacity * kw * 4)));
 
   /** Records the dispatches of one step of T tokens (position-dependent uniforms in `dyn`). */
@@ -219,7 +236,7 @@ export async function residentDecoder(
       return b;
     };
     const bufs: StepBuffers = {
-      ...allocBlockBuffers(cfg, T, s),
+      ...allocBlockBuffers(cfg, T, s, undefined, { points }),
       ids: s(T * 4),
       e: projIn ? s(T * de * 4) : undefined,
       last: s(d * 4),
@@ -232,20 +249,31 @@ export async function residentDecoder(
     const r = recorder(ctx, cfg);
     // Embeddings (OPT: project_in, then learned positions at offset 2).
     const e0 = projIn ? bufs.e! : bufs.h;
-    for (const p of E) r.ew(embedWGSL(), [T * de, de, p.r0, p.rows], [bufs.ids, p.buf, e0], T * de);
+    for (const p of E) r.ew("embed", [T * de, de, p.r0, p.rows], [bufs.ids, p.buf, e0], T * de);
     if (projIn) r.lin(projIn, e0, bufs.h, T);
     if (posTable) {
-      r.ew(addWGSL(), r.U((pos0) => [T * d, (pos0 + 2) * d, 0, 0]), [posTable, bufs.h], T * d);
+      r.ew(
+        "add",
+        r.U((pos0) => [T * d, (pos0 + fam.positionOffset) * d, 0, 0]),
+        [posTable, bufs.h],
+        T * d,
+      );
     }
     let io: BlockBuffers = bufs;
     layers.forEach((L, i) => {
-      const out = recordBlock(r, cfg, L, io, { T, B: 1, rope, cache: { K: Kc[i], V: Vc[i] } });
+      const out = recordBlock(r, cfg, L, io, {
+        T,
+        B: 1,
+        rope,
+        cache: { K: Kc[i], V: Vc[i] },
+        points: specs,
+      });
       io = { ...io, h: out.h, x: out.x };
     });
     // Final norm, OPT project_out, LM head.
     let rows = T, src = io.h;
     if (!all) {
-      r.ew(copyRangeWGSL(), [d, (T - 1) * d, 0, 0], [io.h, bufs.last], d);
+      r.ew("copyRange", [d, (T - 1) * d, 0, 0], [io.h, bufs.last], d);
       rows = 1;
       src = bufs.last;
     }
@@ -260,17 +288,9 @@ export async function residentDecoder(
     }
     r.lin(head, hx, bufs.logits, rows);
     if (mode === "nll") {
-      const pipe = pipeline(ctx, nllWGSL());
-      r.list.push({
-        pipeline: pipe,
-        bindGroup: bindGroup(ctx, pipe, [
-          uniforms(ctx, [T, V, 0, 0]),
-          bufs.logits,
-          bufs.targets!,
-          bufs.nll!,
-        ]),
-        workgroups: grid(ctx, T),
-      });
+      r.list.push(
+        kernelDispatch(ctx, "nll", [T, V, 0, 0], [bufs.logits, bufs.targets!, bufs.nll!], T),
+      );
       return { list: r.list, dyn: r.dyn, bufs, out: bufs.nll!, outBytes: T * 4, own: mine };
     }
     return {
@@ -292,12 +312,7 @@ export async function residentDecoder(
     const tokens = scratch(ctx, GREEDY_CHUNK * 4);
     rec.own.push(tokens);
     const k = uniforms(ctx, [V, 0, 0, 0]);
-    const pipe = pipeline(ctx, argmaxWGSL());
-    rec.list.push({
-      pipeline: pipe,
-      bindGroup: bindGroup(ctx, pipe, [k, rec.bufs.logits, rec.bufs.ids, tokens]),
-      workgroups: [1, 1, 1],
-    });
+    rec.list.push(kernelDispatch(ctx, "argmax", k, [rec.bufs.logits, rec.bufs.ids, tokens], 1));
     decodeRec = { ...rec, k, tokens };
     return decodeRec;
   };

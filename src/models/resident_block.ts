@@ -14,6 +14,7 @@
 import type { Tensor } from "../tensor.ts";
 import type { Model } from "./model.ts";
 import { QuantlabError } from "../errors.ts";
+import { familyOf } from "./family.ts";
 import {
   readback,
   runAndRead,
@@ -77,6 +78,7 @@ export function residentBlockUnsupported(
   const cfg = model.config;
   const why = blockUnsupported(cfg, seqLen);
   if (why) return why;
+  if (model.points) return "quantization points (the resident runner collects unquantized inputs)";
   const limit = backend.ctx.device.limits.maxStorageBufferBindingSize;
   const widest = Math.max(cfg.intermediateSize, cfg.hiddenSize, cfg.numHeads * cfg.headDim);
   if (4 * widest * widest > limit) return `a ${widest}² Hessian exceeds the binding limit`;
@@ -113,7 +115,7 @@ export async function residentBlockRunner(
   const byName = new Map<string, GpuLinear>();
   for (const l of [L.q, L.k, L.v, L.o, ...L.mlp]) byName.set(l.name, l);
   let rope: { cos: GPUBuffer; sin: GPUBuffer } | undefined;
-  if (cfg.family !== "opt") {
+  if (familyOf(cfg).positions === "rope") {
     const t = ropeTablesFor(cfg, T);
     rope = { cos: upload(ctx, t.cos), sin: upload(ctx, t.sin) };
     w.owned.push(rope.cos, rope.sin);

@@ -20,7 +20,7 @@ import {
   type WriteEntry,
   writeSafetensors,
 } from "../io/safetensors.ts";
-import { statPath } from "../io/_fs.ts";
+import { statPath } from "../io/fs.ts";
 import type { Tensor } from "../tensor.ts";
 import type { QuantMeta } from "./types.ts";
 

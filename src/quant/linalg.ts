@@ -216,37 +216,17 @@ let ortGemm: Promise<GemmF64> | undefined;
 
 /**
  * A float64 GEMM through onnxruntime-node (`MatMul` on `tensor(double)`, MLAS DGEMM), loaded
- * lazily through the CPU backend's `loadOrt`. Resolves to {@linkcode gemmF64TS} when
+ * lazily through the CPU backend's `matmulF64Session`. Resolves to {@linkcode gemmF64TS} when
  * onnxruntime cannot be loaded (e.g. without `--allow-ffi`).
  */
 export function onnxGemmF64(): Promise<GemmF64> {
   ortGemm ??= (async (): Promise<GemmF64> => {
     try {
-      const [{ loadOrt }, { encodeModel }] = await Promise.all([
-        import("../backend/cpu.ts"),
-        import("../backend/_onnx_proto.ts"),
-      ]);
-      const ort = await loadOrt();
-      const f64 = 11; // TensorProto.DOUBLE
-      const session = await ort.InferenceSession.create(
-        encodeModel(
-          [{ op: "MatMul", inputs: ["A", "B"], outputs: ["Y"] }],
-          [{ name: "A", elemType: f64, dims: ["m", "k"] }, {
-            name: "B",
-            elemType: f64,
-            dims: ["k", "n"],
-          }],
-          [{ name: "Y", elemType: f64, dims: ["m", "n"] }],
-        ),
-        { graphOptimizationLevel: "all", executionMode: "sequential" },
-      );
-      return async (a, b, { m, k, n }) => {
+      const { matmulF64Session } = await import("../backend/cpu.ts");
+      const run = await matmulF64Session();
+      return (a, b, { m, k, n }) => {
         if (m * k * n <= 1 << 15) return gemmF64TS(a, b, { m, k, n });
-        const out = await session.run({
-          A: new ort.Tensor("float64", a, [m, k]),
-          B: new ort.Tensor("float64", b, [k, n]),
-        });
-        return out.Y.data as Float64Array;
+        return run(a, b, { m, k, n });
       };
     } catch {
       return gemmF64TS;

@@ -8,7 +8,7 @@
 import type { Backend } from "../backend/backend.ts";
 import { getBackend } from "../backend/device.ts";
 import { OptionError, QuantlabError, ResumeError } from "../errors.ts";
-import { cleanStaleTemps, fileIfPresent, writeFileAtomic } from "../io/_fs.ts";
+import { cleanStaleTemps, fileIfPresent, writeFileAtomic } from "../io/fs.ts";
 import { block, embed } from "../models/decoder.ts";
 import {
   type InputStats,

@@ -14,7 +14,7 @@
  * @module
  */
 import { UnsupportedError } from "../errors.ts";
-import { writeFileAtomic } from "../io/_fs.ts";
+import { writeFileAtomic } from "../io/fs.ts";
 import type { Figure } from "./figures.ts";
 
 /** A Jupyter MIME bundle: MIME type → data. */

@@ -7,7 +7,7 @@
  */
 import { assert, assertEquals, assertRejects, assertStringIncludes } from "@std/assert";
 import { FileKindError, QuantlabError } from "../../src/errors.ts";
-import { cleanStaleTemps, writeFileAtomic } from "../../src/io/_fs.ts";
+import { cleanStaleTemps, writeFileAtomic } from "../../src/io/fs.ts";
 import { readHeader, writeSafetensors } from "../../src/io/safetensors.ts";
 import { loadModel } from "../../src/models/load.ts";
 

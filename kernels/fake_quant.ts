@@ -1,0 +1,232 @@
+/**
+ * Fake quantization of an activation tensor (quantize to a uniform integer grid, dequantize back
+ * to f32), the operation an activation or KV-cache quantizer spec performs at a quantization
+ * point of the forward. The grid follows QuaRot's `ActQuantizer` (`quant_utils.py`), itself the
+ * GPTQ min–max fit applied per token:
+ *
+ * - a *unit* is the set of elements sharing one scale: the whole tensor (`tensor`), one row or one
+ *   `groupSize` slice of a row (`token`), or one column over all rows (`channel`);
+ * - `xmin = min(min(unit), 0) · clip`, `xmax = max(max(unit), 0) · clip`;
+ * - symmetric: `maxq = 2^(bits−1) − 1`, `xmax = max(|xmin|, xmax)`, `scale = xmax / maxq`
+ *   (1 where xmax = 0), `q = clamp(round(x / scale), −(maxq + 1), maxq)`, `y = scale · q`;
+ * - asymmetric: `maxq = 2^bits − 1`, a unit with xmin = xmax = 0 gets [−1, 1],
+ *   `scale = (xmax − xmin) / maxq`, `zero = round(−xmin / scale)`,
+ *   `q = clamp(round(x / scale) + zero, 0, maxq)`, `y = scale · (q − zero)`;
+ * - `bits ≥ 16` leaves the tensor unchanged (QuaRot returns x at 16 bits);
+ * - static per-channel scales (`scales[j]`, symmetric, e.g. calibrated `clip · max|x_j| / maxq`)
+ *   replace the dynamic fit: `q = clamp(round(x / scales[j]), −(maxq + 1), maxq)`.
+ *
+ * `round` is round-half-to-even (torch.round and WGSL `round`); every step is f32, in the order
+ * above, in both the WGSL and the CPU reference.
+ *
+ * Binding layout: 0 = uniforms {units, count, cols, gs, mode (0 tensor | 1 token | 2 channel),
+ * maxq (f32), sym, clip (f32), stat (0 dynamic | 1 static scales | 2 copy, for bits ≥ 16), rows}, 1 = x [rows, cols] (read), 2 = y (write; with
+ * `inPlace` binding 1 is y, read and written, and there is no x), then the scales [cols]
+ * (binding 3, or 2 in place; a 16-byte placeholder when not static).
+ * Dispatch: one 64-thread workgroup per unit, `units` as an (x, y) grid.
+ * @module
+ */
+
+/** A fake-quantization spec (plain data; see the module doc for the grid). */
+export interface FakeQuantSpec {
+  /** Bits, 2–16 (16 = unchanged). */
+  bits: number;
+  /** Which elements share a scale (default "token": one row, or one group of a row). */
+  granularity?: "tensor" | "token" | "channel";
+  /** With "token": elements per group along the row (must divide it; default the whole row). */
+  groupSize?: number;
+  /** Symmetric grid (default true, QuaRot's `a_asym = False`). */
+  sym?: boolean;
+  /** Clipping ratio applied to the unit's range, in (0, 1] (default 1, QuaRot's `a_clip_ratio`). */
+  clip?: number;
+  /** Static per-channel scales [cols] (symmetric, granularity "channel"): no dynamic fit. */
+  scales?: Float32Array;
+}
+
+/** Threads per workgroup of the fake-quant kernel. */
+export const FAKE_QUANT_WG = 64;
+
+/** The integer range bound `maxq` of a spec (see the module doc). */
+export function maxqOf(spec: FakeQuantSpec): number {
+  return (spec.sym ?? true) ? 2 ** (spec.bits - 1) - 1 : 2 ** spec.bits - 1;
+}
+
+/** Round half to even, as torch.round and WGSL `round` do. */
+export function roundEven(x: number): number {
+  const r = Math.round(x);
+  return (r - x === 0.5 && r % 2 !== 0) ? r - 1 : r;
+}
+
+/** The unit layout of a spec over a [rows, cols] tensor: units, elements per unit, mode. */
+export function fakeQuantUnits(
+  spec: FakeQuantSpec,
+  rows: number,
+  cols: number,
+): { units: number; count: number; gs: number; mode: 0 | 1 | 2 } {
+  const g = spec.granularity ?? "token";
+  if (g === "tensor") return { units: 1, count: rows * cols, gs: cols, mode: 0 };
+  if (g === "channel") return { units: cols, count: rows, gs: cols, mode: 2 };
+  const gs = spec.groupSize && spec.groupSize > 0 ? spec.groupSize : cols;
+  return { units: rows * (cols / gs), count: gs, gs, mode: 1 };
+}
+
+/**
+ * WGSL of the fake-quant kernel (see the module doc); `inPlace` reads and writes one buffer.
+ */
+export function fakeQuantWGSL(opts: { inPlace?: boolean } = {}): string {
+  const W = FAKE_QUANT_WG;
+  const io = opts.inPlace
+    ? `@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read> sv: array<f32>;
+fn xin(i: u32) -> f32 { return y[i]; }`
+    : `@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read> sv: array<f32>;
+fn xin(i: u32) -> f32 { return x[i]; }`;
+  return `
+struct P { units: u32, count: u32, cols: u32, gs: u32, mode: u32, maxq: f32, sym: u32, clip: f32,
+           stat: u32, rows: u32, p0: u32, p1: u32 };
+@group(0) @binding(0) var<uniform> p: P;
+${io}
+var<workgroup> rmin: array<f32, ${W}>;
+var<workgroup> rmax: array<f32, ${W}>;
+
+fn index(u: u32, e: u32) -> u32 {
+  if (p.mode == 0u) { return e; }
+  if (p.mode == 2u) { return e * p.cols + u; }
+  let gpr = p.cols / p.gs;
+  return (u / gpr) * p.cols + (u % gpr) * p.gs + e;
+}
+
+@compute @workgroup_size(${W}, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+  let u = wid.x + wid.y * nwg.x;
+  let tid = lid.x;
+  if (u >= p.units) { return; }
+  var lo = 0.0;
+  var hi = 0.0;
+  for (var e = tid; e < p.count; e = e + ${W}u) {
+    let v = xin(index(u, e));
+    lo = min(lo, v);
+    hi = max(hi, v);
+  }
+  rmin[tid] = lo;
+  rmax[tid] = hi;
+  workgroupBarrier();
+  for (var s = ${W / 2}u; s > 0u; s = s >> 1u) {
+    if (tid < s) {
+      rmin[tid] = min(rmin[tid], rmin[tid + s]);
+      rmax[tid] = max(rmax[tid], rmax[tid + s]);
+    }
+    workgroupBarrier();
+  }
+  var xmin = rmin[0] * p.clip;
+  var xmax = rmax[0] * p.clip;
+  var scale = 1.0;
+  var zero = 0.0;
+  if (p.sym != 0u) {
+    xmax = max(abs(xmin), xmax);
+    if (xmax != 0.0) { scale = xmax / p.maxq; }
+  } else {
+    if (xmin == 0.0 && xmax == 0.0) { xmin = -1.0; xmax = 1.0; }
+    scale = (xmax - xmin) / p.maxq;
+    zero = round(-xmin / scale);
+  }
+  for (var e = tid; e < p.count; e = e + ${W}u) {
+    let i = index(u, e);
+    let v = xin(i);
+    if (p.stat == 2u) {
+      y[i] = v;
+    } else if (p.stat == 1u) {
+      let s = sv[i % p.cols];
+      y[i] = s * clamp(round(v / s), -(p.maxq + 1.0), p.maxq);
+    } else if (p.sym != 0u) {
+      y[i] = scale * clamp(round(v / scale), -(p.maxq + 1.0), p.maxq);
+    } else {
+      y[i] = scale * (clamp(round(v / scale) + zero, 0.0, p.maxq) - zero);
+    }
+  }
+}
+`;
+}
+
+/** The uniform fields of {@linkcode fakeQuantWGSL} for `spec` over [rows, cols]. */
+export function fakeQuantFields(
+  spec: FakeQuantSpec,
+  rows: number,
+  cols: number,
+): (number | { f: number })[] {
+  const { units, count, gs, mode } = fakeQuantUnits(spec, rows, cols);
+  const stat = spec.bits >= 16 ? 2 : spec.scales ? 1 : 0;
+  return [
+    units,
+    count,
+    cols,
+    gs,
+    mode,
+    { f: maxqOf({ ...spec, bits: Math.min(spec.bits, 16) }) },
+    (spec.sym ?? true) ? 1 : 0,
+    { f: spec.clip ?? 1 },
+    stat,
+    rows,
+    0,
+    0,
+  ];
+}
+
+/**
+ * CPU reference of {@linkcode fakeQuantWGSL}: `x` [rows, cols] fake-quantized by `spec` into a new
+ * array (f32 at every step, as the kernel). Assumes a valid spec (the backend checks specs).
+ */
+export function fakeQuantRef(
+  x: Float32Array,
+  rows: number,
+  cols: number,
+  spec: FakeQuantSpec,
+): Float32Array {
+  const y = new Float32Array(x);
+  if (spec.bits >= 16) return y;
+  const f = Math.fround;
+  const maxq = maxqOf(spec);
+  const sym = spec.sym ?? true;
+  const clip = f(spec.clip ?? 1);
+  const { units, count, gs, mode } = fakeQuantUnits(spec, rows, cols);
+  const gpr = cols / gs;
+  const index = (u: number, e: number) =>
+    mode === 0 ? e : mode === 2 ? e * cols + u : Math.floor(u / gpr) * cols + (u % gpr) * gs + e;
+  for (let u = 0; u < units; u++) {
+    if (spec.scales) {
+      for (let e = 0; e < count; e++) {
+        const i = index(u, e);
+        const s = spec.scales[i % cols];
+        y[i] = f(s * Math.min(Math.max(roundEven(f(x[i] / s)), -(maxq + 1)), maxq));
+      }
+      continue;
+    }
+    let lo = 0, hi = 0;
+    for (let e = 0; e < count; e++) {
+      const v = x[index(u, e)];
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+    let xmin = f(lo * clip), xmax = f(hi * clip);
+    let scale = 1, zero = 0;
+    if (sym) {
+      xmax = Math.max(Math.abs(xmin), xmax);
+      if (xmax !== 0) scale = f(xmax / maxq);
+    } else {
+      if (xmin === 0 && xmax === 0) [xmin, xmax] = [-1, 1];
+      scale = f(f(xmax - xmin) / maxq);
+      zero = roundEven(f(-xmin / scale));
+    }
+    for (let e = 0; e < count; e++) {
+      const i = index(u, e);
+      const r = roundEven(f(x[i] / scale));
+      y[i] = sym
+        ? f(scale * Math.min(Math.max(r, -(maxq + 1)), maxq))
+        : f(scale * (Math.min(Math.max(r + zero, 0), maxq) - zero));
+    }
+  }
+  return y;
+}

@@ -1,0 +1,79 @@
+/**
+ * Elementwise operations the host (TypeScript) forward shares with the kernels' CPU references,
+ * so `models/` computes exactly what the WGSL computes without importing `kernels/`: the GELU
+ * erf fit and activation / KV-cache fake quantization by a {@linkcode QuantSpec}.
+ * @module
+ */
+import type { Tensor } from "../tensor.ts";
+import { OptionError } from "../errors.ts";
+import { erfFit } from "../../kernels/elementwise.ts";
+import { fakeQuantRef, type FakeQuantSpec } from "../../kernels/fake_quant.ts";
+
+export { erfFit };
+
+/**
+ * A quantizer spec attached to a quantization point: plain data (bits 2–16, granularity
+ * per-tensor / per-token (with optional groups) / per-channel, symmetric or not, clipping ratio,
+ * optional static per-channel scales). The grid is QuaRot's `ActQuantizer`; see
+ * `kernels/fake_quant.ts` for the exact arithmetic both backends run.
+ */
+export type QuantSpec = FakeQuantSpec;
+
+/**
+ * Checks `spec` for a tensor of `cols` columns (when known) and throws {@linkcode OptionError}
+ * naming `where` (the point, e.g. "points.linearInput[*.mlp.down_proj]") and the field.
+ */
+export function checkQuantSpec(spec: QuantSpec, where: string, cols?: number): void {
+  const bad = (field: string, msg: string): never => {
+    throw new OptionError(`${where}.${field}`, msg);
+  };
+  if (typeof spec !== "object" || spec === null) bad("bits", "a spec must be an object");
+  if (!(Number.isInteger(spec.bits) && spec.bits >= 2 && spec.bits <= 16)) {
+    bad("bits", `must be an integer in 2..16, got ${spec.bits}`);
+  }
+  const g = spec.granularity ?? "token";
+  if (!["tensor", "token", "channel"].includes(g)) {
+    bad("granularity", `must be "tensor", "token" or "channel", got ${JSON.stringify(g)}`);
+  }
+  if (spec.sym !== undefined && typeof spec.sym !== "boolean") {
+    bad("sym", `must be a boolean, got ${spec.sym}`);
+  }
+  const clip = spec.clip ?? 1;
+  if (!(typeof clip === "number" && clip > 0 && clip <= 1)) {
+    bad("clip", `must be in (0, 1], got ${spec.clip}`);
+  }
+  if (spec.groupSize !== undefined && spec.groupSize !== 0) {
+    if (g !== "token") bad("groupSize", `applies to granularity "token" only, not "${g}"`);
+    if (!(Number.isInteger(spec.groupSize) && spec.groupSize > 0)) {
+      bad("groupSize", `must be a positive integer, got ${spec.groupSize}`);
+    }
+    if (cols !== undefined && cols % spec.groupSize! !== 0) {
+      bad("groupSize", `${spec.groupSize} does not divide the ${cols} columns`);
+    }
+  }
+  if (spec.scales !== undefined) {
+    if (!(spec.scales instanceof Float32Array)) bad("scales", "must be a Float32Array");
+    if (g !== "channel") bad("scales", `static scales need granularity "channel", not "${g}"`);
+    if (!(spec.sym ?? true)) bad("scales", "static scales are symmetric (sym must not be false)");
+    if (cols !== undefined && spec.scales!.length !== cols) {
+      bad("scales", `has ${spec.scales!.length} entries for ${cols} columns`);
+    }
+    for (let j = 0; j < spec.scales!.length; j++) {
+      const s = spec.scales![j];
+      if (!(s > 0 && Number.isFinite(s))) {
+        bad("scales", `entry ${j} is ${s}, not a positive number`);
+      }
+    }
+  }
+}
+
+/**
+ * `x` [rows, cols] fake-quantized by `spec` (a new tensor; `x` is untouched). Checks the spec
+ * first (`where` names it in errors).
+ */
+export function fakeQuant(x: Tensor, spec: QuantSpec, where = "spec"): Tensor {
+  const cols = x.shape[x.shape.length - 1];
+  checkQuantSpec(spec, where, cols);
+  const rows = x.data.length / cols;
+  return { shape: [...x.shape], data: fakeQuantRef(x.data, rows, cols, spec) };
+}
