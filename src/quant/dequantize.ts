@@ -11,6 +11,7 @@ import { dequantize } from "./grid.ts";
 import { dequantizeQuantease } from "./quantease.ts";
 import { dequantizeFramequant } from "./framequant.ts";
 import { dequantizeQuip } from "./quip.ts";
+import { dequantizeSpqr } from "./spqr.ts";
 
 /**
  * The dequantized float32 weight `[rows, cols]` described by `meta`, for any method in this
@@ -24,6 +25,8 @@ export function dequantizeMeta(meta: QuantMeta): Promise<Tensor> {
       return Promise.resolve(dequantizeFramequant(meta));
     case "quantease":
       return Promise.resolve(dequantizeQuantease(meta));
+    case "spqr":
+      return Promise.resolve(dequantizeSpqr(meta));
     default:
       return Promise.resolve(dequantize(meta));
   }
