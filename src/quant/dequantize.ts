@@ -12,6 +12,7 @@ import { dequantizeQuantease } from "./quantease.ts";
 import { dequantizeFramequant } from "./framequant.ts";
 import { dequantizeQuip } from "./quip.ts";
 import { dequantizeSpqr } from "./spqr.ts";
+import { dequantizeOa } from "./oa.ts";
 
 /**
  * The dequantized float32 weight `[rows, cols]` described by `meta`, for any method in this
@@ -27,6 +28,8 @@ export function dequantizeMeta(meta: QuantMeta): Promise<Tensor> {
       return Promise.resolve(dequantizeQuantease(meta));
     case "spqr":
       return Promise.resolve(dequantizeSpqr(meta));
+    case "oa":
+      return Promise.resolve(dequantizeOa(meta));
     default:
       return Promise.resolve(dequantize(meta));
   }
