@@ -13,6 +13,7 @@ import { dequantizeFramequant } from "./framequant.ts";
 import { dequantizeQuip } from "./quip.ts";
 import { dequantizeSpqr } from "./spqr.ts";
 import { dequantizeOa } from "./oa.ts";
+import { dequantizeBcq } from "./bcq.ts";
 
 /**
  * The dequantized float32 weight `[rows, cols]` described by `meta`, for any method in this
@@ -30,6 +31,8 @@ export function dequantizeMeta(meta: QuantMeta): Promise<Tensor> {
       return Promise.resolve(dequantizeSpqr(meta));
     case "oa":
       return Promise.resolve(dequantizeOa(meta));
+    case "bcq":
+      return Promise.resolve(dequantizeBcq(meta));
     default:
       return Promise.resolve(dequantize(meta));
   }
