@@ -34,6 +34,11 @@ export interface BcqOptions {
   rounds?: number;
   /** Nearest-value B update (`use_bst`, default true); false = greedy signs on the residual. */
   useBst?: boolean;
+  /**
+   * Allow a `groupSize` that does not divide the columns (the last group is shorter; a group
+   * larger than the row is the row). Default false: the reference's `view` needs whole groups.
+   */
+  partialGroups?: boolean;
 }
 
 function resolve(o: BcqOptions): Required<BcqOptions> {
@@ -46,7 +51,13 @@ function resolve(o: BcqOptions): Required<BcqOptions> {
   if (!(Number.isInteger(rounds) && rounds >= 0)) {
     throw new OptionError("rounds", `must be an integer ≥ 0, got ${rounds}`);
   }
-  return { bits: o.bits, groupSize: g, rounds, useBst: o.useBst ?? true };
+  return {
+    bits: o.bits,
+    groupSize: g,
+    rounds,
+    useBst: o.useBst ?? true,
+    partialGroups: o.partialGroups ?? false,
+  };
 }
 
 /** The packed BCQ description (`meta.method === "bcq"`). */
@@ -237,18 +248,20 @@ export function bcqQuantize(W: Tensor, options: BcqOptions & { layer?: string })
   }
   const [rows, cols] = W.shape, q = o.bits;
   const gs = o.groupSize > 0 ? o.groupSize : cols;
-  if (cols % gs !== 0) {
+  if (cols % gs !== 0 && !o.partialGroups) {
     throw new OptionError(
       "groupSize",
-      `${gs} does not divide the ${cols} input columns of ${options.layer ?? "the weight"}`,
+      `${gs} does not divide the ${cols} input columns of ${
+        options.layer ?? "the weight"
+      } (pass partialGroups: true for a shorter last group)`,
     );
   }
-  const ngroups = cols / gs;
+  const ngroups = Math.ceil(cols / gs);
   const alphas = new Float32Array(rows * ngroups * q);
   const signs = new Uint8Array(rows * cols * q);
   for (let r = 0; r < rows; r++) {
     for (let g = 0; g < ngroups; g++) {
-      const w = W.data.subarray(r * cols + g * gs, r * cols + g * gs + gs);
+      const w = W.data.subarray(r * cols + g * gs, r * cols + Math.min(g * gs + gs, cols));
       const { alpha, B } = bcqGroup(w, o);
       for (let i = 0; i < q; i++) alphas[(r * ngroups + g) * q + i] = alpha[i];
       signs.set(B, (r * cols + g * gs) * q);
