@@ -73,6 +73,26 @@ Deno.test("spqr: outliers off, 16-bit stats, rounded zeros ⇒ GPTQ's codes exac
     assertEquals(s.Wq.data, g.Wq.data);
     assertEquals(await dequantizeMeta(s.meta), s.Wq);
   }
+  // SpQR at its default blocksize 128 still fits each group on the updated weight: measured equal
+  // to GPTQ with blocksize = group size (0 of 1536 codes differ), while GPTQ at blocksize 128 fits
+  // mid-block groups on stale weights (350 of 1536 codes differ).
+  const s128 = await spqrQuantize(W, { H, nsamples: 256 }, {
+    bits: 3,
+    groupSize: 16,
+    roundZero: true,
+  });
+  const g16 = await gptqQuantize(W, { H, nsamples: 256 }, {
+    bits: 3,
+    groupSize: 16,
+    blocksize: 16,
+  });
+  const g128 = await gptqQuantize(W, { H, nsamples: 256 }, { bits: 3, groupSize: 16 });
+  assertEquals(s128.meta.codes, g16.meta.codes);
+  let differ = 0;
+  for (let i = 0; i < s128.meta.codes.length; i++) {
+    if (s128.meta.codes[i] !== g128.meta.codes[i]) differ++;
+  }
+  assert(differ > 100, `${differ}`);
 });
 
 Deno.test("spqr: planted outliers are found, placed in CSR, kept exactly; bits count them", async () => {
