@@ -6,6 +6,10 @@
  * act-order); OA INT4 sym per-channel, block 32, outlier + offset; BCQ 4-bit g128, 30 rounds.
  *
  * Run: `deno run -A bench/outlier_formats_bench.ts [--size N]` (default 4096 → 4096×4096).
+ *
+ * Measured here (2 shared cores, 4096×4096, one run): GPTQ 54.4 s (4.258 bits/weight), SpQR
+ * 66.0 s (4.013 bits/weight, 1.213% outliers), OA 53.8 s (5.032 bits/weight), BCQ 142.1 s
+ * (4.500 bits/weight; 30 rounds of the TypeScript search over 16.8 M weights).
  * @module
  */
 import { gptqQuantize } from "../src/quant/gptq.ts";
