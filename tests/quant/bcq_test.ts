@@ -10,6 +10,7 @@ import {
 import { rtnQuantize } from "../../src/quant/rtn.ts";
 import { gptqQuantize } from "../../src/quant/gptq.ts";
 import { dequantizeMeta } from "../../src/quant/dequantize.ts";
+import { dequantize } from "../../src/quant/grid.ts";
 import { OptionError } from "../../src/errors.ts";
 import { mulberry32, randnArray } from "../../src/quant/_rng.ts";
 import { randomH } from "./_oracles.ts";
@@ -86,6 +87,7 @@ Deno.test("bcq: quantizer packs planes; dequantize is bit-exact; bits count α",
     const m = res.meta as BcqMeta;
     assertEquals(dequantizeBcq(m).data, res.Wq.data);
     assertEquals((await dequantizeMeta(m)).data, res.Wq.data);
+    assertThrows(() => dequantize(m), OptionError, "own format");
     const gs = groupSize > 0 ? groupSize : cols;
     assertEquals(res.bitsPerWeight, 3 + (16 * 3) / gs);
     let loss = 0;
