@@ -20,6 +20,9 @@ import { rtn } from "./quant/rtn.ts";
 import { quantease, type QuantEaseInit } from "./quant/quantease.ts";
 import { quip, type QuipOptions } from "./quant/quip.ts";
 import { framequant } from "./quant/framequant.ts";
+import { spqr } from "./quant/spqr.ts";
+import { oa } from "./quant/oa.ts";
+import { bcq } from "./quant/bcq.ts";
 import type { WeightQuantizer } from "./quant/types.ts";
 import { QuantlabError } from "./errors.ts";
 
@@ -28,13 +31,19 @@ commands:
   generate  --model PATH --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
   sweep     run|submit|status|collect SPEC.json (see: sweep --help)
   ppl       --model PATH --dataset NAME [--seqlen N] [--nsamples N] [--data-path FILE]
-  quantize  --model PATH --method rtn|gptq|quantease|quip|framequant --bits B [--group-size G]
+  quantize  --model PATH --method rtn|gptq|quantease|quip|framequant|spqr|oa|bcq --bits B [--group-size G]
             [--sym] [--act-order] [--static-groups] [--percdamp D] [--calib NAME] [--nsamples N]
             [--seqlen N] [--seed S] [--workdir DIR] [--eval NAME] [--no-true-sequential]
             quantease: [--num-iter N] [--init rtn|gptq|weight] [--outlier F] [--structure-outlier]
             quip:      [--quip-method ldlq|ldlqRG|allbal|ldlbal_admm] [--npasses N]
                        [--no-incoh] [--proj kron|hadamard]
             framequant: [--redundancy R]
+            spqr:      [--qq-scale-bits B] [--qq-zero-bits B] [--qq-group-size G] [--round-zero]
+                       [--outlier-threshold T] [--simplified-outliers] (--act-order = act_order)
+            oa:        [--per-out-dim] [--block-size N] [--outlier-mode] [--offset-mode]
+                       [--qq-scale-bits B] [--qq-zero-bits B] [--qq-zero-sym] [--qq-group-size G]
+                       [--nearest] [--baseline]   (--bits is wbits; --sym for offset mode)
+            bcq:       [--rounds N] [--no-bst]
 --model defaults to stories260K (../shared/data, else the hub).`;
 
 const OPTIONS = {
@@ -69,6 +78,21 @@ const OPTIONS = {
   "no-incoh": { type: "boolean", default: false },
   proj: { type: "string" },
   redundancy: { type: "string" },
+  "qq-scale-bits": { type: "string" },
+  "qq-zero-bits": { type: "string" },
+  "qq-group-size": { type: "string" },
+  "qq-zero-sym": { type: "boolean", default: false },
+  "round-zero": { type: "boolean", default: false },
+  "outlier-threshold": { type: "string" },
+  "simplified-outliers": { type: "boolean", default: false },
+  "per-out-dim": { type: "boolean", default: false },
+  "block-size": { type: "string" },
+  "outlier-mode": { type: "boolean", default: false },
+  "offset-mode": { type: "boolean", default: false },
+  nearest: { type: "boolean", default: false },
+  baseline: { type: "boolean", default: false },
+  rounds: { type: "string" },
+  "no-bst": { type: "boolean", default: false },
   help: { type: "boolean", default: false },
 } as const;
 
@@ -150,6 +174,46 @@ export async function main(args: string[]): Promise<number> {
         percdamp: num(o.percdamp),
       }),
     framequant: () => framequant({ ...gptqLike, r: num(o.redundancy) }),
+    spqr: () =>
+      spqr({
+        bits: common.bits,
+        groupSize: common.groupSize,
+        sym: common.sym,
+        percdamp: num(o.percdamp),
+        permutationOrder: o["act-order"] ? "act_order" : "identity",
+        qqScaleBits: num(o["qq-scale-bits"]),
+        qqZeroBits: num(o["qq-zero-bits"]),
+        qqGroupSize: num(o["qq-group-size"]),
+        qqZeroSym: o["qq-zero-sym"],
+        roundZero: o["round-zero"],
+        outlierRelativeThreshold: num(o["outlier-threshold"]),
+        simplifiedOutliers: o["simplified-outliers"],
+      }),
+    oa: () =>
+      oa({
+        wbits: common.bits,
+        sym: common.sym,
+        perOutDim: o["per-out-dim"],
+        blockSize: num(o["block-size"]),
+        outlierMode: o["outlier-mode"],
+        offsetMode: o["offset-mode"],
+        qqScaleBits: num(o["qq-scale-bits"]),
+        qqZeroBits: num(o["qq-zero-bits"]),
+        qqZeroSym: o["qq-zero-sym"],
+        qqGroupSize: num(o["qq-group-size"]),
+        nearest: o.nearest,
+        baseline: o.baseline,
+        percdamp: num(o.percdamp),
+        trueSequential: !o["no-true-sequential"],
+      }),
+    bcq: () =>
+      bcq({
+        bits: common.bits,
+        groupSize: common.groupSize,
+        rounds: num(o.rounds),
+        useBst: !o["no-bst"],
+        partialGroups: true,
+      }),
   };
   const make = makers[o.method];
   if (!make) {

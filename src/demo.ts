@@ -2,8 +2,8 @@
  * The demo (`deno task demo`): stories260K (from ../shared/data, else the hub), its TinyStories
  * perplexity, a greedy continuation of "Once upon a time", and a quantization table — FP, RTN and
  * GPTQ at 4/3/2 bits, per-channel and group 32, then QuantEase, QuIP (incoherence processing) and
- * FrameQuant (r = 1.1) at 4/3/2 bits per-channel, calibrated on 128 × 256 TinyStories train
- * tokens — with TinyStories perplexity, bits/weight and seconds, and the run's peak memory.
+ * FrameQuant (r = 1.1) at 4/3/2 bits per-channel and BCQ 4-bit g128, calibrated on 128 × 256
+ * TinyStories train tokens — with TinyStories perplexity, bits/weight and seconds, and the run's peak memory.
  *
  * Flags: `--windows N` evaluates on the first N windows of 512 tokens (default 64, about 33k
  * tokens; `--windows all` uses all 762 windows of the 1,000 validation stories, which takes
@@ -22,6 +22,7 @@ import { rtn } from "./quant/rtn.ts";
 import { quantease } from "./quant/quantease.ts";
 import { quip } from "./quant/quip.ts";
 import { framequant } from "./quant/framequant.ts";
+import { bcq } from "./quant/bcq.ts";
 import type { WeightQuantizer } from "./quant/types.ts";
 import { type ResultRow, resultsTable } from "./viz/table.ts";
 
@@ -80,6 +81,9 @@ if (!flags["no-table"]) {
   for (const bits of [4, 3, 2]) {
     for (const [name, make] of more) runs.push([name, bits, -1, make(bits)]);
   }
+  // Issue 18's BCQ (LUT-GEMM format), 4-bit g128, 30 alternating rounds (≈ 5 s with its
+  // perplexity). SpQR / OA rows take 10–25 s each here: tools/outlier_formats_table.ts has them.
+  runs.push(["bcq", 4, 128, bcq({ bits: 4, groupSize: 128, partialGroups: true })]);
   for (const [name, bits, groupSize, quantizer] of runs) {
     // RTN needs no statistics: without calib its time is the quantizer's alone (with calib the
     // pipeline would also gather Hessians to report each layer's relative error).

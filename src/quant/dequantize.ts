@@ -11,6 +11,9 @@ import { dequantize } from "./grid.ts";
 import { dequantizeQuantease } from "./quantease.ts";
 import { dequantizeFramequant } from "./framequant.ts";
 import { dequantizeQuip } from "./quip.ts";
+import { dequantizeSpqr } from "./spqr.ts";
+import { dequantizeOa } from "./oa.ts";
+import { dequantizeBcq } from "./bcq.ts";
 
 /**
  * The dequantized float32 weight `[rows, cols]` described by `meta`, for any method in this
@@ -24,6 +27,12 @@ export function dequantizeMeta(meta: QuantMeta): Promise<Tensor> {
       return Promise.resolve(dequantizeFramequant(meta));
     case "quantease":
       return Promise.resolve(dequantizeQuantease(meta));
+    case "spqr":
+      return Promise.resolve(dequantizeSpqr(meta));
+    case "oa":
+      return Promise.resolve(dequantizeOa(meta));
+    case "bcq":
+      return Promise.resolve(dequantizeBcq(meta));
     default:
       return Promise.resolve(dequantize(meta));
   }

@@ -246,6 +246,8 @@ export function findParams(W: Tensor, options: FindParamsOptions): GridParams {
 
 /** Methods whose codes live in a transformed basis, so the plain grid decode does not apply. */
 const TRANSFORMED_DOMAIN = new Set(["quip", "framequant"]);
+/** Methods with their own format (outliers, second-level stats, storage offsets, bit planes). */
+const OWN_FORMAT = new Set(["spqr", "oa", "bcq"]);
 
 /**
  * Rebuilds the dequantized weight of a grid `meta` (RTN, GPTQ, QuantEase's grid part):
@@ -258,6 +260,12 @@ export function dequantize(meta: QuantMeta): Tensor {
     throw new OptionError(
       "meta",
       `${meta.method} codes live in a transformed basis; use dequantizeMeta (src/quant/dequantize.ts)`,
+    );
+  }
+  if (OWN_FORMAT.has(meta.method)) {
+    throw new OptionError(
+      "meta",
+      `${meta.method} has its own format (outliers / second-level statistics / offsets / bit planes); use dequantizeMeta (src/quant/dequantize.ts)`,
     );
   }
   const [rows, cols] = meta.shape;
