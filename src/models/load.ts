@@ -4,6 +4,7 @@
  */
 import { FormatError, UnsupportedError } from "../errors.ts";
 import { openCheckpoint } from "../io/hf_checkpoint.ts";
+import { readGgufCheckpoint } from "../io/gguf_model.ts";
 import { downloadModel } from "../io/hub.ts";
 import { looksLikeLlama2c, readLlama2c } from "../io/llama2c.ts";
 import type { NonFinitePolicy } from "../io/safetensors.ts";
@@ -77,6 +78,7 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<M
     local = await downloadModel(path, { revision: opts.revision });
     st = await stat(local);
   }
+  if (st!.isFile && local.endsWith(".gguf")) return await loadGgufModel(local, path, opts);
   let file = local;
   if (st!.isDirectory) {
     if (!(await stat(`${local}/config.json`))) {
@@ -124,6 +126,28 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<M
     source: path,
     tokenizerPath: opts.tokenizer ?? (await findLlama2cTokenizer(dir)),
     weights: new Weights(memorySource(tensors)),
+  };
+}
+
+/**
+ * A llama.cpp GGUF file as a model (see `io/gguf_model.ts`): float32 weights dequantized exactly
+ * as llama.cpp does, Q8_0/Q4_0/Q4_1 layers also as `packed` grid metas (method "gguf"). The
+ * tokenizer is `opts.tokenizer`, else a tokenizer.json / `tok*.bin` beside the file.
+ */
+async function loadGgufModel(file: string, path: string, opts: LoadOptions): Promise<Model> {
+  const ck = await readGgufCheckpoint(file);
+  const config = parseConfig(ck.config, file);
+  checkShapes(config, ck.source, file);
+  const dir = file.includes("/") ? file.slice(0, file.lastIndexOf("/")) : ".";
+  const tokenizerPath = opts.tokenizer ??
+    ((await stat(`${dir}/tokenizer.json`)) ? dir : await findLlama2cTokenizer(dir));
+  const packed = await ck.packed();
+  return {
+    config,
+    source: path,
+    tokenizerPath,
+    weights: new Weights(ck.source),
+    packed: Object.keys(packed).length ? packed : undefined,
   };
 }
 

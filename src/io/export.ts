@@ -1,0 +1,596 @@
+/**
+ * `exportModel(model, dir, { format })`: writes a (quantized) model as a folder that another
+ * runtime loads. Format "gguf" (llama.cpp): `model.gguf` with the `llama` architecture metadata,
+ * the llama2.c/SentencePiece vocabulary as `tokenizer.ggml.*`, q/k rows permuted back to
+ * llama2.c's interleaved RoPE order, and tensors in F32/F16/Q8_0/Q4_0/Q4_1; beside it
+ * `config.json`, `tokenizer.json` + `tokenizer_config.json` and `export_report.json`.
+ *
+ * Writing is atomic: everything goes into a fresh sibling folder `<dir>.tmp-<id>`, which is
+ * renamed to `dir` only when complete; an existing `dir` is refused unless `overwrite`. A killed
+ * export leaves at most the temporary folder, never a partial `dir`.
+ *
+ * This module sits in `io/` and reads a model structurally ({@linkcode ExportableModel}): the
+ * per-layer packed description `model.packed[name]` (codes, scales, zeros) and the weights the
+ * model forwards with (`model.weights.get(name)`, the fake-quant weight for a quantized layer).
+ * @module
+ */
+import { FormatError, OptionError, UnsupportedError } from "../errors.ts";
+import { f32ToF16, type Tensor } from "../tensor.ts";
+import {
+  dequantizeGgml,
+  GGML_TYPE,
+  type GgufTensorEntry,
+  type GgufValue,
+  gv,
+  packGgmlBlocks,
+  quantizeGgml,
+  writeGguf,
+} from "./gguf.ts";
+import { parseLlama2cTokenizer, tokenizerJsonFromLlama2c } from "./_tokenizer_json.ts";
+import { llamaTokenizerConfig, writeTokenizerJson } from "./tokenizer.ts";
+
+/** The config fields the exporter reads (a quantlab `ModelConfig` satisfies it). */
+export interface ExportConfig {
+  /** Forward family ("llama", "opt"). */
+  family: string;
+  /** Residual width. */
+  hiddenSize: number;
+  /** MLP width. */
+  intermediateSize: number;
+  /** Decoder blocks. */
+  numLayers: number;
+  /** Query heads. */
+  numHeads: number;
+  /** Key/value heads. */
+  numKvHeads: number;
+  /** Per-head width. */
+  headDim: number;
+  /** Embedding rows. */
+  vocabSize: number;
+  /** Context length. */
+  maxPositions: number;
+  /** RMSNorm epsilon. */
+  normEps: number;
+  /** RoPE base. */
+  ropeTheta: number;
+  /** RoPE scaling, if any (not exported to GGUF: refused). */
+  ropeScaling?: unknown;
+  /** lm_head shares the embedding. */
+  tieWordEmbeddings: boolean;
+  /** q/k/v biases. */
+  qkvBias: boolean;
+  /** o_proj bias. */
+  oBias: boolean;
+  /** MLP biases. */
+  mlpBias: boolean;
+  /** MLP activation. */
+  activation: string;
+  /** BOS id. */
+  bosTokenId: number | null;
+  /** EOS id. */
+  eosTokenId: number | null;
+}
+
+/** One quantized layer's packed description, as `model.packed[name]` holds it (a `QuantMeta`). */
+export interface PackedLayer {
+  /** Method name. */
+  method: string;
+  /** Bits per code. */
+  bits: number;
+  /** Columns per group (-1 = per row). */
+  groupSize: number;
+  /** Symmetric grid. */
+  sym: boolean;
+  /** `[rows, cols]`. */
+  shape: [number, number];
+  /** Unpacked codes, row-major, original column order. */
+  codes?: Uint8Array;
+  /** Scale per (row, group). */
+  scales?: Float32Array;
+  /** Zero per (row, group). */
+  zeros?: Float32Array;
+  /** Group of each column, if not `floor(j / groupSize)`. */
+  gIdx?: Int32Array;
+  /** Other fields. */
+  [k: string]: unknown;
+}
+
+/** What {@linkcode exportModel} reads from a model (a quantlab `Model` satisfies it). */
+export interface ExportableModel {
+  /** Normalised config. */
+  config: ExportConfig;
+  /** Where it came from (recorded as `general.name` / in the report). */
+  source: string;
+  /** llama2.c tokenizer `.bin` (or a folder holding one). */
+  tokenizerPath?: string;
+  /** The weights the model forwards with. */
+  weights: { names(): string[]; get(name: string): Promise<Tensor> };
+  /** Packed quantized layers, keyed by linear name (`model.layers.0.self_attn.q_proj`). */
+  // deno-lint-ignore no-explicit-any
+  packed?: Record<string, any>;
+}
+
+/** GGUF tensor types the exporter writes. */
+export type GgufExportType = "f32" | "f16" | "q8_0" | "q4_0" | "q4_1";
+
+/** Options of {@linkcode exportModel}. */
+export interface ExportOptions {
+  /** Output format (only "gguf" so far). */
+  format: "gguf";
+  /**
+   * Type of the linear layers. Default "auto": each quantized layer goes to the GGUF block type
+   * of its grid (8-bit symmetric → Q8_0, 4-bit symmetric → Q4_0, 4-bit asymmetric → Q4_1; other
+   * widths convert to Q8_0 above 4 bits, Q4_0/Q4_1 at or below) and unquantized layers stay at
+   * `fallback`. An explicit type converts every linear layer (quantized or not) to it.
+   */
+  type?: "auto" | GgufExportType;
+  /** Type of tensors a block type cannot hold (rows not a multiple of 32) and of the embedding: "f32" (default) or "f16". */
+  fallback?: "f32" | "f16";
+  /**
+   * Layers whose method's codes do not live on a plain grid (QuIP rotations, FrameQuant frames,
+   * QuantEase outliers): "refuse" (default; UnsupportedError naming the layer, method and
+   * format) or "dequantize" (their fake-quant weights at `fallback` precision, reported).
+   */
+  nonGrid?: "refuse" | "dequantize";
+  /** Replace an existing `dir` (default false: an existing `dir` is an OptionError). */
+  overwrite?: boolean;
+}
+
+/** One exported tensor in the report. */
+export interface ExportedTensor {
+  /** quantlab (HF) name. */
+  name: string;
+  /** GGUF name. */
+  gguf: string;
+  /** ggml type written ("Q4_0", ...). */
+  type: string;
+  /**
+   * How the bytes were made: "codes" (the layer's own codes and f16 scales stored as they
+   * are), "converted" (llama.cpp's reference quantizer applied to the fake-quant weight),
+   * "float" (a float tensor), "dequantized" (a non-grid method's weight at float precision).
+   */
+  how: "codes" | "codes+scales" | "converted" | "float" | "dequantized";
+  /** max |GGUF-decoded − quantlab weight| (0 = bit-exact). */
+  maxAbsErr: number;
+  /** Why this type was chosen when it is not the requested one. */
+  note?: string;
+}
+
+/** What {@linkcode exportModel} wrote. */
+export interface ExportReport {
+  /** Format. */
+  format: "gguf";
+  /** The folder. */
+  dir: string;
+  /** Files in it. */
+  files: string[];
+  /** Per tensor. */
+  tensors: ExportedTensor[];
+  /** Plain-language notes (fallbacks, conversions). */
+  notes: string[];
+}
+
+const LAYER_MAP: [string, string][] = [
+  ["input_layernorm.weight", "attn_norm.weight"],
+  ["self_attn.q_proj.weight", "attn_q.weight"],
+  ["self_attn.k_proj.weight", "attn_k.weight"],
+  ["self_attn.v_proj.weight", "attn_v.weight"],
+  ["self_attn.o_proj.weight", "attn_output.weight"],
+  ["post_attention_layernorm.weight", "ffn_norm.weight"],
+  ["mlp.gate_proj.weight", "ffn_gate.weight"],
+  ["mlp.up_proj.weight", "ffn_up.weight"],
+  ["mlp.down_proj.weight", "ffn_down.weight"],
+];
+
+/** HF tensor name → GGUF `llama` tensor name (null when not a tensor of that architecture). */
+export function ggufTensorName(hf: string): string | null {
+  if (hf === "model.embed_tokens.weight") return "token_embd.weight";
+  if (hf === "model.norm.weight") return "output_norm.weight";
+  if (hf === "lm_head.weight") return "output.weight";
+  const m = /^model\.layers\.(\d+)\.(.+)$/.exec(hf);
+  if (!m) return null;
+  for (const [a, b] of LAYER_MAP) if (m[2] === a) return `blk.${m[1]}.${b}`;
+  return null;
+}
+
+/** GGUF `llama` tensor name → HF name (inverse of {@linkcode ggufTensorName}). */
+export function hfTensorName(gguf: string): string | null {
+  if (gguf === "token_embd.weight") return "model.embed_tokens.weight";
+  if (gguf === "output_norm.weight") return "model.norm.weight";
+  if (gguf === "output.weight") return "lm_head.weight";
+  const m = /^blk\.(\d+)\.(.+)$/.exec(gguf);
+  if (!m) return null;
+  for (const [a, b] of LAYER_MAP) if (m[2] === b) return `model.layers.${m[1]}.${a}`;
+  return null;
+}
+
+/**
+ * Row permutation between HF's rotate-half q/k layout and llama2.c's interleaved one (what
+ * llama.cpp's `llama` architecture expects): returns `src` such that interleaved row `i` is
+ * HF row `src[i]` (`toHf`: false), or the inverse (`toHf`: true).
+ */
+export function ropeRowOrder(rows: number, nHeads: number, toHf: boolean): Int32Array {
+  const hd = rows / nHeads, half = hd / 2;
+  const src = new Int32Array(rows);
+  for (let h = 0; h < nHeads; h++) {
+    for (let j = 0; j < half; j++) {
+      const inter0 = h * hd + 2 * j, inter1 = inter0 + 1;
+      const hf0 = h * hd + j, hf1 = h * hd + half + j;
+      if (toHf) {
+        src[hf0] = inter0;
+        src[hf1] = inter1;
+      } else {
+        src[inter0] = hf0;
+        src[inter1] = hf1;
+      }
+    }
+  }
+  return src;
+}
+
+/** Reorders the rows of a row-major byte or float array (`rows` rows) by `src`. */
+export function permuteRows<T extends Uint8Array | Float32Array | Uint16Array>(
+  a: T,
+  rows: number,
+  src: Int32Array,
+): T {
+  const w = a.length / rows;
+  const out = new (a.constructor as new (n: number) => T)(a.length);
+  for (let r = 0; r < rows; r++) out.set(a.subarray(src[r] * w, src[r] * w + w), r * w);
+  return out;
+}
+
+const NON_GRID = new Set(["quip", "framequant"]);
+
+function isNonGrid(meta: PackedLayer): string | null {
+  if (NON_GRID.has(meta.method)) {
+    return `${meta.method} codes live in a rotated/frame basis, not on a per-group grid`;
+  }
+  const S = meta.S ?? meta.outliers ?? meta.sparse;
+  if (S) return `${meta.method} keeps full-precision outliers beside its grid`;
+  if (!meta.codes || !meta.scales || !meta.zeros) return `${meta.method} has no codes/scales/zeros`;
+  return null;
+}
+
+/** The block type matching a layer's grid (see {@linkcode ExportOptions.type}). */
+function gridType(meta: PackedLayer): "Q8_0" | "Q4_0" | "Q4_1" {
+  if (meta.bits > 4) return "Q8_0";
+  return meta.sym ? "Q4_0" : "Q4_1";
+}
+
+/**
+ * The layer's codes and f16 block parameters when its grid is one GGUF block type holds as
+ * they are (uniform grid, 32-column groups in natural order, codes in range), else null.
+ */
+function blocksFromCodes(
+  meta: PackedLayer,
+  type: "Q8_0" | "Q4_0" | "Q4_1",
+): { codes: Uint8Array; d: Uint16Array; m?: Uint16Array } | null {
+  const [rows, cols] = meta.shape;
+  const bits = type === "Q8_0" ? 8 : 4;
+  if (meta.bits !== bits || cols % 32 !== 0) return null;
+  if (type === "Q4_1" ? meta.sym : !meta.sym) return null;
+  const gs = meta.groupSize === -1 && cols === 32 ? 32 : meta.groupSize;
+  if (gs !== 32) return null;
+  if (meta.gIdx && meta.gIdx.some((g, j) => g !== Math.floor(j / 32))) return null;
+  const ng = cols / 32;
+  const codes = meta.codes!, scales = meta.scales!, zeros = meta.zeros!;
+  if (scales.length !== rows * ng) return null;
+  const d = new Uint16Array(rows * ng);
+  const m = type === "Q4_1" ? new Uint16Array(rows * ng) : undefined;
+  const z0 = type === "Q8_0" ? 128 : 8;
+  for (let i = 0; i < rows * ng; i++) {
+    if (type !== "Q4_1" && zeros[i] !== z0) return null;
+    d[i] = f32ToF16(scales[i]);
+    if (m) m[i] = f32ToF16(Math.fround(-scales[i] * zeros[i]));
+  }
+  return { codes, d, m };
+}
+
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  let e = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i] - b[i]);
+    if (d > e || Number.isNaN(d)) e = d;
+  }
+  return e;
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await Deno.lstat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function findTokBin(p: string): Promise<string | null> {
+  if (p.endsWith(".bin")) return p;
+  try {
+    for await (const e of Deno.readDir(p)) {
+      if (e.isFile && /^tok.*\.bin$|^tokenizer\.bin$/.test(e.name)) return `${p}/${e.name}`;
+    }
+  } catch { /* not a folder */ }
+  return null;
+}
+
+/** The HF `config.json` of a Llama-family model, rebuilt from its normalised config. */
+export function llamaConfigJson(c: ExportConfig): Record<string, unknown> {
+  return {
+    architectures: ["LlamaForCausalLM"],
+    model_type: "llama",
+    hidden_size: c.hiddenSize,
+    intermediate_size: c.intermediateSize,
+    num_hidden_layers: c.numLayers,
+    num_attention_heads: c.numHeads,
+    num_key_value_heads: c.numKvHeads,
+    head_dim: c.headDim,
+    vocab_size: c.vocabSize,
+    max_position_embeddings: c.maxPositions,
+    rms_norm_eps: c.normEps,
+    rope_theta: c.ropeTheta,
+    hidden_act: c.activation,
+    tie_word_embeddings: c.tieWordEmbeddings,
+    bos_token_id: c.bosTokenId,
+    eos_token_id: c.eosTokenId,
+    torch_dtype: "float32",
+  };
+}
+
+/**
+ * The `tokenizer.ggml.*` metadata of a llama2.c tokenizer file (SentencePiece-BPE with byte
+ * fallback): model "llama"; tokens with spaces as "▁" and ids 0/1/2 as `<unk>`/`<s>`/`</s>`;
+ * the file's scores; token types (2 unknown, 3 control, 6 byte for ids 3..258, 1 normal);
+ * BOS 1, EOS 2, UNK 0; BOS added, EOS not.
+ */
+export function llamaVocabMetadata(tokBin: Uint8Array, file = "<memory>"): [string, GgufValue][] {
+  const { tokens } = parseLlama2cTokenizer(tokBin, { file });
+  const specials = ["<unk>", "<s>", "</s>"];
+  const texts = tokens.map((t, i) => (i < 3 ? specials[i] : t.text.replaceAll(" ", "\u2581")));
+  const types = tokens.map((t, i) =>
+    i === 0 ? 2 : i < 3 ? 3 : /^<0x[0-9A-F]{2}>$/.test(t.text) && i < 259 ? 6 : 1
+  );
+  return [
+    ["tokenizer.ggml.model", gv.str("llama")],
+    ["tokenizer.ggml.tokens", gv.arr("string", texts)],
+    ["tokenizer.ggml.scores", gv.arr("f32", tokens.map((t) => t.score))],
+    ["tokenizer.ggml.token_type", gv.arr("i32", types)],
+    ["tokenizer.ggml.bos_token_id", gv.u32(1)],
+    ["tokenizer.ggml.eos_token_id", gv.u32(2)],
+    ["tokenizer.ggml.unknown_token_id", gv.u32(0)],
+    ["tokenizer.ggml.add_bos_token", gv.bool(true)],
+    ["tokenizer.ggml.add_eos_token", gv.bool(false)],
+  ];
+}
+
+const TYPE_ID = {
+  F32: GGML_TYPE.F32,
+  F16: GGML_TYPE.F16,
+  Q8_0: GGML_TYPE.Q8_0,
+  Q4_0: GGML_TYPE.Q4_0,
+  Q4_1: GGML_TYPE.Q4_1,
+} as const;
+type WriteType = keyof typeof TYPE_ID;
+
+/**
+ * Exports `model` to the folder `dir` (see the module doc). Returns the report, also written as
+ * `export_report.json`. Errors: OptionError for a bad option or an existing `dir` without
+ * `overwrite`; UnsupportedError for a family/feature the format cannot hold or a non-grid layer
+ * under `nonGrid: "refuse"` (naming the layer, method and format); FormatError for an
+ * unreadable tokenizer.
+ */
+export async function exportModel(
+  model: ExportableModel,
+  dir: string,
+  options: ExportOptions,
+): Promise<ExportReport> {
+  const format = options.format;
+  if (format !== "gguf") {
+    throw new OptionError(
+      "format",
+      `must be "gguf" (GPTQ safetensors and ONNX are not built yet), got ${JSON.stringify(format)}`,
+    );
+  }
+  const reqType = options.type ?? "auto";
+  if (!["auto", "f32", "f16", "q8_0", "q4_0", "q4_1"].includes(reqType)) {
+    throw new OptionError("type", `must be auto, f32, f16, q8_0, q4_0 or q4_1, got ${reqType}`);
+  }
+  const fallback = options.fallback ?? "f32";
+  if (fallback !== "f32" && fallback !== "f16") {
+    throw new OptionError("fallback", `must be "f32" or "f16", got ${fallback}`);
+  }
+  const nonGrid = options.nonGrid ?? "refuse";
+  if (nonGrid !== "refuse" && nonGrid !== "dequantize") {
+    throw new OptionError("nonGrid", `must be "refuse" or "dequantize", got ${nonGrid}`);
+  }
+  const dirClean = dir.replace(/\/+$/, "");
+  if (!options.overwrite && (await exists(dirClean))) {
+    throw new OptionError("overwrite", `${dirClean} exists; pass overwrite: true to replace it`);
+  }
+  const cfg = model.config;
+  if (
+    cfg.family !== "llama" || cfg.qkvBias || cfg.oBias || cfg.mlpBias || cfg.activation !== "silu"
+  ) {
+    throw new UnsupportedError(
+      `gguf export: only bias-free SiLU Llama-family models are supported (got family ${cfg.family}` +
+        `${
+          cfg.qkvBias || cfg.oBias || cfg.mlpBias ? " with biases" : ""
+        }, activation ${cfg.activation})`,
+    );
+  }
+  if (cfg.ropeScaling) {
+    throw new UnsupportedError("gguf export: RoPE scaling is not written yet; this model has one");
+  }
+  const packed = (model.packed ?? {}) as Record<string, PackedLayer>;
+  for (const [name, meta] of Object.entries(packed)) {
+    const why = isNonGrid(meta);
+    if (why && nonGrid === "refuse") {
+      throw new UnsupportedError(
+        `gguf export: layer ${name} (${meta.method}) cannot be stored as GGUF blocks: ${why}; ` +
+          `pass nonGrid: "dequantize" to write its dequantized weight at ${fallback.toUpperCase()}`,
+      );
+    }
+  }
+  const tokBin = model.tokenizerPath ? await findTokBin(model.tokenizerPath) : null;
+  if (!tokBin) {
+    throw new UnsupportedError(
+      `gguf export: needs a llama2.c tokenizer (.bin) for tokenizer.ggml.*; model ${model.source} ` +
+        `has tokenizer ${
+          model.tokenizerPath ?? "(none)"
+        } (tokenizer.json vocabularies are not written yet)`,
+    );
+  }
+  const tokBytes = await Deno.readFile(tokBin);
+
+  // Plan the tensors.
+  const names = new Set(model.weights.names());
+  const hfOrder = ["model.embed_tokens.weight"];
+  for (let l = 0; l < cfg.numLayers; l++) {
+    for (const [a] of LAYER_MAP) hfOrder.push(`model.layers.${l}.${a}`);
+  }
+  hfOrder.push("model.norm.weight");
+  if (!cfg.tieWordEmbeddings) hfOrder.push("lm_head.weight");
+  for (const n of hfOrder) {
+    if (!names.has(n)) throw new FormatError(model.source, `tensor "${n}" is missing`);
+  }
+  const report: ExportedTensor[] = [];
+  const notes: string[] = [];
+  const fbType: WriteType = fallback === "f16" ? "F16" : "F32";
+  const entries: GgufTensorEntry[] = [];
+  const plan: { hf: string; gguf: string; type: WriteType; dims: number[] }[] = [];
+  for (const hf of hfOrder) {
+    const gguf = ggufTensorName(hf)!;
+    const isNorm = hf.endsWith("norm.weight");
+    const isEmbed = hf === "model.embed_tokens.weight";
+    let type: WriteType;
+    const meta = packed[hf.replace(/\.weight$/, "")] ?? packed[hf];
+    if (isNorm) type = "F32";
+    else if (isEmbed) type = fbType;
+    else if (reqType !== "auto") type = reqType.toUpperCase() as WriteType;
+    else if (meta && !isNonGrid(meta)) type = gridType(meta);
+    else type = fbType;
+    plan.push({ hf, gguf, type, dims: [] });
+  }
+
+  const tmp = `${dirClean}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  await Deno.mkdir(tmp, { recursive: true });
+  try {
+    const heads = (hf: string) =>
+      hf.endsWith("q_proj.weight")
+        ? cfg.numHeads
+        : hf.endsWith("k_proj.weight")
+        ? cfg.numKvHeads
+        : 0;
+    for (const p of plan) {
+      const W = await model.weights.get(p.hf);
+      const [rows, cols] = W.shape.length === 1 ? [1, W.shape[0]] : W.shape;
+      p.dims = W.shape.length === 1 ? [cols] : [cols, rows];
+      if (p.type.startsWith("Q") && cols % 32 !== 0) {
+        notes.push(
+          `${p.hf}: ${cols} columns are not a multiple of 32, so ${p.type} cannot hold it; written as ${fbType}`,
+        );
+        p.type = fbType;
+      }
+      const meta = packed[p.hf.replace(/\.weight$/, "")] ?? packed[p.hf];
+      const nh = heads(p.hf);
+      const order = nh ? ropeRowOrder(rows, nh, false) : null;
+      const hf = p.hf, type = p.type;
+      entries.push({
+        name: p.gguf,
+        dims: p.dims,
+        type: TYPE_ID[type],
+        bytes: async () => {
+          const Wt = await model.weights.get(hf);
+          let bytes: Uint8Array;
+          let how: ExportedTensor["how"] = type.startsWith("Q") ? "converted" : "float";
+          if (meta && isNonGrid(meta)) how = "dequantized";
+          const blocks = meta && !isNonGrid(meta) && type.startsWith("Q")
+            ? blocksFromCodes(meta, type as "Q8_0" | "Q4_0" | "Q4_1")
+            : null;
+          if (blocks) {
+            bytes = packGgmlBlocks(type as "Q8_0" | "Q4_0" | "Q4_1", blocks);
+            how = "codes";
+          } else {
+            bytes = quantizeGgml(Wt.data, type);
+          }
+          const dec = dequantizeGgml(bytes, TYPE_ID[type], Wt.data.length);
+          const err = maxAbsDiff(dec, Wt.data);
+          if (order) bytes = permuteRows(bytes, rows, order);
+          const rec: ExportedTensor = { name: hf, gguf: p.gguf, type, how, maxAbsErr: err };
+          if (how === "converted" && meta) {
+            rec.note =
+              `${meta.method} ${meta.bits}-bit g${meta.groupSize}${meta.sym ? " sym" : ""}` +
+              ` is not a ${type} grid; re-quantized with llama.cpp's reference ${type} quantizer`;
+          }
+          if (how === "codes" && err !== 0) {
+            rec.note = "scales (or Q4_1 mins) are not f16-exact; round them to f16 during " +
+              "quantization (withF16Scales) for a bit-exact export";
+          }
+          report.push(rec);
+          return bytes;
+        },
+      });
+    }
+    const ftype = reqType === "auto"
+      ? (plan.some((p) => p.type === "Q4_1")
+        ? 3
+        : plan.some((p) => p.type === "Q4_0")
+        ? 2
+        : plan.some((p) => p.type === "Q8_0")
+        ? 7
+        : fbType === "F16"
+        ? 1
+        : 0)
+      : { f32: 0, f16: 1, q4_0: 2, q4_1: 3, q8_0: 7 }[reqType];
+    const metadata: [string, GgufValue][] = [
+      ["general.architecture", gv.str("llama")],
+      ["general.name", gv.str(model.source.split("/").filter(Boolean).pop() ?? "quantlab")],
+      ["general.file_type", gv.u32(ftype)],
+      ["general.quantization_version", gv.u32(2)],
+      ["llama.context_length", gv.u32(cfg.maxPositions)],
+      ["llama.embedding_length", gv.u32(cfg.hiddenSize)],
+      ["llama.block_count", gv.u32(cfg.numLayers)],
+      ["llama.feed_forward_length", gv.u32(cfg.intermediateSize)],
+      ["llama.attention.head_count", gv.u32(cfg.numHeads)],
+      ["llama.attention.head_count_kv", gv.u32(cfg.numKvHeads)],
+      ["llama.rope.dimension_count", gv.u32(cfg.headDim)],
+      ["llama.attention.layer_norm_rms_epsilon", gv.f32(cfg.normEps)],
+      ["llama.rope.freq_base", gv.f32(cfg.ropeTheta)],
+      ["llama.vocab_size", gv.u32(cfg.vocabSize)],
+      ...llamaVocabMetadata(tokBytes, tokBin),
+    ];
+    if (cfg.headDim * cfg.numHeads !== cfg.hiddenSize) {
+      metadata.push(["llama.attention.key_length", gv.u32(cfg.headDim)]);
+      metadata.push(["llama.attention.value_length", gv.u32(cfg.headDim)]);
+    }
+    await writeGguf(`${tmp}/model.gguf`, metadata, entries);
+    await Deno.writeTextFile(`${tmp}/config.json`, JSON.stringify(llamaConfigJson(cfg), null, 2));
+    await writeTokenizerJson(tmp, tokenizerJsonFromLlama2c(tokBytes, { file: tokBin }), {
+      config: llamaTokenizerConfig(),
+    });
+    await Deno.copyFile(tokBin, `${tmp}/tokenizer.bin`);
+    const files = [
+      "model.gguf",
+      "config.json",
+      "tokenizer.json",
+      "tokenizer_config.json",
+      "tokenizer.bin",
+      "export_report.json",
+    ];
+    const out: ExportReport = { format, dir: dirClean, files, tensors: report, notes };
+    await Deno.writeTextFile(`${tmp}/export_report.json`, JSON.stringify(out, null, 1));
+    if (await exists(dirClean)) {
+      const old = `${dirClean}.old-${crypto.randomUUID().slice(0, 8)}`;
+      await Deno.rename(dirClean, old);
+      await Deno.rename(tmp, dirClean);
+      await Deno.remove(old, { recursive: true });
+    } else {
+      await Deno.rename(tmp, dirClean);
+    }
+    return out;
+  } catch (e) {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    throw e;
+  }
+}
