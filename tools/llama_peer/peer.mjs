@@ -1,9 +1,10 @@
 // quantlab's peer runtime: runs a GGUF with node-llama-cpp (pinned 3.21.1, prebuilt llama.cpp) on
 // the CPU with 1 thread. Reads a JSON request on argv[2]:
 //   { model, prompt: number[], n: number, teacher?: number[], kvF32?: boolean }
+// (kvF32: F32 KV cache instead of llama.cpp's default F16)
 // and prints one JSON line: { greedy: number[] (n tokens, greedy), logprobs: number[] (log p of
 // teacher[i] given prompt + teacher[<i], when teacher is given), tokenize: number[] (the runtime's
-// tokenization of "Once upon a time", no BOS), seconds }.
+// tokenization of "Once upon a time", no BOS), genSeconds (prompt + n greedy tokens), seconds }.
 import { getLlama } from "node-llama-cpp";
 
 const req = JSON.parse(process.argv[2]);
@@ -28,19 +29,19 @@ const out = {
 {
   const ctx = await model.createContext(ctxOpts);
   const seq = ctx.getSequence();
+  const g0 = performance.now();
   for await (const t of seq.evaluate(req.prompt, { temperature: 0 })) {
     out.greedy.push(t);
     if (out.greedy.length >= req.n) break;
   }
+  out.genSeconds = (performance.now() - g0) / 1000;
   await ctx.dispose();
 }
 if (req.teacher) {
   const ctx = await model.createContext(ctxOpts);
   const seq = ctx.getSequence();
   const input = [...req.prompt, ...req.teacher.slice(0, -1)].map((t, i) =>
-    i >= req.prompt.length - 1
-      ? [t, { generateNext: { probabilities: true } }]
-      : t
+    i >= req.prompt.length - 1 ? [t, { generateNext: { probabilities: true } }] : t
   );
   const res = await seq.controlledEvaluate(input);
   for (let i = req.prompt.length - 1; i < input.length; i++) {
