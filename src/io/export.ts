@@ -565,6 +565,28 @@ export async function exportModel(
       metadata.push(["llama.attention.value_length", gv.u32(cfg.headDim)]);
     }
     await writeGguf(`${tmp}/model.gguf`, metadata, entries);
+    const conv = report.filter((t) =>
+      t.how === "converted" && packed[t.name.replace(/\.weight$/, "")]
+    );
+    if (conv.length) {
+      const e = Math.max(...conv.map((t) => t.maxAbsErr));
+      notes.push(
+        `${conv.length} quantized layers are not on their GGUF type's grid (32-column groups, ` +
+          `f16 scales) and were re-quantized with llama.cpp's reference quantizer: max |Δw| = ${
+            e.toExponential(3)
+          }`,
+      );
+    }
+    const inexact = report.filter((t) => t.how === "codes" && t.maxAbsErr > 0);
+    if (inexact.length) {
+      const e = Math.max(...inexact.map((t) => t.maxAbsErr));
+      notes.push(
+        `${inexact.length} layers kept their codes but their scales (or Q4_1 mins) are not f16 values: ` +
+          `max |Δw| = ${
+            e.toExponential(3)
+          } (quantize with withF16Scales / --f16-scales for a bit-exact export)`,
+      );
+    }
     await Deno.writeTextFile(`${tmp}/config.json`, JSON.stringify(llamaConfigJson(cfg), null, 2));
     await writeTokenizerJson(tmp, tokenizerJsonFromLlama2c(tokBytes, { file: tokBin }), {
       config: llamaTokenizerConfig(),
