@@ -15,7 +15,7 @@
  * @module
  */
 import { FormatError, OptionError, UnsupportedError } from "../errors.ts";
-import { f32ToF16, type Tensor } from "../tensor.ts";
+import { f16ToF32 as halfToF32, f32ToF16, type Tensor } from "../tensor.ts";
 import {
   dequantizeGgml,
   GGML_TYPE,
@@ -28,6 +28,12 @@ import {
 } from "./gguf.ts";
 import { parseLlama2cTokenizer, tokenizerJsonFromLlama2c } from "./_tokenizer_json.ts";
 import { llamaTokenizerConfig, writeTokenizerJson } from "./tokenizer.ts";
+import {
+  encodeGptqSafetensors,
+  fromGptqTensors,
+  type GptqCheckpointFormat,
+  gptqEntries,
+} from "./gptq_format.ts";
 
 /** The config fields the exporter reads (a quantlab `ModelConfig` satisfies it). */
 export interface ExportConfig {
@@ -115,8 +121,15 @@ export type GgufExportType = "f32" | "f16" | "q8_0" | "q4_0" | "q4_1";
 
 /** Options of {@linkcode exportModel}. */
 export interface ExportOptions {
-  /** Output format (only "gguf" so far). */
-  format: "gguf";
+  /** Output format: "gguf" (llama.cpp) or "gptq" (safetensors for transformers / vLLM). */
+  format: "gguf" | "gptq";
+  /**
+   * GPTQ zero-point convention: "gptq" (v1, default: stores zero − 1, what transformers and vLLM
+   * read) or "gptq_v2" (GPTQModel: stores zero). See `gptq_format.ts`.
+   */
+  checkpointFormat?: GptqCheckpointFormat;
+  /** GPTQ: dtype of unquantized tensors, "F32" (default) or "F16". */
+  floatDtype?: "F32" | "F16";
   /**
    * Type of the linear layers. Default "auto": each quantized layer goes to the GGUF block type
    * of its grid (8-bit symmetric → Q8_0, 4-bit symmetric → Q4_0, 4-bit asymmetric → Q4_1; other
@@ -159,7 +172,7 @@ export interface ExportedTensor {
 /** What {@linkcode exportModel} wrote. */
 export interface ExportReport {
   /** Format. */
-  format: "gguf";
+  format: "gguf" | "gptq";
   /** The folder. */
   dir: string;
   /** Files in it. */
@@ -386,10 +399,10 @@ export async function exportModel(
   options: ExportOptions,
 ): Promise<ExportReport> {
   const format = options.format;
-  if (format !== "gguf") {
+  if (format !== "gguf" && format !== "gptq") {
     throw new OptionError(
       "format",
-      `must be "gguf" (GPTQ safetensors and ONNX are not built yet), got ${JSON.stringify(format)}`,
+      `must be "gguf" or "gptq" (ONNX is not built yet), got ${JSON.stringify(format)}`,
     );
   }
   const reqType = options.type ?? "auto";
@@ -433,6 +446,7 @@ export async function exportModel(
     }
   }
   const tokBin = model.tokenizerPath ? await findTokBin(model.tokenizerPath) : null;
+  if (format === "gptq") return await exportGptq(model, dirClean, options, tokBin);
   if (!tokBin) {
     throw new UnsupportedError(
       `gguf export: needs a llama2.c tokenizer (.bin) for tokenizer.ggml.*; model ${model.source} ` +
@@ -615,4 +629,207 @@ export async function exportModel(
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw e;
   }
+}
+
+async function writeTokenizerFiles(model: ExportableModel, dir: string, tokBin: string | null) {
+  if (tokBin) {
+    const tokBytes = await Deno.readFile(tokBin);
+    await writeTokenizerJson(dir, tokenizerJsonFromLlama2c(tokBytes, { file: tokBin }), {
+      config: llamaTokenizerConfig(),
+    });
+    return ["tokenizer.json", "tokenizer_config.json"];
+  }
+  const files: string[] = [];
+  for (
+    const f of [
+      "tokenizer.json",
+      "tokenizer_config.json",
+      "tokenizer.model",
+      "vocab.json",
+      "merges.txt",
+      "special_tokens_map.json",
+    ]
+  ) {
+    if (model.tokenizerPath && (await exists(`${model.tokenizerPath}/${f}`))) {
+      await Deno.copyFile(`${model.tokenizerPath}/${f}`, `${dir}/${f}`);
+      files.push(f);
+    }
+  }
+  return files;
+}
+
+async function commitDir(tmp: string, dir: string): Promise<void> {
+  if (await exists(dir)) {
+    const old = `${dir}.old-${crypto.randomUUID().slice(0, 8)}`;
+    await Deno.rename(dir, old);
+    await Deno.rename(tmp, dir);
+    await Deno.remove(old, { recursive: true });
+  } else {
+    await Deno.rename(tmp, dir);
+  }
+}
+
+/** The GPTQ safetensors branch of {@linkcode exportModel} (see `gptq_format.ts`). */
+async function exportGptq(
+  model: ExportableModel,
+  dir: string,
+  options: ExportOptions,
+  tokBin: string | null,
+): Promise<ExportReport> {
+  const format = options.checkpointFormat ?? "gptq";
+  if (format !== "gptq" && format !== "gptq_v2") {
+    throw new OptionError("checkpointFormat", `must be "gptq" or "gptq_v2", got ${format}`);
+  }
+  const floatDtype = options.floatDtype ?? "F32";
+  if (floatDtype !== "F32" && floatDtype !== "F16") {
+    throw new OptionError("floatDtype", `must be "F32" or "F16", got ${floatDtype}`);
+  }
+  const cfg = model.config;
+  const packed = (model.packed ?? {}) as Record<string, PackedLayer>;
+  const grids = Object.entries(packed).filter(([, m]) => !isNonGrid(m));
+  if (!grids.length) {
+    throw new UnsupportedError(`gptq export: model ${model.source} has no quantized grid layers`);
+  }
+  const [, first] = grids[0];
+  for (const [name, m] of grids) {
+    if (m.bits !== first.bits || m.groupSize !== first.groupSize || m.sym !== first.sym) {
+      throw new UnsupportedError(
+        `gptq export: quantization_config is global, but layer ${name} is ${m.bits}-bit ` +
+          `g${m.groupSize} sym=${m.sym} while ${
+            grids[0][0]
+          } is ${first.bits}-bit g${first.groupSize} sym=${first.sym}`,
+      );
+    }
+  }
+  const names = model.weights.names().filter((n) =>
+    n !== "lm_head.weight" || !cfg.tieWordEmbeddings
+  );
+  const layers = [];
+  for (const n of names) {
+    const meta = packed[n.replace(/\.weight$/, "")];
+    layers.push({
+      name: n,
+      meta: meta && !isNonGrid(meta) ? meta : undefined,
+      weight: await model.weights.get(n),
+    });
+  }
+  const { tensors, notConverted, reasons } = gptqEntries(layers, { format, floatDtype });
+  for (const [name, m] of Object.entries(packed)) {
+    const why = isNonGrid(m);
+    if (why) {
+      notConverted.push(name);
+      reasons[name] = `${why} (dequantized weight)`;
+    }
+  }
+  const report: ExportedTensor[] = [];
+  const notes: string[] = [];
+  for (const [p, why] of Object.entries(reasons)) {
+    notes.push(`${p}: ${why}; written as ${floatDtype} and listed in modules_to_not_convert`);
+  }
+  let descAct = false;
+  for (const { name, meta, weight } of layers) {
+    const p = name.replace(/\.weight$/, "");
+    const q = tensors[`${p}.qweight`];
+    if (!q || !meta) {
+      const nonGridMeta = packed[p];
+      report.push({
+        name,
+        gguf: name,
+        type: floatDtype,
+        how: nonGridMeta ? "dequantized" : "float",
+        maxAbsErr: floatDtype === "F32" ? 0 : maxAbsDiff(
+          Float32Array.from(weight.data, (x) => Math.fround(halfRound(x))),
+          weight.data,
+        ),
+      });
+      continue;
+    }
+    const i32 = (e: { data: Uint8Array | Float32Array }) =>
+      new Int32Array((e.data as Uint8Array).slice().buffer);
+    const sc = new Uint16Array((tensors[`${p}.scales`].data as Uint8Array).slice().buffer);
+    const [out, inn] = meta.shape;
+    const dec = fromGptqTensors(
+      {
+        qweight: i32(q),
+        qzeros: i32(tensors[`${p}.qzeros`]),
+        scales: Float32Array.from(sc, halfToF32),
+        gIdx: i32(tensors[`${p}.g_idx`]),
+      },
+      { out, in: inn, bits: meta.bits, groups: sc.length / out },
+      format,
+    );
+    const W = new Float32Array(out * inn);
+    const ng = sc.length / out;
+    for (let j = 0; j < out; j++) {
+      for (let i = 0; i < inn; i++) {
+        const g = j * ng + dec.gIdx[i];
+        W[j * inn + i] = dec.scales[g] * (dec.codes[j * inn + i] - dec.zeros[g]);
+      }
+    }
+    if (dec.gIdx.some((g, i) => g !== (meta.groupSize > 0 ? Math.floor(i / meta.groupSize) : 0))) {
+      descAct = true;
+    }
+    const err = maxAbsDiff(W, weight.data);
+    const rec: ExportedTensor = {
+      name,
+      gguf: `${p}.qweight`,
+      type: `gptq-${meta.bits}bit`,
+      how: "codes",
+      maxAbsErr: err,
+    };
+    if (err !== 0) {
+      rec.note = "scales are not f16 values; quantize with withF16Scales for a bit-exact export";
+    }
+    report.push(rec);
+  }
+  const qc: Record<string, unknown> = {
+    quant_method: "gptq",
+    bits: first.bits,
+    group_size: first.groupSize,
+    desc_act: descAct,
+    sym: first.sym,
+    checkpoint_format: format,
+    static_groups: Boolean(first.staticGroups),
+    true_sequential: true,
+    damp_percent: typeof first.percdamp === "number" ? first.percdamp : 0.01,
+  };
+  if (notConverted.length) qc.modules_to_not_convert = notConverted;
+  const tmp = `${dir}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  await Deno.mkdir(tmp, { recursive: true });
+  try {
+    await Deno.writeFile(`${tmp}/model.safetensors`, encodeGptqSafetensors(tensors));
+    await Deno.writeTextFile(
+      `${tmp}/config.json`,
+      JSON.stringify(
+        {
+          ...llamaConfigJson(cfg),
+          torch_dtype: floatDtype === "F16" ? "float16" : "float32",
+          quantization_config: qc,
+        },
+        null,
+        2,
+      ),
+    );
+    await Deno.writeTextFile(`${tmp}/quantize_config.json`, JSON.stringify(qc, null, 2));
+    const tokFiles = await writeTokenizerFiles(model, tmp, tokBin);
+    if (!tokFiles.length) notes.push("no tokenizer files were found to write beside the weights");
+    const files = [
+      "model.safetensors",
+      "config.json",
+      "quantize_config.json",
+      ...tokFiles,
+      "export_report.json",
+    ];
+    const out: ExportReport = { format: "gptq", dir, files, tensors: report, notes };
+    await Deno.writeTextFile(`${tmp}/export_report.json`, JSON.stringify(out, null, 1));
+    await commitDir(tmp, dir);
+    return out;
+  } catch (e) {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    throw e;
+  }
+}
+
+function halfRound(x: number): number {
+  return halfToF32(f32ToF16(x));
 }

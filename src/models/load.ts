@@ -5,6 +5,7 @@
 import { FormatError, UnsupportedError } from "../errors.ts";
 import { openCheckpoint } from "../io/hf_checkpoint.ts";
 import { readGgufCheckpoint } from "../io/gguf_model.ts";
+import { readGptqCheckpoint } from "../io/gptq_format.ts";
 import { downloadModel } from "../io/hub.ts";
 import { looksLikeLlama2c, readLlama2c } from "../io/llama2c.ts";
 import type { NonFinitePolicy } from "../io/safetensors.ts";
@@ -99,6 +100,9 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<M
       }
     }
   }
+  if (file === local && st!.isDirectory && (await isGptqFolder(local))) {
+    return await loadGptqModel(local, path, opts);
+  }
   if (file === local && st!.isDirectory) {
     const ck = await openCheckpoint(local, { nonFinite: opts.nonFinite });
     const config = parseConfig(ck.config, `${local}/config.json`);
@@ -148,6 +152,36 @@ async function loadGgufModel(file: string, path: string, opts: LoadOptions): Pro
     tokenizerPath,
     weights: new Weights(ck.source),
     packed: Object.keys(packed).length ? packed : undefined,
+  };
+}
+
+async function isGptqFolder(dir: string): Promise<boolean> {
+  try {
+    const c = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
+    return c?.quantization_config?.quant_method === "gptq";
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A GPTQ safetensors folder (`quantization_config.quant_method: "gptq"`, ours or another
+ * tool's; see `io/gptq_format.ts`) as a quantized model: dequantized weights plus `packed` metas.
+ */
+async function loadGptqModel(dir: string, path: string, opts: LoadOptions): Promise<Model> {
+  const ck = await readGptqCheckpoint(dir);
+  const config = parseConfig(ck.config, `${dir}/config.json`);
+  checkShapes(config, ck.source, dir);
+  const tokenizerPath = opts.tokenizer ??
+    ((await stat(`${dir}/tokenizer.json`)) || (await stat(`${dir}/vocab.json`))
+      ? dir
+      : await findLlama2cTokenizer(dir));
+  return {
+    config,
+    source: path,
+    tokenizerPath,
+    weights: new Weights(ck.source),
+    packed: await ck.packed(),
   };
 }
 
