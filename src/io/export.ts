@@ -29,10 +29,11 @@ import {
 import { parseLlama2cTokenizer, tokenizerJsonFromLlama2c } from "./_tokenizer_json.ts";
 import { llamaTokenizerConfig, writeTokenizerJson } from "./tokenizer.ts";
 import {
-  encodeGptqSafetensors,
   fromGptqTensors,
   type GptqCheckpointFormat,
-  gptqEntries,
+  gptqFit,
+  type GptqTensors,
+  toGptqTensors,
 } from "./gptq_format.ts";
 
 /** The config fields the exporter reads (a quantlab `ModelConfig` satisfies it). */
@@ -109,8 +110,12 @@ export interface ExportableModel {
   source: string;
   /** llama2.c tokenizer `.bin` (or a folder holding one). */
   tokenizerPath?: string;
-  /** The weights the model forwards with. */
-  weights: { names(): string[]; get(name: string): Promise<Tensor> };
+  /** The weights the model forwards with (`evict` drops a source tensor from a cache). */
+  weights: {
+    names(): string[];
+    get(name: string): Promise<Tensor>;
+    evict?(names?: string[]): void;
+  };
   /** Packed quantized layers, keyed by linear name (`model.layers.0.self_attn.q_proj`). */
   // deno-lint-ignore no-explicit-any
   packed?: Record<string, any>;
@@ -328,6 +333,25 @@ async function findTokBin(p: string): Promise<string | null> {
   return null;
 }
 
+/** The shape of Llama tensor `hf` implied by the config. */
+function llamaShape(c: ExportConfig, hf: string): number[] {
+  const D = c.hiddenSize, q = c.numHeads * c.headDim, kv = c.numKvHeads * c.headDim;
+  const I = c.intermediateSize;
+  if (hf.endsWith("norm.weight")) return [D];
+  if (hf === "model.embed_tokens.weight" || hf === "lm_head.weight") return [c.vocabSize, D];
+  const tail = hf.split(".").slice(-2)[0];
+  const shapes: Record<string, number[]> = {
+    q_proj: [q, D],
+    k_proj: [kv, D],
+    v_proj: [kv, D],
+    o_proj: [D, q],
+    gate_proj: [I, D],
+    up_proj: [I, D],
+    down_proj: [D, I],
+  };
+  return shapes[tail];
+}
+
 /** The HF `config.json` of a Llama-family model, rebuilt from its normalised config. */
 export function llamaConfigJson(c: ExportConfig): Record<string, unknown> {
   return {
@@ -497,9 +521,9 @@ export async function exportModel(
         ? cfg.numKvHeads
         : 0;
     for (const p of plan) {
-      const W = await model.weights.get(p.hf);
-      const [rows, cols] = W.shape.length === 1 ? [1, W.shape[0]] : W.shape;
-      p.dims = W.shape.length === 1 ? [cols] : [cols, rows];
+      const shape = llamaShape(cfg, p.hf);
+      const [rows, cols] = shape.length === 1 ? [1, shape[0]] : shape;
+      p.dims = shape.length === 1 ? [cols] : [cols, rows];
       if (p.type.startsWith("Q") && cols % 32 !== 0) {
         notes.push(
           `${p.hf}: ${cols} columns are not a multiple of 32, so ${p.type} cannot hold it; written as ${fbType}`,
@@ -516,6 +540,13 @@ export async function exportModel(
         type: TYPE_ID[type],
         bytes: async () => {
           const Wt = await model.weights.get(hf);
+          model.weights.evict?.([hf]); // streamed: one source tensor in memory at a time
+          if (Wt.data.length !== rows * cols) {
+            throw new FormatError(
+              model.source,
+              `tensor "${hf}" has shape [${Wt.shape}], config implies [${shape}]`,
+            );
+          }
           let bytes: Uint8Array;
           let how: ExportedTensor["how"] = type.startsWith("Q") ? "converted" : "float";
           if (meta && isNonGrid(meta)) how = "dequantized";
@@ -528,8 +559,10 @@ export async function exportModel(
           } else {
             bytes = quantizeGgml(Wt.data, type);
           }
-          const dec = dequantizeGgml(bytes, TYPE_ID[type], Wt.data.length);
-          const err = maxAbsDiff(dec, Wt.data);
+          // F32 is exact by construction; everything else is decoded and compared.
+          const err = type === "F32"
+            ? 0
+            : maxAbsDiff(dequantizeGgml(bytes, TYPE_ID[type], Wt.data.length), Wt.data);
           if (order) bytes = permuteRows(bytes, rows, order);
           const rec: ExportedTensor = { name: hf, gguf: p.gguf, type, how, maxAbsErr: err };
           if (how === "converted" && meta) {
@@ -669,7 +702,7 @@ async function commitDir(tmp: string, dir: string): Promise<void> {
   }
 }
 
-/** The GPTQ safetensors branch of {@linkcode exportModel} (see `gptq_format.ts`). */
+/** The GPTQ safetensors branch of {@linkcode exportModel} (see `gptq_format.ts`), streamed. */
 async function exportGptq(
   model: ExportableModel,
   dir: string,
@@ -690,114 +723,158 @@ async function exportGptq(
   if (!grids.length) {
     throw new UnsupportedError(`gptq export: model ${model.source} has no quantized grid layers`);
   }
-  const [, first] = grids[0];
+  const [firstName, first] = grids[0];
   for (const [name, m] of grids) {
     if (m.bits !== first.bits || m.groupSize !== first.groupSize || m.sym !== first.sym) {
       throw new UnsupportedError(
         `gptq export: quantization_config is global, but layer ${name} is ${m.bits}-bit ` +
-          `g${m.groupSize} sym=${m.sym} while ${
-            grids[0][0]
-          } is ${first.bits}-bit g${first.groupSize} sym=${first.sym}`,
+          `g${m.groupSize} sym=${m.sym} while ${firstName} is ${first.bits}-bit ` +
+          `g${first.groupSize} sym=${first.sym}`,
       );
     }
   }
   const names = model.weights.names().filter((n) =>
     n !== "lm_head.weight" || !cfg.tieWordEmbeddings
   );
-  const layers = [];
-  for (const n of names) {
-    const meta = packed[n.replace(/\.weight$/, "")];
-    layers.push({
-      name: n,
-      meta: meta && !isNonGrid(meta) ? meta : undefined,
-      weight: await model.weights.get(n),
-    });
-  }
-  const { tensors, notConverted, reasons } = gptqEntries(layers, { format, floatDtype });
-  for (const [name, m] of Object.entries(packed)) {
-    const why = isNonGrid(m);
-    if (why) {
-      notConverted.push(name);
-      reasons[name] = `${why} (dequantized weight)`;
-    }
-  }
   const report: ExportedTensor[] = [];
   const notes: string[] = [];
-  for (const [p, why] of Object.entries(reasons)) {
-    notes.push(`${p}: ${why}; written as ${floatDtype} and listed in modules_to_not_convert`);
-  }
+  const notConverted: string[] = [];
+  const items: {
+    name: string;
+    dtype: string;
+    shape: number[];
+    produce: () => Promise<Uint8Array>;
+  }[] = [];
+  const view = (a: Int32Array | Uint16Array | Float32Array) =>
+    new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
   let descAct = false;
-  for (const { name, meta, weight } of layers) {
-    const p = name.replace(/\.weight$/, "");
-    const q = tensors[`${p}.qweight`];
-    if (!q || !meta) {
-      const nonGridMeta = packed[p];
-      report.push({
-        name,
-        gguf: name,
-        type: floatDtype,
-        how: nonGridMeta ? "dequantized" : "float",
-        maxAbsErr: floatDtype === "F32" ? 0 : maxAbsDiff(
-          Float32Array.from(weight.data, (x) => Math.fround(halfRound(x))),
-          weight.data,
-        ),
-      });
+  for (const n of names) {
+    const p = n.replace(/\.weight$/, "");
+    const meta = packed[p];
+    const why = meta ? (isNonGrid(meta) ?? gptqFit(meta)) : null;
+    if (meta && !why) {
+      const [out, inn] = meta.shape;
+      const groups = meta.scales!.length / out;
+      const bits = meta.bits;
+      let cache: Promise<GptqTensors> | null = null;
+      const get = () =>
+        cache ??= (async () => {
+          const t = toGptqTensors(meta, format, p) as GptqTensors;
+          const dec = fromGptqTensors(
+            { ...t, scales: Float32Array.from(t.scales, halfToF32) },
+            { out, in: inn, bits, groups },
+            format,
+          );
+          const W = await model.weights.get(n);
+          let err = 0;
+          for (let j = 0; j < out; j++) {
+            for (let i = 0; i < inn; i++) {
+              const g = j * groups + dec.gIdx[i];
+              const v = Math.fround(dec.scales[g] * (dec.codes[j * inn + i] - dec.zeros[g]));
+              const d = Math.abs(v - W.data[j * inn + i]);
+              if (d > err || Number.isNaN(d)) err = d;
+            }
+          }
+          if (
+            dec.gIdx.some((g, i) => g !== (meta.groupSize > 0 ? Math.floor(i / meta.groupSize) : 0))
+          ) {
+            descAct = true;
+          }
+          const rec: ExportedTensor = {
+            name: n,
+            gguf: `${p}.qweight`,
+            type: `gptq-${bits}bit`,
+            how: "codes",
+            maxAbsErr: err,
+          };
+          if (err !== 0) {
+            rec.note =
+              "scales are not f16 values; quantize with withF16Scales for a bit-exact export";
+          }
+          report.push(rec);
+          return t;
+        })();
+      items.push(
+        {
+          name: `${p}.qweight`,
+          dtype: "I32",
+          shape: [(inn * bits) / 32, out],
+          produce: async () => view((await get()).qweight),
+        },
+        {
+          name: `${p}.qzeros`,
+          dtype: "I32",
+          shape: [groups, (out * bits) / 32],
+          produce: async () => view((await get()).qzeros),
+        },
+        {
+          name: `${p}.scales`,
+          dtype: "F16",
+          shape: [groups, out],
+          produce: async () => view((await get()).scales),
+        },
+        {
+          name: `${p}.g_idx`,
+          dtype: "I32",
+          shape: [inn],
+          produce: async () => {
+            const b = view((await get()).gIdx);
+            cache = null;
+            return b;
+          },
+        },
+      );
       continue;
     }
-    const i32 = (e: { data: Uint8Array | Float32Array }) =>
-      new Int32Array((e.data as Uint8Array).slice().buffer);
-    const sc = new Uint16Array((tensors[`${p}.scales`].data as Uint8Array).slice().buffer);
-    const [out, inn] = meta.shape;
-    const dec = fromGptqTensors(
-      {
-        qweight: i32(q),
-        qzeros: i32(tensors[`${p}.qzeros`]),
-        scales: Float32Array.from(sc, halfToF32),
-        gIdx: i32(tensors[`${p}.g_idx`]),
+    if (meta) {
+      notConverted.push(p);
+      notes.push(`${p}: ${why}; written as ${floatDtype} and listed in modules_to_not_convert`);
+    }
+    const shape = llamaShape(cfg, n) ?? (await model.weights.get(n)).shape;
+    items.push({
+      name: n,
+      dtype: floatDtype,
+      shape,
+      produce: async () => {
+        const W = await model.weights.get(n);
+        model.weights.evict?.([n]);
+        let err = 0;
+        let bytes: Uint8Array;
+        if (floatDtype === "F32") bytes = view(W.data);
+        else {
+          const h = Uint16Array.from(W.data, f32ToF16);
+          for (let i = 0; i < h.length; i++) {
+            err = Math.max(err, Math.abs(halfToF32(h[i]) - W.data[i]));
+          }
+          bytes = view(h);
+        }
+        report.push({
+          name: n,
+          gguf: n,
+          type: floatDtype,
+          how: meta ? "dequantized" : "float",
+          maxAbsErr: err,
+        });
+        return bytes;
       },
-      { out, in: inn, bits: meta.bits, groups: sc.length / out },
-      format,
-    );
-    const W = new Float32Array(out * inn);
-    const ng = sc.length / out;
-    for (let j = 0; j < out; j++) {
-      for (let i = 0; i < inn; i++) {
-        const g = j * ng + dec.gIdx[i];
-        W[j * inn + i] = dec.scales[g] * (dec.codes[j * inn + i] - dec.zeros[g]);
-      }
-    }
-    if (dec.gIdx.some((g, i) => g !== (meta.groupSize > 0 ? Math.floor(i / meta.groupSize) : 0))) {
-      descAct = true;
-    }
-    const err = maxAbsDiff(W, weight.data);
-    const rec: ExportedTensor = {
-      name,
-      gguf: `${p}.qweight`,
-      type: `gptq-${meta.bits}bit`,
-      how: "codes",
-      maxAbsErr: err,
-    };
-    if (err !== 0) {
-      rec.note = "scales are not f16 values; quantize with withF16Scales for a bit-exact export";
-    }
-    report.push(rec);
+    });
   }
-  const qc: Record<string, unknown> = {
-    quant_method: "gptq",
-    bits: first.bits,
-    group_size: first.groupSize,
-    desc_act: descAct,
-    sym: first.sym,
-    checkpoint_format: format,
-    static_groups: Boolean(first.staticGroups),
-    true_sequential: true,
-    damp_percent: typeof first.percdamp === "number" ? first.percdamp : 0.01,
-  };
-  if (notConverted.length) qc.modules_to_not_convert = notConverted;
   const tmp = `${dir}.tmp-${crypto.randomUUID().slice(0, 8)}`;
   await Deno.mkdir(tmp, { recursive: true });
   try {
-    await Deno.writeFile(`${tmp}/model.safetensors`, encodeGptqSafetensors(tensors));
+    await writeSafetensorsStreamed(`${tmp}/model.safetensors`, items, { format: "pt" });
+    const qc: Record<string, unknown> = {
+      quant_method: "gptq",
+      bits: first.bits,
+      group_size: first.groupSize,
+      desc_act: descAct,
+      sym: first.sym,
+      checkpoint_format: format,
+      static_groups: Boolean(first.staticGroups),
+      true_sequential: true,
+      damp_percent: typeof first.percdamp === "number" ? first.percdamp : 0.01,
+    };
+    if (notConverted.length) qc.modules_to_not_convert = notConverted;
     await Deno.writeTextFile(
       `${tmp}/config.json`,
       JSON.stringify(
@@ -830,6 +907,51 @@ async function exportGptq(
   }
 }
 
-function halfRound(x: number): number {
-  return halfToF32(f32ToF16(x));
+const DTYPE_SIZE: Record<string, number> = { F32: 4, F16: 2, I32: 4 };
+
+/**
+ * Writes a safetensors file tensor by tensor: the header (offsets from the declared dtypes and
+ * shapes, padded with spaces to 8 bytes) first, then each producer's bytes, checked against the
+ * declared size. One tensor in memory at a time.
+ */
+async function writeSafetensorsStreamed(
+  path: string,
+  items: { name: string; dtype: string; shape: number[]; produce: () => Promise<Uint8Array> }[],
+  metadata: Record<string, string>,
+): Promise<void> {
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  let off = 0;
+  const sizes: number[] = [];
+  for (const it of items) {
+    const n = it.shape.reduce((a, b) => a * b, 1) * DTYPE_SIZE[it.dtype];
+    header[it.name] = { dtype: it.dtype, shape: it.shape, data_offsets: [off, off + n] };
+    sizes.push(n);
+    off += n;
+  }
+  let json = JSON.stringify(header);
+  json += " ".repeat((8 - (new TextEncoder().encode(json).length % 8)) % 8);
+  const hb = new TextEncoder().encode(json);
+  const lead = new Uint8Array(8);
+  new DataView(lead.buffer).setBigUint64(0, BigInt(hb.length), true);
+  const f = await Deno.open(path, { write: true, create: true, truncate: true });
+  try {
+    const writeAll = async (b: Uint8Array) => {
+      let o = 0;
+      while (o < b.length) o += await f.write(b.subarray(o));
+    };
+    await writeAll(lead);
+    await writeAll(hb);
+    for (let i = 0; i < items.length; i++) {
+      const b = await items[i].produce();
+      if (b.length !== sizes[i]) {
+        throw new FormatError(
+          path,
+          `tensor "${items[i].name}" produced ${b.length} bytes, expected ${sizes[i]}`,
+        );
+      }
+      await writeAll(b);
+    }
+  } finally {
+    f.close();
+  }
 }

@@ -388,9 +388,11 @@ export function dequantizeGgml(raw: Uint8Array, type: number, count: number): Fl
   if (count % bs !== 0 || raw.length !== (count / bs) * ts) {
     throw new FormatError("<gguf>", `${name}: ${raw.length} bytes cannot hold ${count} values`);
   }
+  if (name === "F32" && LITTLE_ENDIAN) return new Float32Array(raw.slice().buffer);
   const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   const y = new Float32Array(count);
-  const h = (o: number) => f16ToF32(dv.getUint16(o, true));
+  const tab = f16Table();
+  const h = (o: number) => tab[dv.getUint16(o, true)];
   const nb = count / bs;
   switch (name) {
     case "F32":
@@ -483,6 +485,18 @@ export function dequantizeGgml(raw: Uint8Array, type: number, count: number): Fl
   return y;
 }
 
+const LITTLE_ENDIAN = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1;
+let F16_TABLE: Float32Array | null = null;
+
+/** All 65,536 f16 bit patterns as float32 values (built once). */
+function f16Table(): Float32Array {
+  if (!F16_TABLE) {
+    F16_TABLE = new Float32Array(65536);
+    for (let i = 0; i < 65536; i++) F16_TABLE[i] = f16ToF32(i);
+  }
+  return F16_TABLE;
+}
+
 /** llama.cpp's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` (0–7). */
 export function scaleMinK4(j: number, q: Uint8Array): [number, number] {
   if (j < 4) return [q[j] & 63, q[j + 4] & 63];
@@ -517,7 +531,8 @@ export function quantizeGgml(
   const out = new Uint8Array((x.length / bs) * ts);
   const dv = new DataView(out.buffer);
   if (type === "F32") {
-    for (let i = 0; i < x.length; i++) dv.setFloat32(4 * i, x[i], true);
+    if (LITTLE_ENDIAN) out.set(new Uint8Array(x.buffer, x.byteOffset, x.byteLength));
+    else for (let i = 0; i < x.length; i++) dv.setFloat32(4 * i, x[i], true);
     return out;
   }
   if (type === "F16") {

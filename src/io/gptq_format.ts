@@ -24,14 +24,7 @@
  */
 import { FormatError, OptionError } from "../errors.ts";
 import { f16ToF32, f32ToF16, type Tensor } from "../tensor.ts";
-import {
-  encodeSafetensors,
-  readHeader,
-  readTensor,
-  readTensorBytes,
-  type SafetensorsHeader,
-  type WriteEntry,
-} from "./safetensors.ts";
+import { readHeader, readTensor, readTensorBytes, type SafetensorsHeader } from "./safetensors.ts";
 import type { PackedLayer } from "./export.ts";
 
 /** GPTQ checkpoint versions (zero-point conventions). */
@@ -115,11 +108,8 @@ export function toGptqTensors(
 ): GptqTensors | string {
   const [out, inn] = meta.shape;
   const bits = meta.bits;
-  if (![2, 3, 4, 8].includes(bits)) return `${bits}-bit codes (GPTQ packs 2, 3, 4 or 8)`;
-  if ((inn * bits) % 32 !== 0) {
-    return `${inn} input columns × ${bits} bits are not whole int32 words`;
-  }
-  if ((out * bits) % 32 !== 0) return `${out} output rows × ${bits} bits are not whole int32 words`;
+  const fit = gptqFit(meta);
+  if (fit) return fit;
   const codesIn = meta.codes!, sc = meta.scales!, zr = meta.zeros!;
   const groups = sc.length / out;
   const gIdx = new Int32Array(inn);
@@ -151,6 +141,19 @@ export function toGptqTensors(
   return { qweight, qzeros, scales, gIdx, groups };
 }
 
+/** Why a layer cannot be stored as GPTQ tensors (bits, word alignment), or null when it can. */
+export function gptqFit(meta: PackedLayer): string | null {
+  const [out, inn] = meta.shape;
+  const bits = meta.bits;
+  if (![2, 3, 4, 8].includes(bits)) return `${bits}-bit codes (GPTQ packs 2, 3, 4 or 8)`;
+  if ((inn * bits) % 32 !== 0) {
+    return `${inn} input columns × ${bits} bits are not whole int32 words`;
+  }
+  if ((out * bits) % 32 !== 0) return `${out} output rows × ${bits} bits are not whole int32 words`;
+  if (!meta.codes || !meta.scales || !meta.zeros) return "no codes/scales/zeros";
+  return null;
+}
+
 /** Decodes GPTQ tensors into a quantlab grid description (codes `[out, in]`, scales, zeros). */
 export function fromGptqTensors(
   t: { qweight: Int32Array; qzeros: Int32Array; scales: Float32Array; gIdx: Int32Array },
@@ -171,53 +174,6 @@ export function fromGptqTensors(
     }
   }
   return { codes, scales, zeros, gIdx: t.gIdx };
-}
-
-/** Safetensors entries and the quantization_config for a model's linears (see the module doc). */
-export function gptqEntries(
-  layers: { name: string; meta?: PackedLayer; weight: Tensor }[],
-  opts: { format: GptqCheckpointFormat; floatDtype: "F32" | "F16" },
-): {
-  tensors: Record<string, WriteEntry>;
-  notConverted: string[];
-  reasons: Record<string, string>;
-} {
-  const tensors: Record<string, WriteEntry> = {};
-  const notConverted: string[] = [];
-  const reasons: Record<string, string> = {};
-  for (const { name, meta, weight } of layers) {
-    const prefix = name.replace(/\.weight$/, "");
-    const g = meta ? toGptqTensors(meta, opts.format, prefix) : "not quantized";
-    if (typeof g === "string") {
-      tensors[name] = { shape: weight.shape, data: weight.data, dtype: opts.floatDtype };
-      if (meta) {
-        notConverted.push(prefix);
-        reasons[prefix] = g;
-      }
-      continue;
-    }
-    const [out, inn] = meta!.shape;
-    const bytes = (a: Int32Array | Uint16Array) =>
-      new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-    tensors[`${prefix}.qweight`] = {
-      shape: [(inn * meta!.bits) / 32, out],
-      data: bytes(g.qweight),
-      dtype: "I32",
-    };
-    tensors[`${prefix}.qzeros`] = {
-      shape: [g.groups, (out * meta!.bits) / 32],
-      data: bytes(g.qzeros),
-      dtype: "I32",
-    };
-    tensors[`${prefix}.scales`] = { shape: [g.groups, out], data: bytes(g.scales), dtype: "F16" };
-    tensors[`${prefix}.g_idx`] = { shape: [inn], data: bytes(g.gIdx), dtype: "I32" };
-  }
-  return { tensors, notConverted, reasons };
-}
-
-/** Encodes a GPTQ checkpoint's `model.safetensors` bytes (metadata `format: pt`). */
-export function encodeGptqSafetensors(tensors: Record<string, WriteEntry>): Uint8Array {
-  return encodeSafetensors(tensors, { format: "pt" });
 }
 
 /** A GPTQ checkpoint folder read back. */
