@@ -10,7 +10,13 @@
 import { FormatError, UnsupportedError } from "../errors.ts";
 import { f16ToF32 } from "../tensor.ts";
 import { ggmlTypeName, type GgufValue, openGguf, unpackGgmlBlocks } from "./gguf.ts";
-import { hfTensorName, permuteRows, ropeRowOrder } from "./export.ts";
+import { hfTensorName, permuteRows, ropeRowOrder } from "./_llama_layout.ts";
+import {
+  type PieceKind,
+  type SentencePiece,
+  type TokenizerJson,
+  tokenizerJsonFromSentencePieces,
+} from "./_tokenizer_json.ts";
 
 /** A GGUF file read as a checkpoint. */
 export interface GgufCheckpoint {
@@ -162,4 +168,40 @@ export async function readGgufCheckpoint(file: string): Promise<GgufCheckpoint> 
       return out;
     },
   };
+}
+
+const KINDS: Record<number, PieceKind> = {
+  1: "normal",
+  2: "unknown",
+  3: "control",
+  4: "user",
+  5: "unused",
+  6: "byte",
+};
+
+/**
+ * The `tokenizer.json` of a GGUF file's SentencePiece vocabulary (`tokenizer.ggml.model` =
+ * "llama": tokens, scores, token types), so a GGUF from llama.cpp's tools tokenizes without
+ * files beside it. Other vocabularies (GPT-2 BPE) are an UnsupportedError.
+ */
+export async function ggufTokenizerJson(file: string): Promise<TokenizerJson> {
+  const g = await openGguf(file);
+  const md = g.header.metadata;
+  const model = md.get("tokenizer.ggml.model")?.value;
+  if (model !== "llama") {
+    throw new UnsupportedError(
+      `${file}: tokenizer.ggml.model ${
+        JSON.stringify(model)
+      } (only SentencePiece "llama" vocabularies are read; pass { tokenizer })`,
+    );
+  }
+  const tokens = md.get("tokenizer.ggml.tokens"), scores = md.get("tokenizer.ggml.scores");
+  const types = md.get("tokenizer.ggml.token_type");
+  if (tokens?.type !== "array") throw new FormatError(file, "tokenizer.ggml.tokens is missing");
+  const pieces: SentencePiece[] = tokens.value.map((t, i) => ({
+    piece: String(t),
+    score: scores?.type === "array" ? Number(scores.value[i]) : 0,
+    kind: types?.type === "array" ? KINDS[Number(types.value[i])] ?? "normal" : "normal",
+  }));
+  return tokenizerJsonFromSentencePieces(pieces, { file });
 }

@@ -144,7 +144,8 @@ async function loadGgufModel(file: string, path: string, opts: LoadOptions): Pro
   checkShapes(config, ck.source, file);
   const dir = file.includes("/") ? file.slice(0, file.lastIndexOf("/")) : ".";
   const tokenizerPath = opts.tokenizer ??
-    ((await stat(`${dir}/tokenizer.json`)) ? dir : await findLlama2cTokenizer(dir));
+    ((await stat(`${dir}/tokenizer.json`)) ? dir : (await findLlama2cTokenizer(dir)) ??
+      (ck.metadata.get("tokenizer.ggml.model")?.value === "llama" ? file : undefined));
   const packed = await ck.packed();
   return {
     config,

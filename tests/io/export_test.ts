@@ -12,7 +12,7 @@ import {
   assertRejects,
   assertStringIncludes,
 } from "@std/assert";
-import { loadModel } from "../../src/models/load.ts";
+import { getTokenizer, loadModel } from "../../src/models/load.ts";
 import type { Model } from "../../src/models/model.ts";
 import { forward } from "../../src/models/decoder.ts";
 import { quantize } from "../../src/quant/pipeline.ts";
@@ -249,6 +249,26 @@ Deno.test("a SIGKILLed export leaves no folder under the final name", async () =
     await assertRejects(() => Deno.stat(out));
     // The partial file is only under the temporary name.
     assert((await Deno.stat(`${dir}/${tmp}/model.gguf`)).isFile);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a GGUF with no files beside it tokenizes from its tokenizer.ggml.* metadata", async () => {
+  const dir = await tmpDir();
+  try {
+    const m = await loadModel(HF);
+    await exportModel(m, `${dir}/e`, { format: "gguf" });
+    await Deno.mkdir(`${dir}/alone`);
+    await Deno.rename(`${dir}/e/model.gguf`, `${dir}/alone/model.gguf`);
+    const g = await loadModel(`${dir}/alone/model.gguf`);
+    assertEquals(g.tokenizerPath, `${dir}/alone/model.gguf`);
+    const [a, b] = [await getTokenizer(m), await getTokenizer(g)];
+    for (const text of ["Once upon a time, Lily saw a cat.", 'Hi!\n\n  "Tom" said: 42 ü ☃']) {
+      assertEquals(b.encode(text), a.encode(text), text);
+      assertEquals(b.decode(b.encode(text)), a.decode(a.encode(text)));
+    }
+    assertEquals([b.bosId, b.eosId, b.vocabSize], [1, 2, 512]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
