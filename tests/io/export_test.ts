@@ -17,6 +17,8 @@ import type { Model } from "../../src/models/model.ts";
 import { forward } from "../../src/models/decoder.ts";
 import { quantize } from "../../src/quant/pipeline.ts";
 import { rtn } from "../../src/quant/rtn.ts";
+import { gptq } from "../../src/quant/gptq.ts";
+import { calibrationSet } from "../../src/quant/calibration.ts";
 import { withF16Scales } from "../../src/quant/f16_grid.ts";
 import { exportModel } from "../../src/io/export.ts";
 import { openGguf } from "../../src/io/gguf.ts";
@@ -269,6 +271,24 @@ Deno.test("a GGUF with no files beside it tokenizes from its tokenizer.ggml.* me
       assertEquals(b.decode(b.encode(text)), a.decode(a.encode(text)));
     }
     assertEquals([b.bosId, b.eosId, b.vocabSize], [1, 2, 512]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("GPTQ with f16 scales keeps its codes and exports bit-exactly as Q4_0", async () => {
+  const dir = await tmpDir();
+  try {
+    const m = await loadModel(HF);
+    const calib = await calibrationSet(m, "tinystories", { nsamples: 8, seqlen: 64, seed: 0 });
+    const q = withF16Scales(gptq({ bits: 4, groupSize: 32, sym: true, partialGroups: true }));
+    const qm = await quantize(m, q, { calib, progress: false } as never);
+    const rep = await exportModel(qm, `${dir}/g`, { format: "gguf" });
+    const lin = rep.tensors.filter((t) => t.type === "Q4_0");
+    assertEquals(lin.length, 30);
+    assert(lin.every((t) => t.how === "codes" && t.maxAbsErr === 0));
+    const back = await loadModel(`${dir}/g/model.gguf`);
+    assertEquals(maxDiff((await forward(qm, IDS)).data, (await forward(back, IDS)).data), 0);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
