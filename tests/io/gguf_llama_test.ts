@@ -17,6 +17,7 @@ import { rtn } from "../../src/quant/rtn.ts";
 import { withF16Scales } from "../../src/quant/f16_grid.ts";
 import { exportModel } from "../../src/io/export.ts";
 import { dataRoot } from "../../src/_paths.ts";
+import { loadEvalText } from "../../src/io/datasets.ts";
 
 const PEER = new URL("../../tools/llama_peer/", import.meta.url).pathname;
 const installed = await Deno.stat(`${PEER}node_modules/node-llama-cpp/package.json`).then(
@@ -118,6 +119,61 @@ Deno.test({
             assert(gap <= 0.25 && prefix >= 16, rows.at(-1));
           }
         }
+      }
+      console.log(rows.join("\n"));
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "node-llama-cpp and quantlab score the same TinyStories window (perplexity, seconds)",
+  ignore: !installed,
+  sanitizeResources: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "quantlab_llama_ppl_" });
+    try {
+      const m = await loadModel(`${dataRoot()}/models/stories260K-hf`);
+      const tok = await getTokenizer(m);
+      const { docs } = await loadEvalText("tinystories");
+      const ids = tok.encode(docs!.slice(0, 8).join("\n")).slice(0, 256);
+      assertEquals(ids.length, 256);
+      const rows: string[] = [];
+      const q4 = withF16Scales(rtn({ bits: 4, groupSize: 32, sym: true, partialGroups: true }));
+      for (const [label, q] of [["F32", null], ["Q4_0", q4]] as const) {
+        const qm = q ? await quantize(m, q, { progress: false } as never) : m;
+        await exportModel(qm, `${dir}/${label}`, { format: "gguf" });
+        const t0 = performance.now();
+        const logits = (await forward(qm, ids.slice(0, -1))).data;
+        const V = m.config.vocabSize;
+        let nll = 0;
+        for (let i = 0; i < ids.length - 1; i++) {
+          const row = logits.subarray(i * V, (i + 1) * V);
+          let mx = -Infinity;
+          for (const v of row) mx = Math.max(mx, v);
+          let s = 0;
+          for (const v of row) s += Math.exp(v - mx);
+          nll -= row[ids[i + 1]] - mx - Math.log(s);
+        }
+        const ours = Math.exp(nll / (ids.length - 1));
+        const tq = (performance.now() - t0) / 1000;
+        const r = await peer({
+          model: `${dir}/${label}/model.gguf`,
+          prompt: ids.slice(0, 1),
+          n: 1,
+          teacher: ids.slice(1),
+          kvF32: true,
+        });
+        const theirs = Math.exp(-r.logprobs.reduce((a, b) => a + b, 0) / r.logprobs.length);
+        const rel = Math.abs(theirs - ours) / ours;
+        rows.push(
+          `${label}: 255 tokens, ppl quantlab ${ours.toFixed(4)} (${tq.toFixed(2)} s) vs ` +
+            `llama.cpp ${theirs.toFixed(4)} (${r.seconds.toFixed(2)} s incl. load), rel. diff ${
+              rel.toExponential(2)
+            }`,
+        );
+        assert(rel <= (label === "F32" ? 1e-4 : 2e-2), rows.at(-1));
       }
       console.log(rows.join("\n"));
     } finally {
