@@ -195,7 +195,7 @@ function isNonGrid(meta: PackedLayer): string | null {
   if (NON_GRID.has(meta.method)) {
     return `${meta.method} codes live in a rotated/frame basis, not on a per-group grid`;
   }
-  const S = meta.S ?? meta.outliers ?? meta.sparse;
+  const S = meta.outlierIdx ?? meta.outlierVal; // QuantEase's outlier variant
   if (S) return `${meta.method} keeps full-precision outliers beside its grid`;
   if (!meta.codes || !meta.scales || !meta.zeros) return `${meta.method} has no codes/scales/zeros`;
   return null;

@@ -209,6 +209,30 @@ Deno.test("bad input: existing folder, non-grid methods, formats, families", asy
     const t = r.tensors.find((x) => x.gguf === "blk.0.attn_q.weight")!;
     assertEquals([t.type, t.how, t.maxAbsErr], ["F32", "dequantized", 0]);
     assertEquals(W.shape, [64, 64]);
+    // QuantEase's outlier variant: a sparse full-precision part beside the grid.
+    const qe: Model = {
+      ...m,
+      packed: {
+        "model.layers.1.mlp.up_proj": {
+          method: "quantease",
+          bits: 4,
+          groupSize: 32,
+          sym: true,
+          shape: [172, 64],
+          codes: new Uint8Array(172 * 64),
+          scales: new Float32Array(172 * 2).fill(1),
+          zeros: new Float32Array(172 * 2).fill(8),
+          outlierIdx: Int32Array.of(3),
+          outlierVal: Float32Array.of(0.5),
+        },
+      },
+    };
+    const e4 = await assertRejects(
+      () => exportModel(qe, `${dir}/qe`, { format: "gguf" }),
+      UnsupportedError,
+    );
+    assertStringIncludes(e4.message, "outliers");
+    await assertRejects(() => exportModel(qe, `${dir}/qe`, { format: "gptq" }), UnsupportedError);
     const opt: Model = { ...m, config: { ...m.config, family: "opt" } };
     assertInstanceOf(
       await assertRejects(() => exportModel(opt, `${dir}/o`, { format: "gguf" })),
