@@ -23,6 +23,13 @@ export { type FamilyDescription, familyOf } from "./src/models/family.ts";
 export { fakeQuant } from "./src/backend/ops.ts";
 export { loadTokenizer, type Tokenizer } from "./src/io/tokenizer.ts";
 export { readHeader, readTensor, writeSafetensors } from "./src/io/safetensors.ts";
+export {
+  exportModel,
+  type ExportOptions,
+  type ExportReport,
+  type GgufExportType,
+} from "./src/io/export.ts";
+export { openGguf } from "./src/io/gguf.ts";
 export { perplexity, quantize } from "./src/api.ts";
 export { type LedgerSwitch, type RunInfo } from "./src/ledger/tracked.ts";
 export type { PerplexityOptions, PerplexityResult } from "./src/eval/perplexity.ts";
@@ -30,6 +37,7 @@ export { generate, type GenerateResult } from "./src/eval/generate.ts";
 export { type CalibrationSet, calibrationSet } from "./src/quant/calibration.ts";
 export type { Recipe } from "./src/quant/recipe.ts";
 export { rtn, type RtnOptions, rtnQuantize } from "./src/quant/rtn.ts";
+export { type F16ScaleOptions, withF16Scales } from "./src/quant/f16_grid.ts";
 export { gptq, type GptqOptions, gptqQuantize } from "./src/quant/gptq.ts";
 export { quantease, type QuantEaseOptions, quanteaseQuantize } from "./src/quant/quantease.ts";
 export { quip, type QuipOptions, quipQuantize } from "./src/quant/quip.ts";

@@ -16,6 +16,8 @@ import { loadModel } from "./models/load.ts";
 import { calibrationSet } from "./quant/calibration.ts";
 import { gptq } from "./quant/gptq.ts";
 import { quantize } from "./quant/pipeline.ts";
+import { withF16Scales } from "./quant/f16_grid.ts";
+import { exportModel, type ExportOptions } from "./io/export.ts";
 import { rtn } from "./quant/rtn.ts";
 import { quantease, type QuantEaseInit } from "./quant/quantease.ts";
 import { quip, type QuipOptions } from "./quant/quip.ts";
@@ -44,6 +46,8 @@ commands:
                        [--qq-scale-bits B] [--qq-zero-bits B] [--qq-zero-sym] [--qq-group-size G]
                        [--nearest] [--baseline]   (--bits is wbits; --sym for offset mode)
             bcq:       [--rounds N] [--no-bst]
+            export:    [--f16-scales] [--save DIR --format gguf [--gguf-type auto|f32|f16|q8_0|q4_0|q4_1]
+                       [--overwrite]]
 --model defaults to stories260K (../shared/data, else the hub).`;
 
 const OPTIONS = {
@@ -67,6 +71,11 @@ const OPTIONS = {
   percdamp: { type: "string", default: "0.01" },
   calib: { type: "string", default: "tinystories" },
   workdir: { type: "string" },
+  save: { type: "string" },
+  format: { type: "string", default: "gguf" },
+  "gguf-type": { type: "string", default: "auto" },
+  "f16-scales": { type: "boolean", default: false },
+  overwrite: { type: "boolean", default: false },
   eval: { type: "string" },
   "no-true-sequential": { type: "boolean", default: false },
   "num-iter": { type: "string" },
@@ -221,7 +230,7 @@ export async function main(args: string[]): Promise<number> {
       `--method: unknown method "${o.method}" (${Object.keys(makers).join(", ")})`,
     );
   }
-  const q = make();
+  const q = o["f16-scales"] ? withF16Scales(make()) : make();
   const calib = q.needsHessian
     ? await calibrationSet(model, o.calib, {
       nsamples: num(o.nsamples) ?? 128,
@@ -241,6 +250,15 @@ export async function main(args: string[]): Promise<number> {
       rep.seconds.toFixed(1)
     } s, peak RSS ${rep.peakRssMiB.toFixed(0)} MiB`,
   );
+  if (o.save) {
+    const ex = await exportModel(qm, o.save, {
+      format: o.format as ExportOptions["format"],
+      type: o["gguf-type"] as ExportOptions["type"],
+      overwrite: o.overwrite,
+    });
+    console.log(`saved ${ex.format} to ${ex.dir} (${ex.files.join(", ")})`);
+    for (const n of ex.notes) console.log(`  note: ${n}`);
+  }
   if (o.eval) {
     const r = await perplexity(qm, o.eval, { seqlen: num(o.seqlen) });
     console.log(`${r.dataset}: ppl ${r.ppl.toFixed(4)}`);

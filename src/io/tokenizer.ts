@@ -20,6 +20,7 @@ import {
   tokenizerJsonFromLlama2c,
   tokenizerJsonFromSentencePieces,
 } from "./_tokenizer_json.ts";
+import { ggufTokenizerJson } from "./gguf_model.ts";
 
 export {
   parseLlama2cTokenizer,
@@ -238,6 +239,12 @@ export async function loadTokenizer(
   }
   if (info.isFile) {
     if (path.endsWith(".model")) return await sentencePieceTokenizer(path, opts);
+    if (path.endsWith(".gguf")) {
+      return await tokenizerFromJson(await ggufTokenizerJson(path), {
+        config: llamaTokenizerConfig(),
+        name: opts.name ?? basename(path),
+      });
+    }
     if (!path.endsWith(".bin")) {
       throw new FormatError(path, `is a file; pass a folder holding ${LOOKED_FOR}`);
     }

@@ -5,6 +5,8 @@
 import { FileKindError, FormatError, OptionError, UnsupportedError } from "../errors.ts";
 import { kindOf, openForRead, statPath } from "../io/fs.ts";
 import { openCheckpoint } from "../io/hf_checkpoint.ts";
+import { readGgufCheckpoint } from "../io/gguf_model.ts";
+import { readGptqCheckpoint } from "../io/gptq_format.ts";
 import { downloadModel } from "../io/hub.ts";
 import { looksLikeLlama2c, readLlama2c } from "../io/llama2c.ts";
 import type { NonFinitePolicy } from "../io/safetensors.ts";
@@ -89,6 +91,7 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<M
     local = await downloadModel(path, { revision: opts.revision });
     st = await stat(local);
   }
+  if (st!.isFile && local.endsWith(".gguf")) return await loadGgufModel(local, path, opts);
   let file = local;
   if (st!.isDirectory) {
     if (!(await stat(`${local}/config.json`))) {
@@ -114,6 +117,9 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<M
         }
       }
     }
+  }
+  if (file === local && st!.isDirectory && (await isGptqFolder(local))) {
+    return await loadGptqModel(local, path, opts);
   }
   if (file === local && st!.isDirectory) {
     const ck = await openCheckpoint(local, { nonFinite: opts.nonFinite });
@@ -143,6 +149,59 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<M
     source: path,
     tokenizerPath: opts.tokenizer ?? (await findLlama2cTokenizer(dir)),
     weights: new Weights(source),
+  };
+}
+
+/**
+ * A llama.cpp GGUF file as a model (see `io/gguf_model.ts`): float32 weights dequantized exactly
+ * as llama.cpp does, Q8_0/Q4_0/Q4_1 layers also as `packed` grid metas (method "gguf"). The
+ * tokenizer is `opts.tokenizer`, else a tokenizer.json / `tok*.bin` beside the file.
+ */
+async function loadGgufModel(file: string, path: string, opts: LoadOptions): Promise<Model> {
+  const ck = await readGgufCheckpoint(file);
+  const config = parseConfig(ck.config, file);
+  checkShapes(config, ck.source, file);
+  const dir = file.includes("/") ? file.slice(0, file.lastIndexOf("/")) : ".";
+  const tokenizerPath = opts.tokenizer ??
+    ((await stat(`${dir}/tokenizer.json`)) ? dir : (await findLlama2cTokenizer(dir)) ??
+      (ck.metadata.get("tokenizer.ggml.model")?.value === "llama" ? file : undefined));
+  const packed = await ck.packed();
+  return {
+    config,
+    source: path,
+    tokenizerPath,
+    weights: new Weights(ck.source),
+    packed: Object.keys(packed).length ? packed : undefined,
+  };
+}
+
+async function isGptqFolder(dir: string): Promise<boolean> {
+  try {
+    const c = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
+    return c?.quantization_config?.quant_method === "gptq";
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A GPTQ safetensors folder (`quantization_config.quant_method: "gptq"`, ours or another
+ * tool's; see `io/gptq_format.ts`) as a quantized model: dequantized weights plus `packed` metas.
+ */
+async function loadGptqModel(dir: string, path: string, opts: LoadOptions): Promise<Model> {
+  const ck = await readGptqCheckpoint(dir);
+  const config = parseConfig(ck.config, `${dir}/config.json`);
+  checkShapes(config, ck.source, dir);
+  const tokenizerPath = opts.tokenizer ??
+    ((await stat(`${dir}/tokenizer.json`)) || (await stat(`${dir}/vocab.json`))
+      ? dir
+      : await findLlama2cTokenizer(dir));
+  return {
+    config,
+    source: path,
+    tokenizerPath,
+    weights: new Weights(ck.source),
+    packed: await ck.packed(),
   };
 }
 
