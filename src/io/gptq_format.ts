@@ -22,7 +22,8 @@
  * 172-wide `down_proj` at 3 or 4 bits... see the export report) is stored as a float tensor.
  * @module
  */
-import { FormatError, OptionError } from "../errors.ts";
+import { FileKindError, FormatError, OptionError } from "../errors.ts";
+import { fileIfPresent, readTextChecked } from "./fs.ts";
 import { f16ToF32, f32ToF16, type Tensor } from "../tensor.ts";
 import { readHeader, readTensor, readTensorBytes, type SafetensorsHeader } from "./safetensors.ts";
 import type { PackedLayer } from "./export.ts";
@@ -196,7 +197,7 @@ export interface GptqCheckpoint {
  * shards). Zero points follow `checkpoint_format` ("gptq" = v1 by default, "gptq_v2").
  */
 export async function readGptqCheckpoint(dir: string): Promise<GptqCheckpoint> {
-  const config = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
+  const config = JSON.parse(await readTextChecked(`${dir}/config.json`, "config.json"));
   const qc = (config.quantization_config ?? {}) as Record<string, unknown>;
   if (qc.quant_method !== "gptq") {
     throw new FormatError(`${dir}/config.json`, `quantization_config.quant_method is not "gptq"`);
@@ -218,10 +219,20 @@ export async function readGptqCheckpoint(dir: string): Promise<GptqCheckpoint> {
   const groupSize = (qc.group_size ?? -1) as number;
   const sym = (qc.sym ?? true) as boolean;
   let files = ["model.safetensors"];
-  try {
-    const idx = JSON.parse(await Deno.readTextFile(`${dir}/model.safetensors.index.json`));
-    files = [...new Set(Object.values(idx.weight_map as Record<string, string>))];
-  } catch { /* single file */ }
+  if (await fileIfPresent(`${dir}/model.safetensors.index.json`, "index")) {
+    const idxPath = `${dir}/model.safetensors.index.json`;
+    let idx: { weight_map?: Record<string, string> };
+    try {
+      idx = JSON.parse(await readTextChecked(idxPath, "index"));
+    } catch (e) {
+      if (e instanceof FormatError || e instanceof FileKindError) throw e;
+      throw new FormatError(idxPath, `not JSON (${(e as Error).message})`);
+    }
+    if (!idx?.weight_map || typeof idx.weight_map !== "object") {
+      throw new FormatError(idxPath, "no weight_map object");
+    }
+    files = [...new Set(Object.values(idx.weight_map))];
+  }
   const where = new Map<string, SafetensorsHeader>();
   for (const f of files) {
     const h = await readHeader(`${dir}/${f}`);

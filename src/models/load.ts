@@ -3,7 +3,7 @@
  * @module
  */
 import { FileKindError, FormatError, OptionError, UnsupportedError } from "../errors.ts";
-import { kindOf, openForRead, statPath } from "../io/fs.ts";
+import { fileIfPresent, kindOf, openForRead, readTextChecked, statPath } from "../io/fs.ts";
 import { openCheckpoint } from "../io/hf_checkpoint.ts";
 import { readGgufCheckpoint } from "../io/gguf_model.ts";
 import { readGptqCheckpoint } from "../io/gptq_format.ts";
@@ -176,8 +176,12 @@ async function loadGgufModel(file: string, path: string, opts: LoadOptions): Pro
 }
 
 async function isGptqFolder(dir: string): Promise<boolean> {
+  // Through the checked reader: a FIFO or device named config.json is a FileKindError, never
+  // opened (a plain read of a FIFO blocks until a writer appears).
+  if (!(await fileIfPresent(`${dir}/config.json`, "config.json"))) return false;
+  const text = await readTextChecked(`${dir}/config.json`, "config.json");
   try {
-    const c = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
+    const c = JSON.parse(text);
     return c?.quantization_config?.quant_method === "gptq";
   } catch {
     return false;
