@@ -23,14 +23,9 @@ export { type FamilyDescription, familyOf } from "./src/models/family.ts";
 export { fakeQuant } from "./src/backend/ops.ts";
 export { loadTokenizer, type Tokenizer } from "./src/io/tokenizer.ts";
 export { readHeader, readTensor, writeSafetensors } from "./src/io/safetensors.ts";
-export {
-  exportModel,
-  type ExportOptions,
-  type ExportReport,
-  type GgufExportType,
-} from "./src/io/export.ts";
+export { type ExportOptions, type ExportReport, type GgufExportType } from "./src/io/export.ts";
 export { openGguf } from "./src/io/gguf.ts";
-export { perplexity, quantize } from "./src/api.ts";
+export { exportModel, perplexity, quantize } from "./src/api.ts";
 export { type LedgerSwitch, type RunInfo } from "./src/ledger/tracked.ts";
 export type { PerplexityOptions, PerplexityResult } from "./src/eval/perplexity.ts";
 export { generate, type GenerateResult } from "./src/eval/generate.ts";

@@ -1,6 +1,6 @@
 /**
- * The public entry points with progress and the results ledger attached: `perplexity` and
- * `quantize` report progress in Jupyter (one live display) or on a terminal's stderr, unless
+ * The public entry points with progress and the results ledger attached: `perplexity`,
+ * `quantize` and `exportModel` are recorded in the ledger; `perplexity` and `quantize` report progress in Jupyter (one live display) or on a terminal's stderr, unless
  * `{ progress: false }`, and record each run in the ledger (`src/ledger/`): an identical
  * perplexity already recorded is returned from it unless `{ force: true }`; `{ ledger: false }`
  * records nothing.
@@ -26,6 +26,12 @@ import {
   tracked,
 } from "./ledger/tracked.ts";
 import { progressCallback } from "./viz/progress.ts";
+import {
+  type ExportableModel,
+  exportModel as exportModelCore,
+  type ExportOptions,
+  type ExportReport,
+} from "./io/export.ts";
 
 /** Progress switch shared by the wrapped entry points. */
 export interface ProgressSwitch {
@@ -146,5 +152,55 @@ export function quantize(
         report: rep,
       };
     },
+  }, opts);
+}
+
+/**
+ * Export (see `src/io/export.ts`: GGUF or GPTQ safetensors), recorded in the ledger (identity:
+ * the model's files and quantized tensors, the format options and the output folder; metrics:
+ * tensors written, bytes on disk, how many tensors are bit-exact and the largest decode error).
+ * Never answered from the ledger: an export always writes its files.
+ */
+export function exportModel(
+  model: ExportableModel & Model,
+  dir: string,
+  opts: ExportOptions & LedgerSwitch,
+): Promise<ExportReport & { run?: RunInfo }> {
+  const { ledger: _l, force: _f, label: _b, ...options } = opts;
+  return tracked({
+    kind: "export",
+    identity: async () => {
+      const m = await modelIdentity(model);
+      return {
+        identity: {
+          model: { hash: m.hash, parts: m.parts },
+          config: JSON.parse(canonicalJson({ export: options, dir })),
+          data: null,
+          protocol: {},
+          device: deviceName(),
+        },
+        cacheable: false,
+      };
+    },
+    run: () => exportModelCore(model, dir, options),
+    record: (r) => {
+      let bytes = 0;
+      for (const f of r.files) {
+        try {
+          bytes += Deno.statSync(`${r.dir}/${f}`).size;
+        } catch { /* a file the report names but a later step moved: not counted */ }
+      }
+      const errs = r.tensors.map((t) => t.maxAbsErr).filter((x) => Number.isFinite(x));
+      return {
+        metrics: {
+          tensors: r.tensors.length,
+          bytes,
+          exact: r.tensors.filter((t) => t.maxAbsErr === 0).length,
+          maxAbsErr: errs.length ? Math.max(...errs) : 0,
+        },
+        result: r,
+      };
+    },
+    revive: (s) => s as ExportReport,
   }, opts);
 }

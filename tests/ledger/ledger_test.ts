@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertNotEquals, assertRejects, assertThrows } from "@std/assert";
 import { DatabaseSync } from "node:sqlite";
 import { dataRoot } from "../../src/_paths.ts";
-import { perplexity, quantize } from "../../src/api.ts";
+import { exportModel, perplexity, quantize } from "../../src/api.ts";
 import { LedgerError } from "../../src/errors.ts";
 import { canonicalJson, NotCanonicalError, sha256Hex } from "../../src/ledger/hash.ts";
 import { Ledger } from "../../src/ledger/ledger.ts";
@@ -223,5 +223,36 @@ Deno.test("ledger: shards merge by run uid; a running row takes the shard's fini
   assertEquals(rows.find((r) => r.task === 0)!.metrics.ppl, 3.5);
   main.close();
   shard.close();
+  await Deno.remove(tmp, { recursive: true });
+});
+
+Deno.test("ledger: an export is recorded with its files' bytes and exactness; never answered from the ledger", async () => {
+  const tmp = await Deno.makeTempDir();
+  const ledger = await Ledger.open(`${tmp}/l.sqlite`);
+  const model = await loadModel(HF);
+  const q4 = await quantize(
+    model,
+    rtn({ bits: 4, groupSize: 32, sym: true, partialGroups: true }),
+    {
+      ledger: false,
+      progress: false,
+    },
+  );
+  const a = await exportModel(q4, `${tmp}/a`, { format: "gguf", ledger });
+  const b = await exportModel(q4, `${tmp}/a`, { format: "gguf", overwrite: true, ledger });
+  assert(a.run && b.run && !a.run.cached && !b.run.cached);
+  const rows = ledger.runs({ kind: "export" });
+  assertEquals(rows.length, 2);
+  // The recorded bytes are the files' sizes on disk (an independent stat here).
+  let bytes = 0;
+  for (const f of a.files) bytes += (await Deno.stat(`${tmp}/a/${f}`)).size;
+  const m = rows[0].metrics as { bytes: number; tensors: number; exact: number };
+  assertEquals(m.bytes, bytes);
+  assertEquals(m.tensors, a.tensors.length);
+  assertEquals(m.exact, a.tensors.filter((t) => t.maxAbsErr === 0).length);
+  // A failed export (existing folder without overwrite) is recorded as failed and rethrown.
+  await assertRejects(() => exportModel(q4, `${tmp}/a`, { format: "gguf", ledger }));
+  assert(ledger.runs({ kind: "export" }).some((r) => r.status === "failed"));
+  ledger.close();
   await Deno.remove(tmp, { recursive: true });
 });
