@@ -160,8 +160,8 @@ export function qllmFakeQuant(
     if (xmin === 0 && xmax === 0) [xmin, xmax] = [-1, 1];
     if (o.sym) scale[u] = Math.fround(xmax / maxq);
     else {
-      scale[u] = Math.fround((xmax - xmin) / maxq);
-      zero[u] = roundHalfEven(-xmin / scale[u]);
+      scale[u] = Math.fround(Math.fround(xmax - xmin) / maxq); // f32 steps, as torch in float32
+      zero[u] = roundHalfEven(Math.fround(-xmin / scale[u]));
     }
   }
   const q = new Float64Array(n);

@@ -144,7 +144,7 @@ Deno.test("qllm-infer grid: symmetric clamps ±maxq, asymmetric is min–max; pe
           const s = Math.fround(Math.max(-lo, hi) / 7);
           want = Math.fround(s * Math.min(Math.max(tround(Math.fround(x[i] / s)), -7), 7));
         } else {
-          const s = Math.fround((hi - lo) / 15), z = tround(-lo / s);
+          const s = Math.fround(Math.fround(hi - lo) / 15), z = tround(Math.fround(-lo / s));
           want = Math.fround(
             s * (Math.min(Math.max(tround(Math.fround(x[i] / s)) + z, 0), 15) - z),
           );
