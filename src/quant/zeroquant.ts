@@ -46,7 +46,7 @@ export function dsSymQuant(
         ? Math.min(Math.max(roundHalfEven(Math.fround(x[i] / s)), -half), half - 1)
         : 0;
       q[i] = c;
-      y[i] = Math.fround(c * s);
+      y[i] = Math.fround(c * s) + 0; // no −0 (the meta dequantizes to +0)
     }
   }
   return { y, q, scale };
