@@ -24,7 +24,8 @@
  *
  * Where each knob runs: `a`/`q`/`k`/`v`/`s` without QRazor become {@linkcode QuantPoints} specs
  * (CPU and WebGPU); `a`/`k`/`v` with QRazor become host forward hooks (`linearInput`,
- * `attentionKV`); `q_qrazor` / `s_qrazor` have no point here (OptionError). Defaults: every
+ * `attentionKV`); `q_qrazor` / `s_qrazor` have no point here (OptionError). With `a|k|v_qrazor`,
+ * `bits_* = 16` is an INT16 base grid (the seed's activations go INT16 → INT8 / INT4), not "off". Defaults: every
  * tensor off (16 bits), `sym_*` true except `sym_s` false, `a_per_token` / `w_per_channel` true,
  * `q|k|v|s_per_tensor` true (the seed's scripts), QRazor 4 bits in groups of 8.
  * @module
@@ -39,6 +40,13 @@ import { qllmFakeQuant, type QllmUnit, qrazorWeight } from "./qrazor.ts";
 import type { Recipe } from "./recipe.ts";
 import type { WeightQuantizer } from "./types.ts";
 import { zeroquantActHooks, zeroquantRecipe } from "./zeroquant.ts";
+import type { Model } from "../models/model.ts";
+import type { Backend } from "../backend/backend.ts";
+import { calibrationSet } from "./calibration.ts";
+import { quantize } from "./pipeline.ts";
+import { gptq } from "./gptq.ts";
+import { smoothQuant, smoothQuantStats } from "./smoothquant.ts";
+import { llmInt8, type LlmInt8Report } from "./llm_int8.ts";
 
 /** A value of a qllm-infer key. */
 export type QllmValue = boolean | number | string;
@@ -168,7 +176,8 @@ export function resolveQllmConfig(partial: Record<string, unknown>): QllmConfig 
   }
   for (const x of QLLM_TENSORS) {
     if (!c[`${x}_qrazor`]) continue;
-    if (c[`bits_${x}`] >= 16) bad(`${x}_qrazor`, `needs a base grid: bits_${x} < 16`);
+    // With QRazor, bits 16 is the INT16 base grid (the seed's activations: INT16 → INT8 / INT4).
+    if (x === "w" && c.bits_w >= 16) bad("w_qrazor", "needs a weight base grid: bits_w ≤ 8");
     if (c[`${x}_qrazor_bits`] > c[`bits_${x}`]) {
       bad(`${x}_qrazor_bits`, `${c[`${x}_qrazor_bits`]} exceeds bits_${x} = ${c[`bits_${x}`]}`);
     }
@@ -380,4 +389,108 @@ export function qllmPlan(c: QllmConfig, mc: ModelConfig): QllmPlan {
     plan.recipe = { "*": plan.weight };
   }
   return plan;
+}
+
+/** Options of {@linkcode applyQllmConfig}. */
+export interface ApplyQllmOptions {
+  /**
+   * Calibration dataset for SmoothQuant and GPTQ (default: the config's `smoothquant_dataset` /
+   * `gptq_dataset`; "pile" is not shipped, so pass e.g. "tinystories").
+   */
+  calibDataset?: string;
+  /** Caps the calibration window length at the model's context (default true). */
+  capSeqlen?: boolean;
+  /** Backend for the pipeline's products. */
+  backend?: Backend;
+  /** Progress lines. */
+  log?: (line: string) => void;
+}
+
+/** What {@linkcode applyQllmConfig} did. */
+export interface QllmApplied {
+  /** The model to evaluate (weights, points and hooks set). */
+  model: Model;
+  /** The plan. */
+  plan: QllmPlan;
+  /** SmoothQuant's calibration as used (samples × tokens, dataset). */
+  smoothquant?: { nsamples: number; seqlen: number; dataset: string; alpha: number };
+  /** GPTQ's calibration as used. */
+  gptq?: { nsamples: number; seqlen: number; dataset: string };
+  /** LLM.int8()'s live outlier report (filled while the model runs). */
+  llmInt8?: LlmInt8Report;
+}
+
+/**
+ * Applies a resolved configuration to `model` in qllm-infer's order: SmoothQuant (statistics of
+ * the FP model, folded), weights (GPTQ on the smoothed model, or the plan's recipe: qllm-infer
+ * RTN, QRazor, ZeroQuant), then activation/KV specs and hooks, then LLM.int8()'s product. The
+ * calibration sizes are the config's, with windows capped at the model's context.
+ */
+export async function applyQllmConfig(
+  model: Model,
+  c: QllmConfig,
+  opts: ApplyQllmOptions = {},
+): Promise<QllmApplied> {
+  const plan = qllmPlan(c, model.config);
+  const out: Omit<QllmApplied, "model" | "plan"> = {};
+  const ctx = model.config.maxPositions;
+  const cap = (n: number) => (opts.capSeqlen === false ? n : Math.min(n, ctx));
+  let m = model;
+  if (c.smoothquant) {
+    const dataset = opts.calibDataset ?? c.smoothquant_dataset;
+    const seqlen = cap(c.smoothquant_seqlen);
+    const cal = await calibrationSet(m, dataset, {
+      nsamples: c.smoothquant_nsamples,
+      seqlen,
+      seed: c.seed,
+    });
+    opts.log?.(
+      `smoothquant: ${cal.ids.length} × ${seqlen} tokens of ${cal.source}, α = ${c.smoothquant_alpha}`,
+    );
+    const stats = await smoothQuantStats(m, cal.ids, { backend: opts.backend });
+    m = (await smoothQuant(m, stats, { alpha: c.smoothquant_alpha })).model;
+    out.smoothquant = {
+      nsamples: cal.ids.length,
+      seqlen,
+      dataset: cal.source,
+      alpha: c.smoothquant_alpha,
+    };
+  }
+  if (c.gptq) {
+    if (c.w_qrazor) {
+      throw new OptionError("w_qrazor", "GPTQ with QRazor rounding is not implemented here");
+    }
+    const dataset = opts.calibDataset ?? c.gptq_dataset;
+    const seqlen = cap(c.gptq_seqlen);
+    const calib = await calibrationSet(m, dataset, {
+      nsamples: c.gptq_nsamples,
+      seqlen,
+      seed: c.seed,
+    });
+    opts.log?.(`gptq: ${calib.ids.length} × ${seqlen} tokens of ${calib.source}`);
+    const q = gptq({
+      bits: c.bits_w,
+      groupSize: c.groupsize_w,
+      sym: c.sym_w,
+      actOrder: c.gptq_act_order,
+      percdamp: c.gptq_percdamp,
+      staticGroups: c.gptq_static_groups,
+    });
+    m = await quantize(m, q, {
+      calib,
+      trueSequential: c.gptq_true_sequential,
+      backend: opts.backend,
+    });
+    out.gptq = { nsamples: calib.ids.length, seqlen, dataset: calib.source };
+  } else if (plan.recipe) {
+    m = await quantize(m, plan.recipe, { backend: opts.backend });
+  }
+  if (plan.points) m = { ...m, points: { ...(m.points ?? {}), ...plan.points } };
+  if (plan.hooks) m = { ...m, hooks: { ...(m.hooks ?? {}), ...plan.hooks } };
+  if (c.llm_int8) {
+    const r = llmInt8(m, { threshold: c.llm_int8_threshold });
+    m = r.model;
+    out.llmInt8 = r.report;
+  }
+  return { model: m, plan, ...out };
 }

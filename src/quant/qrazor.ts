@@ -15,7 +15,7 @@
  *
  * Measured facts of the reference kept here: the overflow margin `2^(b−4)` is written for
  * `rBit = 4` (half a unit only then); the group runs over the flattened tensor, so a group can
- * span two rows when the row length is not a multiple of `group` (weights here refuse that).
+ * span two rows when the row length is not a multiple of `group` (kept, as the reference).
  *
  * Effective bits: `rBit + flagBits / group` with `flagBits = ⌈log2(qBit − rBit + 2)⌉` (shifts
  * 0 … qBit − rBit + 1): 4 + 3/g for INT8 → 4 bits, the seed's 4.38 / 4.19 / 4.10 / 4.05 / 4.03
@@ -102,7 +102,7 @@ export type QllmUnit = "tensor" | "row" | "column";
 
 /** Options of {@linkcode qllmFakeQuant}: qllm-infer's `Quantizer` + `quantize`. */
 export interface QllmQuantOptions {
-  /** Base bits (16 = unchanged). */
+  /** Base bits (16 = unchanged, except with `qrazor`: then an INT16 base grid). */
   bits: number;
   /** Symmetric grid (`scale = max|x| / maxq`, clamp ±maxq) or asymmetric (GPTQ min–max). */
   sym: boolean;
@@ -130,7 +130,7 @@ export function qllmFakeQuant(
   o: QllmQuantOptions,
 ): { y: Float32Array; q: Float64Array; scale: Float64Array; zero: Float64Array } {
   const n = rows * cols;
-  if (o.bits >= 16) {
+  if (o.bits >= 16 && !o.qrazor) {
     return {
       y: new Float32Array(x),
       q: new Float64Array(0),
@@ -200,8 +200,11 @@ export interface QrazorWeightOptions {
 /**
  * qllm-infer's RTN weight quantizer, optionally with QRazor SDR on the integer codes: `W`
  * [rows, cols] on the {@linkcode qllmFakeQuant} grid per output channel (or per `groupSize`
- * columns of it, or per tensor), then SDR in groups of `qrazorGroup` consecutive columns of a row
- * (which must divide the columns). `bitsPerWeight` is the effective bits (SDR: `rBit + flag/group`)
+ * columns of it, or per tensor), then SDR in groups of `qrazorGroup` consecutive values
+ * of the flattened weight (the reference razors the flattened tensor, so without `groupSize` a
+ * group spans two rows when `qrazorGroup` does not divide the columns; with `groupSize` the
+ * reference razors each group's slice, the same groups when `qrazorGroup` divides it, required
+ * here). `bitsPerWeight` is the effective bits (SDR: `rBit + flag/group`)
  * plus 16-bit scales (and zeros) per grid group.
  */
 export function qrazorWeight(options: QrazorWeightOptions): WeightQuantizer {
@@ -234,10 +237,11 @@ export function qrazorWeight(options: QrazorWeightOptions): WeightQuantizer {
           `${o.groupSize} does not divide the ${cols} columns of ${layer}`,
         );
       }
-      if (o.qrazorBits !== undefined && cols % o.qrazorGroup !== 0) {
+      if (o.qrazorBits !== undefined && o.groupSize > 0 && o.groupSize % o.qrazorGroup !== 0) {
         throw new OptionError(
           "w_qrazor_group",
-          `${o.qrazorGroup} does not divide the ${cols} columns of ${layer} (a group would span rows)`,
+          `${o.qrazorGroup} does not divide groupsize_w ${o.groupSize} (${layer}): the reference ` +
+            "razors each grid group's slice on its own",
         );
       }
       const r = qllmFakeQuant(W.data, rows, cols, {

@@ -152,6 +152,28 @@ Deno.test("the seed's QRazor block: A and KV through hooks, W8→4 QRazor weight
   );
 });
 
+Deno.test("a_qrazor with bits_a 16: an INT16 per-tensor base grid razored to 8 bits", async () => {
+  const c = resolveQllmConfig({
+    a_qrazor: true,
+    a_qrazor_bits: 8,
+    a_qrazor_group: 16,
+    a_per_tensor: true,
+    a_per_token: false,
+  });
+  const plan = qllmPlan(c, MC);
+  const x = new Rng(4).normals(6 * 64, 2);
+  const y = (await plan.hooks!.linearInput!("l", { shape: [6, 64], data: x })) as {
+    data: Float32Array;
+  };
+  const want =
+    qllmFakeQuant(x, 6, 64, { bits: 16, sym: true, unit: "tensor", qrazor: { bits: 8, group: 16 } })
+      .y;
+  assertEquals(y.data, want);
+  let changed = 0;
+  for (let i = 0; i < x.length; i++) if (Math.abs(y.data[i] - x[i]) > 1e-3) changed++;
+  assert(changed > 0, "8 kept bits of an INT16 grid must move values");
+});
+
 Deno.test("granularity switches: K's per-token flag is per channel; Q/V per token are per head", () => {
   const base = {
     bits_q: 8,

@@ -1,0 +1,105 @@
+/**
+ * The weight-activation CLI command (issue 14): a qllm-infer configuration (seed 003) given as
+ * flags named as the seed's knobs (`--bits_a 8 --a_per_token --smoothquant --smoothquant_alpha
+ * 0.55`, or `--bits_a=8`), or as a file in the seed's shell-variable form (`--config run.sh`,
+ * `bits_a=8` lines, so a qllm-infer script block pastes as is; flags override the file), is
+ * applied to a model (`applyQllmConfig`) and its perplexity printed, with the effective
+ * settings, SmoothQuant's calibration as used and LLM.int8()'s outlier dimensions per layer.
+ *
+ * Other flags: `--model PATH` (default stories260K), `--dataset NAME` (evaluation and, for
+ * SmoothQuant/GPTQ, calibration: default tinystories, since the seed's "pile" is not shipped),
+ * `--nsamples N` windows, `--seqlen N` (default `eval_ppl_seqlen` capped at the context),
+ * `--json` (one JSON object), `--help`.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { defaultModelPath } from "./_paths.ts";
+import { perplexity } from "./eval/perplexity.ts";
+import { loadModel } from "./models/load.ts";
+import { applyQllmConfig, parseQllmFlags, resolveQllmConfig } from "./quant/qllm_config.ts";
+import { qrazorEffectiveBits } from "./quant/qrazor.ts";
+import { didYouMean, QLLM_CONFIG_SPECS } from "./quant/_options.ts";
+import { OptionError } from "./errors.ts";
+
+const WA_FLAGS = ["model", "dataset", "nsamples", "seqlen", "json", "help"];
+
+const USAGE = `usage: quantlab wa [--config FILE] [--<qllm key> VALUE ...] [--model PATH]
+                   [--dataset NAME] [--nsamples N] [--seqlen N] [--json]
+qllm keys (seed 003): ${Object.keys(QLLM_CONFIG_SPECS).join(", ")}`;
+
+/** Runs the `wa` command with `args` (after the command name); returns the exit code. */
+export async function waCommand(args: string[]): Promise<number> {
+  const { config, rest } = await parseQllmFlags(args);
+  for (const a of rest) {
+    const m = /^--([^=]+)/.exec(a);
+    if (m && !WA_FLAGS.includes(m[1])) {
+      const near = didYouMean(m[1], [...Object.keys(QLLM_CONFIG_SPECS), ...WA_FLAGS]);
+      throw new OptionError(m[1], `unknown flag${near ? ` (did you mean "${near}"?)` : ""}`);
+    }
+  }
+  const { values: o } = parseArgs({
+    args: rest,
+    options: {
+      model: { type: "string" },
+      dataset: { type: "string", default: "tinystories" },
+      nsamples: { type: "string" },
+      seqlen: { type: "string" },
+      json: { type: "boolean", default: false },
+      help: { type: "boolean", default: false },
+    },
+    allowPositionals: false,
+  });
+  if (o.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  const c = resolveQllmConfig(config);
+  const model = await loadModel(o.model ?? (await defaultModelPath()));
+  const log = o.json ? undefined : (s: string) => console.error(s);
+  const applied = await applyQllmConfig(model, c, { calibDataset: o.dataset, log });
+  const seqlen = o.seqlen
+    ? Number(o.seqlen)
+    : Math.min(c.eval_ppl_seqlen, model.config.maxPositions);
+  const r = await perplexity(applied.model, o.dataset, {
+    seqlen,
+    nsamples: o.nsamples ? Number(o.nsamples) : undefined,
+  });
+  const effBits = c.bits_w >= 16
+    ? 16
+    : c.w_qrazor
+    ? qrazorEffectiveBits({ qBit: c.bits_w, rBit: c.w_qrazor_bits, group: c.w_qrazor_group })
+    : c.bits_w;
+  const outliers = applied.llmInt8
+    ? Object.fromEntries(
+      [...applied.llmInt8.outliers].map(([k, s]) => [k, [...s].sort((a, b) => a - b)]),
+    )
+    : undefined;
+  const changed = Object.fromEntries(Object.keys(config).map((k) => [k, c[k as keyof typeof c]]));
+  if (o.json) {
+    console.log(JSON.stringify({
+      config: changed,
+      ppl: r.ppl,
+      windows: r.windows,
+      seqlen: r.seqlen,
+      dataset: r.source,
+      effectiveWeightBits: effBits,
+      smoothquant: applied.smoothquant,
+      gptq: applied.gptq,
+      llmInt8Outliers: outliers,
+    }));
+    return 0;
+  }
+  console.log(`config: ${JSON.stringify(changed)}`);
+  console.log(`effective weight bits: ${effBits}`);
+  if (outliers) {
+    for (const [k, v] of Object.entries(outliers)) {
+      if (v.length) console.log(`outliers ${k}: [${v}]`);
+    }
+  }
+  console.log(
+    `${r.dataset}: ppl ${r.ppl.toFixed(4)} (${r.windows} windows × ${r.seqlen}, ${
+      r.seconds.toFixed(1)
+    } s)`,
+  );
+  return 0;
+}
