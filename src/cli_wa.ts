@@ -16,16 +16,21 @@ import { parseArgs } from "node:util";
 import { defaultModelPath } from "./_paths.ts";
 import { perplexity } from "./eval/perplexity.ts";
 import { loadModel } from "./models/load.ts";
-import { applyQllmConfig, parseQllmFlags, resolveQllmConfig } from "./quant/qllm_config.ts";
+import {
+  applyQllmConfig,
+  nearestKey,
+  parseQllmFlags,
+  QLLM_KEYS,
+  resolveQllmConfig,
+} from "./quant/qllm_config.ts";
 import { qrazorEffectiveBits } from "./quant/qrazor.ts";
-import { didYouMean, QLLM_CONFIG_SPECS } from "./quant/_options.ts";
 import { OptionError } from "./errors.ts";
 
 const WA_FLAGS = ["model", "dataset", "nsamples", "seqlen", "json", "help"];
 
 const USAGE = `usage: quantlab wa [--config FILE] [--<qllm key> VALUE ...] [--model PATH]
                    [--dataset NAME] [--nsamples N] [--seqlen N] [--json]
-qllm keys (seed 003): ${Object.keys(QLLM_CONFIG_SPECS).join(", ")}`;
+qllm keys (seed 003): ${QLLM_KEYS.join(", ")}`;
 
 /** Runs the `wa` command with `args` (after the command name); returns the exit code. */
 export async function waCommand(args: string[]): Promise<number> {
@@ -33,7 +38,7 @@ export async function waCommand(args: string[]): Promise<number> {
   for (const a of rest) {
     const m = /^--([^=]+)/.exec(a);
     if (m && !WA_FLAGS.includes(m[1])) {
-      const near = didYouMean(m[1], [...Object.keys(QLLM_CONFIG_SPECS), ...WA_FLAGS]);
+      const near = nearestKey(m[1], [...QLLM_KEYS, ...WA_FLAGS]);
       throw new OptionError(m[1], `unknown flag${near ? ` (did you mean "${near}"?)` : ""}`);
     }
   }

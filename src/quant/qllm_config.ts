@@ -35,7 +35,7 @@ import type { QuantPoints, QuantSpec } from "../models/points.ts";
 import type { ForwardHooks } from "../models/decoder.ts";
 import { familyOf } from "../models/family.ts";
 import { FormatError, OptionError } from "../errors.ts";
-import { checkOptions, QLLM_CONFIG_SPECS } from "./_options.ts";
+import { checkOptions, didYouMean, QLLM_CONFIG_SPECS } from "./_options.ts";
 import { qllmFakeQuant, type QllmUnit, qrazorWeight } from "./qrazor.ts";
 import type { Recipe } from "./recipe.ts";
 import type { WeightQuantizer } from "./types.ts";
@@ -47,6 +47,14 @@ import { quantize } from "./pipeline.ts";
 import { gptq } from "./gptq.ts";
 import { smoothQuant, smoothQuantStats } from "./smoothquant.ts";
 import { llmInt8, type LlmInt8Report } from "./llm_int8.ts";
+
+/** Every qllm-infer key this module accepts (the seed's names). */
+export const QLLM_KEYS: readonly string[] = Object.keys(QLLM_CONFIG_SPECS);
+
+/** The key of `known` closest to `key` ("did you mean"), if any. */
+export function nearestKey(key: string, known: readonly string[]): string | undefined {
+  return didYouMean(key, known);
+}
 
 /** A value of a qllm-infer key. */
 export type QllmValue = boolean | number | string;
