@@ -13,6 +13,12 @@
  * SDR group = the row's g. GPTQ + QRazor is not implemented (GPTQ's column loop has no SDR
  * rounding here).
  *
+ * LKD rows (ZeroQuant W4/8A16 and W4/8A8, the last layer only, as the seed): Adam at `--lkd-lr`
+ * (default 1e-3: stories260K's weights are ~100× larger steps than Llama-3.1-8B's 5e-6 need),
+ * batch 4 windows of 256 tokens from `--calib` TinyStories train windows (the teacher's hidden
+ * states at the last block's input), `--lkd-steps` (default 0,25,50,100). Training runs the
+ * block at A16 (activation quantization applies at evaluation only).
+ *
  * Usage: `deno run -A tools/wa_table.ts [--windows N] [--calib N] [--alpha A] [--only SUBSTR]`.
  * @module
  */
@@ -22,6 +28,10 @@ import { perplexity } from "../src/eval/perplexity.ts";
 import { loadModel } from "../src/models/load.ts";
 import { applyQllmConfig, resolveQllmConfig } from "../src/quant/qllm_config.ts";
 import { qrazorEffectiveBits } from "../src/quant/qrazor.ts";
+import { block, embed } from "../src/models/decoder.ts";
+import { calibrationSet } from "../src/quant/calibration.ts";
+import { lkdBlock, type LkdLinear } from "../src/quant/lkd.ts";
+import { dsSymQuant } from "../src/quant/zeroquant.ts";
 
 const { values: flags } = parseArgs({
   args: Deno.args,
@@ -30,6 +40,8 @@ const { values: flags } = parseArgs({
     calib: { type: "string", default: "64" },
     alpha: { type: "string", default: "0.5" },
     only: { type: "string" },
+    "lkd-steps": { type: "string", default: "0,25,50,100" },
+    "lkd-lr": { type: "string", default: "1e-3" },
     model: { type: "string" },
   },
 });
@@ -131,5 +143,47 @@ for (const r of rows) {
   } |`;
   out.push(line);
   console.log(line);
+}
+
+// LKD: perplexity vs steps (ZeroQuant W4/8, last layer).
+if (!flags.only || "LKD".includes(flags.only) || flags.only.includes("LKD")) {
+  const L = model.config.numLayers;
+  const cal = await calibrationSet(model, "tinystories", { nsamples: calib, seqlen: 256 });
+  const inputs: Float64Array[] = [];
+  for (const ids of cal.ids) {
+    let h = await embed(model, ids);
+    for (let i = 0; i < L - 1; i++) h = await block(model, i, h);
+    inputs.push(Float64Array.from(h.data));
+  }
+  const ffn = new Set<LkdLinear>(["gate", "up", "down"]);
+  const q48 = (k: LkdLinear, W: Float64Array, rows: number) =>
+    Float64Array.from(dsSymQuant(Float32Array.from(W), rows, ffn.has(k) ? 4 : 8).y);
+  for (const bitsA of [16, 8]) {
+    const cfg = {
+      zeroquant: true,
+      bits_w: 8,
+      zeroquant_ffn_bits: 4,
+      ...(bitsA < 16 ? { bits_a: bitsA } : {}),
+    };
+    const applied = await applyQllmConfig(model, resolveQllmConfig(cfg), {});
+    for (const steps of flags["lkd-steps"]!.split(",").map(Number)) {
+      const t0 = performance.now();
+      const r = await lkdBlock(model, applied.model, L - 1, inputs, q48, {
+        lr: Number(flags["lkd-lr"]),
+        steps,
+        batchSize: 4,
+      });
+      const sPerStep = steps ? (performance.now() - t0) / 1000 / steps : 0;
+      const ppl =
+        (await perplexity(r.model, "tinystories", { nsamples: windows, seqlen: 512 })).ppl;
+      const line = `| W4/8A${bitsA} ZeroQuant + LKD (last layer, lr ${
+        flags["lkd-lr"]
+      }, ${steps} steps, batch 4) | 4 (MLP) / 8 | ${ppl.toFixed(4)} | ${
+        sPerStep.toFixed(3)
+      } s/step |`;
+      out.push(line);
+      console.log(line);
+    }
+  }
 }
 console.log("\n" + out.join("\n"));

@@ -1,0 +1,67 @@
+/**
+ * Fake-quant overhead per forward (issue 14's speed item) on stories260K: host-forward tokens/s
+ * of one batch of `--batch` × 512 tokens for FP, W8A8 per-token specs at every linear input
+ * (`QuantPoints`), QRazor W4A4KV4 hooks (host), LLM.int8() (int8 product hook) — same run,
+ * best of `--reps`. With `--webgpu` (and an adapter) the resident decoder's perplexity windows
+ * are timed with and without the W8A8 specs too. Timings are indicative on shared cores.
+ *
+ * Usage: `deno run -A --unstable-webgpu bench/wa_bench.ts [--batch N] [--reps N] [--webgpu]`.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { defaultModelPath } from "../src/_paths.ts";
+import { forward } from "../src/models/decoder.ts";
+import { loadModel } from "../src/models/load.ts";
+import type { Model } from "../src/models/model.ts";
+import { perplexity } from "../src/eval/perplexity.ts";
+import { applyQllmConfig, resolveQllmConfig } from "../src/quant/qllm_config.ts";
+
+const { values: f } = parseArgs({
+  args: Deno.args,
+  options: {
+    batch: { type: "string", default: "4" },
+    reps: { type: "string", default: "3" },
+    webgpu: { type: "boolean", default: false },
+  },
+});
+const B = Number(f.batch), reps = Number(f.reps), T = 512;
+const model = await loadModel(await defaultModelPath());
+const ids = Array.from({ length: B * T }, (_, i) => (i * 37 + 5) % model.config.vocabSize);
+const variants: [string, Record<string, unknown>][] = [
+  ["FP32", {}],
+  ["W8A8 specs (per-token A8 at every linear)", { bits_a: 8 }],
+  ["QRazor A4KV4 hooks (g16)", {
+    a_qrazor: true,
+    a_qrazor_bits: 4,
+    a_qrazor_group: 16,
+    bits_k: 8,
+    k_qrazor: true,
+    bits_v: 8,
+    v_qrazor: true,
+  }],
+  ["LLM.int8() product hook", { llm_int8: true }],
+];
+for (const [name, cfg] of variants) {
+  const m: Model = (await applyQllmConfig(model, resolveQllmConfig(cfg))).model;
+  let best = Infinity;
+  for (let r = 0; r < reps; r++) {
+    const t0 = performance.now();
+    await forward(m, ids, { batch: B });
+    best = Math.min(best, (performance.now() - t0) / 1000);
+  }
+  console.log(
+    `cpu  ${name}: ${(B * T / best).toFixed(0)} tokens/s (${best.toFixed(3)} s per ${B}×${T})`,
+  );
+}
+if (f.webgpu) {
+  const { setBackend } = await import("../src/backend/device.ts");
+  const { webgpuBackend } = await import("../src/backend/webgpu.ts");
+  setBackend(await webgpuBackend());
+  for (const [name, cfg] of variants.slice(0, 2)) {
+    const m = (await applyQllmConfig(model, resolveQllmConfig(cfg))).model;
+    const r = await perplexity(m, "tinystories", { nsamples: 8, seqlen: T });
+    console.log(
+      `webgpu ${name}: ${(8 * T / r.seconds).toFixed(0)} tokens/s (resident ${r.resident})`,
+    );
+  }
+}
