@@ -20,6 +20,8 @@ import {
 } from "../../src/quant/qllm_config.ts";
 import { qllmFakeQuant } from "../../src/quant/qrazor.ts";
 import { Rng } from "../_rng.ts";
+import { modelIdentity } from "../../src/ledger/hash.ts";
+import { loadModel } from "../../src/models/load.ts";
 
 const MC = {
   family: "llama",
@@ -280,4 +282,16 @@ Deno.test("shell form: bad lines are FormatErrors; CLI flags override --config",
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("the ledger's model identity includes the quantization-point specs", async () => {
+  const m = await loadModel(
+    new URL("../../../shared/data/models/stories260K-hf", import.meta.url).pathname,
+  );
+  const ids = new Set<string>();
+  for (const bits_a of [16, 8, 4]) {
+    const points = qllmPlan(resolveQllmConfig({ bits_a }), m.config).points;
+    ids.add((await modelIdentity({ ...m, points })).hash);
+  }
+  assertEquals(ids.size, 3);
 });
