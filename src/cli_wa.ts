@@ -4,7 +4,9 @@
  * 0.55`, or `--bits_a=8`), or as a file in the seed's shell-variable form (`--config run.sh`,
  * `bits_a=8` lines, so a qllm-infer script block pastes as is; flags override the file), is
  * applied to a model (`applyQllmConfig`) and its perplexity printed, with the effective
- * settings, SmoothQuant's calibration as used and LLM.int8()'s outlier dimensions per layer.
+ * settings, SmoothQuant's calibration as used and LLM.int8()'s outlier dimensions per layer;
+ * `--analyze_stats` / `--get_layerwise_distance` add the seed's analysis records
+ * (`src/eval/wa_analysis.ts`) on 2 windows of 256 tokens.
  *
  * Other flags: `--model PATH` (default stories260K), `--dataset NAME` (evaluation and, for
  * SmoothQuant/GPTQ, calibration: default tinystories, since the seed's "pile" is not shipped),
@@ -24,6 +26,8 @@ import {
   resolveQllmConfig,
 } from "./quant/qllm_config.ts";
 import { qrazorEffectiveBits } from "./quant/qrazor.ts";
+import { calibrationSet } from "./quant/calibration.ts";
+import { analyzeStats, layerwiseDistance } from "./eval/wa_analysis.ts";
 import { OptionError } from "./errors.ts";
 
 const WA_FLAGS = ["model", "dataset", "nsamples", "seqlen", "json", "help"];
@@ -80,8 +84,22 @@ export async function waCommand(args: string[]): Promise<number> {
     )
     : undefined;
   const changed = Object.fromEntries(Object.keys(config).map((k) => [k, c[k as keyof typeof c]]));
+  // The seed's analysis switches: on 2 windows of 256 tokens drawn from the dataset (seed 0).
+  let stats, distance;
+  if (c.analyze_stats || c.get_layerwise_distance) {
+    const win = await calibrationSet(model, o.dataset, {
+      nsamples: 2,
+      seqlen: Math.min(256, seqlen),
+    });
+    if (c.analyze_stats) stats = await analyzeStats(model, applied.model, win.ids);
+    if (c.get_layerwise_distance) {
+      distance = await layerwiseDistance(model, applied.model, win.ids[0]);
+    }
+  }
   if (o.json) {
     console.log(JSON.stringify({
+      analyzeStats: stats,
+      layerwiseDistance: distance,
       config: changed,
       ppl: r.ppl,
       windows: r.windows,
@@ -100,6 +118,21 @@ export async function waCommand(args: string[]): Promise<number> {
     for (const [k, v] of Object.entries(outliers)) {
       if (v.length) console.log(`outliers ${k}: [${v}]`);
     }
+  }
+  for (const x of stats ?? []) {
+    console.log(
+      `${x.name}: SQNR x ${x.sqnr.x.toFixed(1)} dB, w ${x.sqnr.w.toFixed(1)} dB, out ${
+        x.sqnr.out.toFixed(1)
+      } dB; ` +
+        `|x|max ${x.input.absmax.toFixed(2)} kurtosis ${
+          x.input.kurtosis.toFixed(1)
+        } outlier channels ${x.input.outlierChannels.length}`,
+    );
+  }
+  for (const d of distance ?? []) {
+    console.log(
+      `block ${d.block}: relative L2 ${d.relL2.toExponential(3)}, cosine ${d.cosine.toFixed(5)}`,
+    );
   }
   console.log(
     `${r.dataset}: ppl ${r.ppl.toFixed(4)} (${r.windows} windows × ${r.seqlen}, ${
