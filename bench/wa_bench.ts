@@ -5,7 +5,10 @@
  * best of `--reps`. With `--webgpu` (and an adapter) the resident decoder's perplexity windows
  * are timed with and without the W8A8 specs too. Timings are indicative on shared cores.
  *
- * Usage: `deno run -A --unstable-webgpu bench/wa_bench.ts [--batch N] [--reps N] [--webgpu]`.
+ * `--lkd-tokens N` times one LKD step (forward, backward, Adam) of a TinyLlama-shaped block.
+ *
+ * Usage: `deno run -A --unstable-webgpu bench/wa_bench.ts [--batch N] [--reps N] [--webgpu]
+ * [--lkd-tokens N]`.
  * @module
  */
 import { parseArgs } from "node:util";
@@ -22,6 +25,7 @@ const { values: f } = parseArgs({
     batch: { type: "string", default: "4" },
     reps: { type: "string", default: "3" },
     webgpu: { type: "boolean", default: false },
+    "lkd-tokens": { type: "string" },
   },
 });
 const B = Number(f.batch), reps = Number(f.reps), T = 512;
@@ -41,6 +45,7 @@ const variants: [string, Record<string, unknown>][] = [
   }],
   ["LLM.int8() product hook", { llm_int8: true }],
 ];
+await forward(model, ids, { batch: B }); // warm-up (JIT, weight loading)
 for (const [name, cfg] of variants) {
   const m: Model = (await applyQllmConfig(model, resolveQllmConfig(cfg))).model;
   let best = Infinity;
@@ -64,4 +69,42 @@ if (f.webgpu) {
       `webgpu ${name}: ${(8 * T / r.seconds).toFixed(0)} tokens/s (resident ${r.resident})`,
     );
   }
+}
+
+// LKD seconds per step for a TinyLlama-shaped block (hidden 2048, 32/4 heads, ff 5632), one
+// sequence of `--lkd-tokens` tokens, products on the CPU backend (float32), element-wise float64.
+if (f["lkd-tokens"]) {
+  const { blockForward, blockBackward, Adam, LKD_LINEARS } = await import("../src/quant/lkd.ts");
+  const { cpuBackend } = await import("../src/backend/cpu.ts");
+  const Tn = Number(f["lkd-tokens"]), d = 2048, nH = 32, nKV = 4, hd = 64, ff = 5632;
+  const rnd = (n: number, s: number) =>
+    Float64Array.from({ length: n }, () => (Math.random() - 0.5) * s);
+  const shapes: Record<string, [number, number]> = {
+    q: [nH * hd, d],
+    k: [nKV * hd, d],
+    v: [nKV * hd, d],
+    o: [d, nH * hd],
+    gate: [ff, d],
+    up: [ff, d],
+    down: [d, ff],
+  };
+  const W = Object.fromEntries(
+    Object.entries(shapes).map(([k, [r, c]]) => [k, { data: rnd(r * c, 0.04), rows: r, cols: c }]),
+  );
+  // deno-lint-ignore no-explicit-any
+  const P = { W: W as any, g1: new Float64Array(d).fill(1), g2: new Float64Array(d).fill(1) };
+  const inv = Float64Array.from({ length: hd / 2 }, (_, i) => 1 / 10000 ** ((2 * i) / hd));
+  const dims = { B: 1, T: Tn, d, nH, nKV, hd, eps: 1e-5, invFreq: inv };
+  const h = rnd(Tn * d, 2);
+  const adam = new Adam(1e-5);
+  const be = cpuBackend;
+  const t0 = performance.now();
+  const tape = await blockForward(P, h, dims, { backend: be });
+  const { dW } = await blockBackward(P, tape, rnd(Tn * d, 1e-3), dims);
+  adam.step(Object.fromEntries(LKD_LINEARS.map((k) => [k, P.W[k].data])), dW);
+  console.log(
+    `LKD TinyLlama-shaped block, ${Tn} tokens: ${
+      ((performance.now() - t0) / 1000).toFixed(2)
+    } s per step`,
+  );
 }
