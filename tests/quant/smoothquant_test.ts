@@ -20,7 +20,7 @@ import { loadModel } from "../../src/models/load.ts";
 import type { Model } from "../../src/models/model.ts";
 import { calibrationSet } from "../../src/quant/calibration.ts";
 import { quantize } from "../../src/quant/pipeline.ts";
-import { qllmPlan, resolveQllmConfig } from "../../src/quant/qllm_config.ts";
+import { applyQllmConfig, qllmPlan, resolveQllmConfig } from "../../src/quant/qllm_config.ts";
 import {
   smoothingFactors,
   smoothQuant,
@@ -140,4 +140,36 @@ Deno.test("W8A4 per-token: SmoothQuant (α from the calibration sweep) ppl < RTN
     `sweep (calibration NLL): ${sweep.map((s) => `${s.alpha}: ${s.value.toFixed(5)}`).join(", ")}`,
   );
   assert(sq < rtn, `SmoothQuant ${sq} > RTN ${rtn}`);
+});
+
+Deno.test("SmoothQuant composes with GPTQ (the seed's gptq=true beside smoothquant=true)", async () => {
+  const m = await loadModel(MODEL);
+  const cfg = resolveQllmConfig({
+    smoothquant: true,
+    smoothquant_alpha: 0.5,
+    smoothquant_nsamples: 4,
+    smoothquant_seqlen: 128,
+    gptq: true,
+    gptq_nsamples: 8,
+    gptq_seqlen: 128,
+    bits_w: 4,
+  });
+  const a = await applyQllmConfig(m, cfg, { calibDataset: "tinystories" });
+  assertEquals(a.smoothquant, {
+    nsamples: 4,
+    seqlen: 128,
+    dataset: a.smoothquant!.dataset,
+    alpha: 0.5,
+  });
+  assertEquals(a.gptq?.nsamples, 8);
+  const layers = a.model.report.layers as { method: string }[];
+  assertEquals(layers.length, 35);
+  assert(layers.every((l) => l.method === "gptq"));
+  // The smoothed norm (the same statistics recomputed) is in the quantized model.
+  const cal = await calibrationSet(m, "tinystories", { nsamples: 4, seqlen: 128, seed: 0 });
+  const { model: sm } = await smoothQuant(m, await smoothQuantStats(m, cal.ids), { alpha: 0.5 });
+  const NORM = "model.layers.1.input_layernorm.weight";
+  assertEquals((await a.model.weights.get(NORM)).data, (await sm.weights.get(NORM)).data);
+  const ppl = (await perplexity(a.model, "tinystories", { nsamples: 2, seqlen: 256 })).ppl;
+  assert(Number.isFinite(ppl) && ppl < 10, `W4 GPTQ after smoothing: ppl ${ppl}`);
 });
