@@ -11,7 +11,7 @@
  * Other flags: `--model PATH` (default stories260K), `--dataset NAME` (evaluation and, for
  * SmoothQuant/GPTQ, calibration: default tinystories, since the seed's "pile" is not shipped),
  * `--nsamples N` windows, `--seqlen N` (default `eval_ppl_seqlen` capped at the context),
- * `--json` (one JSON object), `--help`.
+ * `--workdir DIR` (resume folder of the weight quantization), `--json` (one JSON object), `--help`.
  * @module
  */
 import { parseArgs } from "node:util";
@@ -30,10 +30,10 @@ import { calibrationSet } from "./quant/calibration.ts";
 import { analyzeStats, layerwiseDistance } from "./eval/wa_analysis.ts";
 import { OptionError } from "./errors.ts";
 
-const WA_FLAGS = ["model", "dataset", "nsamples", "seqlen", "json", "help"];
+const WA_FLAGS = ["model", "dataset", "nsamples", "seqlen", "json", "help", "workdir"];
 
 const USAGE = `usage: quantlab wa [--config FILE] [--<qllm key> VALUE ...] [--model PATH]
-                   [--dataset NAME] [--nsamples N] [--seqlen N] [--json]
+                   [--dataset NAME] [--nsamples N] [--seqlen N] [--workdir DIR] [--json]
 qllm keys (seed 003): ${QLLM_KEYS.join(", ")}`;
 
 /** Runs the `wa` command with `args` (after the command name); returns the exit code. */
@@ -54,6 +54,7 @@ export async function waCommand(args: string[]): Promise<number> {
       nsamples: { type: "string" },
       seqlen: { type: "string" },
       json: { type: "boolean", default: false },
+      workdir: { type: "string" },
       help: { type: "boolean", default: false },
     },
     allowPositionals: false,
@@ -65,7 +66,11 @@ export async function waCommand(args: string[]): Promise<number> {
   const c = resolveQllmConfig(config);
   const model = await loadModel(o.model ?? (await defaultModelPath()));
   const log = o.json ? undefined : (s: string) => console.error(s);
-  const applied = await applyQllmConfig(model, c, { calibDataset: o.dataset, log });
+  const applied = await applyQllmConfig(model, c, {
+    calibDataset: o.dataset,
+    log,
+    workdir: o.workdir,
+  });
   const seqlen = o.seqlen
     ? Number(o.seqlen)
     : Math.min(c.eval_ppl_seqlen, model.config.maxPositions);

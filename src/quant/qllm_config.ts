@@ -412,6 +412,12 @@ export interface ApplyQllmOptions {
   backend?: Backend;
   /** Progress lines. */
   log?: (line: string) => void;
+  /**
+   * Resume folder of the weight quantization (`quantize`'s `workdir`: each finished block is
+   * checkpointed). With SmoothQuant the run goes to a subfolder named after α and the
+   * calibration, since the pipeline's run identity sees the model's source, not the smoothing.
+   */
+  workdir?: string;
 }
 
 /** What {@linkcode applyQllmConfig} did. */
@@ -444,6 +450,7 @@ export async function applyQllmConfig(
   const ctx = model.config.maxPositions;
   const cap = (n: number) => (opts.capSeqlen === false ? n : Math.min(n, ctx));
   let m = model;
+  let workdir = opts.workdir;
   if (c.smoothquant) {
     const dataset = opts.calibDataset ?? c.smoothquant_dataset;
     const seqlen = cap(c.smoothquant_seqlen);
@@ -463,6 +470,10 @@ export async function applyQllmConfig(
       dataset: cal.source,
       alpha: c.smoothquant_alpha,
     };
+    if (workdir) {
+      workdir = `${workdir}/smoothquant-a${c.smoothquant_alpha}-${dataset}-n${cal.ids.length}-` +
+        `s${seqlen}-seed${c.seed}`;
+    }
   }
   if (c.gptq) {
     if (c.w_qrazor) {
@@ -488,10 +499,11 @@ export async function applyQllmConfig(
       calib,
       trueSequential: c.gptq_true_sequential,
       backend: opts.backend,
+      workdir,
     });
     out.gptq = { nsamples: calib.ids.length, seqlen, dataset: calib.source };
   } else if (plan.recipe) {
-    m = await quantize(m, plan.recipe, { backend: opts.backend });
+    m = await quantize(m, plan.recipe, { backend: opts.backend, workdir });
   }
   if (plan.points) m = { ...m, points: { ...(m.points ?? {}), ...plan.points } };
   if (plan.hooks) m = { ...m, hooks: { ...(m.hooks ?? {}), ...plan.hooks } };

@@ -13,6 +13,7 @@ import { FormatError, OptionError } from "../../src/errors.ts";
 import { fakeQuant } from "../../src/backend/ops.ts";
 import type { ModelConfig } from "../../src/models/config.ts";
 import {
+  applyQllmConfig,
   parseQllmFlags,
   parseQllmShell,
   qllmPlan,
@@ -294,4 +295,32 @@ Deno.test("the ledger's model identity includes the quantization-point specs", a
     ids.add((await modelIdentity({ ...m, points })).hash);
   }
   assertEquals(ids.size, 3);
+});
+
+Deno.test("applyQllmConfig resumes the weight quantization from its workdir", async () => {
+  const m = await loadModel(
+    new URL("../../../shared/data/models/stories260K-hf", import.meta.url).pathname,
+  );
+  const dir = await Deno.makeTempDir();
+  try {
+    const c = resolveQllmConfig({
+      bits_w: 8,
+      w_qrazor: true,
+      w_qrazor_bits: 4,
+      w_qrazor_group: 16,
+      bits_a: 8,
+    });
+    const first = await applyQllmConfig(m, c, { workdir: dir });
+    const again = await applyQllmConfig(m, c, { workdir: dir });
+    assertEquals(first.model.report.resumedBlocks, 0);
+    assertEquals(again.model.report.resumedBlocks, 5);
+    const name = "model.layers.3.mlp.down_proj.weight";
+    assertEquals(
+      (await again.model.weights.get(name)).data,
+      (await first.model.weights.get(name)).data,
+    );
+    assertEquals(again.model.points, first.model.points);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
