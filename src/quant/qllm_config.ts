@@ -45,6 +45,7 @@ import type { Backend } from "../backend/backend.ts";
 import { calibrationSet } from "./calibration.ts";
 import { quantize } from "./pipeline.ts";
 import { gptq } from "./gptq.ts";
+import { gptqQrazor } from "./gptq_qrazor.ts";
 import { smoothQuant, smoothQuantStats } from "./smoothquant.ts";
 import { llmInt8, type LlmInt8Report } from "./llm_int8.ts";
 
@@ -476,9 +477,6 @@ export async function applyQllmConfig(
     }
   }
   if (c.gptq) {
-    if (c.w_qrazor) {
-      throw new OptionError("w_qrazor", "GPTQ with QRazor rounding is not implemented here");
-    }
     const dataset = opts.calibDataset ?? c.gptq_dataset;
     const seqlen = cap(c.gptq_seqlen);
     const calib = await calibrationSet(m, dataset, {
@@ -487,14 +485,25 @@ export async function applyQllmConfig(
       seed: c.seed,
     });
     opts.log?.(`gptq: ${calib.ids.length} × ${seqlen} tokens of ${calib.source}`);
-    const q = gptq({
-      bits: c.bits_w,
-      groupSize: c.groupsize_w,
-      sym: c.sym_w,
-      actOrder: c.gptq_act_order,
-      percdamp: c.gptq_percdamp,
-      staticGroups: c.gptq_static_groups,
-    });
+    // GPTQ + QRazor: qllm-infer's GPTQ with SDR per column; plain GPTQ: the library's GPTQ.
+    const q = c.w_qrazor
+      ? gptqQrazor({
+        bits: c.bits_w,
+        rBit: c.w_qrazor_bits,
+        rGroup: c.w_qrazor_group,
+        groupSize: c.groupsize_w,
+        sym: c.sym_w,
+        actOrder: c.gptq_act_order,
+        percdamp: c.gptq_percdamp,
+      })
+      : gptq({
+        bits: c.bits_w,
+        groupSize: c.groupsize_w,
+        sym: c.sym_w,
+        actOrder: c.gptq_act_order,
+        percdamp: c.gptq_percdamp,
+        staticGroups: c.gptq_static_groups,
+      });
     m = await quantize(m, q, {
       calib,
       trueSequential: c.gptq_true_sequential,
