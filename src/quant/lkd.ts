@@ -29,7 +29,7 @@ export type LkdLinear = (typeof LKD_LINEARS)[number];
 export interface BlockParams {
   /** Linear weights. */
   W: Record<LkdLinear, { data: Float64Array; rows: number; cols: number }>;
-  /** RMSNorm weights (attention, MLP). */
+  /** Attention RMSNorm weight. */
   g1: Float64Array;
   /** MLP RMSNorm weight. */
   g2: Float64Array;
@@ -139,6 +139,7 @@ function rope(x: Float64Array, n: number, dims: BlockDims, sign: 1 | -1) {
 export interface BlockTape {
   /** Block output [B·T, d]. */
   out: Float64Array;
+  /** Intermediate tensors of the forward (norm outputs and factors, q/k/v after RoPE, probabilities, …). */
   // deno-lint-ignore no-explicit-any
   saved: Record<string, any>;
 }
