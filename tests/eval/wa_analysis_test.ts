@@ -4,9 +4,12 @@
  * - on stories260K: the FP model against itself gives infinite SQNR and zero distance; the
  *   per-token A8 input SQNR of a linear equals the SQNR of the spec's fake quantization applied
  *   to that linear's FP input (recomputed here through the observer), 8-bit beats 4-bit by
- *   ≥ 15 dB; W4A4 drifts further from FP than W8A8 at the last block.
+ *   ≥ 15 dB; W4A4 drifts further from FP than W8A8 at the last block;
+ * - the figures carry the records' values (an infinite SQNR draws no bar).
  */
-import { assert, assertAlmostEquals, assertEquals, assertLess } from "@std/assert";
+import { assert, assertAlmostEquals, assertEquals, assertLess, assertThrows } from "@std/assert";
+import { OptionError } from "../../src/errors.ts";
+import { layerDistance, sqnrPerLayer } from "../../src/viz/wa_figures.ts";
 import { fakeQuant } from "../../src/backend/ops.ts";
 import { analyzeStats, layerwiseDistance, sqnr, tensorStats } from "../../src/eval/wa_analysis.ts";
 import { forward } from "../../src/models/decoder.ts";
@@ -59,4 +62,19 @@ Deno.test("analyzeStats / layerwiseDistance on stories260K", async () => {
   const d8 = await layerwiseDistance(m, a8, ids[0]), d4 = await layerwiseDistance(m, a4, ids[0]);
   assertLess(d8[4].relL2, d4[4].relL2);
   assert(d4[4].cosine < 1 && d4[4].relL2 > 0);
+});
+
+Deno.test("figures: SQNR bars per linear (no bar for an unchanged tensor), distance lines", () => {
+  const recs = [
+    { name: "model.layers.0.self_attn.q_proj", sqnr: { x: 40, w: Infinity, out: 38 } },
+    { name: "model.layers.0.mlp.down_proj", sqnr: { x: 30, w: 20, out: 18 } },
+  ];
+  const f = sqnrPerLayer(recs);
+  assertEquals(f.data.map((t) => t.name), ["input x", "weight w", "output"]);
+  assertEquals(f.data[1].y, [null, 20]);
+  assertEquals(f.data[0].x, ["0.self_attn.q_proj", "0.mlp.down_proj"]); // last three name parts
+  const g = layerDistance({ w8a8: [{ block: 0, relL2: 0.01 }], w4a4: [{ block: 0, relL2: 0.2 }] });
+  assertEquals(g.data.map((t) => t.name), ["w8a8", "w4a4"]);
+  assertEquals(g.data[1].y, [0.2]);
+  assertThrows(() => sqnrPerLayer([]), OptionError);
 });
