@@ -208,5 +208,7 @@ export function mergeHooks(a?: ForwardHooks, b?: ForwardHooks): ForwardHooks | u
       return (await kb(l, r)) ?? r;
     }
     : ka ?? kb;
+  // One product replacement: the extra hooks' (b) wins over the model's (a).
+  out.linearProduct = b.linearProduct ?? a.linearProduct;
   return out;
 }

@@ -139,7 +139,8 @@ function tensorDigest(t: { shape: number[]; data: Float32Array }): string {
 /**
  * The identity of a model: checksums of its source files (weights, config, tokenizer), its
  * normalised config, a digest of every in-memory override tensor (the quantized weights), the
- * tokenizer path, and its hooks when they are plain data (JS callbacks make it non-cacheable).
+ * tokenizer path, its quantization-point specs, and its hooks when they are plain data (JS
+ * callbacks make it non-cacheable).
  */
 export async function modelIdentity(model: Model): Promise<ModelIdentity> {
   const parts: Record<string, unknown> = {};
@@ -171,6 +172,9 @@ export async function modelIdentity(model: Model): Promise<ModelIdentity> {
       cacheable = false;
     }
   }
+  // Quantization-point specs change the function (issue 14: a W8A4 model's perplexity was
+  // served from the ledger entry of the same weights without specs).
+  if (model.points) parts.points = sha256Hex(canonicalJson(model.points));
   return { hash: sha256Hex(canonicalJson(parts)), cacheable, parts };
 }
 

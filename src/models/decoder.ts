@@ -21,6 +21,16 @@ export interface ForwardHooks {
   linearInput?: (name: string, x: Tensor) => void | Tensor | Promise<void | Tensor>;
   /** Output rows of linear `name` after bias. */
   linearOutput?: (name: string, y: Tensor) => void | Tensor | Promise<void | Tensor>;
+  /**
+   * Replaces the product x · Wᵀ of linear `name` (bias and output specs still follow), e.g.
+   * LLM.int8()'s mixed-precision int8 matmul (`src/quant/llm_int8.ts`); undefined = the
+   * backend's product.
+   */
+  linearProduct?: (
+    name: string,
+    x: Tensor,
+    W: Tensor,
+  ) => void | Tensor | Promise<void | Tensor>;
   /** New keys (after RoPE) and values of block `layer`, [rows, numKvHeads·headDim]. */
   attentionKV?: (
     layer: number,
@@ -103,7 +113,8 @@ export async function linear(
   const W = await model.weights.get(`${name}.weight`);
   // A quantized layer runs from its packed codes where the backend keeps them (WebGPU).
   const meta = be.packedMatmulTransB ? model.packed?.[name] : undefined;
-  let y = (meta && (await be.packedMatmulTransB!(x, W, meta))) || (await be.matmulTransB(x, W));
+  let y = (opts.hooks?.linearProduct && (await opts.hooks.linearProduct(name, x, W))) ||
+    (meta && (await be.packedMatmulTransB!(x, W, meta))) || (await be.matmulTransB(x, W));
   if (model.weights.has(`${name}.bias`)) {
     const b = (await model.weights.get(`${name}.bias`)).data;
     const n = b.length;

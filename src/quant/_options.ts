@@ -211,3 +211,98 @@ export function pickOptions<T extends object>(
   for (const [k, v] of Object.entries(opts)) if (Object.hasOwn(spec, k)) out[k] = v;
   return out as Partial<T>;
 }
+
+// --- Weight-activation quantization (issue 14): qllm-infer knobs, QRazor, SmoothQuant, ---
+// --- LLM.int8(), ZeroQuant. ---
+
+/** Options of `qrazorWeight` (`src/quant/qrazor.ts`). */
+export const QRAZOR_WEIGHT_SPECS: Record<string, OptionSpec> = {
+  bits: { type: "int", min: 2, max: 8 },
+  sym: { type: "boolean" },
+  groupSize: { type: "int", min: -1, max: MAX_GROUP },
+  perChannel: { type: "boolean" },
+  qrazorBits: { type: "int", min: 2, max: 8 },
+  qrazorGroup: { type: "int", min: 1, max: MAX_GROUP },
+};
+
+/** Options of `smoothQuant` (`src/quant/smoothquant.ts`). */
+export const SMOOTHQUANT_SPECS: Record<string, OptionSpec> = {
+  alpha: { type: "number", min: 0, max: 1 },
+};
+
+/** Options of `llmInt8` (`src/quant/llm_int8.ts`); `threshold` may be Infinity (no outliers). */
+export const LLM_INT8_SPECS: Record<string, OptionSpec> = {
+  threshold: {
+    type: "oneOf",
+    want: "a number ≥ 0 or Infinity",
+    of: [{ type: "number", min: 0 }, { type: "enum", values: [Infinity] }],
+  },
+};
+
+/** Options of `zeroquantWeight` (`src/quant/zeroquant.ts`). */
+export const ZEROQUANT_WEIGHT_SPECS: Record<string, OptionSpec> = {
+  bits: { type: "int", min: 2, max: 8 },
+  numberOfGroups: { type: "int", min: -1, max: MAX_GROUP },
+};
+
+const QLLM_DATASETS = ["pile", "wikitext2", "c4", "ptb", "tinystories"] as const;
+
+function qllmTensorKeys(x: string, qrazor: boolean): Record<string, OptionSpec> {
+  const out: Record<string, OptionSpec> = {
+    [`bits_${x}`]: { type: "int", min: 2, max: 16 },
+    [`sym_${x}`]: { type: "boolean" },
+    [`groupsize_${x}`]: { type: "int", min: -1, max: MAX_GROUP },
+  };
+  if (x === "w") out.w_per_channel = { type: "boolean" };
+  else {
+    out[`${x}_per_tensor`] = { type: "boolean" };
+    out[`${x}_per_token`] = { type: "boolean" };
+  }
+  if (qrazor) {
+    out[`${x}_qrazor`] = { type: "boolean" };
+    out[`${x}_qrazor_bits`] = { type: "int", min: 2, max: 16 };
+    out[`${x}_qrazor_group`] = { type: "int", min: 1, max: MAX_GROUP };
+  }
+  return out;
+}
+
+/**
+ * The qllm-infer configuration keys (seed 003's script variables), as `src/quant/qllm_config.ts`
+ * accepts them: per tensor `w`, `a`, `q`, `k`, `v`, `s` the bits / sym / groupsize / granularity
+ * / QRazor switches, `k_pre_RoPE_quant`, the SmoothQuant and GPTQ blocks, the evaluation and
+ * analysis switches, and this library's `llm_int8*` / `zeroquant*` keys.
+ */
+export const QLLM_CONFIG_SPECS: Record<string, OptionSpec> = {
+  eval_ppl: { type: "boolean" },
+  eval_ppl_seqlen: { type: "int", min: 2, max: 1 << 20 },
+  use_cuda_graph: { type: "boolean" },
+  seed: { type: "int", min: 0, max: 2 ** 31 - 1 },
+  chat: { type: "boolean" },
+  analyze_stats: { type: "boolean" },
+  get_layerwise_distance: { type: "boolean" },
+  ...qllmTensorKeys("a", true),
+  ...qllmTensorKeys("w", true),
+  ...qllmTensorKeys("q", true),
+  ...qllmTensorKeys("k", true),
+  ...qllmTensorKeys("v", true),
+  ...qllmTensorKeys("s", true),
+  k_pre_RoPE_quant: { type: "boolean" },
+  smoothquant: { type: "boolean" },
+  smoothquant_alpha: { type: "number", min: 0, max: 1 },
+  smoothquant_dataset: { type: "enum", values: QLLM_DATASETS },
+  smoothquant_nsamples: { type: "int", min: 1, max: 100_000 },
+  smoothquant_seqlen: { type: "int", min: 2, max: 1 << 20 },
+  gptq: { type: "boolean" },
+  gptq_dataset: { type: "enum", values: QLLM_DATASETS },
+  gptq_nsamples: { type: "int", min: 1, max: 100_000 },
+  gptq_seqlen: { type: "int", min: 2, max: 1 << 20 },
+  gptq_true_sequential: { type: "boolean" },
+  gptq_percdamp: { type: "number", gt: 0, max: 1e6 },
+  gptq_act_order: { type: "boolean" },
+  gptq_static_groups: { type: "boolean" },
+  llm_int8: { type: "boolean" },
+  llm_int8_threshold: LLM_INT8_SPECS.threshold,
+  zeroquant: { type: "boolean" },
+  zeroquant_number_of_groups: { type: "int", min: -1, max: MAX_GROUP },
+  zeroquant_ffn_bits: { type: "int", min: 2, max: 16 },
+};

@@ -62,3 +62,4 @@ export {
   progressLine,
   type ProgressOptions,
 } from "./progress.ts";
+export { type DistanceRecord, layerDistance, sqnrPerLayer, type SqnrRecord } from "./wa_figures.ts";
