@@ -27,9 +27,12 @@
  * per byte (low nibble first), each row starting on a new byte; without `zero_points` the zero is
  * 8. Dequantized as `(code − zero) · scale`, the same grid as quantlab's fake-quant weight, so a
  * layer keeps its own codes and f32 scales exactly. A layer fits when it is a 4-bit uniform grid
- * whose group size is a power of two ≥ 16 (onnxruntime's rule for `block_size`), groups in
- * natural column order (no act-order `g_idx` permutation) and integer zeros in 0..15; every other
- * linear layer is a float32 MatMul of its (fake-quant) weight, listed in the report.
+ * whose group size is a power of two ≥ 16 (onnxruntime's rule for `block_size`) and integer
+ * zeros in 0..15. GPTQ act-order layers (`g_idx` groups are contiguous after sorting the columns
+ * by group) keep their codes too: B holds the columns in group order and the graph gathers the
+ * input's columns in that order before MatMulNBits (exact; the op's deprecated `g_idx` input is
+ * not used). Every other linear layer is a float32 MatMul of its (fake-quant) weight, listed in
+ * the report.
  *
  * Limits: the whole model is built in memory and written as one protobuf without external data,
  * so models above 2 GiB of weights are refused (stories-size research models fit).
@@ -66,12 +69,33 @@ export interface MatMulNBitsWeight {
   scales: Float32Array;
   /** `[N · ceil(nBlocks · bits / 8)]` packed zero points, absent for the default zero 8. */
   zeroPoints?: Uint8Array;
+  /**
+   * Act-order: B's column `k` is the layer's column `perm[k]` (the input is gathered by `perm`
+   * before MatMulNBits); absent for natural order.
+   */
+  perm?: Int32Array;
+}
+
+/**
+ * The column order that makes `gIdx`'s groups contiguous blocks of `bs` (GPTQ act-order:
+ * columns sorted by group, stable): null when already natural, undefined when no order does
+ * (a group that does not hold exactly `bs` columns, the last excepted).
+ */
+function groupOrder(gIdx: Int32Array, bs: number): Int32Array | null | undefined {
+  const K = gIdx.length;
+  if (gIdx.every((g, j) => g === Math.floor(j / bs))) return null;
+  const perm = Int32Array.from({ length: K }, (_, j) => j).sort((a, b) =>
+    gIdx[a] - gIdx[b] || a - b
+  );
+  for (let i = 0; i < K; i++) if (gIdx[perm[i]] !== Math.floor(i / bs)) return undefined;
+  return perm;
 }
 
 /**
  * Why a packed layer cannot be written as MatMulNBits with its own codes (null when it can):
- * 4-bit, power-of-two group size ≥ 16, natural group order, integer zeros in 0..15, one scale
- * per (row, block).
+ * 4-bit, power-of-two group size ≥ 16, groups that are contiguous blocks in natural order or in
+ * some column order (act-order `g_idx`: the graph gathers the input columns in that order
+ * first), integer zeros in 0..15, one scale per (row, block).
  */
 export function matMulNBitsFit(meta: PackedLayer): string | null {
   const [N, K] = meta.shape;
@@ -81,8 +105,9 @@ export function matMulNBitsFit(meta: PackedLayer): string | null {
   if (!(bs >= 16 && (bs & (bs - 1)) === 0)) {
     return `group size ${bs} is not a power of two ≥ 16 (MatMulNBits block_size)`;
   }
-  if (meta.gIdx && meta.gIdx.some((g, j) => g !== Math.floor(j / bs))) {
-    return "act-order g_idx permutes the groups (MatMulNBits blocks are contiguous)";
+  if (meta.gIdx && meta.gIdx.length !== K) return `g_idx has ${meta.gIdx.length} entries, not ${K}`;
+  if (meta.gIdx && groupOrder(meta.gIdx, bs) === undefined) {
+    return "g_idx groups are not contiguous blocks in any column order";
   }
   const nb = Math.ceil(K / bs);
   if (meta.scales.length !== N * nb || meta.zeros.length !== N * nb) {
@@ -109,6 +134,7 @@ export function packMatMulNBits(
   const bs = meta.groupSize, nb = Math.ceil(K / bs), blob = bs / 2;
   const codes = meta.codes!, zeros = meta.zeros!;
   const withZp = opts.zeroPoints || zeros.some((z) => z !== 8);
+  const perm = meta.gIdx ? groupOrder(meta.gIdx, bs) ?? undefined : undefined;
   const B = new Uint8Array(N * nb * blob);
   for (let n = 0; n < N; n++) {
     for (let b = 0; b < nb; b++) {
@@ -116,8 +142,8 @@ export function packMatMulNBits(
       const o = (n * nb + b) * blob;
       for (let i = 0; i < blob; i++) {
         const k0 = b * bs + 2 * i, k1 = k0 + 1;
-        const lo = k0 < K ? codes[n * K + k0] : pad;
-        const hi = k1 < K ? codes[n * K + k1] : pad;
+        const lo = k0 < K ? codes[n * K + (perm ? perm[k0] : k0)] : pad;
+        const hi = k1 < K ? codes[n * K + (perm ? perm[k1] : k1)] : pad;
         B[o + i] = lo | (hi << 4);
       }
     }
@@ -132,10 +158,23 @@ export function packMatMulNBits(
       }
     }
   }
-  return { K, N, bits: 4, blockSize: bs, nBlocks: nb, B, scales: meta.scales!.slice(), zeroPoints };
+  return {
+    K,
+    N,
+    bits: 4,
+    blockSize: bs,
+    nBlocks: nb,
+    B,
+    scales: meta.scales!.slice(),
+    zeroPoints,
+    perm,
+  };
 }
 
-/** Decodes MatMulNBits tensors back to the `[N, K]` float weight (`(q − zp) · scale`). */
+/**
+ * Decodes MatMulNBits tensors back to the layer's `[N, K]` float weight (`(q − zp) · scale`,
+ * columns put back in the layer's order when `w.perm` is set).
+ */
 export function unpackMatMulNBits(w: MatMulNBitsWeight): Float32Array {
   const { K, N, blockSize: bs, nBlocks: nb } = w;
   const blob = bs / 2, zr = Math.ceil(nb / 2);
@@ -146,7 +185,7 @@ export function unpackMatMulNBits(w: MatMulNBitsWeight): Float32Array {
       const byte = w.B[(n * nb + b) * blob + (i >> 1)];
       const q = (i & 1) ? byte >> 4 : byte & 15;
       const z = w.zeroPoints ? (w.zeroPoints[n * zr + (b >> 1)] >> ((b & 1) * 4)) & 15 : 8;
-      out[n * K + k] = Math.fround((q - z) * w.scales[n * nb + b]);
+      out[n * K + (w.perm ? w.perm[k] : k)] = Math.fround((q - z) * w.scales[n * nb + b]);
     }
   }
   return out;
@@ -311,14 +350,28 @@ export async function exportOnnx(
           ),
         );
       }
-      report.push({
+      const rec: ExportedTensor = {
         name: `${p}.weight`,
         gguf: `${p}.MatMulNBits.B`,
-        type: `MatMulNBits-4bit-b${w.blockSize}${w.zeroPoints ? "-zp" : ""}`,
+        type: `MatMulNBits-4bit-b${w.blockSize}${w.zeroPoints ? "-zp" : ""}${
+          w.perm ? "-actorder" : ""
+        }`,
         how: "codes",
         maxAbsErr: err,
-      });
-      return g.node("MatMulNBits", [x, ...ins], {
+      };
+      let xin = x;
+      if (w.perm) {
+        const perm = g.init(
+          `${p}.MatMulNBits.perm`,
+          I64,
+          [cols],
+          new Uint8Array(BigInt64Array.from(w.perm, (v) => BigInt(v)).buffer),
+        );
+        xin = g.node("Gather", [x, perm], { attrs: { axis: -1 } });
+        rec.note = "act-order: the input columns are gathered in g_idx's group order first";
+      }
+      report.push(rec);
+      return g.node("MatMulNBits", [xin, ...ins], {
         domain: "com.microsoft",
         attrs: { K: cols, N: rows, bits: 4, block_size: w.blockSize },
       });

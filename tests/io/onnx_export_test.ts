@@ -169,6 +169,26 @@ Deno.test("MatMulNBits packing equals the spec's byte layout and onnxruntime com
       assert(maxDiff(y, ref) < 1e-5, `onnxruntime bs=${bs} sym=${sym}: ${maxDiff(y, ref)}`);
     }
   }
+  // Act-order: column j belongs to group gIdx[j]; B holds the columns of group 0, then group 1,
+  // ... (ascending column index inside a group), so each block is one group.
+  const N = 3, K = 48, bs = 16;
+  const { codes, zeros, meta } = randomLayer(N, K, bs, false, 7);
+  const gIdx = Int32Array.from({ length: K }, (_, j) => (j * 7) % 3); // 16 columns per group
+  const order: number[] = [];
+  for (let grp = 0; grp < 3; grp++) for (let j = 0; j < K; j++) if (gIdx[j] === grp) order.push(j);
+  const w = packMatMulNBits({ ...meta, gIdx });
+  assertEquals(Array.from(w.perm!), order);
+  const permuted = codes.map((row) => order.map((j) => row[j]));
+  assertEquals(Array.from(w.B), specPack(permuted, zeros, bs, (n, b) => zeros[n][b]).B);
+  const Wref = new Float32Array(N * K);
+  for (let n = 0; n < N; n++) {
+    for (let j = 0; j < K; j++) {
+      Wref[n * K + j] = Math.fround(
+        (codes[n][j] - zeros[n][gIdx[j]]) * meta.scales[n * 3 + gIdx[j]],
+      );
+    }
+  }
+  assertEquals(maxDiff(unpackMatMulNBits(w), Wref), 0);
 });
 
 /** Feeds for `ids` (batch 1) after `past` cached tokens (`pkv`: the previous step's presents). */
@@ -226,11 +246,16 @@ async function ortGreedy(s: Ort, m: Model, prompt: number[], n: number) {
   return { out, steps };
 }
 
-async function quantized(m: Model, method: "rtn" | "gptq", sym: boolean): Promise<Model> {
+async function quantized(
+  m: Model,
+  method: "rtn" | "gptq" | "gptq-actorder",
+  sym: boolean,
+): Promise<Model> {
   const opts = { bits: 4, groupSize: 32, sym, partialGroups: true };
   if (method === "rtn") return await quantize(m, rtn(opts), { progress: false } as never);
   const calib = await calibrationSet(m, "tinystories", { nsamples: 8, seqlen: 64, seed: 0 });
-  return await quantize(m, gptq(opts), { calib, progress: false } as never);
+  const q = gptq({ ...opts, actOrder: method === "gptq-actorder" });
+  return await quantize(m, q, { calib, progress: false } as never);
 }
 
 Deno.test("stories260K 4-bit g32 (RTN/GPTQ, sym/asym) in onnxruntime: logits within 1e-3, same greedy tokens, KV decode = full forward", async () => {
@@ -240,10 +265,13 @@ Deno.test("stories260K 4-bit g32 (RTN/GPTQ, sym/asym) in onnxruntime: logits wit
     const m = await loadModel(HF);
     const V = m.config.vocabSize;
     for (
-      const [method, sym] of [["rtn", true], ["rtn", false], ["gptq", true], [
-        "gptq",
-        false,
-      ]] as const
+      const [method, sym] of [
+        ["rtn", true],
+        ["rtn", false],
+        ["gptq", true],
+        ["gptq", false],
+        ["gptq-actorder", false],
+      ] as const
     ) {
       const tag = `${method} ${sym ? "sym" : "asym"}`;
       const qm = await quantized(m, method, sym);
@@ -253,7 +281,12 @@ Deno.test("stories260K 4-bit g32 (RTN/GPTQ, sym/asym) in onnxruntime: logits wit
       const lin = rep.tensors.filter((t) => t.type.startsWith("MatMulNBits"));
       assertEquals(lin.length, 35, tag); // 5 blocks × 7 linears, the 172-wide down_proj included
       assert(lin.every((t) => t.how === "codes" && t.maxAbsErr === 0), tag);
-      assert(lin.every((t) => t.type === `MatMulNBits-4bit-b32${sym ? "" : "-zp"}`), tag);
+      const suffix = `${sym ? "" : "-zp"}${method === "gptq-actorder" ? "-actorder" : ""}`;
+      assert(lin.every((t) => t.type === `MatMulNBits-4bit-b32${suffix}`), tag);
+      if (method === "gptq-actorder") {
+        const gi = qm.packed!["model.layers.0.self_attn.q_proj"].gIdx as Int32Array;
+        assert(gi.some((g, j) => g !== Math.floor(j / 32)), "act-order permutes the groups");
+      }
       const s = await o.InferenceSession.create(`${out}/onnx/model.onnx`, {
         intraOpNumThreads: 1,
       });
