@@ -163,7 +163,7 @@ export interface ExportOptions {
 export interface ExportedTensor {
   /** quantlab (HF) name. */
   name: string;
-  /** GGUF name. */
+  /** GGUF name (ONNX export: the initializer name). */
   gguf: string;
   /** ggml type written ("Q4_0", ...). */
   type: string;

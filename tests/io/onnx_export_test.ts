@@ -358,8 +358,7 @@ Deno.test("transformers.js text-generation from the exported folder gives quantl
     tf.env.localModelPath = `${dir}/`;
     // deno-lint-ignore no-explicit-any
     const gen: any = await tf.pipeline("text-generation", "model", {
-      local_files_only: true,
-      dtype: "fp32",
+      local_files_only: true, // dtype fp32 comes from config.json's transformers.js_config
       device: "cpu",
     } as never);
     // The folder's tokenizer.json tokenizes as quantlab's llama2.c tokenizer does.
