@@ -5,7 +5,9 @@
  * 2 producer_name, 7 graph, 8 opset_import; GraphProto 1 node, 2 name, 5 initializer, 11 input,
  * 12 output; NodeProto 1 input, 2 output, 3 name, 4 op_type, 5 attribute, 7 domain;
  * AttributeProto 1 name, 2 f, 3 i, 8 ints, 20 type; TensorProto 1 dims, 2 data_type, 8 name,
- * 9 raw_data). The backend's `_onnx_proto.ts` writes one-node matmul graphs only; this one is the
+ * 9 raw_data, 13 external_data, 14 data_location). Large initializers can go to an external data
+ * file as they are added (streamed: their bytes are not kept), referenced by location, offset
+ * (aligned to 4096) and length, as onnxruntime reads them. The backend's `_onnx_proto.ts` writes one-node matmul graphs only; this one is the
  * io layer's own (a backend module cannot import io, and io may not import a private backend file).
  * @module
  */
@@ -91,6 +93,17 @@ interface InitRec {
   dtype: number;
   dims: number[];
   raw: Uint8Array;
+  ext?: { offset: number; length: number };
+}
+
+/** Where {@linkcode OnnxGraph} streams large initializers. */
+export interface OnnxExternalData {
+  /** File to write (created or truncated). */
+  path: string;
+  /** Its name relative to the model file, as stored in the model (`model.onnx_data`). */
+  location: string;
+  /** Initializers of at least this many bytes go to the file (default 1024). */
+  threshold?: number;
 }
 
 interface IoRec {
@@ -107,9 +120,34 @@ export class OnnxGraph {
   #outputs: IoRec[] = [];
   #n = 0;
   #consts = new Map<string, string>();
+  #extLocation = "";
+  #ext: { file: Deno.FsFile; location: string; threshold: number; size: number } | null = null;
 
-  /** Bytes of initializers so far. */
+  /** Bytes of initializers so far (inline and external). */
   initBytes = 0;
+
+  /** A graph; with `opts.external`, large initializers are streamed to that file. */
+  constructor(opts: { external?: OnnxExternalData } = {}) {
+    const e = opts.external;
+    if (e) {
+      const file = Deno.openSync(e.path, { write: true, create: true, truncate: true });
+      this.#ext = { file, location: e.location, threshold: e.threshold ?? 1024, size: 0 };
+      this.#extLocation = e.location;
+    }
+  }
+
+  /** Bytes kept inline (what counts toward protobuf's 2 GiB limit). */
+  get inlineBytes(): number {
+    let n = 0;
+    for (const t of this.#inits) n += t.raw.length;
+    return n;
+  }
+
+  /** Closes the external data file (call after the last initializer). */
+  close(): void {
+    this.#ext?.file.close();
+    this.#ext = null;
+  }
 
   /** Declares a graph input. */
   input(name: string, dtype: number, dims: OnnxDim[]): string {
@@ -124,8 +162,27 @@ export class OnnxGraph {
 
   /** Adds an initializer from raw little-endian bytes; returns its name. */
   init(name: string, dtype: number, dims: number[], raw: Uint8Array): string {
-    this.#inits.push({ name, dtype, dims, raw });
     this.initBytes += raw.length;
+    const e = this.#ext;
+    if (e && raw.length >= e.threshold) {
+      const offset = Math.ceil(e.size / 4096) * 4096;
+      const writeAll = (b: Uint8Array) => {
+        let o = 0;
+        while (o < b.length) o += e.file.writeSync(b.subarray(o));
+      };
+      if (offset > e.size) writeAll(new Uint8Array(offset - e.size));
+      writeAll(raw);
+      e.size = offset + raw.length;
+      this.#inits.push({
+        name,
+        dtype,
+        dims,
+        raw: new Uint8Array(0),
+        ext: { offset, length: raw.length },
+      });
+      return name;
+    }
+    this.#inits.push({ name, dtype, dims, raw });
     return name;
   }
 
@@ -219,7 +276,17 @@ export class OnnxGraph {
           for (const d of t.dims) fInt(tb, 1, d);
           fInt(tb, 2, t.dtype);
           fStr(tb, 8, t.name);
-          fBytes(tb, 9, t.raw);
+          if (t.ext) {
+            const entry = (k: string, v: string) =>
+              sub(tb, 13, (kv) => {
+                fStr(kv, 1, k);
+                fStr(kv, 2, v);
+              });
+            entry("location", this.#extLocation);
+            entry("offset", String(t.ext.offset));
+            entry("length", String(t.ext.length));
+            fInt(tb, 14, 1); // DataLocation.EXTERNAL
+          } else fBytes(tb, 9, t.raw);
         });
       }
       const io = (field: number, v: IoRec) =>

@@ -157,6 +157,11 @@ export interface ExportOptions {
   nonGrid?: "refuse" | "dequantize";
   /** Replace an existing `dir` (default false: an existing `dir` is an OptionError). */
   overwrite?: boolean;
+  /**
+   * ONNX: stream weights to `onnx/model.onnx_data` (default: only when the weights would pass
+   * protobuf's 2 GiB limit). See `onnx_export.ts`.
+   */
+  externalData?: boolean;
 }
 
 /** One exported tensor in the report. */

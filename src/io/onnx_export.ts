@@ -34,8 +34,11 @@
  * not used). Every other linear layer is a float32 MatMul of its (fake-quant) weight, listed in
  * the report.
  *
- * Limits: the whole model is built in memory and written as one protobuf without external data,
- * so models above 2 GiB of weights are refused (stories-size research models fit).
+ * Weights go inline into `model.onnx` unless `externalData` is true (default: true when the
+ * config's float32 weight bytes exceed protobuf's 2 GiB limit): then every initializer of 1 KiB
+ * or more is streamed to `onnx/model.onnx_data` as it is made (one source tensor in memory at a
+ * time) and `config.json` tells transformers.js `use_external_data_format: true`. Inline weights
+ * past 2 GiB are refused.
  * @module
  */
 import { FormatError, OptionError, UnsupportedError } from "../errors.ts";
@@ -308,233 +311,250 @@ export async function exportOnnx(
   const V = cfg.vocabSize, L = cfg.numLayers;
   const report: ExportedTensor[] = [];
   const notes: string[] = [];
-  const g = new OnnxGraph();
-  const get = async (n: string, shape: number[]): Promise<Tensor> => {
-    const t = await model.weights.get(n);
-    model.weights.evict?.([n]);
-    if (t.data.length !== shape.reduce((a, b) => a * b, 1)) {
-      throw new FormatError(
-        model.source,
-        `tensor "${n}" has shape [${t.shape}], config implies [${shape}]`,
-      );
-    }
-    if (g.initBytes + t.data.byteLength > MAX_BYTES) {
-      throw new UnsupportedError(
-        `onnx export: the weights exceed protobuf's 2 GiB limit at ${n} (external data is not written yet)`,
-      );
-    }
-    return t;
-  };
-  const F = ONNX_DTYPE.FLOAT, I64 = ONNX_DTYPE.INT64;
-
-  /** y = x · Wᵀ for linear `p` ([rows, cols]): MatMulNBits from its codes, else float MatMul. */
-  const linear = async (p: string, x: string, rows: number, cols: number): Promise<string> => {
-    const meta = packed[p];
-    const W = await get(`${p}.weight`, [rows, cols]);
-    const nonGridWhy = meta ? nonGridReason(meta) : null;
-    const fitWhy = meta && !nonGridWhy ? matMulNBitsFit(meta) : null;
-    if (meta && !nonGridWhy && !fitWhy) {
-      const w = packMatMulNBits(meta);
-      const err = maxAbsDiff(unpackMatMulNBits(w), W.data);
-      const ins = [
-        g.init(`${p}.MatMulNBits.B`, ONNX_DTYPE.UINT8, [rows, w.nBlocks, w.blockSize / 2], w.B),
-        g.f32(`${p}.MatMulNBits.scales`, [rows * w.nBlocks], w.scales),
-      ];
-      if (w.zeroPoints) {
-        ins.push(
-          g.init(
-            `${p}.MatMulNBits.zero_points`,
-            ONNX_DTYPE.UINT8,
-            [w.zeroPoints.length],
-            w.zeroPoints,
-          ),
+  // Weight bytes at float32 (an upper bound: 4-bit layers take about 1/7 of it).
+  const params = V * D * (cfg.tieWordEmbeddings ? 1 : 2) + D +
+    L * (2 * D + D * (H + 2 * KV) * hd + H * hd * D + 3 * D * cfg.intermediateSize);
+  const external = options.externalData ?? params * 4 > MAX_BYTES;
+  if (typeof external !== "boolean") {
+    throw new OptionError("externalData", `must be true or false, got ${external}`);
+  }
+  const tmp = `${dir}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  await Deno.mkdir(`${tmp}/onnx`, { recursive: true });
+  const g = new OnnxGraph(
+    external
+      ? { external: { path: `${tmp}/onnx/model.onnx_data`, location: "model.onnx_data" } }
+      : {},
+  );
+  try {
+    const get = async (n: string, shape: number[]): Promise<Tensor> => {
+      const t = await model.weights.get(n);
+      model.weights.evict?.([n]);
+      if (t.data.length !== shape.reduce((a, b) => a * b, 1)) {
+        throw new FormatError(
+          model.source,
+          `tensor "${n}" has shape [${t.shape}], config implies [${shape}]`,
         );
+      }
+      if (g.inlineBytes + t.data.byteLength > MAX_BYTES) {
+        throw new UnsupportedError(
+          `onnx export: the weights exceed protobuf's 2 GiB limit at ${n}; pass externalData: true`,
+        );
+      }
+      return t;
+    };
+    const F = ONNX_DTYPE.FLOAT, I64 = ONNX_DTYPE.INT64;
+
+    /** y = x · Wᵀ for linear `p` ([rows, cols]): MatMulNBits from its codes, else float MatMul. */
+    const linear = async (p: string, x: string, rows: number, cols: number): Promise<string> => {
+      const meta = packed[p];
+      const W = await get(`${p}.weight`, [rows, cols]);
+      const nonGridWhy = meta ? nonGridReason(meta) : null;
+      const fitWhy = meta && !nonGridWhy ? matMulNBitsFit(meta) : null;
+      if (meta && !nonGridWhy && !fitWhy) {
+        const w = packMatMulNBits(meta);
+        const err = maxAbsDiff(unpackMatMulNBits(w), W.data);
+        const ins = [
+          g.init(`${p}.MatMulNBits.B`, ONNX_DTYPE.UINT8, [rows, w.nBlocks, w.blockSize / 2], w.B),
+          g.f32(`${p}.MatMulNBits.scales`, [rows * w.nBlocks], w.scales),
+        ];
+        if (w.zeroPoints) {
+          ins.push(
+            g.init(
+              `${p}.MatMulNBits.zero_points`,
+              ONNX_DTYPE.UINT8,
+              [w.zeroPoints.length],
+              w.zeroPoints,
+            ),
+          );
+        }
+        const rec: ExportedTensor = {
+          name: `${p}.weight`,
+          gguf: `${p}.MatMulNBits.B`,
+          type: `MatMulNBits-4bit-b${w.blockSize}${w.zeroPoints ? "-zp" : ""}${
+            w.perm ? "-actorder" : ""
+          }`,
+          how: "codes",
+          maxAbsErr: err,
+        };
+        let xin = x;
+        if (w.perm) {
+          const perm = g.init(
+            `${p}.MatMulNBits.perm`,
+            I64,
+            [cols],
+            new Uint8Array(BigInt64Array.from(w.perm, (v) => BigInt(v)).buffer),
+          );
+          xin = g.node("Gather", [x, perm], { attrs: { axis: -1 } });
+          rec.note = "act-order: the input columns are gathered in g_idx's group order first";
+        }
+        report.push(rec);
+        return g.node("MatMulNBits", [xin, ...ins], {
+          domain: "com.microsoft",
+          attrs: { K: cols, N: rows, bits: 4, block_size: w.blockSize },
+        });
       }
       const rec: ExportedTensor = {
         name: `${p}.weight`,
-        gguf: `${p}.MatMulNBits.B`,
-        type: `MatMulNBits-4bit-b${w.blockSize}${w.zeroPoints ? "-zp" : ""}${
-          w.perm ? "-actorder" : ""
-        }`,
-        how: "codes",
-        maxAbsErr: err,
+        gguf: `${p}.weight.T`,
+        type: "F32",
+        how: meta ? "dequantized" : "float",
+        maxAbsErr: 0,
       };
-      let xin = x;
-      if (w.perm) {
-        const perm = g.init(
-          `${p}.MatMulNBits.perm`,
-          I64,
-          [cols],
-          new Uint8Array(BigInt64Array.from(w.perm, (v) => BigInt(v)).buffer),
-        );
-        xin = g.node("Gather", [x, perm], { attrs: { axis: -1 } });
-        rec.note = "act-order: the input columns are gathered in g_idx's group order first";
+      if (meta) {
+        rec.note = `${meta.method} ${meta.bits}-bit g${meta.groupSize}: ${
+          nonGridWhy ?? fitWhy
+        }; its fake-quant weight is a float32 MatMul`;
+        notes.push(`${p}: ${rec.note}`);
       }
       report.push(rec);
-      return g.node("MatMulNBits", [xin, ...ins], {
-        domain: "com.microsoft",
-        attrs: { K: cols, N: rows, bits: 4, block_size: w.blockSize },
-      });
-    }
-    const rec: ExportedTensor = {
-      name: `${p}.weight`,
-      gguf: `${p}.weight.T`,
-      type: "F32",
-      how: meta ? "dequantized" : "float",
-      maxAbsErr: 0,
+      const Wt = g.f32(`${p}.weight.T`, [cols, rows], transpose(W.data, rows, cols));
+      return g.node("MatMul", [x, Wt]);
     };
-    if (meta) {
-      rec.note = `${meta.method} ${meta.bits}-bit g${meta.groupSize}: ${
-        nonGridWhy ?? fitWhy
-      }; its fake-quant weight is a float32 MatMul`;
-      notes.push(`${p}: ${rec.note}`);
-    }
-    report.push(rec);
-    const Wt = g.f32(`${p}.weight.T`, [cols, rows], transpose(W.data, rows, cols));
-    return g.node("MatMul", [x, Wt]);
-  };
-  const rmsNorm = async (n: string, x: string): Promise<string> => {
-    const w = await get(n, [D]);
-    report.push({ name: n, gguf: n, type: "F32", how: "float", maxAbsErr: 0 });
-    const ms = g.node("ReduceMean", [g.node("Mul", [x, x])], {
-      attrs: { axes: [-1], keepdims: 1 },
-    });
-    const inv = g.node("Reciprocal", [
-      g.node("Sqrt", [g.node("Add", [ms, g.scalar(cfg.normEps)])]),
-    ]);
-    return g.node("Mul", [g.node("Mul", [x, inv]), g.f32(n, [D], w.data)]);
-  };
-
-  // Inputs.
-  const ids = g.input("input_ids", I64, ["batch_size", "sequence_length"]);
-  const mask = g.input("attention_mask", I64, ["batch_size", "total_sequence_length"]);
-  const pos = g.input("position_ids", I64, ["batch_size", "sequence_length"]);
-  for (let l = 0; l < L; l++) {
-    for (const kv of ["key", "value"]) {
-      g.input(`past_key_values.${l}.${kv}`, F, ["batch_size", KV, "past_sequence_length", hd]);
-    }
-  }
-  // Embedding (kept as [V, D] for Gather; the tied head transposes it in the graph).
-  const E = await get("model.embed_tokens.weight", [V, D]);
-  report.push({
-    name: "model.embed_tokens.weight",
-    gguf: "model.embed_tokens.weight",
-    type: "F32",
-    how: "float",
-    maxAbsErr: 0,
-  });
-  const embed = g.f32("model.embed_tokens.weight", [V, D], E.data);
-  let x = g.node("Gather", [embed, ids], { attrs: { axis: 0 } });
-
-  // RoPE tables [B, 1, S, hd]: angle = position · inv_freq in float32, duplicated (rotate-half).
-  const half = hd / 2;
-  const inv = new Float32Array(half);
-  for (let i = 0; i < half; i++) inv[i] = 1 / cfg.ropeTheta ** ((2 * i) / hd);
-  const posF = g.node("Cast", [pos], { attrs: { to: F } });
-  const ang = g.node("Mul", [
-    g.node("Unsqueeze", [posF, g.i64([-1])]),
-    g.f32("rope.inv_freq", [half], inv),
-  ]);
-  const emb = g.node("Concat", [ang, ang], { attrs: { axis: -1 } });
-  const cos = g.node("Unsqueeze", [g.node("Cos", [emb]), g.i64([1])]);
-  const sin = g.node("Unsqueeze", [g.node("Sin", [emb]), g.i64([1])]);
-  const rope = (t: string) => {
-    const t1 = g.node("Slice", [t, g.i64([0]), g.i64([half]), g.i64([3])]);
-    const t2 = g.node("Slice", [t, g.i64([half]), g.i64([hd]), g.i64([3])]);
-    const rot = g.node("Concat", [g.node("Neg", [t2]), t1], { attrs: { axis: 3 } });
-    return g.node("Add", [g.node("Mul", [t, cos]), g.node("Mul", [rot, sin])]);
-  };
-
-  // Mask [B, 1, S, T]: key j visible to query s when j ≤ past + s and attention_mask[b, j] = 1.
-  const pastLen = g.node("Shape", ["past_key_values.0.key"], { attrs: { start: 2, end: 3 } });
-  const seqLen = g.node("Shape", [ids], { attrs: { start: 1, end: 2 } });
-  const total = g.node("Add", [pastLen, seqLen]);
-  const sq = (t: string) => g.node("Squeeze", [t, g.i64([0])]);
-  const one = g.i64([1], true), zero = g.i64([0], true);
-  const qPos = g.node("Range", [sq(pastLen), sq(total), one]);
-  const kPos = g.node("Range", [zero, sq(total), one]);
-  const causal = g.node("LessOrEqual", [
-    g.node("Unsqueeze", [kPos, g.i64([0])]),
-    g.node("Unsqueeze", [qPos, g.i64([1])]),
-  ]);
-  const pad = g.node("Cast", [g.node("Unsqueeze", [mask, g.i64([1, 2])])], {
-    attrs: { to: ONNX_DTYPE.BOOL },
-  });
-  const allowed = g.node("And", [causal, pad]);
-  const negMin = g.scalar(-3.4028234663852886e38);
-  const rep = H / KV;
-
-  for (let l = 0; l < L; l++) {
-    const pre = `model.layers.${l}`;
-    const h = await rmsNorm(`${pre}.input_layernorm.weight`, x);
-    const heads = (t: string, n: number) =>
-      g.node("Transpose", [g.node("Reshape", [t, g.i64([0, 0, n, hd])])], {
-        attrs: { perm: [0, 2, 1, 3] },
+    const rmsNorm = async (n: string, x: string): Promise<string> => {
+      const w = await get(n, [D]);
+      report.push({ name: n, gguf: n, type: "F32", how: "float", maxAbsErr: 0 });
+      const ms = g.node("ReduceMean", [g.node("Mul", [x, x])], {
+        attrs: { axes: [-1], keepdims: 1 },
       });
-    const q = rope(heads(await linear(`${pre}.self_attn.q_proj`, h, H * hd, D), H));
-    const k = rope(heads(await linear(`${pre}.self_attn.k_proj`, h, KV * hd, D), KV));
-    const v = heads(await linear(`${pre}.self_attn.v_proj`, h, KV * hd, D), KV);
-    const kAll = g.node("Concat", [`past_key_values.${l}.key`, k], {
-      attrs: { axis: 2 },
-      outputs: [`present.${l}.key`],
-    });
-    const vAll = g.node("Concat", [`past_key_values.${l}.value`, v], {
-      attrs: { axis: 2 },
-      outputs: [`present.${l}.value`],
-    });
-    const repeat = (t: string) =>
-      rep === 1 ? t : g.node("Reshape", [
-        g.node("Expand", [g.node("Unsqueeze", [t, g.i64([2])]), g.i64([1, 1, rep, 1, 1])]),
-        g.i64([0, H, -1, hd]),
+      const inv = g.node("Reciprocal", [
+        g.node("Sqrt", [g.node("Add", [ms, g.scalar(cfg.normEps)])]),
       ]);
-    const kT = g.node("Transpose", [repeat(kAll)], { attrs: { perm: [0, 1, 3, 2] } });
-    const scores = g.node("Mul", [g.node("MatMul", [q, kT]), g.scalar(1 / Math.sqrt(hd))]);
-    const probs = g.node("Softmax", [g.node("Where", [allowed, scores, negMin])], {
-      attrs: { axis: -1 },
-    });
-    const ctxv = g.node("MatMul", [probs, repeat(vAll)]);
-    const merged = g.node("Reshape", [
-      g.node("Transpose", [ctxv], { attrs: { perm: [0, 2, 1, 3] } }),
-      g.i64([0, 0, H * hd]),
-    ]);
-    x = g.node("Add", [x, await linear(`${pre}.self_attn.o_proj`, merged, D, H * hd)]);
-    const h2 = await rmsNorm(`${pre}.post_attention_layernorm.weight`, x);
-    const I = cfg.intermediateSize;
-    const gate = await linear(`${pre}.mlp.gate_proj`, h2, I, D);
-    const up = await linear(`${pre}.mlp.up_proj`, h2, I, D);
-    const act = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate])]), up]);
-    x = g.node("Add", [x, await linear(`${pre}.mlp.down_proj`, act, D, I)]);
-  }
-  const hN = await rmsNorm("model.norm.weight", x);
-  if (names.has("lm_head.weight")) {
-    // As quantlab's head: an lm_head tensor when the model has one, else the tied embedding.
-    g.node("Identity", [await linear("lm_head", hN, V, D)], { outputs: ["logits"] });
-  } else {
-    const Et = g.node("Transpose", [embed], { attrs: { perm: [1, 0] } });
-    g.node("MatMul", [hN, Et], { outputs: ["logits"] });
-  }
-  g.output("logits", F, ["batch_size", "sequence_length", V]);
-  for (let l = 0; l < L; l++) {
-    for (const kv of ["key", "value"]) {
-      g.output(`present.${l}.${kv}`, F, ["batch_size", KV, "total_sequence_length", hd]);
-    }
-  }
-  const nbits = report.filter((t) => t.type.startsWith("MatMulNBits"));
-  notes.push(
-    `${nbits.length} linear layers as MatMulNBits (4-bit), ${
-      report.filter((t) => t.how === "dequantized").length
-    } quantized layers as float32 MatMul`,
-  );
+      return g.node("Mul", [g.node("Mul", [x, inv]), g.f32(n, [D], w.data)]);
+    };
 
-  const tmp = `${dir}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-  await Deno.mkdir(`${tmp}/onnx`, { recursive: true });
-  try {
+    // Inputs.
+    const ids = g.input("input_ids", I64, ["batch_size", "sequence_length"]);
+    const mask = g.input("attention_mask", I64, ["batch_size", "total_sequence_length"]);
+    const pos = g.input("position_ids", I64, ["batch_size", "sequence_length"]);
+    for (let l = 0; l < L; l++) {
+      for (const kv of ["key", "value"]) {
+        g.input(`past_key_values.${l}.${kv}`, F, ["batch_size", KV, "past_sequence_length", hd]);
+      }
+    }
+    // Embedding (kept as [V, D] for Gather; the tied head transposes it in the graph).
+    const E = await get("model.embed_tokens.weight", [V, D]);
+    report.push({
+      name: "model.embed_tokens.weight",
+      gguf: "model.embed_tokens.weight",
+      type: "F32",
+      how: "float",
+      maxAbsErr: 0,
+    });
+    const embed = g.f32("model.embed_tokens.weight", [V, D], E.data);
+    let x = g.node("Gather", [embed, ids], { attrs: { axis: 0 } });
+
+    // RoPE tables [B, 1, S, hd]: angle = position · inv_freq in float32, duplicated (rotate-half).
+    const half = hd / 2;
+    const inv = new Float32Array(half);
+    for (let i = 0; i < half; i++) inv[i] = 1 / cfg.ropeTheta ** ((2 * i) / hd);
+    const posF = g.node("Cast", [pos], { attrs: { to: F } });
+    const ang = g.node("Mul", [
+      g.node("Unsqueeze", [posF, g.i64([-1])]),
+      g.f32("rope.inv_freq", [half], inv),
+    ]);
+    const emb = g.node("Concat", [ang, ang], { attrs: { axis: -1 } });
+    const cos = g.node("Unsqueeze", [g.node("Cos", [emb]), g.i64([1])]);
+    const sin = g.node("Unsqueeze", [g.node("Sin", [emb]), g.i64([1])]);
+    const rope = (t: string) => {
+      const t1 = g.node("Slice", [t, g.i64([0]), g.i64([half]), g.i64([3])]);
+      const t2 = g.node("Slice", [t, g.i64([half]), g.i64([hd]), g.i64([3])]);
+      const rot = g.node("Concat", [g.node("Neg", [t2]), t1], { attrs: { axis: 3 } });
+      return g.node("Add", [g.node("Mul", [t, cos]), g.node("Mul", [rot, sin])]);
+    };
+
+    // Mask [B, 1, S, T]: key j visible to query s when j ≤ past + s and attention_mask[b, j] = 1.
+    const pastLen = g.node("Shape", ["past_key_values.0.key"], { attrs: { start: 2, end: 3 } });
+    const seqLen = g.node("Shape", [ids], { attrs: { start: 1, end: 2 } });
+    const total = g.node("Add", [pastLen, seqLen]);
+    const sq = (t: string) => g.node("Squeeze", [t, g.i64([0])]);
+    const one = g.i64([1], true), zero = g.i64([0], true);
+    const qPos = g.node("Range", [sq(pastLen), sq(total), one]);
+    const kPos = g.node("Range", [zero, sq(total), one]);
+    const causal = g.node("LessOrEqual", [
+      g.node("Unsqueeze", [kPos, g.i64([0])]),
+      g.node("Unsqueeze", [qPos, g.i64([1])]),
+    ]);
+    const pad = g.node("Cast", [g.node("Unsqueeze", [mask, g.i64([1, 2])])], {
+      attrs: { to: ONNX_DTYPE.BOOL },
+    });
+    const allowed = g.node("And", [causal, pad]);
+    const negMin = g.scalar(-3.4028234663852886e38);
+    const rep = H / KV;
+
+    for (let l = 0; l < L; l++) {
+      const pre = `model.layers.${l}`;
+      const h = await rmsNorm(`${pre}.input_layernorm.weight`, x);
+      const heads = (t: string, n: number) =>
+        g.node("Transpose", [g.node("Reshape", [t, g.i64([0, 0, n, hd])])], {
+          attrs: { perm: [0, 2, 1, 3] },
+        });
+      const q = rope(heads(await linear(`${pre}.self_attn.q_proj`, h, H * hd, D), H));
+      const k = rope(heads(await linear(`${pre}.self_attn.k_proj`, h, KV * hd, D), KV));
+      const v = heads(await linear(`${pre}.self_attn.v_proj`, h, KV * hd, D), KV);
+      const kAll = g.node("Concat", [`past_key_values.${l}.key`, k], {
+        attrs: { axis: 2 },
+        outputs: [`present.${l}.key`],
+      });
+      const vAll = g.node("Concat", [`past_key_values.${l}.value`, v], {
+        attrs: { axis: 2 },
+        outputs: [`present.${l}.value`],
+      });
+      const repeat = (t: string) =>
+        rep === 1 ? t : g.node("Reshape", [
+          g.node("Expand", [g.node("Unsqueeze", [t, g.i64([2])]), g.i64([1, 1, rep, 1, 1])]),
+          g.i64([0, H, -1, hd]),
+        ]);
+      const kT = g.node("Transpose", [repeat(kAll)], { attrs: { perm: [0, 1, 3, 2] } });
+      const scores = g.node("Mul", [g.node("MatMul", [q, kT]), g.scalar(1 / Math.sqrt(hd))]);
+      const probs = g.node("Softmax", [g.node("Where", [allowed, scores, negMin])], {
+        attrs: { axis: -1 },
+      });
+      const ctxv = g.node("MatMul", [probs, repeat(vAll)]);
+      const merged = g.node("Reshape", [
+        g.node("Transpose", [ctxv], { attrs: { perm: [0, 2, 1, 3] } }),
+        g.i64([0, 0, H * hd]),
+      ]);
+      x = g.node("Add", [x, await linear(`${pre}.self_attn.o_proj`, merged, D, H * hd)]);
+      const h2 = await rmsNorm(`${pre}.post_attention_layernorm.weight`, x);
+      const I = cfg.intermediateSize;
+      const gate = await linear(`${pre}.mlp.gate_proj`, h2, I, D);
+      const up = await linear(`${pre}.mlp.up_proj`, h2, I, D);
+      const act = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate])]), up]);
+      x = g.node("Add", [x, await linear(`${pre}.mlp.down_proj`, act, D, I)]);
+    }
+    const hN = await rmsNorm("model.norm.weight", x);
+    if (names.has("lm_head.weight")) {
+      // As quantlab's head: an lm_head tensor when the model has one, else the tied embedding.
+      g.node("Identity", [await linear("lm_head", hN, V, D)], { outputs: ["logits"] });
+    } else {
+      const Et = g.node("Transpose", [embed], { attrs: { perm: [1, 0] } });
+      g.node("MatMul", [hN, Et], { outputs: ["logits"] });
+    }
+    g.output("logits", F, ["batch_size", "sequence_length", V]);
+    for (let l = 0; l < L; l++) {
+      for (const kv of ["key", "value"]) {
+        g.output(`present.${l}.${kv}`, F, ["batch_size", KV, "total_sequence_length", hd]);
+      }
+    }
+    const nbits = report.filter((t) => t.type.startsWith("MatMulNBits"));
+    notes.push(
+      `${nbits.length} linear layers as MatMulNBits (4-bit), ${
+        report.filter((t) => t.how === "dequantized").length
+      } quantized layers as float32 MatMul`,
+    );
+
+    g.close();
     await Deno.writeFile(`${tmp}/onnx/model.onnx`, g.encode());
     const { llamaConfigJson } = await import("./export.ts");
     await Deno.writeTextFile(
       `${tmp}/config.json`,
       JSON.stringify(
-        { ...llamaConfigJson(cfg), "transformers.js_config": { dtype: "fp32" } },
+        {
+          ...llamaConfigJson(cfg),
+          "transformers.js_config": external
+            ? { dtype: "fp32", use_external_data_format: true }
+            : { dtype: "fp32" },
+        },
         null,
         2,
       ),
@@ -544,6 +564,7 @@ export async function exportOnnx(
       JSON.stringify({ bos_token_id: cfg.bosTokenId, eos_token_id: cfg.eosTokenId }, null, 2),
     );
     const files = ["onnx/model.onnx", "config.json", "generation_config.json"];
+    if (external) files.splice(1, 0, "onnx/model.onnx_data");
     if (tokBin) {
       const tokBytes = await Deno.readFile(tokBin);
       await writeTokenizerJson(tmp, tokenizerJsonFromLlama2c(tokBytes, { file: tokBin }), {
@@ -574,6 +595,7 @@ export async function exportOnnx(
     }
     return out;
   } catch (e) {
+    g.close();
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw e;
   }

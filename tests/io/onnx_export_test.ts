@@ -342,13 +342,13 @@ Deno.test("stories260K 4-bit g32 (RTN/GPTQ, sym/asym) in onnxruntime: logits wit
   }
 });
 
-Deno.test("transformers.js text-generation from the exported folder gives quantlab's greedy text", async () => {
+Deno.test("transformers.js text-generation from the exported folder (inline and external data) gives quantlab's greedy text", async () => {
   const tf = await import("@huggingface/transformers");
+  const o = await ort();
   const dir = await Deno.makeTempDir({ prefix: "quantlab_onnx_tfjs_" });
   try {
     const m = await loadModel(HF);
     const qm = await quantized(m, "rtn", false);
-    await exportModel(qm, `${dir}/model`, { format: "onnx" });
     const tok = await getTokenizer(qm);
     const prompt = "Once upon a time";
     const ids = tok.encode(prompt);
@@ -356,18 +356,36 @@ Deno.test("transformers.js text-generation from the exported folder gives quantl
     assert(want.length >= 32);
     tf.env.allowRemoteModels = false;
     tf.env.localModelPath = `${dir}/`;
-    // deno-lint-ignore no-explicit-any
-    const gen: any = await tf.pipeline("text-generation", "model", {
-      local_files_only: true, // dtype fp32 comes from config.json's transformers.js_config
-      device: "cpu",
-    } as never);
-    // The folder's tokenizer.json tokenizes as quantlab's llama2.c tokenizer does.
-    assertEquals(Array.from(gen.tokenizer.encode(prompt)), ids);
-    const r = await gen(prompt, { max_new_tokens: NEW_TOKENS, do_sample: false });
-    const text = r[0].generated_text as string;
-    assertEquals(text, tok.decode([...ids, ...want]));
-    assertStringIncludes(text, prompt);
-    await gen.dispose?.();
+    for (const externalData of [false, true]) {
+      const name = externalData ? "ext" : "inline";
+      const rep = await exportModel(qm, `${dir}/${name}`, { format: "onnx", externalData });
+      const onnxSize = (await Deno.stat(`${dir}/${name}/onnx/model.onnx`)).size;
+      if (externalData) {
+        assert(rep.files.includes("onnx/model.onnx_data"));
+        const dataSize = (await Deno.stat(`${dir}/${name}/onnx/model.onnx_data`)).size;
+        assert(onnxSize < 64 * 1024 && dataSize > 250_000, `${onnxSize} + ${dataSize}`);
+        // onnxruntime resolves the data file beside the model.
+        const s = await o.InferenceSession.create(`${dir}/${name}/onnx/model.onnx`, {
+          intraOpNumThreads: 1,
+        });
+        const lg = (await s.run(feeds(o, qm, IDS, 0, null))).logits.data;
+        assert(maxDiff(lg, (await forward(qm, IDS)).data) < 1e-3, "external data logits");
+      } else {
+        assert(!rep.files.includes("onnx/model.onnx_data") && onnxSize > 250_000);
+      }
+      // deno-lint-ignore no-explicit-any
+      const gen: any = await tf.pipeline("text-generation", name, {
+        local_files_only: true, // dtype (fp32) and external data come from config.json
+        device: "cpu",
+      } as never);
+      // The folder's tokenizer.json tokenizes as quantlab's llama2.c tokenizer does.
+      assertEquals(Array.from(gen.tokenizer.encode(prompt)), ids);
+      const r = await gen(prompt, { max_new_tokens: NEW_TOKENS, do_sample: false });
+      const text = r[0].generated_text as string;
+      assertEquals(text, tok.decode([...ids, ...want]), name);
+      assertStringIncludes(text, prompt);
+      await gen.dispose?.();
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -425,6 +443,11 @@ Deno.test("bad input: non-grid methods, grids MatMulNBits cannot hold, options, 
       OptionError,
     );
     assertEquals(eo.option, "type");
+    const ee = await assertRejects(
+      () => exportModel(m, `${dir}/x`, { format: "onnx", externalData: "yes" as never }),
+      OptionError,
+    );
+    assertEquals(ee.option, "externalData");
     const ex = await assertRejects(
       () => exportModel(m, `${dir}/q`, { format: "onnx" }),
       OptionError,
