@@ -21,12 +21,17 @@ export type OnnxDim = number | string;
 /** An attribute value: integer, float (tagged), or list of integers. */
 export type OnnxAttr = number | { f: number } | number[];
 
+/** A list of byte chunks (never copied until `bytes()`), so nesting costs no copies. */
 class Buf {
   parts: Uint8Array[] = [];
   len = 0;
   push(b: Uint8Array) {
     this.parts.push(b);
     this.len += b.length;
+  }
+  append(o: Buf) {
+    for (const p of o.parts) this.parts.push(p);
+    this.len += o.len;
   }
   bytes(): Uint8Array {
     const out = new Uint8Array(this.len);
@@ -77,7 +82,9 @@ function fFloat(b: Buf, field: number, v: number) {
 function sub(b: Buf, field: number, fill: (s: Buf) => void) {
   const s = new Buf();
   fill(s);
-  fBytes(b, field, s.bytes());
+  b.push(varint((field << 3) | 2));
+  b.push(varint(s.len));
+  b.append(s);
 }
 
 interface NodeRec {
@@ -242,6 +249,28 @@ export class OnnxGraph {
 
   /** Encodes the ModelProto (IR 8; opsets: default domain 17, com.microsoft 1). */
   encode(producer = "quantlab"): Uint8Array {
+    return this.#encode(producer).bytes();
+  }
+
+  /**
+   * Writes the ModelProto to `path` chunk by chunk: the initializers' bytes are written from
+   * where they are, never copied into one buffer. Returns the bytes written.
+   */
+  async write(path: string, producer = "quantlab"): Promise<number> {
+    const b = this.#encode(producer);
+    const f = await Deno.open(path, { write: true, create: true, truncate: true });
+    try {
+      for (const p of b.parts) {
+        let o = 0;
+        while (o < p.length) o += await f.write(p.subarray(o));
+      }
+    } finally {
+      f.close();
+    }
+    return b.len;
+  }
+
+  #encode(producer: string): Buf {
     const m = new Buf();
     fInt(m, 1, 8);
     fStr(m, 2, producer);
@@ -313,6 +342,6 @@ export class OnnxGraph {
       fStr(o, 1, "com.microsoft");
       fInt(o, 2, 1);
     });
-    return m.bytes();
+    return m;
   }
 }

@@ -544,7 +544,7 @@ export async function exportOnnx(
     );
 
     g.close();
-    await Deno.writeFile(`${tmp}/onnx/model.onnx`, g.encode());
+    await g.write(`${tmp}/onnx/model.onnx`);
     const { llamaConfigJson } = await import("./export.ts");
     await Deno.writeTextFile(
       `${tmp}/config.json`,
