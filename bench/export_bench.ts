@@ -1,7 +1,7 @@
 /**
  * Export speed and memory: a TinyLlama-1.1B-shaped synthetic checkpoint (`--layers N` blocks of
  * the real shapes, default 2, to keep this short on small machines), RTN 4-bit g32 symmetric with
- * f16 scales, then `exportModel` to GGUF (Q4_0) and to GPTQ safetensors. Prints seconds and the
+ * f16 scales, then `exportModel` to GGUF (Q4_0), to GPTQ safetensors and to ONNX (MatMulNBits). Prints seconds and the
  * peak RSS sampled every 20 ms during each export. The GGUF vocabulary is stories260K's
  * (tok512.bin) — the synthetic model has no tokenizer; it only affects the header size.
  *
@@ -36,7 +36,7 @@ try {
     `TinyLlama-shaped, ${layers} of 22 blocks (${(syn.params / 1e6).toFixed(0)}M params): ` +
       `RTN w4 g32 f16-scales ${((performance.now() - t0) / 1000).toFixed(1)} s`,
   );
-  for (const format of ["gguf", "gptq"] as const) {
+  for (const format of ["gguf", "gptq", "onnx"] as const) {
     let peak = Deno.memoryUsage().rss;
     const base = peak;
     const timer = setInterval(() => (peak = Math.max(peak, Deno.memoryUsage().rss)), 20);
@@ -45,8 +45,8 @@ try {
     const s = (performance.now() - t1) / 1000;
     clearInterval(timer);
     peak = Math.max(peak, Deno.memoryUsage().rss);
-    const file = format === "gguf" ? "model.gguf" : "model.safetensors";
-    const size = (await Deno.stat(`${root}/${format}/${file}`)).size;
+    let size = 0;
+    for (const f of rep.files) size += (await Deno.stat(`${root}/${format}/${f}`)).size;
     console.log(
       `${format}: ${s.toFixed(1)} s, ${(size / 2 ** 20).toFixed(0)} MiB written, RSS before ` +
         `${(base / 2 ** 20).toFixed(0)} MiB, peak ${(peak / 2 ** 20).toFixed(0)} MiB, ` +

@@ -29,6 +29,7 @@ import {
 import { parseLlama2cTokenizer, tokenizerJsonFromLlama2c } from "./_tokenizer_json.ts";
 import { ggufTensorName, LAYER_MAP, permuteRows, ropeRowOrder } from "./_llama_layout.ts";
 import { llamaTokenizerConfig, writeTokenizerJson } from "./tokenizer.ts";
+import { exportOnnx } from "./onnx_export.ts";
 import {
   fromGptqTensors,
   type GptqCheckpointFormat,
@@ -127,8 +128,11 @@ export type GgufExportType = "f32" | "f16" | "q8_0" | "q4_0" | "q4_1";
 
 /** Options of {@linkcode exportModel}. */
 export interface ExportOptions {
-  /** Output format: "gguf" (llama.cpp) or "gptq" (safetensors for transformers / vLLM). */
-  format: "gguf" | "gptq";
+  /**
+   * Output format: "gguf" (llama.cpp), "gptq" (safetensors for transformers / vLLM) or "onnx"
+   * (onnxruntime / transformers.js, 4-bit grids as MatMulNBits: see `onnx_export.ts`).
+   */
+  format: "gguf" | "gptq" | "onnx";
   /**
    * GPTQ zero-point convention: "gptq" (v1, default: stores zero − 1, what transformers and vLLM
    * read) or "gptq_v2" (GPTQModel: stores zero). See `gptq_format.ts`.
@@ -153,13 +157,18 @@ export interface ExportOptions {
   nonGrid?: "refuse" | "dequantize";
   /** Replace an existing `dir` (default false: an existing `dir` is an OptionError). */
   overwrite?: boolean;
+  /**
+   * ONNX: stream weights to `onnx/model.onnx_data` (default: only when the weights would pass
+   * protobuf's 2 GiB limit). See `onnx_export.ts`.
+   */
+  externalData?: boolean;
 }
 
 /** One exported tensor in the report. */
 export interface ExportedTensor {
   /** quantlab (HF) name. */
   name: string;
-  /** GGUF name. */
+  /** GGUF name (ONNX export: the initializer name). */
   gguf: string;
   /** ggml type written ("Q4_0", ...). */
   type: string;
@@ -178,7 +187,7 @@ export interface ExportedTensor {
 /** What {@linkcode exportModel} wrote. */
 export interface ExportReport {
   /** Format. */
-  format: "gguf" | "gptq";
+  format: "gguf" | "gptq" | "onnx";
   /** The folder. */
   dir: string;
   /** Files in it. */
@@ -354,10 +363,10 @@ export async function exportModel(
   options: ExportOptions,
 ): Promise<ExportReport> {
   const format = options.format;
-  if (format !== "gguf" && format !== "gptq") {
+  if (format !== "gguf" && format !== "gptq" && format !== "onnx") {
     throw new OptionError(
       "format",
-      `must be "gguf" or "gptq" (ONNX is not built yet), got ${JSON.stringify(format)}`,
+      `must be "gguf", "gptq" or "onnx", got ${JSON.stringify(format)}`,
     );
   }
   const reqType = options.type ?? "auto";
@@ -375,6 +384,10 @@ export async function exportModel(
   const dirClean = dir.replace(/\/+$/, "");
   if (!options.overwrite && (await exists(dirClean))) {
     throw new OptionError("overwrite", `${dirClean} exists; pass overwrite: true to replace it`);
+  }
+  if (format === "onnx") {
+    const tokBin = model.tokenizerPath ? await findTokBin(model.tokenizerPath) : null;
+    return await exportOnnx(model, dirClean, { options, tokBin, nonGridReason: isNonGrid });
   }
   const cfg = model.config;
   if (

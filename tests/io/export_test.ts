@@ -180,7 +180,7 @@ Deno.test("bad input: existing folder, non-grid methods, formats, families", asy
     await assertRejects(() => Deno.stat(`${out}/marker`));
     assert((await Deno.stat(`${out}/model.gguf`)).isFile);
     const e2 = await assertRejects(
-      () => exportModel(m, `${dir}/x`, { format: "onnx" as never }),
+      () => exportModel(m, `${dir}/x`, { format: "safetensors" as never }),
       OptionError,
     );
     assertEquals(e2.option, "format");
