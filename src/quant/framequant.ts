@@ -26,7 +26,14 @@
 import { checkLayerInputs } from "./_inputs.ts";
 import type { Tensor } from "../tensor.ts";
 import { OptionError, QuantlabError } from "../errors.ts";
-import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type {
+  LayerStats,
+  QuantContext,
+  QuantFormat,
+  QuantMeta,
+  QuantResult,
+  WeightQuantizer,
+} from "./types.ts";
 import {
   type BitsAccounting,
   bitsPerWeight,
@@ -438,3 +445,10 @@ export function framequant(options: FramequantOptions): WeightQuantizer {
     quantizeWeight: (W, stats, ctx) => framequantQuantize(W, stats, { ...o, ...ctx }),
   };
 }
+
+/** FrameQuant's storage format: grid codes of the frame-domain weight, synthesized back. */
+export const framequantFormat: QuantFormat = {
+  method: "framequant",
+  dequantize: dequantizeFramequant,
+  bitsPerWeight: (meta) => framequantBitsPerWeight(meta),
+};

@@ -17,10 +17,18 @@ import { NonFiniteError, OptionError } from "../errors.ts";
 import { checkOptions as checkStrict, GPTQ_SPECS } from "./_options.ts";
 import { cpuBackend } from "../backend/cpu.ts";
 import type { Backend, GptqColumnsResult } from "../backend/backend.ts";
-import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type {
+  LayerStats,
+  QuantContext,
+  QuantFormat,
+  QuantMeta,
+  QuantResult,
+  WeightQuantizer,
+} from "./types.ts";
 import {
   bitsPerWeight,
   findParams,
+  gridFormat,
   type MseOptions,
   packCodes,
   resolveBlocksize,
@@ -553,3 +561,6 @@ export function gptq(options: GptqOptions): WeightQuantizer {
     quantizeWeight: (W, stats, ctx) => gptqQuantize(W, stats, { ...o, ...ctx }),
   };
 }
+
+/** GPTQ's storage format: the plain uniform grid (`grid.ts`), `g_idx` counted when stored. */
+export const gptqFormat: QuantFormat = gridFormat("gptq");

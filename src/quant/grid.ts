@@ -10,7 +10,7 @@
  */
 import type { Tensor } from "../tensor.ts";
 import { OptionError, QuantlabError } from "../errors.ts";
-import type { QuantMeta } from "./types.ts";
+import type { QuantFormat, QuantMeta } from "./types.ts";
 
 /** The MSE clipping search of the reference `Quantizer(mse=True)`. */
 export interface MseOptions {
@@ -362,4 +362,19 @@ export function bitsPerWeight(meta: QuantMeta, accounting: BitsAccounting = {}):
   let bpw = meta.bits + ((scaleBits + zeroBits) * paramSets) / n;
   if (meta.gIdxStored) bpw += (indexBits * cols) / n;
   return bpw;
+}
+
+/**
+ * The plain uniform-grid format: `Wq = fround(scale · (code − zero))` per (row, group), codes
+ * packed by {@linkcode packCodes}, bits by {@linkcode bitsPerWeight}. Methods whose meta is just
+ * a grid (RTN, GPTQ, GGUF imports) register it under their own name with {@linkcode gridFormat}.
+ */
+export function gridFormat(method: string): QuantFormat {
+  return {
+    method,
+    dequantize,
+    bitsPerWeight: (meta) => bitsPerWeight(meta),
+    pack: packCodes,
+    unpack: unpackCodes,
+  };
 }

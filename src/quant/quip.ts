@@ -27,7 +27,14 @@
 import { checkLayerInputs } from "./_inputs.ts";
 import type { Tensor } from "../tensor.ts";
 import { NonFiniteError, OptionError, QuantlabError } from "../errors.ts";
-import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type {
+  LayerStats,
+  QuantContext,
+  QuantFormat,
+  QuantMeta,
+  QuantResult,
+  WeightQuantizer,
+} from "./types.ts";
 import {
   findParams,
   maxqOf,
@@ -630,3 +637,10 @@ export function quip(options: QuipOptions): WeightQuantizer {
     quantizeWeight: (W, stats, ctx) => quipQuantize(W, stats, { ...options, layer: ctx?.layer }),
   };
 }
+
+/** QuIP's storage format: rotated-domain grid codes, rotations regenerated from the seed. */
+export const quipFormat: QuantFormat = {
+  method: "quip",
+  dequantize: (meta) => dequantizeQuip(meta),
+  bitsPerWeight: quipBitsPerWeight,
+};

@@ -5,7 +5,7 @@
  */
 import type { Tensor } from "../tensor.ts";
 import { OptionError } from "../errors.ts";
-import type { QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type { QuantFormat, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
 import { checkOptions as checkStrict, GRID_SPECS, type OptionSpec } from "./_options.ts";
 import { checkWeight } from "./_inputs.ts";
 
@@ -17,6 +17,7 @@ export const RTN_OPTION_SPECS: Record<string, OptionSpec> = {
 import {
   bitsPerWeight,
   findParams,
+  gridFormat,
   type MseOptions,
   packCodes,
   resolveGroupSize,
@@ -138,3 +139,6 @@ export function rtn(options: RtnOptions): WeightQuantizer {
       new Promise((resolve) => resolve(rtnQuantize(W, { ...o, layer: ctx?.layer }))),
   };
 }
+
+/** RTN's storage format: the plain uniform grid (`grid.ts`). */
+export const rtnFormat: QuantFormat = gridFormat("rtn");

@@ -27,7 +27,14 @@
 import type { Tensor } from "../tensor.ts";
 import { OptionError } from "../errors.ts";
 import { cpuBackend } from "../backend/cpu.ts";
-import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type {
+  LayerStats,
+  QuantContext,
+  QuantFormat,
+  QuantMeta,
+  QuantResult,
+  WeightQuantizer,
+} from "./types.ts";
 import { checkLayerInputs } from "./_inputs.ts";
 import { resolveBlocksize, resolvePercdamp, validateBits } from "./grid.ts";
 import {
@@ -452,3 +459,21 @@ export function spqr(options: SpqrOptions): WeightQuantizer {
     quantizeWeight: (W, stats, ctx) => spqrQuantize(W, stats, { ...o, ...ctx }),
   };
 }
+
+/** SpQR's storage format: bilevel grid statistics plus CSR outliers. */
+export const spqrFormat: QuantFormat = {
+  method: "spqr",
+  dequantize: dequantizeSpqr,
+  bitsPerWeight: (meta) => {
+    const m = meta as SpqrMeta;
+    return spqrAverageBits({
+      wbits: m.bits,
+      qqScaleBits: m.qqScaleBits,
+      qqZeroBits: m.qqZeroBits,
+      groupSize: m.groupSize,
+      qqGroupSize: m.qqGroupSize,
+      roundZero: m.roundZero,
+      outlierShare: m.outlierShare,
+    });
+  },
+};
