@@ -19,6 +19,7 @@ import { quipFormat } from "./quip.ts";
 import { spqrFormat } from "./spqr.ts";
 import { oaFormat } from "./oa.ts";
 import { bcqFormat } from "./bcq.ts";
+import { absmaxFormat } from "./absmax.ts";
 
 /** Every storage format this library decodes, by `meta.method`. */
 export const FORMATS: Readonly<Record<string, QuantFormat>> = Object.fromEntries(
@@ -32,6 +33,7 @@ export const FORMATS: Readonly<Record<string, QuantFormat>> = Object.fromEntries
     oaFormat,
     bcqFormat,
     gridFormat("gguf"),
+    absmaxFormat,
   ].map((f) => [f.method, f]),
 );
 
