@@ -20,9 +20,9 @@ import {
   gridFormat,
   type MseOptions,
   packCodes,
+  quantizeCode,
   resolveGroupSize,
   resolveMse,
-  roundHalfEven,
   validateBits,
 } from "./grid.ts";
 
@@ -91,13 +91,12 @@ export function rtnQuantize(W: Tensor, options: RtnOptions & { layer?: string })
     const c0 = gs > 0 ? g * gs : 0, c1 = gs > 0 ? Math.min(c0 + gs, cols) : cols;
     const p = findParams(W, { ...o, colStart: c0, colEnd: c1 });
     for (let r = 0; r < rows; r++) {
-      const s = p.scale[r], z = p.zero[r];
+      const s = p.scale[r], z = p.zero[r], grid = { scale: s, zero: z, maxq: p.maxq };
       scales[r * ngroups + g] = s;
       zeros[r * ngroups + g] = z;
       for (let j = c0; j < c1; j++) {
         const i = r * cols + j, x = W.data[i];
-        const t = roundHalfEven(Math.fround(x / s)) + z;
-        const c = t >= 0 ? (t <= p.maxq ? t : p.maxq) : 0;
+        const c = quantizeCode(x, grid);
         codes[i] = c;
         out[i] = s * (c - z);
         const d = x - out[i];
