@@ -39,6 +39,7 @@ import type { Tensor } from "../tensor.ts";
 import { OptionError, QuantlabError } from "../errors.ts";
 import { checkOptions as checkStrict, GPTQ_SPECS, MAX_ITERS, type OptionSpec } from "./_options.ts";
 import { cpuBackend } from "../backend/cpu.ts";
+import { actOrderPermutation } from "./_hessian.ts";
 import type { Backend } from "../backend/backend.ts";
 import type {
   LayerStats,
@@ -550,9 +551,7 @@ export async function quanteaseQuantize(
   if (o.actOrder) {
     const diag = new Float64Array(cols);
     for (let i = 0; i < cols; i++) diag[i] = H[i * cols + i];
-    perm = Int32Array.from(
-      Array.from({ length: cols }, (_, i) => i).sort((a, b) => diag[b] - diag[a]),
-    );
+    perm = actOrderPermutation(diag);
     T = gatherCols(W.data, rows, cols, perm);
     const Hp = new Float64Array(cols * cols);
     for (let i = 0; i < cols; i++) {

@@ -27,6 +27,7 @@
 import type { Tensor } from "../tensor.ts";
 import { OptionError } from "../errors.ts";
 import { cpuBackend } from "../backend/cpu.ts";
+import { actOrderPermutation } from "./_hessian.ts";
 import type {
   LayerStats,
   QuantContext,
@@ -291,7 +292,7 @@ export async function spqrQuantize(
   const diag0 = new Float64Array(cols);
   for (let i = 0; i < cols; i++) diag0[i] = H0[i * cols + i];
   const perm = o.permutationOrder === "act_order"
-    ? Int32Array.from(Array.from({ length: cols }, (_, i) => i).sort((a, b) => diag0[b] - diag0[a]))
+    ? actOrderPermutation(diag0)
     : Int32Array.from({ length: cols }, (_, i) => i);
   const Wc = new Float32Array(rows * cols);
   const H = new Float64Array(cols * cols);
