@@ -27,14 +27,8 @@ import { checkLayerInputs } from "./_inputs.ts";
 import type { Tensor } from "../tensor.ts";
 import { OptionError, QuantlabError } from "../errors.ts";
 import { packBits, unpackBits } from "../bitstream.ts";
-import type {
-  LayerStats,
-  QuantContext,
-  QuantFormat,
-  QuantMeta,
-  QuantResult,
-  WeightQuantizer,
-} from "./types.ts";
+import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type { QuantFormat } from "./types.ts";
 import {
   type BitsAccounting,
   bitsPerWeight,

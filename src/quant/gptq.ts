@@ -26,14 +26,8 @@ import { NonFiniteError, OptionError } from "../errors.ts";
 import { checkOptions as checkStrict, GPTQ_SPECS } from "./_options.ts";
 import { cpuBackend } from "../backend/cpu.ts";
 import type { Backend, GptqColumnsResult } from "../backend/backend.ts";
-import type {
-  LayerStats,
-  QuantContext,
-  QuantFormat,
-  QuantMeta,
-  QuantResult,
-  WeightQuantizer,
-} from "./types.ts";
+import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type { QuantFormat } from "./types.ts";
 import {
   bitsPerWeight,
   findParams,

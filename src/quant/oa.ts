@@ -24,14 +24,8 @@
 import type { Tensor } from "../tensor.ts";
 import { OptionError, QuantlabError } from "../errors.ts";
 import { cpuBackend } from "../backend/cpu.ts";
-import type {
-  LayerStats,
-  QuantContext,
-  QuantFormat,
-  QuantMeta,
-  QuantResult,
-  WeightQuantizer,
-} from "./types.ts";
+import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type { QuantFormat } from "./types.ts";
 import { checkLayerInputs } from "./_inputs.ts";
 import { resolvePercdamp, validateBits } from "./grid.ts";
 import { NonFiniteError } from "../errors.ts";

@@ -41,14 +41,8 @@ import { checkOptions as checkStrict, GPTQ_SPECS, MAX_ITERS, type OptionSpec } f
 import { cpuBackend } from "../backend/cpu.ts";
 import { actOrderPermutation } from "./_hessian.ts";
 import type { Backend } from "../backend/backend.ts";
-import type {
-  LayerStats,
-  QuantContext,
-  QuantFormat,
-  QuantMeta,
-  QuantResult,
-  WeightQuantizer,
-} from "./types.ts";
+import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type { QuantFormat } from "./types.ts";
 import {
   bitsPerWeight,
   dequantize,

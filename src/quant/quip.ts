@@ -27,14 +27,8 @@
 import { checkLayerInputs } from "./_inputs.ts";
 import type { Tensor } from "../tensor.ts";
 import { NonFiniteError, OptionError, QuantlabError } from "../errors.ts";
-import type {
-  LayerStats,
-  QuantContext,
-  QuantFormat,
-  QuantMeta,
-  QuantResult,
-  WeightQuantizer,
-} from "./types.ts";
+import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type { QuantFormat } from "./types.ts";
 import {
   findGridParams,
   maxqOf,

@@ -28,14 +28,8 @@ import type { Tensor } from "../tensor.ts";
 import { OptionError } from "../errors.ts";
 import { cpuBackend } from "../backend/cpu.ts";
 import { actOrderPermutation } from "./_hessian.ts";
-import type {
-  LayerStats,
-  QuantContext,
-  QuantFormat,
-  QuantMeta,
-  QuantResult,
-  WeightQuantizer,
-} from "./types.ts";
+import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type { QuantFormat } from "./types.ts";
 import { checkLayerInputs } from "./_inputs.ts";
 import { resolveBlocksize, resolvePercdamp, validateBits } from "./grid.ts";
 import {

@@ -4,15 +4,7 @@
  * permuted columns, and the stopwatch's laps.
  */
 import { assert, assertEquals } from "@std/assert";
-import {
-  actOrderPermutation,
-  dampening,
-  deadInputs,
-  permuteColumns,
-  processedHessian,
-  stopwatch,
-  zeroDeadColumns,
-} from "../../src/quant/_hessian.ts";
+import * as hx from "../../src/quant/_hessian.ts";
 
 // A 4×4 H with a dead input (column 1) and a tie on the diagonal (columns 0 and 3).
 const H0 = Float32Array.from([
@@ -23,15 +15,15 @@ const H0 = Float32Array.from([
 ].flat());
 
 Deno.test("hessian: dead inputs, stable act-order, damping, processed H and W", () => {
-  const { diag, dead } = deadInputs(H0, 4);
+  const { diag, dead } = hx.deadInputs(H0, 4);
   assertEquals(Array.from(diag), [2, 1, 5, 2]);
   assertEquals(dead, [1]);
   // Descending diag; the tie 0/3 keeps its original order.
-  const perm = actOrderPermutation(diag);
+  const perm = hx.actOrderPermutation(diag);
   assertEquals(Array.from(perm), [2, 0, 3, 1]);
-  assertEquals(dampening(diag, { percdamp: 0.1, perm }), (0.1 * (5 + 2 + 2 + 1)) / 4);
+  assertEquals(hx.dampening(diag, { percdamp: 0.1, perm }), (0.1 * (5 + 2 + 2 + 1)) / 4);
   const damp = 0.25;
-  const H = processedHessian(H0, { diag, damp, perm });
+  const H = hx.processedHessian(H0, { diag, damp, perm });
   for (let i = 0; i < 4; i++) {
     for (let j = 0; j < 4; j++) {
       const want = i === j ? diag[perm[i]] + damp : H0[perm[i] * 4 + perm[j]];
@@ -39,10 +31,10 @@ Deno.test("hessian: dead inputs, stable act-order, damping, processed H and W", 
     }
   }
   const W = Float32Array.from({ length: 8 }, (_, k) => k + 1); // 2 × 4
-  const W0 = zeroDeadColumns(W, { rows: 2, cols: 4, dead });
+  const W0 = hx.zeroDeadColumns(W, { rows: 2, cols: 4, dead });
   assertEquals(Array.from(W0), [1, 0, 3, 4, 5, 0, 7, 8]);
-  assert(zeroDeadColumns(W, { rows: 2, cols: 4, dead: [] }) === W);
-  assertEquals(Array.from(permuteColumns(W0, { rows: 2, cols: 4, perm })), [
+  assert(hx.zeroDeadColumns(W, { rows: 2, cols: 4, dead: [] }) === W);
+  assertEquals(Array.from(hx.permuteColumns(W0, { rows: 2, cols: 4, perm })), [
     3,
     1,
     4,
@@ -52,14 +44,14 @@ Deno.test("hessian: dead inputs, stable act-order, damping, processed H and W", 
     8,
     0,
   ]);
-  const copy = permuteColumns(W0, { rows: 2, cols: 4 });
+  const copy = hx.permuteColumns(W0, { rows: 2, cols: 4 });
   assert(copy !== W0);
   assertEquals(copy, W0);
 });
 
 Deno.test("hessian: the stopwatch charges each lap to its key, restart skips time", async () => {
   const t = { a: 0, b: 0 };
-  const clock = stopwatch<"a" | "b">(t);
+  const clock = hx.stopwatch<"a" | "b">(t);
   await new Promise((r) => setTimeout(r, 30));
   clock.lap("a");
   clock.restart();
