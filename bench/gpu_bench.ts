@@ -52,6 +52,7 @@ import { packedCode, type PackedWeights } from "../kernels/packed_weights.ts";
 import { gptqRef } from "../kernels/gptq_block.ts";
 import { rmsnormRef } from "../kernels/rmsnorm.ts";
 import { attentionRef } from "../kernels/attention.ts";
+import { KERNEL_UNITS, uncoveredKernels } from "./_kernel_units.ts";
 
 /** GPU.md ceilings (H100 80GB HBM3, same day). */
 const CEIL = {
@@ -951,6 +952,35 @@ async function benchE2e(ctx: WebGPUContext, quick: boolean): Promise<Record<stri
   return out;
 }
 
+/** Every entry of the kernel table ({@linkcode KERNEL_UNITS}), checked and timed. */
+async function benchUnits(ctx: WebGPUContext, big: boolean): Promise<void> {
+  for (const u of KERNEL_UNITS) {
+    try {
+      const r = await u.run(ctx, big);
+      const bw = r.bytes / r.seconds;
+      report({
+        kernel: u.kernel,
+        size: r.size,
+        ms: r.seconds * 1e3,
+        metric: "GB/s",
+        value: bw,
+        ceiling: CEIL.copy.name,
+        fraction: bw / CEIL.copy.value,
+        check: `err ${r.err.toExponential(1)} (tol ${r.tol})`,
+        ok: r.err <= r.tol,
+        timing: r.timing,
+      });
+    } catch (e) {
+      console.log(`${u.kernel}: FAILED: ${(e as Error).stack ?? e}`);
+      failed(u.kernel, (e as Error).message);
+    }
+  }
+  const missing = await uncoveredKernels();
+  if (missing.length) {
+    failed("kernel table", `no benchmark entry for kernels/${missing.join(", ")}`);
+  }
+}
+
 async function main(): Promise<void> {
   const ctx = await getWebGPU({ allowFallback });
   const quick = args.includes("--quick") || ctx.fallback;
@@ -994,6 +1024,7 @@ async function main(): Promise<void> {
     failed("GPTQ gptqQuantize", (e as Error).message);
   }
   await benchSmall(ctx, !quick);
+  await benchUnits(ctx, !quick);
   let e2e: Record<string, unknown> | undefined;
   if (!args.includes("--no-e2e")) {
     try {

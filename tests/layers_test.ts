@@ -3,7 +3,7 @@
  *
  *   mod.ts > src/cli.ts > src/api.ts, src/demo.ts, src/ledger/ > src/eval/, src/viz/ > src/quant/ >
  *   src/models/ > src/io/ > src/backend/ > src/tensor.ts, src/errors.ts, src/rng.ts,
- *   src/_paths.ts > kernels/
+ *   src/_paths.ts, src/bitstream.ts > kernels/
  *
  * Every static `import`/`export … from` and dynamic `import("…")` of a relative module in
  * mod.ts, src/ and kernels/ is read from the source text; an import of a higher layer fails, and
@@ -25,7 +25,11 @@ export function rank(path: string): number | undefined {
   if (path.startsWith("src/models/")) return 4;
   if (path.startsWith("src/io/")) return 3;
   if (path.startsWith("src/backend/")) return 2;
-  if (["src/tensor.ts", "src/errors.ts", "src/rng.ts", "src/_paths.ts"].includes(path)) return 1;
+  if (
+    ["src/tensor.ts", "src/errors.ts", "src/rng.ts", "src/_paths.ts", "src/bitstream.ts"].includes(
+      path,
+    )
+  ) return 1;
   if (path.startsWith("kernels/")) return 0;
   return undefined;
 }

@@ -6,6 +6,7 @@
  * @module
  */
 import type { Tensor } from "../tensor.ts";
+import { unpackBits } from "../bitstream.ts";
 import { type PackedBits, type PackedWeights, packWeights } from "../../kernels/packed_weights.ts";
 import { dequantGemvWGSL, GEMV_ROWS_PER_WORKGROUP } from "../../kernels/dequant_gemv.ts";
 import { dequantGemmWGSL } from "../../kernels/dequant_gemm.ts";
@@ -137,18 +138,6 @@ export interface QuantMetaLike {
   groupSize: number;
 }
 
-function unpackStream(words: Uint32Array, bits: number, count: number): Uint8Array {
-  const out = new Uint8Array(count);
-  const mask = (1 << bits) - 1;
-  for (let k = 0; k < count; k++) {
-    const bit = k * bits, w = bit >>> 5, sh = bit & 31;
-    let v = words[w] >>> sh;
-    if (sh + bits > 32) v |= words[w + 1] << (32 - sh);
-    out[k] = v & mask;
-  }
-  return out;
-}
-
 /**
  * Packs a quantizer's meta for the dequant kernels. Returns `undefined` when the kernels cannot
  * serve it (bits outside 2/3/4/8, missing fields, inconsistent groups) or, given `w`, when the
@@ -172,7 +161,7 @@ export function packQuantMeta(meta: unknown, w?: Tensor): PackedWeights | undefi
   let codes = m.codes;
   if (!(codes instanceof Uint8Array)) {
     if (!(m.packed instanceof Uint32Array)) return undefined;
-    codes = unpackStream(m.packed, bits, rows * cols);
+    codes = unpackBits(m.packed, { bits, out: new Uint8Array(rows * cols) });
   }
   if (codes.length !== rows * cols) return undefined;
   const gs = m.groupSize ?? -1;

@@ -146,6 +146,8 @@ async function runGemm(a: Tensor, b: Tensor, transB: boolean): Promise<Tensor> {
   return { shape: [m, n], data };
 }
 
+let f64Session: ReturnType<typeof matmulF64Session> | undefined;
+
 /** The CPU backend instance. */
 export const cpuBackend: Backend = {
   name: "cpu",
@@ -153,4 +155,5 @@ export const cpuBackend: Backend = {
   matmul: (a, b) => runGemm(a, b, false),
   matmulTransB: (a, b) => runGemm(a, b, true),
   attention: runAttention,
+  matmulF64: async (a, b, dims) => (await (f64Session ??= matmulF64Session()))(a, b, dims),
 };

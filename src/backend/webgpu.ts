@@ -228,6 +228,8 @@ export interface WebGPUMemory extends PoolStats {
 export interface WebGPUBackend extends Backend {
   /** "webgpu". */
   readonly name: "webgpu";
+  /** Always true: decoder blocks can run resident (`src/models/resident_block.ts`). */
+  readonly residentBlocks: true;
   /** The device context (shared by every WebGPU backend of the process). */
   readonly ctx: WebGPUContext;
   /** The adapter report (name, vendor, features, limits, software flag). */
@@ -297,6 +299,7 @@ export async function webgpuBackend(opts: WebGPUBackendOptions = {}): Promise<We
     },
     ...(opts.packed === false ? {} : { packedMatmulTransB: packed }),
     gptqColumns: (args) => gpuGptqColumns(ctx, args, { maxBindingBytes: opts.maxBindingBytes }),
+    residentBlocks: true,
     memory: () => {
       const r = residentPackedStats();
       return {

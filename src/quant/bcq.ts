@@ -21,7 +21,7 @@
  */
 import type { Tensor } from "../tensor.ts";
 import { OptionError, QuantlabError } from "../errors.ts";
-import type { QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type { QuantFormat, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
 import { validateBits } from "./grid.ts";
 
 /** Options of {@linkcode bcq}. */
@@ -357,3 +357,10 @@ export function bcq(options: BcqOptions): WeightQuantizer {
       new Promise((res) => res(bcqQuantize(W, { ...o, layer: ctx?.layer }))),
   };
 }
+
+/** BCQ's storage format: binary planes with per-group scales (and offsets). */
+export const bcqFormat: QuantFormat = {
+  method: "bcq",
+  dequantize: dequantizeBcq,
+  bitsPerWeight: bcqBitsPerWeight,
+};

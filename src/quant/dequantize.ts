@@ -1,39 +1,66 @@
 /**
- * One decoder for every method's packed description: `dequantizeMeta(meta)` picks the method's
- * own inverse (QuIP undoes its rotations, FrameQuant synthesizes from its frames, QuantEase adds
- * its outliers; RTN and GPTQ are the plain grid decode). Each reproduces the quantizer's `Wq`
- * bit for bit.
+ * One decoder for every method's packed description. Each method module exports its
+ * {@linkcode QuantFormat} (decode, bits accounting, optional pack/unpack); {@linkcode FORMATS}
+ * lists them, one line per method, and `dequantizeMeta(meta)` dispatches on `meta.method` through
+ * that list (QuIP undoes its rotations, FrameQuant synthesizes from its frames, QuantEase adds its
+ * outliers; RTN and GPTQ are the plain grid decode). Each reproduces the quantizer's `Wq` bit for
+ * bit. A new method is one file plus one line here.
  * @module
  */
 import type { Tensor } from "../tensor.ts";
-import type { QuantMeta } from "./types.ts";
-import { dequantize } from "./grid.ts";
-import { dequantizeQuantease } from "./quantease.ts";
-import { dequantizeFramequant } from "./framequant.ts";
-import { dequantizeQuip } from "./quip.ts";
-import { dequantizeSpqr } from "./spqr.ts";
-import { dequantizeOa } from "./oa.ts";
-import { dequantizeBcq } from "./bcq.ts";
+import { OptionError } from "../errors.ts";
+import type { QuantFormat, QuantMeta } from "./types.ts";
+import { gridFormat } from "./grid.ts";
+import { rtnFormat } from "./rtn.ts";
+import { gptqFormat } from "./gptq.ts";
+import { quanteaseFormat } from "./quantease.ts";
+import { framequantFormat } from "./framequant.ts";
+import { quipFormat } from "./quip.ts";
+import { spqrFormat } from "./spqr.ts";
+import { oaFormat } from "./oa.ts";
+import { bcqFormat } from "./bcq.ts";
+import { absmaxFormat } from "./absmax.ts";
+
+/** Every storage format this library decodes, by `meta.method`. */
+export const FORMATS: Readonly<Record<string, QuantFormat>> = Object.fromEntries(
+  [
+    rtnFormat,
+    gptqFormat,
+    quanteaseFormat,
+    framequantFormat,
+    quipFormat,
+    spqrFormat,
+    oaFormat,
+    bcqFormat,
+    gridFormat("gguf"),
+    absmaxFormat,
+  ].map((f) => [f.method, f]),
+);
 
 /**
- * The dequantized float32 weight `[rows, cols]` described by `meta`, for any method in this
- * library (async because QuIP's inverse rotations go through onnxruntime's DGEMM).
+ * The format registered for `meta.method`; an {@linkcode OptionError} naming `meta.method` and
+ * listing the known formats when there is none.
  */
-export function dequantizeMeta(meta: QuantMeta): Promise<Tensor> {
-  switch (meta.method) {
-    case "quip":
-      return dequantizeQuip(meta);
-    case "framequant":
-      return Promise.resolve(dequantizeFramequant(meta));
-    case "quantease":
-      return Promise.resolve(dequantizeQuantease(meta));
-    case "spqr":
-      return Promise.resolve(dequantizeSpqr(meta));
-    case "oa":
-      return Promise.resolve(dequantizeOa(meta));
-    case "bcq":
-      return Promise.resolve(dequantizeBcq(meta));
-    default:
-      return Promise.resolve(dequantize(meta));
+export function formatOf(meta: QuantMeta): QuantFormat {
+  const f = Object.hasOwn(FORMATS, meta.method) ? FORMATS[meta.method] : undefined;
+  if (!f) {
+    throw new OptionError(
+      "meta.method",
+      `no format registered for "${meta.method}" (known: ${Object.keys(FORMATS).join(", ")})`,
+    );
   }
+  return f;
+}
+
+/**
+ * The dequantized float32 weight `[rows, cols]` described by `meta`, for any registered method
+ * (async because QuIP's inverse rotations go through onnxruntime's DGEMM).
+ */
+export async function dequantizeMeta(meta: QuantMeta): Promise<Tensor> {
+  return await formatOf(meta).dequantize(meta);
+}
+
+/** Storage bits per weight of `meta`, by its method's format. */
+export function metaBitsPerWeight(meta: QuantMeta): number {
+  return formatOf(meta).bitsPerWeight(meta);
 }

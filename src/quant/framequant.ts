@@ -26,12 +26,15 @@
 import { checkLayerInputs } from "./_inputs.ts";
 import type { Tensor } from "../tensor.ts";
 import { OptionError, QuantlabError } from "../errors.ts";
+import { packBits, unpackBits } from "../bitstream.ts";
 import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type { QuantFormat } from "./types.ts";
 import {
   type BitsAccounting,
   bitsPerWeight,
+  findGridParams,
   type MseOptions,
-  roundHalfEven,
+  quantizeCode,
   validateBits,
 } from "./grid.ts";
 import {
@@ -195,56 +198,30 @@ function clipRows(C: Float32Array, rows: number, cols: number, sigma: number): v
   }
 }
 
-/** Packs codes of up to 16 bits as an LSB-first bitstream of 32-bit words (`packCodes` layout). */
-function packWide(codes: Uint16Array, bits: number): Uint32Array {
-  const out = new Uint32Array(Math.ceil((codes.length * bits) / 32));
-  for (let k = 0, pos = 0; k < codes.length; k++, pos += bits) {
-    const w = pos >>> 5, off = pos & 31;
-    out[w] |= codes[k] << off;
-    if (off + bits > 32) out[w + 1] |= codes[k] >>> (32 - off);
-  }
-  return out;
-}
-
-function unpackWide(packed: Uint32Array, bits: number, count: number): Uint16Array {
-  const out = new Uint16Array(count), mask = 2 ** bits - 1;
-  for (let k = 0, pos = 0; k < count; k++, pos += bits) {
-    const w = pos >>> 5, off = pos & 31;
-    let c = packed[w] >>> off;
-    if (off + bits > 32) c |= packed[w + 1] << (32 - off);
-    out[k] = c & mask;
-  }
-  return out;
-}
-
-/** Min-max round-to-nearest of `C` for 9–16 bits, grids as `grid.ts` `findParams` (float32). */
+/** Min-max round-to-nearest of `C` for 9–16 bits: `grid.ts`'s `findParams` and `quantizeCode`. */
 function rtnWide(C: Float32Array, rows: number, cols: number, o: Resolved) {
-  const gs = o.groupSize, maxq = 2 ** o.bits - 1;
+  const gs = o.groupSize;
   const ngroups = gs > 0 ? Math.ceil(cols / gs) : 1, width = gs > 0 ? gs : cols;
   const scales = new Float32Array(rows * ngroups), zeros = new Float32Array(rows * ngroups);
   const codes = new Uint16Array(rows * cols);
+  const Ct = { shape: [rows, cols], data: C };
+  const grids = Array.from({ length: ngroups }, (_, g) =>
+    findGridParams(Ct, {
+      bits: o.bits,
+      sym: o.sym,
+      colStart: g * width,
+      colEnd: Math.min((g + 1) * width, cols),
+    }));
   let loss = 0;
   for (let i = 0; i < rows; i++) {
     for (let g = 0; g < ngroups; g++) {
       const c0 = i * cols + g * width, c1 = i * cols + Math.min((g + 1) * width, cols);
-      let xmin = 0, xmax = 0;
+      const grid = { scale: grids[g].scale[i], zero: grids[g].zero[i], maxq: grids[g].maxq };
+      scales[i * ngroups + g] = grid.scale;
+      zeros[i * ngroups + g] = grid.zero;
       for (let j = c0; j < c1; j++) {
-        if (C[j] < xmin) xmin = C[j];
-        if (C[j] > xmax) xmax = C[j];
-      }
-      if (o.sym) {
-        xmax = Math.max(-xmin, xmax);
-        if (xmin < 0) xmin = -xmax;
-      }
-      if (xmin === 0 && xmax === 0) [xmin, xmax] = [-1, 1];
-      const s = Math.fround(Math.fround(xmax - xmin) / maxq);
-      const z = o.sym ? (maxq + 1) / 2 : roundHalfEven(Math.fround(-xmin / s));
-      scales[i * ngroups + g] = s;
-      zeros[i * ngroups + g] = z;
-      for (let j = c0; j < c1; j++) {
-        const t = roundHalfEven(Math.fround(C[j] / s)) + z;
-        codes[j] = t < 0 ? 0 : t > maxq ? maxq : t;
-        loss += (C[j] - Math.fround(s * (codes[j] - z))) ** 2;
+        codes[j] = quantizeCode(C[j], grid);
+        loss += (C[j] - Math.fround(grid.scale * (codes[j] - grid.zero))) ** 2;
       }
     }
   }
@@ -256,7 +233,7 @@ export function frameWeights(meta: QuantMeta): Float32Array {
   const [kr, kc] = meta.frameShape as [number, number];
   const codes: ArrayLike<number> = meta.codes.length === kr * kc
     ? meta.codes
-    : unpackWide(meta.packed!, meta.bits, kr * kc);
+    : unpackBits(meta.packed!, { bits: meta.bits, out: new Uint16Array(kr * kc) });
   const ngroups = meta.scales.length / kr;
   const gs = meta.groupSize;
   const out = new Float32Array(kr * kc);
@@ -399,7 +376,7 @@ export async function framequantQuantize(
     meta = {
       ...base,
       codes: new Uint8Array(0),
-      packed: packWide(q.codes, o.bits),
+      packed: packBits(q.codes, o.bits),
       scales: q.scales,
       zeros: q.zeros,
       gIdx,
@@ -438,3 +415,10 @@ export function framequant(options: FramequantOptions): WeightQuantizer {
     quantizeWeight: (W, stats, ctx) => framequantQuantize(W, stats, { ...o, ...ctx }),
   };
 }
+
+/** FrameQuant's storage format: grid codes of the frame-domain weight, synthesized back. */
+export const framequantFormat: QuantFormat = {
+  method: "framequant",
+  dequantize: dequantizeFramequant,
+  bitsPerWeight: (meta) => framequantBitsPerWeight(meta),
+};

@@ -12,15 +12,26 @@
  * @module
  */
 import { checkLayerInputs } from "./_inputs.ts";
+import {
+  actOrderPermutation,
+  dampening,
+  deadInputs,
+  permuteColumns,
+  processedHessian,
+  stopwatch,
+  zeroDeadColumns,
+} from "./_hessian.ts";
 import type { Tensor } from "../tensor.ts";
 import { NonFiniteError, OptionError } from "../errors.ts";
 import { checkOptions as checkStrict, GPTQ_SPECS } from "./_options.ts";
 import { cpuBackend } from "../backend/cpu.ts";
 import type { Backend, GptqColumnsResult } from "../backend/backend.ts";
 import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type { QuantFormat } from "./types.ts";
 import {
   bitsPerWeight,
   findParams,
+  gridFormat,
   type MseOptions,
   packCodes,
   resolveBlocksize,
@@ -71,6 +82,9 @@ export interface GptqOptions {
    */
   partialGroups?: boolean;
 }
+
+/** The timed steps of {@linkcode GptqTimings}. */
+type TimedStep = "linalg" | "params" | "inBlock" | "trailing";
 
 /** Seconds spent in each phase of one {@linkcode gptqQuantize} call (in `meta.timings`). */
 export interface GptqTimings {
@@ -216,11 +230,12 @@ async function cpuColumns(
   const { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm } = buf;
   const { rows, cols, ngroups, maxq, gs, timings } = o;
   const Wt: Tensor = { shape: [rows, cols], data: Wc };
-  let loss = 0, t0: number;
+  const clock = stopwatch<TimedStep>(timings);
+  let loss = 0;
   for (let i1 = 0; i1 < cols; i1 += o.blocksize) {
     const i2 = Math.min(i1 + o.blocksize, cols), count = i2 - i1;
+    clock.restart();
     if (o.fitGroups) {
-      t0 = performance.now();
       for (let c = i1; c < i2; c++) {
         if (c % gs === 0) {
           o.setGroup(
@@ -229,9 +244,8 @@ async function cpuColumns(
           );
         }
       }
-      timings.params += (performance.now() - t0) / 1000;
+      clock.lap("params");
     }
-    t0 = performance.now();
     const W1 = new Float32Array(rows * count);
     for (let r = 0; r < rows; r++) W1.set(Wc.subarray(r * cols + i1, r * cols + i2), r * count);
     const Err1 = new Float32Array(rows * count);
@@ -239,9 +253,8 @@ async function cpuColumns(
       { W1, Err1, Hinv, codes, Q, scales, zeros, colGroup, perm },
       { rows, cols, ngroups, i1, i2, maxq },
     );
-    timings.inBlock += (performance.now() - t0) / 1000;
+    clock.lap("inBlock");
     if (i2 < cols) {
-      t0 = performance.now();
       const rest = cols - i2;
       const B = new Float32Array(count * rest);
       for (let i = 0; i < count; i++) {
@@ -252,7 +265,7 @@ async function cpuColumns(
         { shape: [count, rest], data: B },
       )).data;
       subtractTrailing(Wc, R, { rows, cols, i2 });
-      timings.trailing += (performance.now() - t0) / 1000;
+      clock.lap("trailing");
     }
   }
   return loss;
@@ -316,7 +329,7 @@ export async function gptqQuantize(
     inBlockFlops: 0,
     columnPass: "cpu",
   };
-  let t0 = performance.now();
+  const clock = stopwatch<TimedStep>(timings);
   const grid = { bits: o.bits, sym: o.sym, mse: o.mse };
   const maxq = 2 ** o.bits - 1;
   const ngroups = gs > 0 ? Math.ceil(cols / gs) : 1;
@@ -328,24 +341,11 @@ export async function gptqQuantize(
     }
   };
 
-  // The diagonal of H (dead inputs set to 1): act-order's key and the damping's mean.
-  const diag = new Float64Array(cols);
-  for (let i = 0; i < cols; i++) diag[i] = H0[i * cols + i];
   // 1. per-channel grid on the original weight (the reference's `quantizer.find_params(W)`).
   if (gs === -1) setGroup(0, findParams(W, grid));
-  // 2. dead inputs: H_ii = 1 (applied to H below) and zero weight columns.
-  const dead: number[] = [];
-  for (let i = 0; i < cols; i++) {
-    if (diag[i] === 0) {
-      diag[i] = 1;
-      dead.push(i);
-    }
-  }
-  let W0 = W.data; // original column order, dead columns zeroed
-  if (dead.length) {
-    W0 = W.data.slice();
-    for (const i of dead) for (let r = 0; r < rows; r++) W0[r * cols + i] = 0;
-  }
+  // 2. dead inputs: H_ii = 1 (in `diag`, applied to H below) and zero weight columns.
+  const { diag, dead } = deadInputs(H0, cols);
+  const W0 = zeroDeadColumns(W.data, { rows, cols, dead }); // original column order
   // 3. static groups, original order.
   const isStatic = o.staticGroups && gs > 0;
   if (isStatic) {
@@ -361,16 +361,10 @@ export async function gptqQuantize(
     }
   }
   // 4. act-order: processed column c is original column perm[c] (descending diag, stable).
-  const perm = o.actOrder
-    ? Int32Array.from(
-      Array.from({ length: cols }, (_, i) => i).sort((a, b) => diag[b] - diag[a]),
-    )
-    : undefined;
+  const perm = o.actOrder ? actOrderPermutation(diag) : undefined;
   // 5. damping: percdamp · mean(diag H), summed in processed order.
-  let mean = 0;
-  for (let i = 0; i < cols; i++) mean += diag[perm ? perm[i] : i];
-  const damp = (o.percdamp * mean) / cols;
-  timings.params += (performance.now() - t0) / 1000;
+  const damp = dampening(diag, { percdamp: o.percdamp, perm });
+  clock.lap("params");
 
   // Group of each (processed) column in the scales layout.
   const colGroup = new Int32Array(cols);
@@ -392,7 +386,7 @@ export async function gptqQuantize(
   // codes/Q back in the original order, in one submission.
   let dev: GptqColumnsResult | undefined;
   if (!o.mse && backend.gptqColumns) {
-    t0 = performance.now();
+    clock.restart();
     try {
       dev = await backend.gptqColumns({
         ...dims,
@@ -427,31 +421,15 @@ export async function gptqQuantize(
     scales.set(dev.scales);
     zeros.set(dev.zeros);
     loss = dev.loss;
-    timings.inBlock += (performance.now() - t0) / 1000;
+    clock.lap("inBlock");
     timings.columnPass = backend.name;
   } else {
     // The CPU path: W and H in processed order (float64 H), Hinv = chol(H⁻¹)ᵀ-upper in
     // float64, then the column loop.
-    t0 = performance.now();
-    let Wc: Float32Array;
-    let H = new Float64Array(cols * cols);
-    if (perm) {
-      Wc = new Float32Array(rows * cols);
-      for (let r = 0; r < rows; r++) {
-        const rr = r * cols;
-        for (let c = 0; c < cols; c++) Wc[rr + c] = W0[rr + perm[c]];
-      }
-      for (let i = 0; i < cols; i++) {
-        const src = perm[i] * cols, dst = i * cols;
-        for (let j = 0; j < cols; j++) H[dst + j] = H0[src + perm[j]];
-      }
-    } else {
-      Wc = W0 === W.data ? W0.slice() : W0;
-      H.set(H0);
-    }
-    for (let i = 0; i < cols; i++) H[i * cols + i] = diag[perm ? perm[i] : i] + damp;
-    timings.params += (performance.now() - t0) / 1000;
-    t0 = performance.now();
+    clock.restart();
+    const Wc = W0 === W.data || perm ? permuteColumns(W0, { rows, cols, perm }) : W0;
+    let H = processedHessian(H0, { diag, damp, perm });
+    clock.lap("params");
     let Hinv64: Float64Array;
     try {
       Hinv64 = cols > BLOCKED_LINALG_MIN
@@ -477,7 +455,7 @@ export async function gptqQuantize(
         throw notPd(layer, o.percdamp, `Hinv[${i}, ${i}] is ${d} in float32`);
       }
     }
-    timings.linalg += (performance.now() - t0) / 1000;
+    clock.lap("linalg");
     codes = new Uint8Array(rows * cols);
     Q = new Float32Array(rows * cols);
     loss = await cpuColumns(
@@ -553,3 +531,6 @@ export function gptq(options: GptqOptions): WeightQuantizer {
     quantizeWeight: (W, stats, ctx) => gptqQuantize(W, stats, { ...o, ...ctx }),
   };
 }
+
+/** GPTQ's storage format: the plain uniform grid (`grid.ts`), `g_idx` counted when stored. */
+export const gptqFormat: QuantFormat = gridFormat("gptq");

@@ -1,6 +1,6 @@
 /**
  * Uniform quantization grids shared by every weight quantizer: asymmetric and symmetric grids of
- * 1–8 bits, per-tensor / per-output-channel / group-wise parameters, min-max or MSE clipping
+ * 1–16 bits (codes above 8 bits are `Uint16Array`s, packed by `src/bitstream.ts`), per-tensor / per-output-channel / group-wise parameters, min-max or MSE clipping
  * search, code packing, dequantization and bits-per-weight accounting.
  *
  * Semantics follow IST-DASLab/gptq `quant.py` (`Quantizer.find_params`, `quantize`) in float32:
@@ -10,7 +10,8 @@
  */
 import type { Tensor } from "../tensor.ts";
 import { OptionError, QuantlabError } from "../errors.ts";
-import type { QuantMeta } from "./types.ts";
+import { packBits, unpackBits } from "../bitstream.ts";
+import type { QuantFormat, QuantMeta } from "./types.ts";
 
 /** The MSE clipping search of the reference `Quantizer(mse=True)`. */
 export interface MseOptions {
@@ -209,13 +210,22 @@ function fitGrid(
 }
 
 /**
- * Grid parameters of the columns `[colStart, colEnd)` of a 2-D weight, per row (default) or one
+ * {@linkcode findGridParams} for grids of 1–8 bits (the reference's `Quantizer`, codes in a
+ * `Uint8Array`); OptionError above 8 bits.
+ */
+export function findParams(W: Tensor, options: FindParamsOptions): GridParams {
+  validateBits(options.bits, { min: 1 });
+  return findGridParams(W, options);
+}
+
+/**
+ * Grid parameters (any width 1–16 bits: the one min-max / MSE fit of every method) of the columns `[colStart, colEnd)` of a 2-D weight, per row (default) or one
  * for the whole slice (repeated per row, as the reference does). Reference `find_params(x,
  * weight=True)`: the range always includes 0; symmetric grids use `±max|x|`; an all-zero range
  * becomes `[−1, 1]`; the MSE search shrinks the range by `p = 1 − i/grid` and keeps the first
  * best `Σ |q − x|^norm`.
  */
-export function findParams(W: Tensor, options: FindParamsOptions): GridParams {
+export function findGridParams(W: Tensor, options: FindParamsOptions): GridParams {
   if (W.shape.length !== 2) {
     throw new QuantlabError(`findParams: expected a 2-D weight, got shape [${W.shape}]`);
   }
@@ -224,7 +234,7 @@ export function findParams(W: Tensor, options: FindParamsOptions): GridParams {
   if (!(0 <= c0 && c0 < c1 && c1 <= cols)) {
     throw new QuantlabError(`findParams: bad column range [${c0}, ${c1}) of ${cols} columns`);
   }
-  const bits = validateBits(options.bits, { min: 1 });
+  const bits = validateBits(options.bits, { min: 1, max: 16 });
   const maxq = maxqOf(bits);
   const sym = options.sym ?? false;
   const mse = resolveMse(options.mse);
@@ -290,26 +300,16 @@ export function dequantize(meta: QuantMeta): Tensor {
 }
 
 /**
- * Packs codes of `bits` (1–8) bits into 32-bit words as an LSB-first bitstream: code `k`
- * occupies stream bits `[k·bits, (k+1)·bits)`, bit `b` of the stream being bit `b % 32` of
- * word `⌊b/32⌋`. For 2/4/8 bits this is `32/bits` codes per word, lowest code in the lowest bits
- * (GPTQ's `qweight`); for 3 bits, 32 codes fill 3 words with codes 10 and 21 straddling word
- * boundaries, exactly GPTQ's 3-bit layout. GPTQ packs along the input dimension of the
- * transposed weight; an exporter packs the transposed codes with this function.
+ * Packs codes of `bits` (1–8) bits into 32-bit words as an LSB-first bitstream (`src/bitstream.ts`,
+ * the library's one layout): code `k` occupies stream bits `[k·bits, (k+1)·bits)`, bit `b` of the
+ * stream being bit `b % 32` of word `⌊b/32⌋`. For 2/4/8 bits this is `32/bits` codes per word,
+ * lowest code in the lowest bits (GPTQ's `qweight`); for 3 bits, 32 codes fill 3 words with codes
+ * 10 and 21 straddling word boundaries, exactly GPTQ's 3-bit layout. GPTQ packs along the input
+ * dimension of the transposed weight; an exporter packs the transposed codes with this function.
  */
 export function packCodes(codes: Uint8Array, bits: number): Uint32Array {
   validateBits(bits, { min: 1 });
-  const out = new Uint32Array(Math.ceil((codes.length * bits) / 32));
-  const limit = 1 << bits;
-  let pos = 0;
-  for (let k = 0; k < codes.length; k++, pos += bits) {
-    const c = codes[k];
-    if (c >= limit) throw new RangeError(`packCodes: code ${c} at ${k} does not fit ${bits} bits`);
-    const w = pos >>> 5, off = pos & 31;
-    out[w] |= c << off;
-    if (off + bits > 32) out[w + 1] |= c >>> (32 - off);
-  }
-  return out;
+  return packBits(codes, bits);
 }
 
 /** Inverse of {@linkcode packCodes}: the first `count` codes of `bits` bits. */
@@ -317,21 +317,8 @@ export function unpackCodes(
   packed: Uint32Array,
   options: { bits: number; count: number },
 ): Uint8Array {
-  const { bits, count } = options;
-  validateBits(bits, { min: 1 });
-  if (packed.length * 32 < count * bits) {
-    throw new RangeError(`unpackCodes: ${packed.length} words hold fewer than ${count} codes`);
-  }
-  const out = new Uint8Array(count);
-  const mask = (1 << bits) - 1;
-  let pos = 0;
-  for (let k = 0; k < count; k++, pos += bits) {
-    const w = pos >>> 5, off = pos & 31;
-    let c = packed[w] >>> off;
-    if (off + bits > 32) c |= packed[w + 1] << (32 - off);
-    out[k] = c & mask;
-  }
-  return out;
+  validateBits(options.bits, { min: 1 });
+  return unpackBits(packed, { bits: options.bits, out: new Uint8Array(options.count) });
 }
 
 /** Storage assumptions of {@linkcode bitsPerWeight}. */
@@ -362,4 +349,19 @@ export function bitsPerWeight(meta: QuantMeta, accounting: BitsAccounting = {}):
   let bpw = meta.bits + ((scaleBits + zeroBits) * paramSets) / n;
   if (meta.gIdxStored) bpw += (indexBits * cols) / n;
   return bpw;
+}
+
+/**
+ * The plain uniform-grid format: `Wq = fround(scale · (code − zero))` per (row, group), codes
+ * packed by {@linkcode packCodes}, bits by {@linkcode bitsPerWeight}. Methods whose meta is just
+ * a grid (RTN, GPTQ, GGUF imports) register it under their own name with {@linkcode gridFormat}.
+ */
+export function gridFormat(method: string): QuantFormat {
+  return {
+    method,
+    dequantize,
+    bitsPerWeight: (meta) => bitsPerWeight(meta),
+    pack: packCodes,
+    unpack: unpackCodes,
+  };
 }

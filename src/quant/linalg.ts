@@ -5,6 +5,8 @@
  * @module
  */
 import { NonFiniteError } from "../errors.ts";
+import type { Backend } from "../backend/backend.ts";
+import { cpuBackend } from "../backend/cpu.ts";
 
 /** Error thrown when a Cholesky pivot is not positive (the matrix is not numerically SPD). */
 export class NotPositiveDefiniteError extends NonFiniteError {
@@ -215,24 +217,31 @@ export function gemmF64TS(
 let ortGemm: Promise<GemmF64> | undefined;
 
 /**
- * A float64 GEMM through onnxruntime-node (`MatMul` on `tensor(double)`, MLAS DGEMM), loaded
- * lazily through the CPU backend's `matmulF64Session`. Resolves to {@linkcode gemmF64TS} when
+ * A float64 GEMM through a backend's {@linkcode Backend.matmulF64} capability (default: the CPU
+ * backend, onnxruntime-node `MatMul` on `tensor(double)`, MLAS DGEMM; tiny products in
+ * TypeScript). Resolves to {@linkcode gemmF64TS} when the backend has no float64 GEMM or
  * onnxruntime cannot be loaded (e.g. without `--allow-ffi`).
  */
-export function onnxGemmF64(): Promise<GemmF64> {
-  ortGemm ??= (async (): Promise<GemmF64> => {
+export function onnxGemmF64(backend: Backend = cpuBackend): Promise<GemmF64> {
+  if (backend !== cpuBackend) return gemmOf(backend);
+  ortGemm ??= gemmOf(backend);
+  return ortGemm;
+}
+
+function gemmOf(backend: Backend): Promise<GemmF64> {
+  return (async (): Promise<GemmF64> => {
+    const f64 = backend.matmulF64?.bind(backend);
+    if (!f64) return gemmF64TS;
     try {
-      const { matmulF64Session } = await import("../backend/cpu.ts");
-      const run = await matmulF64Session();
+      await f64(new Float64Array(1), new Float64Array(1), { m: 1, k: 1, n: 1 }); // loads it
       return (a, b, { m, k, n }) => {
         if (m * k * n <= 1 << 15) return gemmF64TS(a, b, { m, k, n });
-        return run(a, b, { m, k, n });
+        return f64(a, b, { m, k, n });
       };
     } catch {
       return gemmF64TS;
     }
   })();
-  return ortGemm;
 }
 
 /** Copies the `r × c` block at `(i0, j0)` of the `n`-column matrix `A`. */

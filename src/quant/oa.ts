@@ -25,6 +25,7 @@ import type { Tensor } from "../tensor.ts";
 import { OptionError, QuantlabError } from "../errors.ts";
 import { cpuBackend } from "../backend/cpu.ts";
 import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type { QuantFormat } from "./types.ts";
 import { checkLayerInputs } from "./_inputs.ts";
 import { resolvePercdamp, validateBits } from "./grid.ts";
 import { NonFiniteError } from "../errors.ts";
@@ -497,3 +498,10 @@ export function oa(options: OaOptions): WeightQuantizer {
     quantizeWeight: (W, stats, ctx) => oaQuantize(W, stats, { ...o, ...ctx }),
   };
 }
+
+/** OA's storage format: offset codes, bilevel statistics, outlier mask. */
+export const oaFormat: QuantFormat = {
+  method: "oa",
+  dequantize: dequantizeOa,
+  bitsPerWeight: oaBitsPerWeight,
+};

@@ -16,7 +16,6 @@ import {
   residentBlockRunner,
   residentBlockUnsupported,
 } from "../models/resident_block.ts";
-import type { WebGPUBackend } from "../backend/webgpu.ts";
 import { blockLinearGroups } from "../models/config.ts";
 import type { Model } from "../models/model.ts";
 import { type Tensor, transpose2d } from "../tensor.ts";
@@ -187,6 +186,9 @@ async function gatherResident(
   return await runner.take();
 }
 
+/** The backend type `models/resident_block.ts` runs blocks on. */
+type ResidentBackend = Parameters<typeof residentBlockRunner>[2];
+
 /** √(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)) with one product through the backend. */
 async function relativeError(W: Tensor, Wq: Tensor, H: Float32Array, be: Backend): Promise<number> {
   const [rows, cols] = W.shape;
@@ -302,7 +304,8 @@ export async function quantize(
   const L = model.config.numLayers;
   /** The model with every quantized weight so far. */
   const current = (): Model => ({ ...model, weights: model.weights.with(overrides) });
-  const gpu = be.name === "webgpu" && "ctx" in be ? be as WebGPUBackend : undefined;
+  // The backend says whether it runs blocks resident (a capability, not a type test).
+  const gpu = be.residentBlocks ? be as ResidentBackend : undefined;
   const resident = gpu && hs.length && opts.residentBlocks !== false &&
       !residentBlockUnsupported(model, gpu, T)
     ? gpu

@@ -39,8 +39,10 @@ import type { Tensor } from "../tensor.ts";
 import { OptionError, QuantlabError } from "../errors.ts";
 import { checkOptions as checkStrict, GPTQ_SPECS, MAX_ITERS, type OptionSpec } from "./_options.ts";
 import { cpuBackend } from "../backend/cpu.ts";
+import { actOrderPermutation } from "./_hessian.ts";
 import type { Backend } from "../backend/backend.ts";
 import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type { QuantFormat } from "./types.ts";
 import {
   bitsPerWeight,
   dequantize,
@@ -543,9 +545,7 @@ export async function quanteaseQuantize(
   if (o.actOrder) {
     const diag = new Float64Array(cols);
     for (let i = 0; i < cols; i++) diag[i] = H[i * cols + i];
-    perm = Int32Array.from(
-      Array.from({ length: cols }, (_, i) => i).sort((a, b) => diag[b] - diag[a]),
-    );
+    perm = actOrderPermutation(diag);
     T = gatherCols(W.data, rows, cols, perm);
     const Hp = new Float64Array(cols * cols);
     for (let i = 0; i < cols; i++) {
@@ -827,3 +827,23 @@ export function quantease(options: QuantEaseOptions): WeightQuantizer {
     quantizeWeight: (W, stats, ctx) => quanteaseQuantize(W, stats, { ...o, ...ctx }),
   };
 }
+
+/** Bits per weight of a QuantEase `meta`: the grid's, plus each stored outlier and index. */
+export function quanteaseBitsPerWeight(meta: QuantMeta): number {
+  const [rows, cols] = meta.shape;
+  const idx = meta.outlierIdx as Int32Array | undefined;
+  const oc = meta.outlierCols as Int32Array | undefined;
+  const extraBits = !idx
+    ? 0
+    : meta.structureOutlier
+    ? OUTLIER_VALUE_BITS * idx.length + OUTLIER_INDEX_BITS * (oc?.length ?? 0)
+    : (OUTLIER_VALUE_BITS + OUTLIER_INDEX_BITS) * idx.length;
+  return bitsPerWeight(meta) + extraBits / (rows * cols);
+}
+
+/** QuantEase's storage format: the grid plus sparse float32 outliers. */
+export const quanteaseFormat: QuantFormat = {
+  method: "quantease",
+  dequantize: dequantizeQuantease,
+  bitsPerWeight: quanteaseBitsPerWeight,
+};

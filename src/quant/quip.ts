@@ -28,13 +28,13 @@ import { checkLayerInputs } from "./_inputs.ts";
 import type { Tensor } from "../tensor.ts";
 import { NonFiniteError, OptionError, QuantlabError } from "../errors.ts";
 import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type { QuantFormat } from "./types.ts";
 import {
-  findParams,
+  findGridParams,
   maxqOf,
   packCodes,
   resolveBlocksize,
   resolvePercdamp,
-  roundHalfEven,
   validateBits,
 } from "./grid.ts";
 import { type GemmF64, NotPositiveDefiniteError, onnxGemmF64 } from "./linalg.ts";
@@ -339,30 +339,9 @@ export interface QuipMetaInfo {
   passes: number;
 }
 
-/** The float32 grid on a row-major float64 `[rows, cols]` matrix (qfn "a", any bits ≤ 16). */
+/** The float32 min-max grid per row of a row-major float64 `[rows, cols]` matrix (qfn "a", ≤ 16 bits). */
 function fitRowGrids(W: Float64Array, rows: number, cols: number, bits: number) {
-  if (bits <= 8) {
-    return findParams({ shape: [rows, cols], data: Float32Array.from(W) }, { bits, sym: false });
-  }
-  // Same arithmetic as grid.ts's min-max fit, for widths findParams does not take.
-  const maxq = maxqOf(bits);
-  const scale = new Float32Array(rows), zero = new Float32Array(rows);
-  for (let r = 0; r < rows; r++) {
-    let xmin = 0, xmax = 0;
-    for (let j = 0; j < cols; j++) {
-      const v = Math.fround(W[r * cols + j]);
-      if (v < xmin) xmin = v;
-      if (v > xmax) xmax = v;
-    }
-    if (xmin === 0 && xmax === 0) {
-      xmin = -1;
-      xmax = 1;
-    }
-    const s = Math.fround(Math.fround(xmax - xmin) / maxq);
-    scale[r] = s;
-    zero[r] = roundHalfEven(Math.fround(-xmin / s));
-  }
-  return { scale, zero, maxq };
+  return findGridParams({ shape: [rows, cols], data: Float32Array.from(W) }, { bits, sym: false });
 }
 
 function stateOf(meta: QuantMeta): IncoherenceState {
@@ -630,3 +609,10 @@ export function quip(options: QuipOptions): WeightQuantizer {
     quantizeWeight: (W, stats, ctx) => quipQuantize(W, stats, { ...options, layer: ctx?.layer }),
   };
 }
+
+/** QuIP's storage format: rotated-domain grid codes, rotations regenerated from the seed. */
+export const quipFormat: QuantFormat = {
+  method: "quip",
+  dequantize: (meta) => dequantizeQuip(meta),
+  bitsPerWeight: quipBitsPerWeight,
+};

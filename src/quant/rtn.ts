@@ -5,7 +5,7 @@
  */
 import type { Tensor } from "../tensor.ts";
 import { OptionError } from "../errors.ts";
-import type { QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type { QuantFormat, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
 import { checkOptions as checkStrict, GRID_SPECS, type OptionSpec } from "./_options.ts";
 import { checkWeight } from "./_inputs.ts";
 
@@ -17,11 +17,12 @@ export const RTN_OPTION_SPECS: Record<string, OptionSpec> = {
 import {
   bitsPerWeight,
   findParams,
+  gridFormat,
   type MseOptions,
   packCodes,
+  quantizeCode,
   resolveGroupSize,
   resolveMse,
-  roundHalfEven,
   validateBits,
 } from "./grid.ts";
 
@@ -90,13 +91,12 @@ export function rtnQuantize(W: Tensor, options: RtnOptions & { layer?: string })
     const c0 = gs > 0 ? g * gs : 0, c1 = gs > 0 ? Math.min(c0 + gs, cols) : cols;
     const p = findParams(W, { ...o, colStart: c0, colEnd: c1 });
     for (let r = 0; r < rows; r++) {
-      const s = p.scale[r], z = p.zero[r];
+      const s = p.scale[r], z = p.zero[r], grid = { scale: s, zero: z, maxq: p.maxq };
       scales[r * ngroups + g] = s;
       zeros[r * ngroups + g] = z;
       for (let j = c0; j < c1; j++) {
         const i = r * cols + j, x = W.data[i];
-        const t = roundHalfEven(Math.fround(x / s)) + z;
-        const c = t >= 0 ? (t <= p.maxq ? t : p.maxq) : 0;
+        const c = quantizeCode(x, grid);
         codes[i] = c;
         out[i] = s * (c - z);
         const d = x - out[i];
@@ -138,3 +138,6 @@ export function rtn(options: RtnOptions): WeightQuantizer {
       new Promise((resolve) => resolve(rtnQuantize(W, { ...o, layer: ctx?.layer }))),
   };
 }
+
+/** RTN's storage format: the plain uniform grid (`grid.ts`). */
+export const rtnFormat: QuantFormat = gridFormat("rtn");

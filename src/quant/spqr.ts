@@ -27,7 +27,9 @@
 import type { Tensor } from "../tensor.ts";
 import { OptionError } from "../errors.ts";
 import { cpuBackend } from "../backend/cpu.ts";
+import { actOrderPermutation } from "./_hessian.ts";
 import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
+import type { QuantFormat } from "./types.ts";
 import { checkLayerInputs } from "./_inputs.ts";
 import { resolveBlocksize, resolvePercdamp, validateBits } from "./grid.ts";
 import {
@@ -284,7 +286,7 @@ export async function spqrQuantize(
   const diag0 = new Float64Array(cols);
   for (let i = 0; i < cols; i++) diag0[i] = H0[i * cols + i];
   const perm = o.permutationOrder === "act_order"
-    ? Int32Array.from(Array.from({ length: cols }, (_, i) => i).sort((a, b) => diag0[b] - diag0[a]))
+    ? actOrderPermutation(diag0)
     : Int32Array.from({ length: cols }, (_, i) => i);
   const Wc = new Float32Array(rows * cols);
   const H = new Float64Array(cols * cols);
@@ -452,3 +454,21 @@ export function spqr(options: SpqrOptions): WeightQuantizer {
     quantizeWeight: (W, stats, ctx) => spqrQuantize(W, stats, { ...o, ...ctx }),
   };
 }
+
+/** SpQR's storage format: bilevel grid statistics plus CSR outliers. */
+export const spqrFormat: QuantFormat = {
+  method: "spqr",
+  dequantize: dequantizeSpqr,
+  bitsPerWeight: (meta) => {
+    const m = meta as SpqrMeta;
+    return spqrAverageBits({
+      wbits: m.bits,
+      qqScaleBits: m.qqScaleBits,
+      qqZeroBits: m.qqZeroBits,
+      groupSize: m.groupSize,
+      qqGroupSize: m.qqGroupSize,
+      roundZero: m.roundZero,
+      outlierShare: m.outlierShare,
+    });
+  },
+};

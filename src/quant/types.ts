@@ -85,3 +85,21 @@ export interface WeightQuantizer {
   /** Quantizes a `[rows, cols]` weight; does not modify `W`. */
   quantizeWeight(W: Tensor, stats: LayerStats, ctx?: QuantContext): Promise<QuantResult>;
 }
+
+/**
+ * A method's storage format: how its packed description decodes and what it costs. Each method
+ * module exports one (`rtnFormat`, `gptqFormat`, …); `FORMATS` in `dequantize.ts` lists them, one
+ * line per method, and `dequantizeMeta` dispatches on `meta.method` through that list.
+ */
+export interface QuantFormat {
+  /** The `meta.method` this format decodes. */
+  readonly method: string;
+  /** Rebuilds the quantizer's `Wq` bit for bit from `meta` (async where a GEMM is needed). */
+  dequantize(meta: QuantMeta): Tensor | Promise<Tensor>;
+  /** Storage bits per original weight, equal to the quantizer's `QuantResult.bitsPerWeight`. */
+  bitsPerWeight(meta: QuantMeta): number;
+  /** Optional: packs the meta's integer codes into its storage words. */
+  pack?(codes: Uint8Array, bits: number): Uint32Array;
+  /** Optional: inverse of {@linkcode QuantFormat.pack}, the first `count` codes. */
+  unpack?(packed: Uint32Array, options: { bits: number; count: number }): Uint8Array;
+}
