@@ -12,16 +12,36 @@
  *   "butterfly" (each factor a batch of `n/p` independent `p × p` blocks, plus two random
  *   permutations); `--pre_proj_extra 1` is the unblocked Kronecker product with the
  *   permutations. `proj: "hadamard"` (QuIP#'s randomized Hadamard) is an addition.
- * - `ldlq` runs columns first to last (the paper's form, equal to GPTQ's codes); the reference's
- *   `round_ldl` runs last to first (GPTQ on reversed columns); its `ldl_gptqequiv` is ours.
- * - qfn "a" does not clamp `W/scale + zero` to `[0, maxq]` before rounding (the reference's
- *   `quantize_weight_vecbal` does, which moves values within half a step of the grid ends and
- *   breaks the GPTQ equivalence; its `ldl_gptqequiv` path does not clamp either).
- * - Greedy passes clamp each coordinate as it is updated (the reference clamps after each pass,
- *   except in `ldlbal_admm`'s triangle-greedy), so each pass never increases the proxy loss.
- * - `incoh` turns on `preRescale` too, as the README says; the reference's `opt.py` sets a
- *   misspelled `args.pre_resclae`, so its `--incoh_processing` runs without rescaling.
+ * - `ldlq` runs columns first to last by default (`columnOrder: "gptq"`, the paper's form, equal
+ *   to GPTQ's codes and to the reference's `--quant ldl_gptqequiv`); the reference's `round_ldl`
+ *   runs last to first (GPTQ on reversed columns): `columnOrder: "reference"`. In issue 19's
+ *   held-out comparison the two orders' proxy losses differed by −16% to +4% depending on bits.
+ * - qfn "a" does not clamp `W/scale + zero` to `[0, maxq]` before rounding by default (the
+ *   reference's `quantize_weight_vecbal` does, which moves values within half a step of the grid
+ *   ends and breaks the GPTQ equivalence; its `ldl_gptqequiv` path does not clamp):
+ *   `qfnaClamp: true` is the reference's.
+ * - Greedy passes clamp each coordinate as it is updated by default (`greedyClamp: "step"`), so
+ *   each pass never increases the proxy loss; the reference clamps after each pass and keeps the
+ *   unclamped residual (`greedyClamp: "pass"`; `ldlbal_admm`'s triangle-greedy is not that loop
+ *   and is not transcribed).
+ * - `incoh` turns on `preRescale` too, as the README says and as the reference does since
+ *   3d52f02 (which fixed its `args.pre_resclae` misspelling in `opt.py`).
+ * - `--incoh_processing` at the reference's HEAD rotates with the blocked butterfly
+ *   (`pre_proj_extra 0`, because `opt.py` sets `args.proj_extra = 1`, a typo for
+ *   `pre_proj_extra`); quantlab's rotations are `proj: "kron"` / `"hadamard"`; the butterfly is
+ *   not implemented, so an `--incoh_processing` run is not reproducible bit for bit.
  * - Everything is float64 (the reference: float32); rotations are seeded (`seed`).
+ *
+ * Defaults are quantlab's (GPTQ-equivalent order, no pre-clamp, per-step clamping), not the
+ * reference's: the reference's default incoherent run needs the butterfly rotation, so flipping
+ * the rounding defaults alone would give a hybrid equal to no reference run. Option combinations
+ * equal to reference command lines (`opt.py`, same (W, H), float64 vs the reference's float32):
+ * - `--quant ldl_gptqequiv --qfn a` ↔ `{ incoh: false, method: "ldlq" }`;
+ * - `--quant ldlq --qfn a --npasses N` ↔ `{ incoh: false, method: "ldlq", npasses: N,
+ *   columnOrder: "reference", qfnaClamp: true, greedyClamp: "pass" }`;
+ * - `--quant ldlqRG` / `--quant allbal` likewise with `method: "ldlqRG"` / `"allbal"`;
+ * - with `--pre_gptqH --pre_rescale` add `preGptqH: true, preRescale: true`
+ *   (tests/reference/quip_test.ts pins the rounding against a transcription of `round_ldl`).
  * @module
  */
 import { checkLayerInputs } from "./_inputs.ts";
@@ -52,7 +72,13 @@ import {
   makeRotations,
   type ProjKind,
 } from "./_incoherence.ts";
-import { type AdmmOptions, type QuipMethod, roundMethod } from "./_ldlq.ts";
+import {
+  type AdmmOptions,
+  type ColumnOrder,
+  type GreedyClamp,
+  type QuipMethod,
+  roundMethod,
+} from "./_ldlq.ts";
 
 export {
   applyRotation,
@@ -75,6 +101,8 @@ export {
 export {
   admmFeedback,
   type AdmmOptions,
+  type ColumnOrder,
+  type GreedyClamp,
   greedyPasses,
   ldlpAdmm,
   ldlqRound,
@@ -154,6 +182,21 @@ export interface QuipOptions {
   blocksize?: number;
   /** Knobs of "ldlbal_admm" (`ldlp_admm(H, rho=0.1, niters=100)`). */
   admm?: Partial<AdmmOptions>;
+  /**
+   * Column visiting order of "ldlq" / "ldlqRG" (default "gptq": first to last, = GPTQ);
+   * "reference": last to first, as the reference's `round_ldl` (see {@linkcode ColumnOrder}).
+   */
+  columnOrder?: ColumnOrder;
+  /**
+   * qfn "a": clamp `W/scale + zero` to `[0, maxq]` before rounding (default false; true = the
+   * reference's `quantize_weight_vecbal`). The clipped part still counts in `loss`.
+   */
+  qfnaClamp?: boolean;
+  /**
+   * Greedy-pass clamping (default "step": each coordinate as updated; "pass": the reference's
+   * clamp after each pass, see {@linkcode GreedyClamp}).
+   */
+  greedyClamp?: GreedyClamp;
 }
 
 /** Resolved options of {@linkcode quip}. */
@@ -188,6 +231,12 @@ export interface ResolvedQuipOptions {
   blocksize: number;
   /** See {@linkcode QuipOptions.admm}. */
   admm: AdmmOptions;
+  /** See {@linkcode QuipOptions.columnOrder}. */
+  columnOrder: ColumnOrder;
+  /** See {@linkcode QuipOptions.qfnaClamp}. */
+  qfnaClamp: boolean;
+  /** See {@linkcode QuipOptions.greedyClamp}. */
+  greedyClamp: GreedyClamp;
 }
 
 const METHODS: readonly QuipMethod[] = ["ldlq", "ldlqRG", "allbal", "ldlbal_admm"];
@@ -216,6 +265,9 @@ export const QUIP_OPTION_SPECS: Record<string, OptionSpec> = {
       niters: { type: "int", min: 1, max: MAX_ITERS },
     },
   },
+  columnOrder: { type: "enum", values: ["gptq", "reference"] },
+  qfnaClamp: { type: "boolean" },
+  greedyClamp: { type: "enum", values: ["step", "pass"] },
 };
 
 function bool(name: string, v: unknown, dflt: boolean): boolean {
@@ -300,6 +352,9 @@ export function resolveQuipOptions(opts: QuipOptions): ResolvedQuipOptions {
     lazyBatch,
     blocksize,
     admm: { rho, niters },
+    columnOrder: opts.columnOrder ?? "gptq",
+    qfnaClamp: bool("qfnaClamp", opts.qfnaClamp, false),
+    greedyClamp: opts.greedyClamp ?? "step",
   };
 }
 
@@ -433,16 +488,17 @@ export function quipBitsPerWeight(meta: QuantMeta): number {
 function addClipLoss(
   Wi: Float64Array,
   Wr: Float64Array,
-  scale: number,
-  zero: number,
+  grid: { scales: Float32Array; zeros: Float32Array },
   Q: Float64Array,
   H: Float64Array,
   [m, n]: [number, number],
   rowLoss: Float64Array,
 ): void {
   const v = new Float64Array(n);
+  const perRow = grid.scales.length === m;
   for (let r = 0; r < m; r++) {
     const ro = r * n;
+    const scale = grid.scales[perRow ? r : 0], zero = grid.zeros[perRow ? r : 0];
     let any = false;
     v.fill(0);
     for (let k = 0; k < n; k++) {
@@ -521,7 +577,10 @@ export async function quipQuantize(
     zeros = p.zero;
     for (let r = 0; r < m; r++) {
       const s = scales[r], z = zeros[r];
-      for (let j = 0; j < n; j++) Wi[r * n + j] = Wr[r * n + j] / s + z;
+      for (let j = 0; j < n; j++) {
+        const v = Wr[r * n + j] / s + z;
+        Wi[r * n + j] = !o.qfnaClamp ? v : v < 0 ? 0 : v > maxq ? maxq : v;
+      }
     }
   } else {
     let ss = 0;
@@ -548,6 +607,8 @@ export async function quipQuantize(
       gemm,
       npasses: o.npasses,
       admm: o.admm,
+      columnOrder: o.columnOrder,
+      greedyClamp: o.greedyClamp,
     });
   } catch (e) {
     if (e instanceof NotPositiveDefiniteError) {
@@ -591,8 +652,8 @@ export async function quipQuantize(
   timings.post = (performance.now() - t0) / 1000;
 
   t0 = performance.now();
-  if (o.qfn === "b") {
-    addClipLoss(Wi, Wr, scales[0], zeros[0], rounded.Q, pre.H, [m, n], rounded.rowLoss);
+  if (o.qfn === "b" || o.qfnaClamp) {
+    addClipLoss(Wi, Wr, { scales, zeros }, rounded.Q, pre.H, [m, n], rounded.rowLoss);
   }
   let loss = 0;
   for (let r = 0; r < m; r++) {
@@ -610,7 +671,8 @@ export async function quipQuantize(
  * `incoh` ↔ `--incoh_processing`, `preGptqH` ↔ `--pre_gptqH`, `preRescale` ↔ `--pre_rescale`,
  * `preProj` ↔ `--pre_proj`, `qfn` ↔ `--qfn`, `percdamp` ↔ `--percdamp`, `unbiased` ↔
  * `--unbiased`, `lazyBatch` ↔ `--lazy_batch`, `admm.rho`/`admm.niters` ↔ `ldlp_admm(rho,
- * niters)`. Bad options throw {@linkcode OptionError} naming the option. All products are
+ * niters)`; `columnOrder`, `qfnaClamp`, `greedyClamp` select the reference's rounding semantics
+ * (see the module doc for the combinations equal to reference command lines). Bad options throw {@linkcode OptionError} naming the option. All products are
  * float64 through onnxruntime (`onnxGemmF64`); `ctx.backend` is not used.
  *
  * @example

@@ -123,3 +123,81 @@ export function quanteaseReference(
   }
   return codes;
 }
+
+/** Lower Cholesky factor of a row-major SPD `n × n` matrix (plain float64). */
+export function choleskyLower(A: ArrayLike<number>, n: number): Float64Array {
+  const L = new Float64Array(n * n);
+  for (let j = 0; j < n; j++) {
+    let s = A[j * n + j];
+    for (let k = 0; k < j; k++) s -= L[j * n + k] * L[j * n + k];
+    if (!(s > 0)) throw new Error(`not positive definite at ${j}`);
+    const ljj = Math.sqrt(s);
+    L[j * n + j] = ljj;
+    for (let i = j + 1; i < n; i++) {
+      let t = A[i * n + j];
+      for (let k = 0; k < j; k++) t -= L[i * n + k] * L[j * n + k];
+      L[i * n + j] = t / ljj;
+    }
+  }
+  return L;
+}
+
+/**
+ * QuIP's `round_ldl(w, H, nbits, n_greedy_passes)` (vector_balance.py): `L = chol(H)·diag(L)⁻¹
+ * − I` (strictly lower); columns from last to first,
+ * `ŵ_i = clamp(⌊w_i + (w_{i:} − ŵ_{i:})·L_{i:,i} + ½⌋, 0, maxq)`; then greedy passes from last
+ * to first, `wr_i ← round(wr_i − (s·H)_i / H_ii)` unclamped with `s ← s + Δ`, the whole `wr`
+ * clamped after each pass (`s` keeps the unclamped values), stop when a pass leaves `wr`
+ * unchanged. `sortByDiag` is `round_sorted_ldlqRG`: the columns permuted by the (stable)
+ * ascending `argsort(diag H)` first. Returns codes (float64, row-major).
+ */
+export function roundLdlReference(
+  w: Float64Array,
+  H: Float64Array,
+  o: { rows: number; cols: number; maxq: number; npasses: number; sortByDiag?: boolean },
+): Float64Array {
+  const { rows: m, cols: d, maxq } = o;
+  let p = Array.from({ length: d }, (_, i) => i);
+  if (o.sortByDiag) p = p.sort((a, b) => H[a * d + a] - H[b * d + b]);
+  const wp = new Float64Array(m * d), Hp = new Float64Array(d * d);
+  for (let r = 0; r < m; r++) for (let c = 0; c < d; c++) wp[r * d + c] = w[r * d + p[c]];
+  for (let i = 0; i < d; i++) for (let j = 0; j < d; j++) Hp[i * d + j] = H[p[i] * d + p[j]];
+  const L = choleskyLower(Hp, d);
+  const U = new Float64Array(d * d); // unit-lower minus I
+  for (let i = 0; i < d; i++) {
+    for (let k = i + 1; k < d; k++) U[k * d + i] = L[k * d + i] / L[i * d + i];
+  }
+  const what = wp.slice();
+  const clamp = (x: number) => Math.min(Math.max(x, 0), maxq);
+  for (let i = d - 1; i >= 0; i--) {
+    for (let r = 0; r < m; r++) {
+      let fb = 0;
+      for (let k = i; k < d; k++) fb += (wp[r * d + k] - what[r * d + k]) * U[k * d + i];
+      what[r * d + i] = clamp(Math.floor(wp[r * d + i] + fb + 0.5));
+    }
+  }
+  const wr = what.slice();
+  const s = new Float64Array(m * d);
+  for (let i = 0; i < s.length; i++) s[i] = what[i] - wp[i];
+  for (let pass = 0; pass < o.npasses; pass++) {
+    for (let i = d - 1; i >= 0; i--) {
+      for (let r = 0; r < m; r++) {
+        let hs = 0;
+        for (let k = 0; k < d; k++) hs += s[r * d + k] * Hp[k * d + i];
+        const nv = roundEven(wr[r * d + i] - hs / Hp[i * d + i]);
+        s[r * d + i] += nv - wr[r * d + i];
+        wr[r * d + i] = nv;
+      }
+    }
+    let same = true;
+    for (let i = 0; i < wr.length; i++) {
+      wr[i] = clamp(wr[i]);
+      if (wr[i] !== what[i]) same = false;
+    }
+    if (same) break;
+    what.set(wr);
+  }
+  const out = new Float64Array(m * d);
+  for (let r = 0; r < m; r++) for (let c = 0; c < d; c++) out[r * d + p[c]] = wr[r * d + c];
+  return out;
+}
