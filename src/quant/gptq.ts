@@ -72,6 +72,16 @@ export interface GptqOptions {
   partialGroups?: boolean;
 }
 
+/**
+ * A replacement for `grid.ts`'s `findParams` at every grid fit of {@linkcode gptqQuantize}
+ * (per-channel, static and dynamic groups); internal, for methods that run GPTQ with their own
+ * grid rule (FrameQuant's `gridFit: "reference"`). Setting it keeps the column pass on the CPU.
+ */
+export type GridFitter = (
+  W: Tensor,
+  range: { colStart?: number; colEnd?: number },
+) => { scale: Float32Array; zero: Float32Array };
+
 /** Seconds spent in each phase of one {@linkcode gptqQuantize} call (in `meta.timings`). */
 export interface GptqTimings {
   /**
@@ -211,6 +221,7 @@ async function cpuColumns(
     backend: Backend;
     timings: GptqTimings;
     setGroup: (g: number, p: { scale: Float32Array; zero: Float32Array }) => void;
+    fit?: GridFitter;
   },
 ): Promise<number> {
   const { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm } = buf;
@@ -223,10 +234,8 @@ async function cpuColumns(
       t0 = performance.now();
       for (let c = i1; c < i2; c++) {
         if (c % gs === 0) {
-          o.setGroup(
-            c / gs,
-            findParams(Wt, { ...o.grid, colStart: c, colEnd: Math.min(c + gs, cols) }),
-          );
+          const range = { colStart: c, colEnd: Math.min(c + gs, cols) };
+          o.setGroup(c / gs, o.fit ? o.fit(Wt, range) : findParams(Wt, { ...o.grid, ...range }));
         }
       }
       timings.params += (performance.now() - t0) / 1000;
@@ -291,11 +300,12 @@ function notPd(layer: string, percdamp: number, detail: string, cause?: unknown)
 export async function gptqQuantize(
   W: Tensor,
   stats: LayerStats,
-  options: GptqOptions & QuantContext,
+  options: GptqOptions & QuantContext & { fitGrid?: GridFitter },
 ): Promise<QuantResult> {
   const o = resolveOptions(options);
   const layer = options.layer ?? "weight";
   const backend = options.backend ?? cpuBackend;
+  const fit = options.fitGrid;
   const { rows, cols, H: H0 } = checkLayerInputs("gptq", W, stats, {
     layer,
     hint: dampHint(o.percdamp),
@@ -332,7 +342,7 @@ export async function gptqQuantize(
   const diag = new Float64Array(cols);
   for (let i = 0; i < cols; i++) diag[i] = H0[i * cols + i];
   // 1. per-channel grid on the original weight (the reference's `quantizer.find_params(W)`).
-  if (gs === -1) setGroup(0, findParams(W, grid));
+  if (gs === -1) setGroup(0, fit ? fit(W, {}) : findParams(W, grid));
   // 2. dead inputs: H_ii = 1 (applied to H below) and zero weight columns.
   const dead: number[] = [];
   for (let i = 0; i < cols; i++) {
@@ -350,14 +360,9 @@ export async function gptqQuantize(
   const isStatic = o.staticGroups && gs > 0;
   if (isStatic) {
     for (let g = 0; g < ngroups; g++) {
-      setGroup(
-        g,
-        findParams({ shape: [rows, cols], data: W0 }, {
-          ...grid,
-          colStart: g * gs,
-          colEnd: Math.min(g * gs + gs, cols),
-        }),
-      );
+      const range = { colStart: g * gs, colEnd: Math.min(g * gs + gs, cols) };
+      const W0t = { shape: [rows, cols], data: W0 };
+      setGroup(g, fit ? fit(W0t, range) : findParams(W0t, { ...grid, ...range }));
     }
   }
   // 4. act-order: processed column c is original column perm[c] (descending diag, stable).
@@ -391,7 +396,7 @@ export async function gptqQuantize(
   // computes Hinv in float32 (as the reference does on the GPU), runs every block and writes
   // codes/Q back in the original order, in one submission.
   let dev: GptqColumnsResult | undefined;
-  if (!o.mse && backend.gptqColumns) {
+  if (!o.mse && !fit && backend.gptqColumns) {
     t0 = performance.now();
     try {
       dev = await backend.gptqColumns({
@@ -482,7 +487,7 @@ export async function gptqQuantize(
     Q = new Float32Array(rows * cols);
     loss = await cpuColumns(
       { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm },
-      { ...dims, grid, fitGroups, gs, backend, timings, setGroup },
+      { ...dims, grid, fitGroups, gs, backend, timings, setGroup, fit },
     );
   }
 

@@ -201,3 +201,107 @@ export function roundLdlReference(
   for (let r = 0; r < m; r++) for (let c = 0; c < d; c++) out[r * d + p[c]] = wr[r * d + c];
   return out;
 }
+
+/** Dense normalized Sylvester–Hadamard matrix `H_n/√n` (n a power of two), row-major. */
+export function hadamardMatrix(n: number): Float64Array {
+  const M = new Float64Array(n * n);
+  const s = 1 / Math.sqrt(n);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < n; j++) {
+      let x = i & j, p = 0;
+      while (x) {
+        p ^= x & 1;
+        x >>= 1;
+      }
+      M[i * n + j] = p ? -s : s;
+    }
+  }
+  return M;
+}
+
+/**
+ * FrameQuant's analysis matrix (`k × d`, dense) at redundancy 1 for `d` a multiple of
+ * `2·lDen`, built the way the reference builds it: `construct_real_tff(K, l, n)` (spectral
+ * tetris rows of ones — `n/l` is an integer here —, modulation `e^{2πi·k·n/K}/√K`, the real
+ * representation with even rows `[Re, −Im]` and odd rows `[Im, Re]`), `get_tff_blks` (per
+ * subspace `l` the `(2, K, cols)` block viewed as `2K × cols`), then `tff_project`: signs `D`
+ * and `H/√d₂` on each block of `d₂`, and the einsum/permute layout (coefficient `j·U + u`).
+ */
+export function referenceFrameMatrix(d: number, signs: ArrayLike<number>, lDen = 16): Float64Array {
+  const lTff = Math.floor(d / lDen);
+  const K = Math.round(Math.floor(d / lTff) * 1);
+  const l = Math.floor(lTff / 2), nC = d / 2;
+  const per = nC / l; // complex columns per subspace (an integer here)
+  // tff_lxn: row `row` has ones in complex columns [row·per, (row+1)·per).
+  // Real TFF: tffsReal[k][2·row + p][c], c over 2n real columns.
+  const U = l, width = 2 * per; // real block width
+  const blocks: Float64Array[] = []; // each (2K × width), row index p·K + k
+  for (let row = 0; row < l; row++) {
+    const B = new Float64Array(2 * K * width);
+    for (let p = 0; p < 2; p++) {
+      for (let k = 0; k < K; k++) {
+        for (let m = 0; m < per; m++) {
+          const nGlobal = row * per + m;
+          const th = (2 * Math.PI * k * nGlobal) / K;
+          const re = Math.cos(th) / Math.sqrt(K), im = Math.sin(th) / Math.sqrt(K);
+          const r0 = (p * K + k) * width;
+          if (p === 0) {
+            B[r0 + 2 * m] = re;
+            B[r0 + 2 * m + 1] = -im;
+          } else {
+            B[r0 + 2 * m] = im;
+            B[r0 + 2 * m + 1] = re;
+          }
+        }
+      }
+    }
+    blocks.push(B);
+  }
+  let d2 = 1;
+  while (d % (d2 * 2) === 0) d2 *= 2;
+  const Hd = hadamardMatrix(d2);
+  // Hadamard step as a dense d × d matrix: y = blockdiag(H·D) x.
+  const T = new Float64Array(d * d);
+  for (let b = 0; b < d; b += d2) {
+    for (let i = 0; i < d2; i++) {
+      for (let j = 0; j < d2; j++) T[(b + i) * d + b + j] = Hd[i * d2 + j] * signs[j];
+    }
+  }
+  const rowsOut = 2 * K;
+  const A = new Float64Array(rowsOut * U * d);
+  for (let u = 0; u < U; u++) {
+    const B = blocks[u];
+    for (let j = 0; j < rowsOut; j++) {
+      const outRow = j * U + u;
+      for (let c = 0; c < width; c++) {
+        const coef = B[j * width + c];
+        if (coef === 0) continue;
+        const src = u * width + c;
+        for (let x = 0; x < d; x++) A[outRow * d + x] += coef * T[src * d + x];
+      }
+    }
+  }
+  return A;
+}
+
+/**
+ * FrameQuant's `find_params_FrameQuant` for one row slice (float64 statistics, unbiased σ):
+ * `scale = x_sigma·σ/(maxq/2)`, `zero = round((1 − mean/(2σ))·maxq/2)` (asymmetric).
+ */
+export function frameQuantGridRow(
+  x: ArrayLike<number>,
+  bits: number,
+  xSigma: number,
+): { scale: number; zero: number } {
+  const maxq = 2 ** bits - 1, n = x.length;
+  let mean = 0;
+  for (let i = 0; i < n; i++) mean += x[i];
+  mean /= n;
+  let v = 0;
+  for (let i = 0; i < n; i++) v += (x[i] - mean) ** 2;
+  const std = Math.sqrt(v / (n - 1));
+  return {
+    scale: f((xSigma * std) / (maxq / 2)),
+    zero: roundEven((1 - mean / (2 * std)) * maxq / 2),
+  };
+}
