@@ -28,13 +28,18 @@
  *   3d52f02 (which fixed its `args.pre_resclae` misspelling in `opt.py`).
  * - `--incoh_processing` at the reference's HEAD rotates with the blocked butterfly
  *   (`pre_proj_extra 0`, because `opt.py` sets `args.proj_extra = 1`, a typo for
- *   `pre_proj_extra`); quantlab's rotations are `proj: "kron"` / `"hadamard"`; the butterfly is
- *   not implemented, so an `--incoh_processing` run is not reproducible bit for bit.
+ *   `pre_proj_extra`, so its intended unblocked variant never runs): `proj: "butterfly"`
+ *   (`_incoherence.ts` `randomButterfly`, same construction, seeded draws instead of torch's and
+ *   scipy's generators, so the rotation differs draw by draw and no run is bit-identical).
  * - Everything is float64 (the reference: float32); rotations are seeded (`seed`).
  *
- * Defaults are quantlab's (GPTQ-equivalent order, no pre-clamp, per-step clamping), not the
- * reference's: the reference's default incoherent run needs the butterfly rotation, so flipping
- * the rounding defaults alone would give a hybrid equal to no reference run. Option combinations
+ * Defaults are quantlab's (paper's Kronecker rotation, GPTQ-equivalent order, no pre-clamp,
+ * per-step clamping), not the reference code's: its random rotations cannot be replayed, so no
+ * incoherent reference run is reproducible bit for bit whatever the defaults, and the paper's
+ * construction and GPTQ equivalence are what quantlab's other methods are compared against. The
+ * reference's `--incoh_processing --quant ldlq` is `{ proj: "butterfly", columnOrder:
+ * "reference", greedyClamp: "pass" }` (qfn b; the clamp-before-round is qfn a only). Option
+ * combinations
  * equal to reference command lines (`opt.py`, same (W, H), float64 vs the reference's float32):
  * - `--quant ldl_gptqequiv --qfn a` ↔ `{ incoh: false, method: "ldlq" }`;
  * - `--quant ldlq --qfn a --npasses N` ↔ `{ incoh: false, method: "ldlq", npasses: N,
@@ -152,8 +157,9 @@ export interface QuipOptions {
    * The orthogonal transform of `preProj` (default "kron"): "kron" = the paper's two-factor
    * Kronecker product of Haar-random orthogonal matrices; "hadamard" = randomized Hadamard
    * `H_N/√N·diag(±1)`, zero-padding a dimension that is not a power of two to `N = nextPow2`
-   * (more codes, counted in bits per weight). The reference's `--pre_proj_extra` variants
-   * (blocked butterflies with permutations) are not implemented. Only with `preProj`.
+   * (more codes, counted in bits per weight); "butterfly" = the reference code's blocked
+   * two-factor butterfly with random input/output permutations (`--pre_proj_extra 0`, what its
+   * `--incoh_processing` runs at HEAD; seeded draws, not torch's). Only with `preProj`.
    */
   proj?: ProjKind;
   /**
@@ -250,7 +256,7 @@ export const QUIP_OPTION_SPECS: Record<string, OptionSpec> = {
   preGptqH: { type: "boolean" },
   preRescale: { type: "boolean" },
   preProj: { type: "boolean" },
-  proj: { type: "enum", values: ["kron", "hadamard"] },
+  proj: { type: "enum", values: ["kron", "hadamard", "butterfly"] },
   qfn: { type: "enum", values: ["a", "b"] },
   percdamp: { type: "number", gt: 0, max: 1e6 },
   seed: { type: "int", min: Number.MIN_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER },
@@ -298,8 +304,11 @@ export function resolveQuipOptions(opts: QuipOptions): ResolvedQuipOptions {
   const preGptqH = bool("preGptqH", opts.preGptqH, incoh);
   const preRescale = bool("preRescale", opts.preRescale, incoh);
   const preProj = bool("preProj", opts.preProj, incoh);
-  if (opts.proj !== undefined && opts.proj !== "kron" && opts.proj !== "hadamard") {
-    throw new OptionError("proj", `must be "kron" or "hadamard", got ${opts.proj}`);
+  if (
+    opts.proj !== undefined && opts.proj !== "kron" && opts.proj !== "hadamard" &&
+    opts.proj !== "butterfly"
+  ) {
+    throw new OptionError("proj", `must be "kron", "hadamard" or "butterfly", got ${opts.proj}`);
   }
   if (opts.proj !== undefined && !preProj) {
     throw new OptionError("proj", `has no effect without preProj (or incoh)`);

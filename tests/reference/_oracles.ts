@@ -305,3 +305,44 @@ export function frameQuantGridRow(
     zero: roundEven((1 - mean / (2 * std)) * maxq / 2),
   };
 }
+
+/**
+ * QuIP's `mul_ortho_butterfly((B, p_in, p_out), I)` (method.py) as a dense `n × n` matrix, for
+ * given blocks and permutations: rows gathered by `p_in`; for factor `i` (`pre = Π pfn[:i]`,
+ * `post = Π pfn[i+1:]`) the tensor viewed as `(pre, p, post, n)` is permuted to
+ * `(pre·post, p, n)` and multiplied by the batch `B[i]` (`pre·post` blocks `p × p`), then viewed
+ * back; finally rows gathered by `p_out`.
+ */
+export function butterflyMatrix(
+  factors: number[],
+  B: Float64Array[][],
+  pIn: ArrayLike<number>,
+  pOut: ArrayLike<number>,
+): Float64Array {
+  const n = factors.reduce((a, b) => a * b, 1);
+  let X = new Float64Array(n * n);
+  for (let r = 0; r < n; r++) X[r * n + pIn[r]] = 1; // I[p_in, :]
+  for (let i = 0; i < factors.length; i++) {
+    const p = factors[i];
+    const pre = factors.slice(0, i).reduce((a, b) => a * b, 1);
+    const post = factors.slice(i + 1).reduce((a, b) => a * b, 1);
+    const Y = new Float64Array(n * n);
+    for (let m0 = 0; m0 < pre; m0++) {
+      for (let s = 0; s < post; s++) {
+        const blk = B[i][m0 * post + s];
+        for (let j = 0; j < p; j++) {
+          const row = (m0 * p + j) * post + s;
+          for (let c = 0; c < p; c++) {
+            const src = (m0 * p + c) * post + s;
+            const m = blk[j * p + c];
+            for (let q = 0; q < n; q++) Y[row * n + q] += m * X[src * n + q];
+          }
+        }
+      }
+    }
+    X = Y;
+  }
+  const Z = new Float64Array(n * n);
+  for (let r = 0; r < n; r++) Z.set(X.subarray(pOut[r] * n, (pOut[r] + 1) * n), r * n);
+  return Z;
+}

@@ -133,3 +133,44 @@ Deno.test("QuIP new options are strict", () => {
     assert(msg.includes(Object.keys(bad)[0]), `${JSON.stringify(bad)}: ${msg}`);
   }
 });
+
+Deno.test("QuIP proj butterfly: the rotation = transcribed mul_ortho_butterfly; factors as butterfly_factors", async () => {
+  const { butterflyFactors, denseRotation, randomButterfly } = await import(
+    "../../src/quant/_incoherence.ts"
+  );
+  const { butterflyMatrix } = await import("./_oracles.ts");
+  assertEquals(butterflyFactors(64), [8, 8]);
+  assertEquals(butterflyFactors(172), [86, 2]);
+  assertEquals(butterflyFactors(96), [8, 12]);
+  assertEquals(butterflyFactors(7), [7, 1]);
+  for (const n of [8, 12, 64, 172]) {
+    const rot = randomButterfly(n, mulberry32(n));
+    const D = denseRotation(rot);
+    const O = butterflyMatrix(rot.factors, rot.blocks, rot.pIn, rot.pOut);
+    let worst = 0;
+    for (let i = 0; i < D.length; i++) worst = Math.max(worst, Math.abs(D[i] - O[i]));
+    assert(worst < 1e-12, `n ${n}: |dense − oracle| ${worst}`);
+    let orth = 0;
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let k = 0; k < n; k++) s += D[i * n + k] * D[j * n + k];
+        orth = Math.max(orth, Math.abs(s - (i === j ? 1 : 0)));
+      }
+    }
+    assert(orth < 1e-12, `n ${n}: not orthogonal (${orth})`);
+  }
+});
+
+Deno.test("QuIP proj butterfly end to end: Wq decodes bit-exactly", async () => {
+  const { dequantizeQuip } = await import("../../src/quant/quip.ts");
+  const { proxyLossFlat } = await import("../quant/_oracles.ts");
+  const fx = FIXTURES[2];
+  const W = { shape: [fx.rows, fx.cols], data: fx.W };
+  const stats = { H: Float32Array.from(fx.H), nsamples: 96 };
+  const res = await quipQuantize(W, stats, { bits: 2, proj: "butterfly" });
+  assertEquals((await dequantizeQuip(res.meta)).data, res.Wq.data);
+  assertEquals((res.meta.quip as { proj: string }).proj, "butterfly");
+  const lb = proxyLossFlat(fx.W, res.Wq.data, fx.H, fx.rows, fx.cols);
+  assert(Number.isFinite(lb) && lb > 0);
+});
