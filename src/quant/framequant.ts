@@ -23,14 +23,16 @@
  * `frames: "hadamard"`, `_frames.ts`: zero padding plus randomized Hadamard passes, tight for
  * every `n` and `k`; `frames: "reference"` is the reference's construction at r = 1, a Hadamard
  * then the same DFT-like 16×16 complex fusion transform on every block — measured in issue 19 to
- * give a 17× (2-bit) and 45× (3-bit) larger proxy loss on a real test layer, because it
- * re-concentrates outlier columns that the 2σ clip then cuts; with Hadamard-only frames patched
- * into the reference the two agreed within 0.996–1.002, which is why the default stays
+ * give a 17× (2-bit) and 45× (3-bit) larger proxy loss on one real test layer, because it
+ * re-concentrates outlier columns that the 2σ clip then cuts (with Hadamard-only frames patched
+ * into the reference the two agreed within 0.996–1.002), and 1.07–1.15× summed over the 64 × 64
+ * stories260K layers (`bench/reference_fidelity.ts`), which is why the default stays
  * `"hadamard"`); the grid (default `gridFit: "minmax"`: GPTQ's min-max grid of the clipped rows
  * and groups; `gridFit: "reference"`: the reference's `find_params_FrameQuant`, `mean ±
  * x_sigma·σ` per row — fitted on the unclipped frame weight — and per group, refitted as GPTQ
  * reaches it; the two agree per channel whenever a row reaches both clip bounds, not with
- * groups); the reference's `H += H + damp·I` doubles `H`,
+ * groups; with Hadamard frames the reference grid gave a 1.5–2.6% higher summed proxy loss on
+ * stories260K's 64 × 64 layers); the reference's `H += H + damp·I` doubles `H`,
  * so its effective dampening is `percdamp / 2` (pass `percdamp: 0.005` to match it); one seed per
  * quantizer rather than `seed + layer index`; bits 9–16 round to nearest in the frame domain.
  * @module
