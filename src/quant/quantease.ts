@@ -476,6 +476,25 @@ async function sweep(st: SweepState, round: boolean): Promise<void> {
 }
 
 /**
+ * The outlier variant's IHT step, in place on `S`: `S ← P_k(S + step · (W − Q − S)·Σ)` with the
+ * maintained product `R` (the reference's `H -= R * step` and top-k projection). Returns the kept
+ * positions. The caller refreshes `R` afterwards.
+ */
+function outlierStep(
+  st: SweepState,
+  S: Float32Array,
+  o: { k: number; structured: boolean; step: number },
+): { idx: Int32Array; cols?: Int32Array } {
+  const { rows, cols } = st;
+  const St = new Float64Array(rows * cols);
+  for (let i = 0; i < St.length; i++) St[i] = S[i] + o.step * st.R[i];
+  const sel = selectOutliers(St, { rows, cols, k: o.k, structured: o.structured });
+  S.fill(0);
+  for (const i of sel.idx) S[i] = St[i];
+  return sel;
+}
+
+/**
  * `R = E·Σ` with `E = T − Q − S` through the backend (float32, like the per-block updates), and
  * the objective `Σ E∘R` in float64. Runs at the start and after each outlier step.
  */
@@ -713,12 +732,7 @@ export async function quanteaseQuantize(
     const round = !o.relax || it % 3 !== 1 || it === o.numIter - 1 || it > 25;
     await sweep(st, round);
     if (withOutliers && k > 0 && lambda > 0) {
-      const step = o.alpha / lambda / 2;
-      const St = new Float64Array(rows * cols);
-      for (let i = 0; i < St.length; i++) St[i] = S![i] + step * st.R[i];
-      sel = selectOutliers(St, { rows, cols, k, structured: o.structureOutlier });
-      S!.fill(0);
-      for (const i of sel.idx) S![i] = St[i];
+      sel = outlierStep(st, S!, { k, structured: o.structureOutlier, step: o.alpha / lambda / 2 });
       objectiveValues.push(await refresh(st, T, S));
     } else {
       objectiveValues.push(objective(st, T, S));
