@@ -6,8 +6,11 @@
  * TinyStories train tokens — with TinyStories perplexity, bits/weight and seconds, and the run's peak memory.
  *
  * Flags: `--windows N` evaluates on the first N windows of 512 tokens (default 64, about 33k
- * tokens; `--windows all` uses all 762 windows of the 1,000 validation stories, which takes
- * 40–60 minutes for the whole table on 2 cores), `--no-table` stops after the FP figures.
+ * tokens, the same default as `deno task cli ppl` / `quantize --windows`; `--windows all` uses all
+ * 762 windows of the 1,000 validation stories, which takes 40–60 minutes for the whole table on 2
+ * cores), `--no-table` stops after the FP figures. Every row, the FP one included, is evaluated
+ * on the same windows; the `setup` column says what each row is (act-order, per-channel or
+ * static/partial groups, what bits/weight counts).
  * @module
  */
 import { parseArgs } from "node:util";
@@ -62,7 +65,19 @@ if (!flags["no-table"]) {
     bitsPerWeight: 32,
     ppl: fp.ppl,
     seconds: 0,
+    setup: `unquantized, same ${fp.windows} windows`,
   }];
+  // What each row is (the table's last column); bits/weight always counts codes plus fp16
+  // scales and zeros (and g_idx / outliers / frame redundancy where a method stores them).
+  const setups: Record<string, (bits: number, groupSize: number) => string> = {
+    rtn: (_b, g) => g === -1 ? "per-channel min-max" : `dynamic groups of ${g} (last one partial)`,
+    gptq: (_b, g) =>
+      `act-order, ${g === -1 ? "per-channel" : `dynamic groups of ${g} (last one partial)`}`,
+    quantease: () => "reference default: start from W, relaxed iterations, 30 sweeps",
+    quip: () => "incoherence (kron), ldlq, qfn b",
+    "framequant r1.1": () => "frames on both sides: bits/weight counts 1.1² codes per weight",
+    bcq: () => "LUT-GEMM binary codes, 30 rounds, groups of 128",
+  };
   const methods: [string, (bits: number, groupSize: number) => WeightQuantizer][] = [
     ["rtn", (bits, groupSize) => rtn({ bits, groupSize, partialGroups: true })],
     ["gptq", (bits, groupSize) => gptq({ bits, groupSize, actOrder: true, partialGroups: true })],
@@ -99,6 +114,7 @@ if (!flags["no-table"]) {
       bitsPerWeight: qm.report.bitsPerWeight,
       ppl: r.ppl,
       seconds: qm.report.seconds,
+      setup: setups[name]?.(bits, groupSize) ?? "",
     });
     console.error(`  ${name} ${bits}-bit g${groupSize}: ppl ${r.ppl.toFixed(3)}`);
   }

@@ -8,6 +8,7 @@
  * @module
  */
 import { QuantlabError, UnsupportedError } from "../errors.ts";
+import { ensureRuntimeDir } from "./_runtime_dir.ts";
 
 /** Options of {@linkcode getWebGPU}. */
 export interface WebGPUOptions {
@@ -231,6 +232,7 @@ async function acquire(): Promise<WebGPUContext> {
       "webgpu: navigator.gpu is missing (run Deno with --unstable-webgpu)",
     );
   }
+  ensureRuntimeDir(); // quiets Mesa's XDG_RUNTIME_DIR error
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) {
     throw new UnsupportedError("webgpu: no adapter found (no Vulkan/Metal/DX12 driver)");

@@ -48,11 +48,158 @@ export interface HadamardRotation {
   signs: Float64Array;
 }
 
-/** One of the orthogonal transforms of {@linkcode incoherencePre}. */
-export type Rotation = KronRotation | HadamardRotation;
+/**
+ * The reference's blocked two-factor butterfly (Cornell-RelaxML/QuIP `method.py`
+ * `gen_rand_ortho_butterfly` / `mul_ortho_butterfly`, its `--pre_proj_extra 0`): `x ← x[pIn]`;
+ * for each factor `p` of {@linkcode butterflyFactors}`(n)` the `n/p` strided fibres of length
+ * `p` (index `(pre, ·, post)`) each get their own random `p × p` orthogonal block; `x ← x[pOut]`.
+ */
+export interface ButterflyRotation {
+  /** Discriminant. */
+  kind: "butterfly";
+  /** Dimension. */
+  n: number;
+  /** The two factors (`butterflyFactors(n)`), slowest-varying first. */
+  factors: number[];
+  /** Per factor `p`: `n/p` row-major `p × p` orthogonal blocks, fibre `pre·post + q` order. */
+  blocks: Float64Array[][];
+  /** Input gather: `y[j] = x[pIn[j]]`. */
+  pIn: Int32Array;
+  /** Output gather: `z[j] = y[pOut[j]]`. */
+  pOut: Int32Array;
+}
 
-/** The orthogonal transform kinds: two-factor Kronecker or randomized Hadamard. */
-export type ProjKind = "kron" | "hadamard";
+/** One of the orthogonal transforms of {@linkcode incoherencePre}. */
+export type Rotation = KronRotation | HadamardRotation | ButterflyRotation;
+
+/**
+ * The orthogonal transform kinds: two-factor Kronecker, randomized Hadamard, or the reference's
+ * blocked butterfly.
+ */
+export type ProjKind = "kron" | "hadamard" | "butterfly";
+
+/**
+ * The reference's `butterfly_factors(n)`: the prime factors of `n` in ascending order, split
+ * alternately, `(Π pf[0::2], Π pf[1::2])` (64 → 8·8, 172 → 86·2, 96 → 8·12, a prime p → p·1).
+ */
+export function butterflyFactors(n: number): [number, number] {
+  if (!Number.isInteger(n) || n < 1) throw new RangeError(`butterflyFactors: bad dimension ${n}`);
+  const pf: number[] = [];
+  let m = n;
+  for (let d = 2; d * d <= m; d++) while (m % d === 0) [pf[pf.length], m] = [d, m / d];
+  if (m > 1) pf.push(m);
+  let a = 1, b = 1;
+  pf.forEach((p, i) => i % 2 === 0 ? (a *= p) : (b *= p));
+  return [a, b];
+}
+
+/** Sign of the determinant of a row-major `p × p` matrix (LU with partial pivoting). */
+function detSign(M: Float64Array, p: number): number {
+  const A = M.slice();
+  let sign = 1;
+  for (let k = 0; k < p; k++) {
+    let piv = k;
+    for (let i = k + 1; i < p; i++) if (Math.abs(A[i * p + k]) > Math.abs(A[piv * p + k])) piv = i;
+    if (A[piv * p + k] === 0) return 0;
+    if (piv !== k) {
+      for (let j = 0; j < p; j++) [A[k * p + j], A[piv * p + j]] = [A[piv * p + j], A[k * p + j]];
+      sign = -sign;
+    }
+    if (A[k * p + k] < 0) sign = -sign;
+    for (let i = k + 1; i < p; i++) {
+      const f = A[i * p + k] / A[k * p + k];
+      for (let j = k; j < p; j++) A[i * p + j] -= f * A[k * p + j];
+    }
+  }
+  return sign;
+}
+
+/** A random permutation of `0..n−1` (Fisher–Yates from `rng`). */
+function randomPerm(n: number, rng: Rng): Int32Array {
+  const a = Int32Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(rng() * (i + 1));
+    [a[i], a[j]] = [a[j], a[i]];
+  }
+  return a;
+}
+
+/**
+ * A random blocked butterfly of dimension `n` (the reference's `gen_rand_ortho_butterfly`):
+ * per factor `p`, `n/p` independent blocks — `p = 2`: a rotation by a uniform angle; otherwise a
+ * Haar-random special orthogonal matrix (scipy's `special_ortho_group`; here Haar O(p) with the
+ * first row negated when the determinant is −1) — then the input and output permutations. All
+ * draws come from `rng` (the reference draws from torch/numpy generators, which this cannot
+ * replay: same construction, different random draw).
+ */
+export function randomButterfly(n: number, rng: Rng): ButterflyRotation {
+  const factors = butterflyFactors(n);
+  const blocks = factors.map((p) =>
+    Array.from({ length: n / p }, () => {
+      if (p === 1) return Float64Array.of(1);
+      if (p === 2) {
+        const t = rng() * 2 * Math.PI, c = Math.cos(t), s = Math.sin(t);
+        return Float64Array.of(c, s, -s, c);
+      }
+      const Q = haarOrthogonal(p, rng);
+      if (detSign(Q, p) < 0) { for (let j = 0; j < p; j++) Q[j] = -Q[j]; }
+      return Q;
+    })
+  );
+  return {
+    kind: "butterfly",
+    n,
+    factors,
+    blocks,
+    pIn: randomPerm(n, rng),
+    pOut: randomPerm(n, rng),
+  };
+}
+
+/** `R·x` (or `Rᵀ·x`) for a butterfly along axis 1 of `x` (`[A, N, B]`). */
+function applyButterfly(
+  x: Float64Array,
+  dims: [number, number, number],
+  rot: ButterflyRotation,
+  transpose: boolean,
+): Float64Array {
+  const [A, N, B] = dims;
+  const out = new Float64Array(x.length);
+  const v = new Float64Array(N), w = new Float64Array(N);
+  const stages = rot.factors.map((_, i) => i);
+  if (transpose) stages.reverse();
+  for (let a = 0; a < A; a++) {
+    for (let b = 0; b < B; b++) {
+      for (let j = 0; j < N; j++) v[j] = x[(a * N + j) * B + b];
+      // forward: gather by pIn; transpose: scatter by pOut (the inverse of the last gather).
+      if (!transpose) { for (let j = 0; j < N; j++) w[j] = v[rot.pIn[j]]; }
+      else for (let j = 0; j < N; j++) w[rot.pOut[j]] = v[j];
+      for (const i of stages) {
+        const p = rot.factors[i];
+        if (p === 1) continue;
+        let pre = 1;
+        for (let t = 0; t < i; t++) pre *= rot.factors[t];
+        const post = N / (pre * p);
+        for (let m0 = 0; m0 < pre; m0++) {
+          for (let q = 0; q < post; q++) {
+            const M = rot.blocks[i][m0 * post + q];
+            const base = m0 * p * post + q;
+            for (let r = 0; r < p; r++) v[r] = w[base + r * post];
+            for (let r = 0; r < p; r++) {
+              let s = 0;
+              for (let c = 0; c < p; c++) s += (transpose ? M[c * p + r] : M[r * p + c]) * v[c];
+              w[base + r * post] = s;
+            }
+          }
+        }
+      }
+      if (!transpose) { for (let j = 0; j < N; j++) v[j] = w[rot.pOut[j]]; }
+      else for (let j = 0; j < N; j++) v[rot.pIn[j]] = w[j];
+      for (let j = 0; j < N; j++) out[(a * N + j) * B + b] = v[j];
+    }
+  }
+  return out;
+}
 
 /**
  * The balanced two-factor split `n = p·q` used by `"kron"`: `p` is the largest divisor of `n`
@@ -118,7 +265,7 @@ export function randomHadamard(n: number, rng: Rng): HadamardRotation {
 
 /** The transform's size: `n` for Kronecker, the padded `N` for Hadamard. */
 export function rotationSize(rot: Rotation): number {
-  return rot.kind === "kron" ? rot.n : rot.size;
+  return rot.kind === "hadamard" ? rot.size : rot.n;
 }
 
 /** The dense row-major matrix of a rotation (for tests and notebooks). */
@@ -237,6 +384,7 @@ export async function applyRotation(
     throw new RangeError(`applyRotation: shape [${dims}] does not fit a rotation of size ${N}`);
   }
   if (rot.kind === "hadamard") return applyHadamard(x, dims, rot, transpose);
+  if (rot.kind === "butterfly") return applyButterfly(x, dims, rot, transpose);
   let y = x;
   let pre = 1;
   for (let t = 0; t < rot.factors.length; t++) {
@@ -256,6 +404,7 @@ function applyRotationTS(
   transpose: boolean,
 ): Float64Array {
   if (rot.kind === "hadamard") return applyHadamard(x, dims, rot, transpose);
+  if (rot.kind === "butterfly") return applyButterfly(x, dims, rot, transpose);
   const [A, N, B] = dims;
   let y = x;
   let pre = 1;
@@ -342,6 +491,7 @@ export function makeRotations(
   const rng = mulberry32(seed);
   const [m, n] = rotatedShape;
   if (proj === "kron") return { U: randomOrthogonalKron(m, rng), V: randomOrthogonalKron(n, rng) };
+  if (proj === "butterfly") return { U: randomButterfly(m, rng), V: randomButterfly(n, rng) };
   return { U: randomHadamard(m, rng), V: randomHadamard(n, rng) };
 }
 
@@ -351,7 +501,7 @@ export function rotatedShapeOf(
   preProj: boolean,
   proj: ProjKind,
 ): [number, number] {
-  if (!preProj || proj === "kron") return [shape[0], shape[1]];
+  if (!preProj || proj !== "hadamard") return [shape[0], shape[1]];
   return [nextPow2(shape[0]), nextPow2(shape[1])];
 }
 

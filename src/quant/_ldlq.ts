@@ -33,6 +33,21 @@ const BLOCKED_MIN = 384;
 /** The QuIP rounding methods (reference `--quant`). */
 export type QuipMethod = "ldlq" | "ldlqRG" | "allbal" | "ldlbal_admm";
 
+/**
+ * Which way `ldlq` / `ldlqRG` visit the columns: `"gptq"` = first to last in the method's order
+ * (LDLQ = GPTQ, the paper's form); `"reference"` = as Cornell-RelaxML/QuIP's `round_ldl`, last
+ * to first (for `ldlqRG`: `argsort(diag H)` ascending, visited last to first).
+ */
+export type ColumnOrder = "gptq" | "reference";
+
+/**
+ * When greedy passes clamp codes to `[0, maxq]`: `"step"` = each coordinate as it is updated
+ * (a pass never increases the proxy loss); `"pass"` = the reference's: coordinates are rounded
+ * unclamped during a pass and the whole matrix is clamped after it, while the residual
+ * `S = Q − W` the next pass uses keeps the unclamped values (as `round_ldl` / `round_allbal`).
+ */
+export type GreedyClamp = "step" | "pass";
+
 /** Shape of the rounding problem. */
 export interface RoundDims {
   /** Rows (output channels; independent problems sharing `H`). */
@@ -178,8 +193,9 @@ export async function greedyPasses(
   Q: Float64Array,
   H: Float64Array,
   dims: RoundDims,
-  o: RoundOptions & { npasses: number; stochastic: boolean },
+  o: RoundOptions & { npasses: number; stochastic: boolean; clamp?: GreedyClamp },
 ): Promise<{ passes: number; rowLoss: Float64Array }> {
+  const perPass = o.clamp === "pass";
   const { rows: m, cols: d } = dims;
   const S = new Float64Array(m * d);
   for (let i = 0; i < S.length; i++) S[i] = Q[i] - W[i];
@@ -189,6 +205,7 @@ export async function greedyPasses(
   for (let pass = 0; pass < o.npasses; pass++) {
     passes++;
     let changed = 0;
+    const before = perPass ? Q.slice() : undefined;
     for (let i1 = 0; i1 < d; i1 += bs) {
       const i2 = Math.min(i1 + bs, d), b = i2 - i1;
       const Dl = new Float64Array(m * b);
@@ -199,7 +216,7 @@ export async function greedyPasses(
           const hk = k * d;
           const target = Q[ro + k] - G[ro + k] / H[hk + k];
           let nv = o.stochastic ? Math.floor(target + o.rng()) : roundHalfEven(target);
-          nv = nv < 0 ? 0 : nv > o.maxq ? o.maxq : nv;
+          if (!perPass) nv = nv < 0 ? 0 : nv > o.maxq ? o.maxq : nv;
           const delta = nv - Q[ro + k];
           if (delta === 0) continue;
           Q[ro + k] = nv;
@@ -219,7 +236,19 @@ export async function greedyPasses(
         }
       }
     }
+    if (before) {
+      // The reference: clamp after the pass; S (and so S·H) keeps the unclamped values.
+      changed = 0;
+      for (let i = 0; i < Q.length; i++) {
+        const q = Q[i] < 0 ? 0 : Q[i] > o.maxq ? o.maxq : Q[i];
+        Q[i] = q;
+        if (q !== before[i]) changed++;
+      }
+    }
     if (changed === 0) break;
+  }
+  if (perPass) {
+    return { passes, rowLoss: await rowProxyLoss(W, Q, H, dims, o.gemm) };
   }
   const rowLoss = new Float64Array(m);
   for (let r = 0; r < m; r++) {
@@ -322,14 +351,27 @@ export async function admmFeedback(
 }
 
 /**
- * The processing order of a method: natural for `ldlq`; descending `diag(H)` (stable) for the
- * others, which is the reference's order for all three (`ldlqRG` and `ldlbal_admm` sort
- * ascending and then run last to first; `allbal` sorts descending).
+ * The processing order of a method. `columnOrder "gptq"`: natural for `ldlq`; descending
+ * `diag(H)` (stable) for the others. `columnOrder "reference"` (Cornell-RelaxML/QuIP
+ * `vector_balance.py`): `ldlq` last to first; `ldlqRG` the stable ascending `argsort(diag H)`
+ * visited last to first — descending `diag(H)` like `"gptq"`, so the two differ only among
+ * equal diagonal entries (the reference visits the higher index first); `allbal` (descending
+ * sort, visited forward) and `ldlbal_admm` (its own frame, see {@linkcode admmFeedback}) are the
+ * same in both.
  */
-export function methodOrder(method: QuipMethod, H: Float64Array, d: number): Int32Array {
+export function methodOrder(
+  method: QuipMethod,
+  H: Float64Array,
+  d: number,
+  columnOrder: ColumnOrder = "gptq",
+): Int32Array {
   const order = Int32Array.from({ length: d }, (_, i) => i);
-  if (method === "ldlq") return order;
+  const ref = columnOrder === "reference";
+  if (method === "ldlq") return ref ? order.reverse() : order;
   const diag = Float64Array.from({ length: d }, (_, i) => H[i * d + i]);
+  if (ref && method === "ldlqRG") {
+    return Int32Array.from(Array.from(order).sort((a, b) => diag[a] - diag[b])).reverse();
+  }
   return Int32Array.from(Array.from(order).sort((a, b) => diag[b] - diag[a]));
 }
 
@@ -351,10 +393,15 @@ export async function roundMethod(
   W0: Float64Array,
   H0: Float64Array,
   dims: RoundDims,
-  o: RoundOptions & { npasses: number; admm: AdmmOptions },
+  o: RoundOptions & {
+    npasses: number;
+    admm: AdmmOptions;
+    columnOrder?: ColumnOrder;
+    greedyClamp?: GreedyClamp;
+  },
 ): Promise<RoundResult> {
   const { rows: m, cols: d } = dims;
-  const order = methodOrder(method, H0, d);
+  const order = methodOrder(method, H0, d, o.columnOrder);
   const identity = order.every((v, i) => v === i);
   let W = W0, H = H0;
   if (!identity) {
@@ -384,6 +431,7 @@ export async function roundMethod(
     const g = await greedyPasses(W, Q, H, dims, {
       ...o,
       stochastic: method === "allbal" && o.unbiased,
+      clamp: o.greedyClamp,
     });
     passes = g.passes;
     rowLoss = g.rowLoss;

@@ -14,11 +14,25 @@
  * 5. `Wq = A_rᵀ Ĉ A_c` (frame synthesis; the reference's `inv_tff`). No denoising filter: the
  *    paper mentions closed-form ones, the reference code applies none.
  *
- * Differences from the reference, each documented at its option: the frames (`_frames.ts`: zero
- * padding plus randomized Hadamard passes, tight for every `n` and `k`, instead of spectral
- * tetris fusion frames that need `n` divisible by `2·l_den`); the grid after clipping is GPTQ's
- * min-max grid of the clipped rows (the reference fits `mean ± x_sigma·σ` directly, the same
- * range whenever a row reaches both clip bounds); the reference's `H += H + damp·I` doubles `H`,
+ * The reference (@a6fece7) quantizes with frames on both sides since commit 7619ef7 (`gptq.py`
+ * projects `W` with `P_prev_T` and then `Wᵀ` with `P_l_T`), as here; its packed `--save` layer
+ * (`quant.py` `Quant3Linear.pack`) still uses a one-sided frame (rows only Hadamard-rotated),
+ * which `rowR: 1` counts.
+ *
+ * Differences from the reference, each documented at its option: the frames (default
+ * `frames: "hadamard"`, `_frames.ts`: zero padding plus randomized Hadamard passes, tight for
+ * every `n` and `k`; `frames: "reference"` is the reference's construction at r = 1, a Hadamard
+ * then the same DFT-like 16×16 complex fusion transform on every block — measured in issue 19 to
+ * give a 17× (2-bit) and 45× (3-bit) larger proxy loss on one real test layer, because it
+ * re-concentrates outlier columns that the 2σ clip then cuts (with Hadamard-only frames patched
+ * into the reference the two agreed within 0.996–1.002), and 1.07–1.15× summed over the 64 × 64
+ * stories260K layers (`bench/reference_fidelity.ts`), which is why the default stays
+ * `"hadamard"`); the grid (default `gridFit: "minmax"`: GPTQ's min-max grid of the clipped rows
+ * and groups; `gridFit: "reference"`: the reference's `find_params_FrameQuant`, `mean ±
+ * x_sigma·σ` per row — fitted on the unclipped frame weight — and per group, refitted as GPTQ
+ * reaches it; the two agree per channel whenever a row reaches both clip bounds, not with
+ * groups; with Hadamard frames the reference grid gave a 1.5–2.6% higher summed proxy loss on
+ * stories260K's 64 × 64 layers); the reference's `H += H + damp·I` doubles `H`,
  * so its effective dampening is `percdamp / 2` (pass `percdamp: 0.005` to match it); one seed per
  * quantizer rather than `seed + layer index`; bits 9–16 round to nearest in the frame domain.
  * @module
@@ -46,14 +60,23 @@ import {
 import { gptq, gptqQuantize } from "./gptq.ts";
 import {
   analyzeMatrix,
+  type FrameKind,
   frameSize,
+  makeFrame,
   synthesizeMatrix,
-  tightFrame,
   validateRedundancy,
 } from "./_frames.ts";
 
-export { analyzeMatrix, frameMatrix, frameSize, synthesizeMatrix, tightFrame } from "./_frames.ts";
-export type { TightFrame } from "./_frames.ts";
+export {
+  analyzeMatrix,
+  frameMatrix,
+  frameSize,
+  makeFrame,
+  referenceFrame,
+  synthesizeMatrix,
+  tightFrame,
+} from "./_frames.ts";
+export type { FrameKind, TightFrame } from "./_frames.ts";
 
 /** Options of {@linkcode framequant}, with the reference's names in parentheses. */
 export interface FramequantOptions {
@@ -105,6 +128,22 @@ export interface FramequantOptions {
   clipSigma?: number | false;
   /** Added to the diagonal of the trace-normalized `H` before the transform (reference 1e-2). */
   normDamp?: number;
+  /**
+   * Frame construction (default "hadamard": quantlab's randomized-Hadamard Parseval frames, any
+   * `n` and `r`); "reference": the reference's r = 1 frames (Hadamard, then a DFT-like 16×16
+   * complex fusion transform per block of 32; needs `r = rowR = 1` and both dimensions multiples
+   * of 32; see `referenceFrame` in `_frames.ts`). Random signs are seeded here, not torch's.
+   */
+  frames?: FrameKind;
+  /**
+   * Grid rule (default "minmax": GPTQ's min-max grid of the clipped frame rows / groups);
+   * "reference": `find_params_FrameQuant` — `scale = x_sigma·σ/(maxq/2)`, `zero =
+   * round((1 − mean/(2σ))·maxq/2)` (asymmetric; symmetric: `(maxq+1)/2`), σ the unbiased std of
+   * the row (per channel: the unclipped frame row, as the reference fits before its clip) or of
+   * the group as GPTQ reaches it. `x_sigma` is `clipSigma` (2 when `clipSigma: false`); a slice
+   * with σ = 0 gets scale 1 (the reference divides by zero). 2–8 bits, no `mse`.
+   */
+  gridFit?: "minmax" | "reference";
 }
 
 interface Resolved {
@@ -122,6 +161,8 @@ interface Resolved {
   seed: number;
   clipSigma: number | false;
   normDamp: number;
+  frames: FrameKind;
+  gridFit: "minmax" | "reference";
 }
 
 /** Keys, types and bounds of {@linkcode FramequantOptions} (strict: unknown keys are refused). */
@@ -136,6 +177,8 @@ export const FRAMEQUANT_OPTION_SPECS: Record<string, OptionSpec> = {
     of: [{ type: "enum", values: [false] }, { type: "number", gt: 0, lt: 1e9 }],
   },
   normDamp: { type: "number", min: 0, max: 1e6 },
+  frames: { type: "enum", values: ["hadamard", "reference"] },
+  gridFit: { type: "enum", values: ["minmax", "reference"] },
 };
 
 function resolveOptions(opts: FramequantOptions): Resolved {
@@ -156,6 +199,17 @@ function resolveOptions(opts: FramequantOptions): Resolved {
     throw new OptionError("normDamp", `must be a finite number ≥ 0, got ${normDamp}`);
   }
   if (bits > 8 && opts.mse) throw new OptionError("mse", "is only available for 2–8 bits");
+  const frames = opts.frames ?? "hadamard";
+  if (frames === "reference" && (r !== 1 || rowR !== 1)) {
+    throw new OptionError(
+      "frames",
+      `"reference" frames are implemented at redundancy 1 only (r ${r}, rowR ${rowR})`,
+    );
+  }
+  const gridFit = opts.gridFit ?? "minmax";
+  if (gridFit === "reference" && (bits > 8 || opts.mse)) {
+    throw new OptionError("gridFit", `"reference" needs 2–8 bits and no mse`);
+  }
   // GPTQ validates its own options (groupSize, percdamp, blocksize, mse).
   const g = gptq({ ...pickOptions(opts, GPTQ_SPECS), bits: Math.min(bits, 8) })
     .options as Record<string, unknown>;
@@ -174,7 +228,40 @@ function resolveOptions(opts: FramequantOptions): Resolved {
     seed,
     clipSigma,
     normDamp,
+    frames,
+    gridFit,
   };
+}
+
+/**
+ * The reference's `find_params_FrameQuant` over a column range of `W` (see
+ * {@linkcode FramequantOptions.gridFit}), float32 results.
+ */
+export function referenceGridFit(
+  W: Tensor,
+  range: { colStart?: number; colEnd?: number },
+  o: { bits: number; sym: boolean; xSigma: number },
+): { scale: Float32Array; zero: Float32Array } {
+  const [rows, cols] = W.shape;
+  const c0 = range.colStart ?? 0, c1 = range.colEnd ?? cols, n = c1 - c0;
+  const maxq = 2 ** o.bits - 1;
+  const scale = new Float32Array(rows), zero = new Float32Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let mean = 0;
+    for (let j = c0; j < c1; j++) mean += W.data[r * cols + j];
+    mean /= n;
+    let v = 0;
+    for (let j = c0; j < c1; j++) v += (W.data[r * cols + j] - mean) ** 2;
+    const std = n > 1 ? Math.sqrt(v / (n - 1)) : 0;
+    if (!(std > 0)) {
+      scale[r] = 1;
+      zero[r] = o.sym ? (maxq + 1) / 2 : roundHalfEven(maxq / 2);
+      continue;
+    }
+    scale[r] = Math.fround((o.xSigma * std) / (maxq / 2));
+    zero[r] = o.sym ? (maxq + 1) / 2 : roundHalfEven((1 - mean / (2 * std)) * (maxq / 2));
+  }
+  return { scale, zero };
 }
 
 /** Mulberry32 seeds of the input-side (`col`) and output-side (`row`) frames. */
@@ -258,8 +345,9 @@ export function dequantizeFramequant(meta: QuantMeta): Tensor {
   }
   const [rows, cols] = meta.shape;
   const [kr, kc] = meta.frameShape as [number, number];
-  const fr = tightFrame(rows, meta.rowR as number, meta.rowSeed as number);
-  const fc = tightFrame(cols, meta.r as number, meta.colSeed as number);
+  const kind = (meta.frames as FrameKind | undefined) ?? "hadamard";
+  const fr = makeFrame(kind, rows, meta.rowR as number, meta.rowSeed as number);
+  const fc = makeFrame(kind, cols, meta.r as number, meta.colSeed as number);
   if (fr.k !== kr || fc.k !== kc) {
     throw new QuantlabError(
       `dequantizeFramequant: frames of [${fr.k}, ${fc.k}] coefficients, meta has [${kr}, ${kc}]`,
@@ -306,7 +394,8 @@ export async function framequantQuantize(
     );
   }
   const { colSeed, rowSeed } = frameSeeds(o.seed);
-  const fr = tightFrame(rows, o.rowR, rowSeed), fc = tightFrame(cols, o.r, colSeed);
+  const fr = makeFrame(o.frames, rows, o.rowR, rowSeed);
+  const fc = makeFrame(o.frames, cols, o.r, colSeed);
 
   // 1–2. Normalized Hessian into the frame domain; the weight into its frame representation.
   const Hn = Float64Array.from(H0);
@@ -322,6 +411,7 @@ export async function framequantQuantize(
     }
   }
   const C = Float32Array.from(analyzeMatrix(W.data, fr, fc));
+  const unclipped = o.gridFit === "reference" ? C.slice() : undefined;
   // 3. σ-clipping of the frame rows.
   if (o.clipSigma !== false) clipRows(C, kr, kc, o.clipSigma);
 
@@ -340,6 +430,8 @@ export async function framequantQuantize(
     rowSeed,
     clipSigma: o.clipSigma,
     normDamp: o.normDamp,
+    frames: o.frames,
+    gridFit: o.gridFit,
     percdamp: o.percdamp,
     blocksize: o.blocksize,
   };
@@ -353,6 +445,14 @@ export async function framequantQuantize(
       bits: o.bits,
       backend: options.backend,
       layer: `${layer} (frame domain)`,
+      fitGrid: unclipped
+        ? (Wt, range) =>
+          referenceGridFit(
+            range.colStart === undefined ? { shape: [kr, kc], data: unclipped } : Wt,
+            range,
+            { bits: o.bits, sym: o.sym, xSigma: o.clipSigma === false ? 2 : o.clipSigma },
+          )
+        : undefined,
     });
     const f = res.meta;
     meta = {

@@ -86,6 +86,16 @@ export interface GptqOptions {
 /** The timed steps of {@linkcode GptqTimings}. */
 type TimedStep = "linalg" | "params" | "inBlock" | "trailing";
 
+/**
+ * A replacement for `grid.ts`'s `findParams` at every grid fit of {@linkcode gptqQuantize}
+ * (per-channel, static and dynamic groups); internal, for methods that run GPTQ with their own
+ * grid rule (FrameQuant's `gridFit: "reference"`). Setting it keeps the column pass on the CPU.
+ */
+export type GridFitter = (
+  W: Tensor,
+  range: { colStart?: number; colEnd?: number },
+) => { scale: Float32Array; zero: Float32Array };
+
 /** Seconds spent in each phase of one {@linkcode gptqQuantize} call (in `meta.timings`). */
 export interface GptqTimings {
   /**
@@ -225,6 +235,7 @@ async function cpuColumns(
     backend: Backend;
     timings: GptqTimings;
     setGroup: (g: number, p: { scale: Float32Array; zero: Float32Array }) => void;
+    fit?: GridFitter;
   },
 ): Promise<number> {
   const { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm } = buf;
@@ -238,10 +249,8 @@ async function cpuColumns(
     if (o.fitGroups) {
       for (let c = i1; c < i2; c++) {
         if (c % gs === 0) {
-          o.setGroup(
-            c / gs,
-            findParams(Wt, { ...o.grid, colStart: c, colEnd: Math.min(c + gs, cols) }),
-          );
+          const range = { colStart: c, colEnd: Math.min(c + gs, cols) };
+          o.setGroup(c / gs, o.fit ? o.fit(Wt, range) : findParams(Wt, { ...o.grid, ...range }));
         }
       }
       clock.lap("params");
@@ -304,11 +313,12 @@ function notPd(layer: string, percdamp: number, detail: string, cause?: unknown)
 export async function gptqQuantize(
   W: Tensor,
   stats: LayerStats,
-  options: GptqOptions & QuantContext,
+  options: GptqOptions & QuantContext & { fitGrid?: GridFitter },
 ): Promise<QuantResult> {
   const o = resolveOptions(options);
   const layer = options.layer ?? "weight";
   const backend = options.backend ?? cpuBackend;
+  const fit = options.fitGrid;
   const { rows, cols, H: H0 } = checkLayerInputs("gptq", W, stats, {
     layer,
     hint: dampHint(o.percdamp),
@@ -342,7 +352,7 @@ export async function gptqQuantize(
   };
 
   // 1. per-channel grid on the original weight (the reference's `quantizer.find_params(W)`).
-  if (gs === -1) setGroup(0, findParams(W, grid));
+  if (gs === -1) setGroup(0, fit ? fit(W, {}) : findParams(W, grid));
   // 2. dead inputs: H_ii = 1 (in `diag`, applied to H below) and zero weight columns.
   const { diag, dead } = deadInputs(H0, cols);
   const W0 = zeroDeadColumns(W.data, { rows, cols, dead }); // original column order
@@ -350,14 +360,9 @@ export async function gptqQuantize(
   const isStatic = o.staticGroups && gs > 0;
   if (isStatic) {
     for (let g = 0; g < ngroups; g++) {
-      setGroup(
-        g,
-        findParams({ shape: [rows, cols], data: W0 }, {
-          ...grid,
-          colStart: g * gs,
-          colEnd: Math.min(g * gs + gs, cols),
-        }),
-      );
+      const range = { colStart: g * gs, colEnd: Math.min(g * gs + gs, cols) };
+      const W0t = { shape: [rows, cols], data: W0 };
+      setGroup(g, fit ? fit(W0t, range) : findParams(W0t, { ...grid, ...range }));
     }
   }
   // 4. act-order: processed column c is original column perm[c] (descending diag, stable).
@@ -385,7 +390,7 @@ export async function gptqQuantize(
   // computes Hinv in float32 (as the reference does on the GPU), runs every block and writes
   // codes/Q back in the original order, in one submission.
   let dev: GptqColumnsResult | undefined;
-  if (!o.mse && backend.gptqColumns) {
+  if (!o.mse && !fit && backend.gptqColumns) {
     clock.restart();
     try {
       dev = await backend.gptqColumns({
@@ -460,7 +465,7 @@ export async function gptqQuantize(
     Q = new Float32Array(rows * cols);
     loss = await cpuColumns(
       { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm },
-      { ...dims, grid, fitGroups, gs, backend, timings, setGroup },
+      { ...dims, grid, fitGroups, gs, backend, timings, setGroup, fit },
     );
   }
 

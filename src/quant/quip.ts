@@ -12,16 +12,46 @@
  *   "butterfly" (each factor a batch of `n/p` independent `p × p` blocks, plus two random
  *   permutations); `--pre_proj_extra 1` is the unblocked Kronecker product with the
  *   permutations. `proj: "hadamard"` (QuIP#'s randomized Hadamard) is an addition.
- * - `ldlq` runs columns first to last (the paper's form, equal to GPTQ's codes); the reference's
- *   `round_ldl` runs last to first (GPTQ on reversed columns); its `ldl_gptqequiv` is ours.
- * - qfn "a" does not clamp `W/scale + zero` to `[0, maxq]` before rounding (the reference's
- *   `quantize_weight_vecbal` does, which moves values within half a step of the grid ends and
- *   breaks the GPTQ equivalence; its `ldl_gptqequiv` path does not clamp either).
- * - Greedy passes clamp each coordinate as it is updated (the reference clamps after each pass,
- *   except in `ldlbal_admm`'s triangle-greedy), so each pass never increases the proxy loss.
- * - `incoh` turns on `preRescale` too, as the README says; the reference's `opt.py` sets a
- *   misspelled `args.pre_resclae`, so its `--incoh_processing` runs without rescaling.
+ * - `ldlq` runs columns first to last by default (`columnOrder: "gptq"`, the paper's form, equal
+ *   to GPTQ's codes and to the reference's `--quant ldl_gptqequiv`); the reference's `round_ldl`
+ *   runs last to first (GPTQ on reversed columns): `columnOrder: "reference"`. In issue 19's
+ *   held-out comparison the two orders' proxy losses differed by −16% to +4% depending on bits
+ *   (one layer); see the butterfly note for the summed stories260K figures.
+ * - qfn "a" does not clamp `W/scale + zero` to `[0, maxq]` before rounding by default (the
+ *   reference's `quantize_weight_vecbal` does, which moves values within half a step of the grid
+ *   ends and breaks the GPTQ equivalence; its `ldl_gptqequiv` path does not clamp):
+ *   `qfnaClamp: true` is the reference's.
+ * - Greedy passes clamp each coordinate as it is updated by default (`greedyClamp: "step"`), so
+ *   each pass never increases the proxy loss; the reference clamps after each pass and keeps the
+ *   unclamped residual (`greedyClamp: "pass"`; `ldlbal_admm`'s triangle-greedy is not that loop
+ *   and is not transcribed).
+ * - `incoh` turns on `preRescale` too, as the README says and as the reference does since
+ *   3d52f02 (which fixed its `args.pre_resclae` misspelling in `opt.py`).
+ * - `--incoh_processing` at the reference's HEAD rotates with the blocked butterfly
+ *   (`pre_proj_extra 0`, because `opt.py` sets `args.proj_extra = 1`, a typo for
+ *   `pre_proj_extra`, so its intended unblocked variant never runs): `proj: "butterfly"`
+ *   (`_incoherence.ts` `randomButterfly`, same construction, seeded draws instead of torch's and
+ *   scipy's generators, so the rotation differs draw by draw and no run is bit-identical).
+ *   Measured (`bench/reference_fidelity.ts`, 35 stories260K layers, summed proxy loss): the
+ *   butterfly gave 0.75× (4-bit), 0.79× (3-bit), 0.89× (2-bit) the Kronecker rotation's loss;
+ *   the reference column order 1.006–1.027× the GPTQ order's (ldlq, no incoherence), and all
+ *   three reference rounding semantics with 2 greedy passes 1.011–1.061× quantlab's.
  * - Everything is float64 (the reference: float32); rotations are seeded (`seed`).
+ *
+ * Defaults are quantlab's (paper's Kronecker rotation, GPTQ-equivalent order, no pre-clamp,
+ * per-step clamping), not the reference code's: its random rotations cannot be replayed, so no
+ * incoherent reference run is reproducible bit for bit whatever the defaults, and the paper's
+ * construction and GPTQ equivalence are what quantlab's other methods are compared against. The
+ * reference's `--incoh_processing --quant ldlq` is `{ proj: "butterfly", columnOrder:
+ * "reference", greedyClamp: "pass" }` (qfn b; the clamp-before-round is qfn a only). Option
+ * combinations
+ * equal to reference command lines (`opt.py`, same (W, H), float64 vs the reference's float32):
+ * - `--quant ldl_gptqequiv --qfn a` ↔ `{ incoh: false, method: "ldlq" }`;
+ * - `--quant ldlq --qfn a --npasses N` ↔ `{ incoh: false, method: "ldlq", npasses: N,
+ *   columnOrder: "reference", qfnaClamp: true, greedyClamp: "pass" }`;
+ * - `--quant ldlqRG` / `--quant allbal` likewise with `method: "ldlqRG"` / `"allbal"`;
+ * - with `--pre_gptqH --pre_rescale` add `preGptqH: true, preRescale: true`
+ *   (tests/reference/quip_test.ts pins the rounding against a transcription of `round_ldl`).
  * @module
  */
 import { checkLayerInputs } from "./_inputs.ts";
@@ -52,7 +82,13 @@ import {
   makeRotations,
   type ProjKind,
 } from "./_incoherence.ts";
-import { type AdmmOptions, type QuipMethod, roundMethod } from "./_ldlq.ts";
+import {
+  type AdmmOptions,
+  type ColumnOrder,
+  type GreedyClamp,
+  type QuipMethod,
+  roundMethod,
+} from "./_ldlq.ts";
 
 export {
   applyRotation,
@@ -75,6 +111,8 @@ export {
 export {
   admmFeedback,
   type AdmmOptions,
+  type ColumnOrder,
+  type GreedyClamp,
   greedyPasses,
   ldlpAdmm,
   ldlqRound,
@@ -124,8 +162,9 @@ export interface QuipOptions {
    * The orthogonal transform of `preProj` (default "kron"): "kron" = the paper's two-factor
    * Kronecker product of Haar-random orthogonal matrices; "hadamard" = randomized Hadamard
    * `H_N/√N·diag(±1)`, zero-padding a dimension that is not a power of two to `N = nextPow2`
-   * (more codes, counted in bits per weight). The reference's `--pre_proj_extra` variants
-   * (blocked butterflies with permutations) are not implemented. Only with `preProj`.
+   * (more codes, counted in bits per weight); "butterfly" = the reference code's blocked
+   * two-factor butterfly with random input/output permutations (`--pre_proj_extra 0`, what its
+   * `--incoh_processing` runs at HEAD; seeded draws, not torch's). Only with `preProj`.
    */
   proj?: ProjKind;
   /**
@@ -154,6 +193,21 @@ export interface QuipOptions {
   blocksize?: number;
   /** Knobs of "ldlbal_admm" (`ldlp_admm(H, rho=0.1, niters=100)`). */
   admm?: Partial<AdmmOptions>;
+  /**
+   * Column visiting order of "ldlq" / "ldlqRG" (default "gptq": first to last, = GPTQ);
+   * "reference": last to first, as the reference's `round_ldl` (see {@linkcode ColumnOrder}).
+   */
+  columnOrder?: ColumnOrder;
+  /**
+   * qfn "a": clamp `W/scale + zero` to `[0, maxq]` before rounding (default false; true = the
+   * reference's `quantize_weight_vecbal`). The clipped part still counts in `loss`.
+   */
+  qfnaClamp?: boolean;
+  /**
+   * Greedy-pass clamping (default "step": each coordinate as updated; "pass": the reference's
+   * clamp after each pass, see {@linkcode GreedyClamp}).
+   */
+  greedyClamp?: GreedyClamp;
 }
 
 /** Resolved options of {@linkcode quip}. */
@@ -188,6 +242,12 @@ export interface ResolvedQuipOptions {
   blocksize: number;
   /** See {@linkcode QuipOptions.admm}. */
   admm: AdmmOptions;
+  /** See {@linkcode QuipOptions.columnOrder}. */
+  columnOrder: ColumnOrder;
+  /** See {@linkcode QuipOptions.qfnaClamp}. */
+  qfnaClamp: boolean;
+  /** See {@linkcode QuipOptions.greedyClamp}. */
+  greedyClamp: GreedyClamp;
 }
 
 const METHODS: readonly QuipMethod[] = ["ldlq", "ldlqRG", "allbal", "ldlbal_admm"];
@@ -201,7 +261,7 @@ export const QUIP_OPTION_SPECS: Record<string, OptionSpec> = {
   preGptqH: { type: "boolean" },
   preRescale: { type: "boolean" },
   preProj: { type: "boolean" },
-  proj: { type: "enum", values: ["kron", "hadamard"] },
+  proj: { type: "enum", values: ["kron", "hadamard", "butterfly"] },
   qfn: { type: "enum", values: ["a", "b"] },
   percdamp: { type: "number", gt: 0, max: 1e6 },
   seed: { type: "int", min: Number.MIN_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER },
@@ -216,6 +276,9 @@ export const QUIP_OPTION_SPECS: Record<string, OptionSpec> = {
       niters: { type: "int", min: 1, max: MAX_ITERS },
     },
   },
+  columnOrder: { type: "enum", values: ["gptq", "reference"] },
+  qfnaClamp: { type: "boolean" },
+  greedyClamp: { type: "enum", values: ["step", "pass"] },
 };
 
 function bool(name: string, v: unknown, dflt: boolean): boolean {
@@ -246,8 +309,11 @@ export function resolveQuipOptions(opts: QuipOptions): ResolvedQuipOptions {
   const preGptqH = bool("preGptqH", opts.preGptqH, incoh);
   const preRescale = bool("preRescale", opts.preRescale, incoh);
   const preProj = bool("preProj", opts.preProj, incoh);
-  if (opts.proj !== undefined && opts.proj !== "kron" && opts.proj !== "hadamard") {
-    throw new OptionError("proj", `must be "kron" or "hadamard", got ${opts.proj}`);
+  if (
+    opts.proj !== undefined && opts.proj !== "kron" && opts.proj !== "hadamard" &&
+    opts.proj !== "butterfly"
+  ) {
+    throw new OptionError("proj", `must be "kron", "hadamard" or "butterfly", got ${opts.proj}`);
   }
   if (opts.proj !== undefined && !preProj) {
     throw new OptionError("proj", `has no effect without preProj (or incoh)`);
@@ -300,6 +366,9 @@ export function resolveQuipOptions(opts: QuipOptions): ResolvedQuipOptions {
     lazyBatch,
     blocksize,
     admm: { rho, niters },
+    columnOrder: opts.columnOrder ?? "gptq",
+    qfnaClamp: bool("qfnaClamp", opts.qfnaClamp, false),
+    greedyClamp: opts.greedyClamp ?? "step",
   };
 }
 
@@ -412,16 +481,17 @@ export function quipBitsPerWeight(meta: QuantMeta): number {
 function addClipLoss(
   Wi: Float64Array,
   Wr: Float64Array,
-  scale: number,
-  zero: number,
+  grid: { scales: Float32Array; zeros: Float32Array },
   Q: Float64Array,
   H: Float64Array,
   [m, n]: [number, number],
   rowLoss: Float64Array,
 ): void {
   const v = new Float64Array(n);
+  const perRow = grid.scales.length === m;
   for (let r = 0; r < m; r++) {
     const ro = r * n;
+    const scale = grid.scales[perRow ? r : 0], zero = grid.zeros[perRow ? r : 0];
     let any = false;
     v.fill(0);
     for (let k = 0; k < n; k++) {
@@ -500,7 +570,10 @@ export async function quipQuantize(
     zeros = p.zero;
     for (let r = 0; r < m; r++) {
       const s = scales[r], z = zeros[r];
-      for (let j = 0; j < n; j++) Wi[r * n + j] = Wr[r * n + j] / s + z;
+      for (let j = 0; j < n; j++) {
+        const v = Wr[r * n + j] / s + z;
+        Wi[r * n + j] = !o.qfnaClamp ? v : v < 0 ? 0 : v > maxq ? maxq : v;
+      }
     }
   } else {
     let ss = 0;
@@ -527,6 +600,8 @@ export async function quipQuantize(
       gemm,
       npasses: o.npasses,
       admm: o.admm,
+      columnOrder: o.columnOrder,
+      greedyClamp: o.greedyClamp,
     });
   } catch (e) {
     if (e instanceof NotPositiveDefiniteError) {
@@ -570,8 +645,8 @@ export async function quipQuantize(
   timings.post = (performance.now() - t0) / 1000;
 
   t0 = performance.now();
-  if (o.qfn === "b") {
-    addClipLoss(Wi, Wr, scales[0], zeros[0], rounded.Q, pre.H, [m, n], rounded.rowLoss);
+  if (o.qfn === "b" || o.qfnaClamp) {
+    addClipLoss(Wi, Wr, { scales, zeros }, rounded.Q, pre.H, [m, n], rounded.rowLoss);
   }
   let loss = 0;
   for (let r = 0; r < m; r++) {
@@ -589,7 +664,8 @@ export async function quipQuantize(
  * `incoh` ↔ `--incoh_processing`, `preGptqH` ↔ `--pre_gptqH`, `preRescale` ↔ `--pre_rescale`,
  * `preProj` ↔ `--pre_proj`, `qfn` ↔ `--qfn`, `percdamp` ↔ `--percdamp`, `unbiased` ↔
  * `--unbiased`, `lazyBatch` ↔ `--lazy_batch`, `admm.rho`/`admm.niters` ↔ `ldlp_admm(rho,
- * niters)`. Bad options throw {@linkcode OptionError} naming the option. All products are
+ * niters)`; `columnOrder`, `qfnaClamp`, `greedyClamp` select the reference's rounding semantics
+ * (see the module doc for the combinations equal to reference command lines). Bad options throw {@linkcode OptionError} naming the option. All products are
  * float64 through onnxruntime (`onnxGemmF64`); `ctx.backend` is not used.
  *
  * @example

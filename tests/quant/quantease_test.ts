@@ -12,9 +12,9 @@ import {
   dequantizeQuantease,
   OUTLIER_INDEX_BITS,
   OUTLIER_VALUE_BITS,
-  quantease,
+  quantease as quanteaseRef,
   type QuantEaseOptions,
-  quanteaseQuantize,
+  quanteaseQuantize as quanteaseCore,
 } from "../../src/quant/quantease.ts";
 import { gptqQuantize } from "../../src/quant/gptq.ts";
 import { rtnQuantize } from "../../src/quant/rtn.ts";
@@ -27,6 +27,15 @@ import { NonFiniteError, OptionError, QuantlabError } from "../../src/errors.ts"
 import { mulberry32, randnArray, type Rng } from "../../src/quant/_rng.ts";
 import { realLayers } from "./_real_stats.ts";
 import { proxyLoss, randomH } from "./_oracles.ts";
+import type { LayerStats, QuantContext } from "../../src/quant/types.ts";
+
+// These tests pin quantlab's monotone variant (start from RTN, every sweep rounds), which was the
+// default before issue 19; the reference's default run (start from W, relaxed iterations) is
+// pinned against a transcribed oracle in tests/reference/quantease_test.ts.
+const VARIANT = { init: "rtn", relax: false } as const;
+const quanteaseQuantize = (W: Tensor, s: LayerStats, o: QuantEaseOptions & QuantContext) =>
+  quanteaseCore(W, s, { ...VARIANT, ...o });
+const quantease = (o: QuantEaseOptions) => quanteaseRef({ ...VARIANT, ...o });
 
 function assertBitExact(res: QuantResult) {
   const D = dequantizeQuantease(res.meta);

@@ -476,7 +476,7 @@ Deno.test("quip option errors name the option; quantize-time errors name the lay
     [{ bits: 2, method: "allbal" }, "npasses"],
     [{ bits: 2, qfn: "c" }, "qfn"],
     [{ bits: 2, qfn: "b", preProj: false }, "qfn"],
-    [{ bits: 2, proj: "butterfly" }, "proj"],
+    [{ bits: 2, proj: "dense" }, "proj"],
     [{ bits: 2, proj: "hadamard", incoh: false }, "proj"],
     [{ bits: 2, percdamp: 0 }, "percdamp"],
     [{ bits: 2, percdamp: NaN }, "percdamp"],
