@@ -49,6 +49,7 @@ import {
   findGridParams,
   type MseOptions,
   quantizeCode,
+  roundHalfEven,
   validateBits,
 } from "./grid.ts";
 import {
