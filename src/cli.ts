@@ -665,7 +665,14 @@ const QUANTIZE_FLAGS: FlagSpec[] = [
     arg: "DIR",
     desc: "export the quantized model (see --format)",
   },
-  { name: "format", kind: "string", arg: "gguf|gptq", desc: "export format", default: "gguf" },
+  {
+    name: "format",
+    kind: "string",
+    arg: "gguf|gptq|onnx",
+    desc: "export format (onnx: MatMulNBits for 4-bit grids, onnxruntime / transformers.js)",
+    default: "gguf",
+  },
+  { name: "external-data", kind: "bool", desc: "onnx: weights in onnx/model.onnx_data" },
   {
     name: "gguf-type",
     kind: "string",
@@ -971,8 +978,8 @@ async function runQuantize(p: ParsedFlags): Promise<number> {
     q = withF16Scales(q);
   }
   const format = str(p, "format") ?? "gguf";
-  if (format !== "gguf" && format !== "gptq") {
-    throw new UsageError(p.typed.format, `must be gguf or gptq, got "${format}"`);
+  if (format !== "gguf" && format !== "gptq" && format !== "onnx") {
+    throw new UsageError(p.typed.format, `must be gguf, gptq or onnx, got "${format}"`);
   }
   const workdir = str(p, "workdir");
   if (workdir !== undefined) {
@@ -1040,11 +1047,12 @@ async function runQuantize(p: ParsedFlags): Promise<number> {
   }
   const save = str(p, "save");
   if (save) {
-    const { exportModel } = await import("./io/export.ts");
-    const ex = await exportModel(qm, save, {
-      format: format as "gguf" | "gptq",
+    const ex = await api.exportModel(qm, save, {
+      format: format as "gguf" | "gptq" | "onnx",
       type: (str(p, "gguf-type") ?? "auto") as "auto",
       overwrite: p.values.overwrite === true,
+      ...(p.values["external-data"] ? { externalData: true } : {}),
+      ledger: p.values["no-ledger"] ? false : undefined,
     });
     console.log(`saved ${ex.format} to ${ex.dir} (${ex.files.join(", ")})`);
     for (const n of ex.notes) console.log(`  note: ${n}`);
@@ -1105,6 +1113,13 @@ export const COMMANDS: Command[] = [
     usage: "sweep run|submit|status|collect SPEC.json [flags]",
     flags: [],
     delegate: async () => (await import("./ledger/sweep_cli.ts")).sweepCommand,
+  },
+  {
+    name: "wa",
+    summary: "weight-activation quantization with the qllm-infer knobs (see: wa --help)",
+    usage: "wa [--bits_w B --bits_a B ...] [--config FILE] [flags]",
+    flags: [],
+    delegate: async () => (await import("./cli_wa.ts")).waCommand,
   },
   // TODO(integrator): enable once src/cli_eval.ts (evalCommand, chatCommand) is merged.
   // {

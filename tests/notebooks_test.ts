@@ -189,6 +189,33 @@ function cellText(cell: Cell): string {
 
 /** Checks of particular notebooks, on top of the common ones (executed copy in, throws). */
 const EXTRA_CHECKS: Record<string, (nb: Notebook) => void> = {
+  "07_outlier_formats.ipynb": (nb) => {
+    const text = nb.cells.map(cellText).join("\n");
+    const claims = new Map(
+      [...text.matchAll(/^(.+): (true|false) \((.*)\)$/gm)].map((m) => [m[1], m[2]]),
+    );
+    for (
+      const c of [
+        "SpQR's bit formula reproduces the paper's 3.07 and 3.99",
+        "SpQR beats GPTQ g16 at fewer bits per weight",
+        "the OA offset leaves every weight unchanged",
+        "the OA offset lowers the count of 1 bits",
+        "OA keeps at most one outlier per row per block",
+        "BCQ alternating search is never worse than greedy or refined",
+        "uniform → BCQ conversion is exact",
+      ]
+    ) assertEquals(claims.get(c), "true", c);
+    assert(claims.has("4-bit BCQ is better than 4-bit RTN"), "no BCQ vs RTN comparison");
+    const outs = nb.cells.flatMap((c) => c.outputs ?? []);
+    const table = outs.find((o) =>
+      join(o.data?.["text/html"] as string).includes("quantlab-results")
+    );
+    assert(table, "no results table");
+    const tableText = join(table.data?.["text/plain"] as string);
+    for (const m of ["spqr b_w3", "oa int4+outlier+offset", "bcq", "gptq", "rtn"]) {
+      assertStringIncludes(tableText, m);
+    }
+  },
   "06_sweeps.ipynb": (nb) => {
     const text = nb.cells.map(cellText).join("\n");
     assertStringIncludes(text, "done 6, already in the ledger 0, failed 0");
