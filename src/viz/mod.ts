@@ -62,3 +62,4 @@ export {
   progressLine,
   type ProgressOptions,
 } from "./progress.ts";
+export { type NeedleGrid, needleHeatmap } from "./needle_heatmap.ts";
