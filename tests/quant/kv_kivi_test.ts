@@ -292,3 +292,14 @@ Deno.test("KIVI: generate and perplexity run with the packed cache (bits 16 = FP
   const p2 = await perplexity(m, "tinystories", { ...base, kv });
   assert(p2.ppl !== p16.ppl && Number.isFinite(p2.ppl));
 });
+
+Deno.test("kv CLI: flags map to the KIVI spec; bad flags are typed errors", async () => {
+  const { kvSpecOf } = await import("../../src/cli_kv.ts");
+  assertEquals(
+    kvSpecOf({ kv: "kivi", "kv-bits": "4", "residual-length": "64", "prefill-with-quant": true }),
+    { method: "kivi", bits: 4, residualLength: 64, prefillWithQuant: true },
+  );
+  assertEquals(kvSpecOf({}), { method: "fp" });
+  assertThrows(() => kvSpecOf({ kv: "kivi", "kv-bits": "two" }), OptionError, "--kv-bits");
+  assertThrows(() => kvSpecOf({ kv: "kvq" }), OptionError, "--kv");
+});
