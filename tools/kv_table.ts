@@ -73,3 +73,18 @@ for (const kv of [specs[0], { method: "kivi", bits: 4 }, { method: "kivi", bits:
   );
   console.log(`| ${kvLabel(kv)} | ${row.join(" | ")} |`);
 }
+
+// Decode speed at context 512 (host forward, CPU): 256 prompt tokens, 255 greedy new tokens.
+const { generate } = await import("../src/eval/generate.ts");
+const prompt = [1, ...Array.from({ length: 255 }, (_, i) => 3 + ((i * 37) % 500))];
+for (const kv of specs) {
+  const g = await generate(m, prompt, {
+    maxNewTokens: 255,
+    stopAtEos: false,
+    resident: false,
+    kv: kv.method === "fp" ? undefined : kv,
+  });
+  console.log(
+    `decode ${kvLabel(kv)}: ${g.tokensPerSecond.toFixed(1)} tok/s (${g.ids.length} tokens)`,
+  );
+}

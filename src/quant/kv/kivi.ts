@@ -25,6 +25,16 @@
  * `repeat_kv` on one decode path; its Mistral file has it). `bits` 16 stores K/V unquantized (f32)
  * through the same streaming bookkeeping, so its logits are the full-precision ones exactly.
  * Scales and minima are stored as f32 (the model's dtype; the reference stores them in fp16).
+ *
+ * Perplexity, a measured fact: qllm-infer's `eval_ppl` runs each window as one forward without a
+ * cache, which for KIVI with `prefill_with_quant` false attends in full precision, so by the code
+ * it gives the FP perplexity — yet the seed's table lists KIVI-2 above FP. Here
+ * `perplexity(..., { kv, kvChunk: seqlen })` follows the code (FP exactly on stories260K) and the
+ * default `kvChunk` 1 feeds each window token by token so every prediction reads the quantized
+ * cache (stories260K TinyStories, 4 windows: FP 3.5541, KIVI-4 3.5582, KIVI-2 3.8591).
+ *
+ * CPU attention dequantizes the quantized prefix into a transient f32 buffer per call (the stored
+ * cache stays packed); decode is therefore slower than with the f32 cache on CPU.
  * @module
  */
 import type { ModelConfig } from "../../models/config.ts";
