@@ -10,6 +10,7 @@ import type { Model } from "../models/model.ts";
 import { mulberry32 } from "../rng.ts";
 import { mergeHooks } from "./perplexity.ts";
 import { GREEDY_CHUNK, residentFor } from "../models/resident.ts";
+import { createCache, type KVSpec } from "../quant/kv/cache.ts";
 
 /** Options of `generate`. */
 export interface GenerateOptions {
@@ -30,6 +31,11 @@ export interface GenerateOptions {
    * submission per token) when the model allows it (default true); false: the host forward.
    */
   resident?: boolean;
+  /**
+   * A quantized KV cache (`src/quant/kv/`, e.g. `{ method: "kivi", bits: 2 }`): the host forward
+   * then runs with that cache (the resident decoder has no quantized cache).
+   */
+  kv?: KVSpec;
 }
 
 /** Result of `generate`. */
@@ -102,8 +108,13 @@ export async function generate(
   const rand = mulberry32(opts.seed ?? 0);
   const hooks = mergeHooks(model.hooks, undefined);
   const V = model.config.vocabSize;
-  const dec = await residentFor(model, { capacity: cap, hooks, resident: opts.resident });
-  const cache = dec ? undefined : createKVCache(model.config, cap);
+  const resident = opts.kv ? false : opts.resident;
+  const dec = await residentFor(model, { capacity: cap, hooks, resident });
+  const cache = dec
+    ? undefined
+    : opts.kv
+    ? createCache(model.config, opts.kv, cap)
+    : createKVCache(model.config, cap);
   const ids: number[] = [];
   let t0 = performance.now();
   try {

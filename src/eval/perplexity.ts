@@ -12,6 +12,7 @@ import { getTokenizer } from "../models/load.ts";
 import { residentFor } from "../models/resident.ts";
 import type { Model } from "../models/model.ts";
 import type { Tensor } from "../tensor.ts";
+import { createCache, type KVSpec } from "../quant/kv/cache.ts";
 
 /** Options of `perplexity`. */
 export interface PerplexityOptions {
@@ -36,6 +37,17 @@ export interface PerplexityOptions {
    * false: the host forward in batches of `batch` windows (float64 log-softmax on the CPU).
    */
   resident?: boolean;
+  /**
+   * A quantized KV cache (`src/quant/kv/`): each window runs batch 1 through a fresh cache of
+   * this spec, `kvChunk` tokens per forward (the host forward).
+   */
+  kv?: KVSpec;
+  /**
+   * Tokens per forward through the `kv` cache (default 1: every prediction is a decode step that
+   * reads the quantized cache). `seqlen` = one prefill per window, the reference's `eval_ppl`
+   * protocol: with KIVI and `prefillWithQuant` false it gives the full-precision perplexity.
+   */
+  kvChunk?: number;
 }
 
 /** Result of `perplexity`. */
@@ -150,9 +162,14 @@ export async function perplexity(
   let sum = 0;
   let count = 0;
   const hooks = mergeHooks(model.hooks, opts.hooks);
-  const dec = await residentFor(model, { capacity: seqlen, hooks, resident: opts.resident });
+  const kvChunk = opts.kvChunk ?? 1;
+  if (opts.kv && !(Number.isInteger(kvChunk) && kvChunk >= 1)) {
+    throw new OptionError("kvChunk", `must be an integer ≥ 1, got ${opts.kvChunk}`);
+  }
+  const resident = opts.kv ? false : opts.resident;
+  const dec = await residentFor(model, { capacity: seqlen, hooks, resident });
   try {
-    const step = dec ? 1 : batch;
+    const step = dec || opts.kv ? 1 : batch;
     for (let w = 0; w < windows; w += step) {
       const nb = Math.min(step, windows - w);
       const chunk = ids.slice(w * seqlen, (w + nb) * seqlen);
@@ -162,6 +179,17 @@ export async function perplexity(
         const nll = await dec.nll(chunk, [...chunk.slice(1), 0]);
         for (let t = 0; t < seqlen - 1; t++) sum += nll[t];
         count += seqlen - 1;
+      } else if (opts.kv) {
+        const cache = createCache(cfg, opts.kv, seqlen);
+        const V = cfg.vocabSize;
+        const data = new Float32Array(seqlen * V);
+        for (let t = 0; t < seqlen; t += kvChunk) {
+          const part = chunk.slice(t, Math.min(seqlen, t + kvChunk));
+          data.set((await forward(model, part, { cache, hooks })).data, t * V);
+        }
+        const r = windowNll({ shape: [seqlen, V], data }, chunk, seqlen);
+        sum += r.sum;
+        count += r.count;
       } else {
         const logits = await forward(model, chunk, { batch: nb, hooks });
         const r = windowNll(logits, chunk, seqlen);

@@ -48,6 +48,42 @@ export interface KVCache {
   length: number;
   /** Maximum tokens. */
   capacity: number;
+  /**
+   * Set by caches that store K/V their own way (the quantized caches of `src/quant/kv/`): the
+   * block hands it the new rows instead of writing `k`/`v`, and it returns the attention output.
+   */
+  attend?: CacheAttend;
+}
+
+/** See {@linkcode KVCache.attend}: stores the new K/V of `layer` and attends over the cache. */
+export type CacheAttend = (layer: number, x: CacheAttendInput) => Promise<Float32Array>;
+
+/** What the block passes to {@linkcode KVCache.attend}. */
+export interface CacheAttendInput {
+  /** Queries [T, nH·hd] after RoPE. */
+  q: Float32Array;
+  /** New keys [T, nKV·hd] after RoPE. */
+  k: Float32Array;
+  /** New keys before RoPE (for pre-RoPE key quantizers). */
+  kPreRope: Float32Array;
+  /** New values [T, nKV·hd]. */
+  v: Float32Array;
+  /** Tokens already cached (positions of the new rows start here). */
+  off: number;
+  /** Attention dims, as {@linkcode attention} takes them (B = 1, S = off + T). */
+  dims: {
+    B: number;
+    T: number;
+    S: number;
+    nH: number;
+    nKV: number;
+    hd: number;
+    scale: number;
+    window?: number | null;
+    probs?: QuantSpec;
+  };
+  /** The backend of this forward. */
+  backend: Backend;
 }
 
 /** An empty cache for `capacity` tokens (default: the model's context). */
@@ -479,6 +515,7 @@ export async function block(
     q = at(q, points.qPreRope, "points.qPreRope");
     k = at(k, points.kPreRope, "points.kPreRope");
   }
+  const kPreRope = cache?.attend ? k.data.slice() : k.data;
   if (fam.positions === "rope") {
     const inv = ropeInvFreq(cfg);
     applyRope(q.data, nH, hd, inv, (r) => (r % T) + off);
@@ -500,7 +537,18 @@ export async function block(
   const kw = nKV * hd;
   const scale = 1 / Math.sqrt(hd);
   let attn: Float32Array;
-  if (cache) {
+  if (cache?.attend) {
+    const dims = { B: 1, T, S: off + T, nH, nKV, hd, scale, window: cfg.slidingWindow };
+    attn = await cache.attend(i, {
+      q: q.data,
+      k: k.data,
+      kPreRope,
+      v: v.data,
+      off,
+      dims: { ...dims, probs: points?.probs },
+      backend,
+    });
+  } else if (cache) {
     cache.k[i].set(k.data, off * kw);
     cache.v[i].set(v.data, off * kw);
     const S = off + T;

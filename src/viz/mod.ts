@@ -63,3 +63,4 @@ export {
   type ProgressOptions,
 } from "./progress.ts";
 export { type DistanceRecord, layerDistance, sqnrPerLayer, type SqnrRecord } from "./wa_figures.ts";
+export { type NeedleGrid, needleHeatmap } from "./needle_heatmap.ts";

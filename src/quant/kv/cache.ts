@@ -1,0 +1,66 @@
+/**
+ * Quantized KV caches by name, and the cache-size accounting beside the f32/f16 cache.
+ * @module
+ */
+import type { ModelConfig } from "../../models/config.ts";
+import { createKVCache, type KVCache } from "../../models/decoder.ts";
+import { OptionError } from "../../errors.ts";
+import { KiviCache, kiviLayerBytes, type KiviOptions, kiviSettings } from "./kivi.ts";
+
+/** A KV-cache method and its options: `{ method: "kivi", bits: 2 }`, or `{ method: "fp" }`. */
+export type KVSpec = { method: "fp" } | ({ method: "kivi" } & KiviOptions);
+
+/** A cache that reports its size. */
+export type SizedKVCache = KVCache & {
+  /** Bytes held now. */
+  bytes(): number;
+  /** The closed-form bytes for `n` tokens (default its length). */
+  formulaBytes(n?: number): number;
+};
+
+/** Bytes of the f32 (`floatBytes` 4) or f16 (2) cache for `n` tokens over all layers. */
+export function denseCacheBytes(cfg: ModelConfig, n: number, floatBytes = 4): number {
+  return 2 * cfg.numLayers * n * cfg.numKvHeads * cfg.headDim * floatBytes;
+}
+
+/** The spec's method name checked, or an OptionError naming `kv.method`. */
+function methodOf(spec: KVSpec): string {
+  const m = (spec as { method?: unknown }).method;
+  if (m !== "fp" && m !== "kivi") {
+    throw new OptionError("kv.method", `must be "fp" or "kivi", got ${JSON.stringify(m)}`);
+  }
+  return m;
+}
+
+/** A fresh cache of `spec` for `capacity` tokens. */
+export function createCache(cfg: ModelConfig, spec: KVSpec, capacity: number): SizedKVCache {
+  const m = methodOf(spec);
+  if (m === "kivi") {
+    const { method: _, ...o } = spec as { method: "kivi" } & KiviOptions;
+    return new KiviCache(cfg, o, capacity);
+  }
+  const c = createKVCache(cfg, capacity);
+  return Object.assign(c, {
+    bytes: () => denseCacheBytes(cfg, c.length),
+    formulaBytes: (n = c.length) => denseCacheBytes(cfg, n),
+  });
+}
+
+/** Bytes of a `spec` cache holding `n` tokens, all layers (`floatBytes` 4 = f32, 2 = f16). */
+export function cacheBytes(
+  cfg: ModelConfig,
+  spec: KVSpec,
+  n: number,
+  opts: { floatBytes?: number } = {},
+): number {
+  if (methodOf(spec) === "fp") return denseCacheBytes(cfg, n, opts.floatBytes ?? 4);
+  const { method: _, ...o } = spec as { method: "kivi" } & KiviOptions;
+  return cfg.numLayers * kiviLayerBytes(cfg, kiviSettings(cfg, o), n, opts);
+}
+
+/** A short label: "FP", "KIVI-2 (g32, R128)". */
+export function kvLabel(spec: KVSpec): string {
+  if (spec.method === "fp") return "FP";
+  const s = spec as KiviOptions;
+  return `KIVI-${s.bits ?? 2} (g${s.groupSize ?? 32}, R${s.residualLength ?? 128})`;
+}
