@@ -1121,6 +1121,14 @@ export const COMMANDS: Command[] = [
     flags: [],
     delegate: async () => (await import("./cli_wa.ts")).waCommand,
   },
+  {
+    name: "kv",
+    summary:
+      "KV-cache quantization: perplexity, cache bytes, needle-in-a-haystack (see: kv --help)",
+    usage: "kv ppl|bytes|needle [MODEL] --kv kivi --kv-bits B [flags]",
+    flags: [],
+    delegate: async () => (await import("./cli_kv.ts")).kvCommand,
+  },
   // TODO(integrator): enable once src/cli_eval.ts (evalCommand, chatCommand) is merged.
   // {
   //   name: "eval",
