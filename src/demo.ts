@@ -26,6 +26,8 @@ import { quantease } from "./quant/quantease.ts";
 import { quip } from "./quant/quip.ts";
 import { framequant } from "./quant/framequant.ts";
 import { bcq } from "./quant/bcq.ts";
+import { oa } from "./quant/oa.ts";
+import { spqr } from "./quant/spqr.ts";
 import type { WeightQuantizer } from "./quant/types.ts";
 import { type ResultRow, resultsTable } from "./viz/table.ts";
 
@@ -77,6 +79,8 @@ if (!flags["no-table"]) {
     quip: () => "incoherence (kron), ldlq, qfn b",
     "framequant r1.1": () => "frames on both sides: bits/weight counts 1.1² codes per weight",
     bcq: () => "LUT-GEMM binary codes, 30 rounds, groups of 128",
+    spqr: () => "b_w 3, β1 16, 3-bit stats in groups of 16, τ 0.25 outliers, act-order",
+    "oa int4+outlier+offset": () => "per channel, blocks of 32, ≤ 1 BF16 outlier per block, offset",
   };
   const methods: [string, (bits: number, groupSize: number) => WeightQuantizer][] = [
     ["rtn", (bits, groupSize) => rtn({ bits, groupSize, partialGroups: true })],
@@ -96,9 +100,38 @@ if (!flags["no-table"]) {
   for (const bits of [4, 3, 2]) {
     for (const [name, make] of more) runs.push([name, bits, -1, make(bits)]);
   }
-  // Issue 18's BCQ (LUT-GEMM format), 4-bit g128, 30 alternating rounds (≈ 5 s with its
-  // perplexity). SpQR / OA rows take 10–25 s each here: tools/outlier_formats_table.ts has them.
+  // Issue 18's formats, one row each (the full table with the seed's configurations:
+  // tools/outlier_formats_table.ts, notebooks/07_outlier_formats.ipynb): BCQ (LUT-GEMM) 4-bit
+  // g128 with 30 alternating rounds; SpQR at the seed's 4-bit-target configuration; OA INT4 with
+  // outliers and offset.
   runs.push(["bcq", 4, 128, bcq({ bits: 4, groupSize: 128, partialGroups: true })]);
+  runs.push([
+    "spqr",
+    3,
+    16,
+    spqr({
+      bits: 3,
+      groupSize: 16,
+      qqScaleBits: 3,
+      qqZeroBits: 3,
+      qqGroupSize: 16,
+      outlierRelativeThreshold: 0.25,
+      permutationOrder: "act_order",
+    }),
+  ]);
+  runs.push([
+    "oa int4+outlier+offset",
+    4,
+    32,
+    oa({
+      wbits: 4,
+      sym: true,
+      perOutDim: true,
+      blockSize: 32,
+      outlierMode: true,
+      offsetMode: true,
+    }),
+  ]);
   for (const [name, bits, groupSize, quantizer] of runs) {
     // RTN needs no statistics: without calib its time is the quantizer's alone (with calib the
     // pipeline would also gather Hessians to report each layer's relative error).

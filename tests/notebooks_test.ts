@@ -189,6 +189,17 @@ function cellText(cell: Cell): string {
 
 /** Checks of particular notebooks, on top of the common ones (executed copy in, throws). */
 const EXTRA_CHECKS: Record<string, (nb: Notebook) => void> = {
+  "03_weight_activation.ipynb": (nb) => {
+    const text = nb.cells.map(cellText).join("\n");
+    const d = text.match(/max \|Δ logits\| of the transform alone: ([0-9.e+-]+)/);
+    assert(d, "no SmoothQuant invariance check");
+    assert(Number(d[1]) < 1e-4, `SmoothQuant's transform changes the logits by ${d[1]}`);
+    const w8a4 = (m: string) =>
+      [...text.matchAll(new RegExp(`^${m}\\s+W8A4\\s+([0-9.]+)`, "gm"))].map((x) => Number(x[1]));
+    const [rtnA4] = w8a4("rtn"), smooth = w8a4("smoothquant");
+    assert(rtnA4 > 0 && smooth.length >= 2, "no W8A4 α sweep rows");
+    assert(Math.min(...smooth) < rtnA4, `SmoothQuant W8A4 ${smooth} vs RTN ${rtnA4}`);
+  },
   "07_outlier_formats.ipynb": (nb) => {
     const text = nb.cells.map(cellText).join("\n");
     const claims = new Map(
