@@ -995,7 +995,9 @@ async function runQuantize(p: ParsedFlags): Promise<number> {
   const model = await openModel(p);
   const gs = (q.options as { groupSize?: number }).groupSize;
   const partial = (q.options as { partialGroups?: boolean }).partialGroups;
-  if (typeof gs === "number" && gs > 0 && !partial && method !== "framequant") {
+  // SpQR's β1 groups end with a shorter last group (as the reference's); FrameQuant's groups
+  // live in the frame basis.
+  if (typeof gs === "number" && gs > 0 && !partial && !["framequant", "spqr"].includes(method)) {
     for (const [cols, names] of linearInputs(model)) {
       if (cols % gs !== 0) {
         throw new UsageError(
