@@ -65,3 +65,26 @@ export {
 } from "./src/backend/webgpu.ts";
 export * as plot from "./src/viz/mod.ts";
 export * as ledger from "./src/ledger/mod.ts";
+export {
+  type EvalResult,
+  type EvalSample,
+  evaluate,
+  type EvaluateOptions,
+  resultsMarkdown,
+} from "./src/eval/evaluate.ts";
+export { getTask, type TaskDef, taskNames } from "./src/eval/tasks.ts";
+export {
+  encodePair,
+  loglikelihood,
+  type LoglikelihoodRequest,
+  type LoglikelihoodResult,
+} from "./src/eval/loglikelihood.ts";
+export { kld, type KldOptions, type KldResult, kldSummary } from "./src/eval/kld.ts";
+export {
+  chat,
+  chatCompare,
+  type ChatMessage,
+  type ChatOptions,
+  type ChatReply,
+  renderChat,
+} from "./src/eval/chat.ts";

@@ -18,7 +18,7 @@ const ROOT = new URL("../", import.meta.url);
 /** Layer rank of a repository-relative path (higher may import lower), or undefined. */
 export function rank(path: string): number | undefined {
   if (path === "mod.ts") return 9;
-  if (path === "src/cli.ts") return 8;
+  if (path === "src/cli.ts" || path === "src/cli_eval.ts") return 8;
   if (path === "src/api.ts" || path === "src/demo.ts" || path.startsWith("src/ledger/")) return 7;
   if (path.startsWith("src/eval/") || path.startsWith("src/viz/")) return 6;
   if (path.startsWith("src/quant/")) return 5;

@@ -62,3 +62,11 @@ export {
   progressLine,
   type ProgressOptions,
 } from "./progress.ts";
+export {
+  type TaskBar,
+  taskBarRows,
+  taskBars,
+  type TaskBarsOptions,
+  type TaskResultLike,
+} from "./task_bars.ts";
+export { type ChatComparison, chatSideBySide, type ChatView } from "./chat_view.ts";
