@@ -17,8 +17,10 @@
  *   vocabulary), only its last `maxLength` tokens are scored and the result says `truncated`.
  * - **Shared prefixes.** With `reuse` (default), requests of one group (one document's choices)
  *   run their longest common input prefix once into a KV cache; each request then forwards only
- *   its own remainder from that cache. Logits are the same as a full forward (same kernels, same
- *   positions), up to float32 summation order.
+ *   its own remainder from that cache. Logits equal a full forward's up to float32 rounding
+ *   (the attention may take a different kernel for a different row count; measured ≤ 3e-5 nats
+ *   per request on stories260K). Left-truncated requests share a prefix only when their windows
+ *   still start alike.
  * - Scores: the sum of float64 log-softmax values of the continuation tokens, and `isGreedy`
  *   (every continuation token is its row's argmax, lm-eval's `max_equal`).
  * @module
@@ -193,6 +195,8 @@ export async function loglikelihoodTokens(
   if (opts.reuse ?? true) {
     // Consecutive requests with the same group id share one prefix pass.
     const groups = opts.groups ?? pairs.map((_, i) => i);
+    // One cache for every group: each pass overwrites it from position 0 (or from the prefix).
+    const cache = createKVCache(cfg, maxLength);
     for (let a = 0; a < pairs.length;) {
       let b = a + 1;
       while (b < pairs.length && groups[b] === groups[a]) b++;
@@ -209,7 +213,7 @@ export async function loglikelihoodTokens(
         }
       }
       if (idx.length === 1) p = 0;
-      const cache = createKVCache(cfg, maxLength);
+      cache.length = 0;
       const P = p > 0
         ? (await forward(model, prep[a].input.slice(0, p), { cache, hooks })).data
         : undefined;
