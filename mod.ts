@@ -25,7 +25,7 @@ export { loadTokenizer, type Tokenizer } from "./src/io/tokenizer.ts";
 export { readHeader, readTensor, writeSafetensors } from "./src/io/safetensors.ts";
 export { type ExportOptions, type ExportReport, type GgufExportType } from "./src/io/export.ts";
 export { openGguf } from "./src/io/gguf.ts";
-export { exportModel, perplexity, quantize } from "./src/api.ts";
+export { evaluate, exportModel, perplexity, quantize } from "./src/api.ts";
 export { type LedgerSwitch, type RunInfo } from "./src/ledger/tracked.ts";
 export type { PerplexityOptions, PerplexityResult } from "./src/eval/perplexity.ts";
 export { generate, type GenerateResult } from "./src/eval/generate.ts";
@@ -60,3 +60,25 @@ export {
 } from "./src/backend/webgpu.ts";
 export * as plot from "./src/viz/mod.ts";
 export * as ledger from "./src/ledger/mod.ts";
+export {
+  type EvalResult,
+  type EvalSample,
+  type EvaluateOptions,
+  resultsMarkdown,
+} from "./src/eval/evaluate.ts";
+export { getTask, type TaskDef, taskNames } from "./src/eval/tasks.ts";
+export {
+  encodePair,
+  loglikelihood,
+  type LoglikelihoodRequest,
+  type LoglikelihoodResult,
+} from "./src/eval/loglikelihood.ts";
+export { kld, type KldOptions, type KldResult, kldSummary } from "./src/eval/kld.ts";
+export {
+  chat,
+  chatCompare,
+  type ChatMessage,
+  type ChatOptions,
+  type ChatReply,
+  renderChat,
+} from "./src/eval/chat.ts";

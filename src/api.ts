@@ -1,6 +1,6 @@
 /**
  * The public entry points with progress and the results ledger attached: `perplexity`,
- * `quantize` and `exportModel` are recorded in the ledger; `perplexity` and `quantize` report progress in Jupyter (one live display) or on a terminal's stderr, unless
+ * `quantize`, `evaluate` and `exportModel` are recorded in the ledger; `perplexity` and `quantize` report progress in Jupyter (one live display) or on a terminal's stderr, unless
  * `{ progress: false }`, and record each run in the ledger (`src/ledger/`): an identical
  * perplexity already recorded is returned from it unless `{ force: true }`; `{ ledger: false }`
  * records nothing.
@@ -26,6 +26,12 @@ import {
   tracked,
 } from "./ledger/tracked.ts";
 import { progressCallback } from "./viz/progress.ts";
+import {
+  type EvalResult,
+  evaluate as evaluateCore,
+  type EvaluateOptions,
+} from "./eval/evaluate.ts";
+import { expandTasks, getTask, loadFewshotDocs, loadTaskDocs } from "./eval/tasks.ts";
 import {
   type ExportableModel,
   exportModel as exportModelCore,
@@ -202,5 +208,56 @@ export function exportModel(
       };
     },
     revive: (s) => s as ExportReport,
+  }, opts);
+}
+
+/**
+ * Task evaluation with lm-evaluation-harness protocols (see `src/eval/evaluate.ts`), recorded in
+ * the ledger (identity: the model, the task names, the sha256 of every data file the tasks read,
+ * the protocol options and the device; metrics: each task's metrics and standard errors). An
+ * identical evaluation already recorded is returned from the ledger unless `{ force: true }`.
+ */
+export function evaluate(
+  model: Model,
+  tasks: readonly string[],
+  opts: EvaluateOptions & LedgerSwitch = {},
+): Promise<EvalResult[] & { run?: RunInfo }> {
+  const { ledger: _l, force: _f, label: _b, ...options } = opts;
+  return tracked({
+    kind: "evaluate",
+    identity: async () => {
+      const m = await modelIdentity(model);
+      const files: Record<string, string[]> = {};
+      for (const name of expandTasks(tasks)) {
+        const task = getTask(name);
+        const data = { root: options.root, paths: options.paths };
+        const a = await loadTaskDocs(task, data), b = await loadFewshotDocs(task, data);
+        files[name] = [...a.files, ...b.files].map((f) => f.sha256);
+      }
+      const { root: _r, paths: _p, onProgress: _o, progress: _g, ...protocol } = options;
+      return {
+        identity: {
+          model: { hash: m.hash, parts: m.parts },
+          config: { evaluator: "tasks", tasks: [...tasks] },
+          data: files,
+          protocol: JSON.parse(canonicalJson(protocol)),
+          device: deviceName(),
+        },
+        cacheable: m.cacheable && hooksCacheable(model.hooks),
+      };
+    },
+    run: () => evaluateCore(model, tasks, options),
+    record: (r) => {
+      const metrics: Record<string, number> = {};
+      for (const t of r) {
+        for (const v of t.metrics) {
+          const k = `${t.task}/${v.metric}${v.filter === "none" ? "" : `,${v.filter}`}`;
+          metrics[k] = v.value;
+          metrics[`${k}_stderr`] = v.stderr;
+        }
+      }
+      return { metrics, result: r };
+    },
+    revive: (s) => s as EvalResult[],
   }, opts);
 }

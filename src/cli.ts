@@ -1131,21 +1131,20 @@ export const COMMANDS: Command[] = [
     flags: [],
     delegate: async () => (await import("./cli_kv.ts")).kvCommand,
   },
-  // TODO(integrator): enable once src/cli_eval.ts (evalCommand, chatCommand) is merged.
-  // {
-  //   name: "eval",
-  //   summary: "evaluate a model on tasks (see: eval --help)",
-  //   usage: "eval [flags]",
-  //   flags: [],
-  //   delegate: async () => (await import("./cli_eval.ts")).evalCommand,
-  // },
-  // {
-  //   name: "chat",
-  //   summary: "chat with a model (see: chat --help)",
-  //   usage: "chat [flags]",
-  //   flags: [],
-  //   delegate: async () => (await import("./cli_eval.ts")).chatCommand,
-  // },
+  {
+    name: "eval",
+    summary: "evaluate a model on tasks (see: eval --help)",
+    usage: "eval [flags]",
+    flags: [],
+    delegate: async () => (await import("./cli_eval.ts")).evalCommand,
+  },
+  {
+    name: "chat",
+    summary: "chat with a model (see: chat --help)",
+    usage: "chat [flags]",
+    flags: [],
+    delegate: async () => (await import("./cli_eval.ts")).chatCommand,
+  },
 ];
 
 /**

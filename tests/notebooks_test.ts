@@ -227,6 +227,30 @@ const EXTRA_CHECKS: Record<string, (nb: Notebook) => void> = {
       assertStringIncludes(tableText, m);
     }
   },
+  "05_tasks.ipynb": (nb) => {
+    const text = nb.cells.map(cellText).join("\n");
+    const claims = new Map(
+      [...text.matchAll(/^(.+): (true|false) \((.*)\)$/gm)].map((m) => [m[1], m[2]]),
+    );
+    assertEquals(claims.get("KLD grows as GPTQ bits shrink"), "true");
+    assertEquals(claims.get("GPTQ-3 has a lower KLD than RTN-3"), "true");
+    assertEquals(claims.get("top-1 agreement falls as GPTQ bits shrink"), "true");
+    assertStringIncludes(text, "|Tasks");
+    assertStringIncludes(text, "The following are multiple choice questions (with answers)");
+    const figs = nb.cells.flatMap((c) => c.outputs ?? []).map((o) =>
+      o.data?.["application/vnd.plotly.v1+json"] as
+        | { data: { name: string; type: string; error_y?: { array: number[] } }[] }
+        | undefined
+    ).filter((f) => !!f);
+    const bars = figs.find((f) => f!.data.every((t) => t.type === "bar"));
+    assert(bars, "no task bar chart");
+    assertEquals(bars.data.map((t) => t.name), ["fp", "gptq-4", "gptq-3", "gptq-2"]);
+    assert(bars.data.every((t) => (t.error_y?.array ?? []).some((e) => e > 0)), "no error bars");
+    const html = nb.cells.flatMap((c) => c.outputs ?? []).some((o) =>
+      join(o.data?.["text/html"] as string).includes("quantlab-chat")
+    );
+    assert(html, "no side-by-side chat view");
+  },
   "06_sweeps.ipynb": (nb) => {
     const text = nb.cells.map(cellText).join("\n");
     assertStringIncludes(text, "done 6, already in the ledger 0, failed 0");

@@ -64,3 +64,11 @@ export {
 } from "./progress.ts";
 export { type DistanceRecord, layerDistance, sqnrPerLayer, type SqnrRecord } from "./wa_figures.ts";
 export { type NeedleGrid, needleHeatmap } from "./needle_heatmap.ts";
+export {
+  type TaskBar,
+  taskBarRows,
+  taskBars,
+  type TaskBarsOptions,
+  type TaskResultLike,
+} from "./task_bars.ts";
+export { type ChatComparison, chatSideBySide, type ChatView } from "./chat_view.ts";

@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertNotEquals, assertRejects, assertThrows } from "@std/assert";
 import { DatabaseSync } from "node:sqlite";
 import { dataRoot } from "../../src/_paths.ts";
-import { exportModel, perplexity, quantize } from "../../src/api.ts";
+import { evaluate, exportModel, perplexity, quantize } from "../../src/api.ts";
 import { LedgerError } from "../../src/errors.ts";
 import { canonicalJson, NotCanonicalError, sha256Hex } from "../../src/ledger/hash.ts";
 import { Ledger } from "../../src/ledger/ledger.ts";
@@ -253,6 +253,26 @@ Deno.test("ledger: an export is recorded with its files' bytes and exactness; ne
   // A failed export (existing folder without overwrite) is recorded as failed and rethrown.
   await assertRejects(() => exportModel(q4, `${tmp}/a`, { format: "gguf", ledger }));
   assert(ledger.runs({ kind: "export" }).some((r) => r.status === "failed"));
+  ledger.close();
+  await Deno.remove(tmp, { recursive: true });
+});
+
+Deno.test("ledger: evaluate is recorded per task metric; an identical evaluation comes from the ledger", async () => {
+  const tmp = await Deno.makeTempDir();
+  const ledger = await Ledger.open(`${tmp}/l.sqlite`);
+  const model = await loadModel(HF);
+  const opts = { ledger, limit: 4, progress: false, bootstrapIters: 10 };
+  const a = await evaluate(model, ["piqa"], opts);
+  const b = await evaluate(model, ["piqa"], opts);
+  assert(a.run && b.run && !a.run.cached && b.run.cached);
+  assertEquals(b.run.key, a.run.key);
+  assertEquals(b[0].metrics, a[0].metrics);
+  const c = await evaluate(model, ["piqa"], { ...opts, limit: 3 });
+  assertNotEquals(c.run!.key, a.run.key);
+  const row = ledger.runs({ kind: "evaluate" }).find((r) => r.id === a.run!.id)!;
+  const m = row.metrics as Record<string, number>;
+  assertEquals(m["piqa/acc"], a[0].metrics.find((v) => v.metric === "acc")!.value);
+  assert(Number.isFinite(m["piqa/acc_stderr"]));
   ledger.close();
   await Deno.remove(tmp, { recursive: true });
 });
