@@ -4,12 +4,14 @@
  * every window, and exponentiate.
  * @module
  */
-import { OptionError } from "../errors.ts";
+import { FormatError, OptionError } from "../errors.ts";
 import { loadEvalText } from "../io/datasets.ts";
 import type { Tokenizer } from "../io/tokenizer.ts";
 import { forward, type ForwardHooks } from "../models/decoder.ts";
 import { getTokenizer } from "../models/load.ts";
 import { residentFor } from "../models/resident.ts";
+import { ortForward, ortForwardSession, ortForwardUnsupported } from "../models/ort_forward.ts";
+import { getBackend } from "../backend/device.ts";
 import type { Model } from "../models/model.ts";
 import type { Tensor } from "../tensor.ts";
 import { createCache, type KVSpec } from "../quant/kv/cache.ts";
@@ -48,6 +50,13 @@ export interface PerplexityOptions {
    * protocol: with KIVI and `prefillWithQuant` false it gives the full-precision perplexity.
    */
   kvChunk?: number;
+  /**
+   * On the CPU backend, run each batch of windows as one onnxruntime session over the whole
+   * decoder graph (`src/models/ort_forward.ts`) when the model allows it (default true); false:
+   * the TypeScript forward. Models the graph cannot express fall back to the TypeScript forward
+   * and say why in the result's `ortFallback`.
+   */
+  ort?: boolean;
 }
 
 /** Result of `perplexity`. */
@@ -70,6 +79,10 @@ export interface PerplexityResult {
   seconds: number;
   /** True when the windows ran through the GPU-resident decoder (WebGPU). */
   resident: boolean;
+  /** True when the windows ran through the onnxruntime forward graph (CPU). */
+  ort: boolean;
+  /** Why the onnxruntime forward graph was not used on the CPU backend (absent when it was). */
+  ortFallback?: string;
 }
 
 /**
@@ -168,6 +181,24 @@ export async function perplexity(
   }
   const resident = opts.kv ? false : opts.resident;
   const dec = await residentFor(model, { capacity: seqlen, hooks, resident });
+  let useOrt = false;
+  let ortFallback: string | undefined;
+  if (!dec && getBackend().name === "cpu") {
+    ortFallback = opts.ort === false
+      ? "ort: false"
+      : opts.kv
+      ? "a quantized KV cache runs through the TypeScript forward"
+      : ortForwardUnsupported(model, opts.hooks) ?? undefined;
+    if (!ortFallback) {
+      try {
+        await ortForwardSession(model);
+        useOrt = true;
+      } catch (e) {
+        if (e instanceof OptionError || e instanceof FormatError) throw e;
+        ortFallback = `the onnxruntime graph could not be built: ${(e as Error).message}`;
+      }
+    }
+  }
   try {
     const step = dec || opts.kv ? 1 : batch;
     for (let w = 0; w < windows; w += step) {
@@ -191,7 +222,9 @@ export async function perplexity(
         sum += r.sum;
         count += r.count;
       } else {
-        const logits = await forward(model, chunk, { batch: nb, hooks });
+        const logits = useOrt
+          ? await ortForward(model, chunk, { batch: nb })
+          : await forward(model, chunk, { batch: nb, hooks });
         const r = windowNll(logits, chunk, seqlen);
         sum += r.sum;
         count += r.count;
@@ -212,6 +245,8 @@ export async function perplexity(
     source,
     seconds: (performance.now() - t0) / 1000,
     resident: dec !== undefined,
+    ort: useOrt,
+    ...(ortFallback !== undefined ? { ortFallback } : {}),
   };
 }
 
