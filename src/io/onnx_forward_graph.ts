@@ -5,7 +5,9 @@
  * (for a quantized model its current fake-quant weight), so the graph computes what quantlab's
  * host forward (`src/models/decoder.ts`) computes. The node layout (RMSNorm, rotate-half RoPE,
  * grouped-query attention by repeating KV heads, SwiGLU MLP, tied or separate head) is the one
- * `onnx_export.ts` writes, less the past key/values. Bytes are returned, never written to disk.
+ * `onnx_export.ts` writes, less the past key/values, except that attention is onnxruntime's fused
+ * causal `com.microsoft.MultiHeadAttention` (`unidirectional: 1`) instead of MatMul, Where and
+ * Softmax nodes: at 512 tokens the unfused S×S score passes took most of the run. Bytes are returned, never written to disk.
  * @module
  */
 import { UnsupportedError } from "../errors.ts";
@@ -122,46 +124,35 @@ export async function buildForwardGraph(
     g.f32("rope.inv_freq", [half], invFreq),
   ]);
   const emb = g.node("Concat", [ang, ang], { attrs: { axis: -1 } });
-  const cos = g.node("Cos", [emb]), sin = g.node("Sin", [emb]);
+  // [S, 1, hd]: broadcast over batch and heads of a [B, S, heads, hd] tensor.
+  const cos = g.node("Unsqueeze", [g.node("Cos", [emb]), g.i64([1])]);
+  const sin = g.node("Unsqueeze", [g.node("Sin", [emb]), g.i64([1])]);
   const rope = (t: string) => {
     const t1 = g.node("Slice", [t, g.i64([0]), g.i64([half]), g.i64([3])]);
     const t2 = g.node("Slice", [t, g.i64([half]), g.i64([hd]), g.i64([3])]);
     const rot = g.node("Concat", [g.node("Neg", [t2]), t1], { attrs: { axis: 3 } });
     return g.node("Add", [g.node("Mul", [t, cos]), g.node("Mul", [rot, sin])]);
   };
-  // Causal mask [S, S]: key j visible to query s when j ≤ s.
-  const causal = g.node("LessOrEqual", [
-    g.node("Unsqueeze", [pos, g.i64([0])]),
-    g.node("Unsqueeze", [pos, g.i64([1])]),
-  ]);
-  const negMin = g.scalar(-3.4028234663852886e38);
   const rep = H / KV;
-  const heads = (t: string, n: number) =>
-    g.node("Transpose", [g.node("Reshape", [t, g.i64([0, 0, n, hd])])], {
-      attrs: { perm: [0, 2, 1, 3] },
-    });
+  const heads = (t: string, n: number) => g.node("Reshape", [t, g.i64([0, 0, n, hd])]);
+  const flat = (t: string) => g.node("Reshape", [t, g.i64([0, 0, H * hd])]);
+  // Grouped-query attention: query head h reads KV head ⌊h / rep⌋ ([B, S, KV, rep, hd]).
   const repeat = (t: string) =>
-    rep === 1 ? t : g.node("Reshape", [
-      g.node("Expand", [g.node("Unsqueeze", [t, g.i64([2])]), g.i64([1, 1, rep, 1, 1])]),
-      g.i64([0, H, -1, hd]),
-    ]);
+    rep === 1
+      ? t
+      : g.node("Expand", [g.node("Unsqueeze", [t, g.i64([3])]), g.i64([1, 1, 1, rep, 1])]);
 
   for (let l = 0; l < L; l++) {
     const pre = `model.layers.${l}`;
     const h = await rmsNorm(`${pre}.input_layernorm.weight`, x);
-    const q = rope(heads(await linear(`${pre}.self_attn.q_proj`, h, H * hd, D), H));
-    const k = rope(heads(await linear(`${pre}.self_attn.k_proj`, h, KV * hd, D), KV));
-    const v = heads(await linear(`${pre}.self_attn.v_proj`, h, KV * hd, D), KV);
-    const kT = g.node("Transpose", [repeat(k)], { attrs: { perm: [0, 1, 3, 2] } });
-    const scores = g.node("Mul", [g.node("MatMul", [q, kT]), g.scalar(1 / Math.sqrt(hd))]);
-    const probs = g.node("Softmax", [g.node("Where", [causal, scores, negMin])], {
-      attrs: { axis: -1 },
+    const q = flat(rope(heads(await linear(`${pre}.self_attn.q_proj`, h, H * hd, D), H)));
+    const k = flat(repeat(rope(heads(await linear(`${pre}.self_attn.k_proj`, h, KV * hd, D), KV))));
+    const v = flat(repeat(heads(await linear(`${pre}.self_attn.v_proj`, h, KV * hd, D), KV)));
+    // onnxruntime's fused causal attention (softmax(q·kᵀ/√hd) · v over keys j ≤ s).
+    const merged = g.node("MultiHeadAttention", [q, k, v], {
+      domain: "com.microsoft",
+      attrs: { num_heads: H, unidirectional: 1, scale: { f: 1 / Math.sqrt(hd) } },
     });
-    const ctx = g.node("MatMul", [probs, repeat(v)]);
-    const merged = g.node("Reshape", [
-      g.node("Transpose", [ctx], { attrs: { perm: [0, 2, 1, 3] } }),
-      g.i64([0, 0, H * hd]),
-    ]);
     x = g.node("Add", [x, await linear(`${pre}.self_attn.o_proj`, merged, D, H * hd)]);
     const h2 = await rmsNorm(`${pre}.post_attention_layernorm.weight`, x);
     const gate = await linear(`${pre}.mlp.gate_proj`, h2, I, D);
