@@ -88,3 +88,20 @@ Deno.test("perplexity: hooks and unsupported families take the TypeScript forwar
   );
   assertEquals(ortForwardUnsupported(fp), null);
 });
+
+Deno.test("buildForwardGraph: GroupQueryAttention and MultiHeadAttention graphs match forward()", async () => {
+  const { buildForwardGraph } = await import("../../src/io/onnx_forward_graph.ts");
+  const { loadOrt } = await import("../../src/backend/cpu.ts");
+  const ort = await loadOrt();
+  const m = await loadModel(MODEL);
+  const B = 2, S = 48;
+  const ids = Array.from({ length: B * S }, (_, i) => (i * 53 + 5) % m.config.vocabSize);
+  const ref = await forward(m, ids, { batch: B });
+  for (const attention of ["gqa", "mha"] as const) {
+    const bytes = await buildForwardGraph(m.config, (n) => m.weights.get(n), { attention });
+    const s = await ort.InferenceSession.create(bytes);
+    const x = new ort.Tensor("int64", BigInt64Array.from(ids, (v) => BigInt(v)), [B, S]);
+    const got = (await s.run({ input_ids: x })).logits.data as Float32Array;
+    assertLess(maxAbsDiff(got, ref.data), 1e-3, attention);
+  }
+});
