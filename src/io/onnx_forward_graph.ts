@@ -78,7 +78,8 @@ function transpose(W: Float32Array, rows: number, cols: number): Float32Array {
 }
 
 /**
- * The ModelProto bytes of `cfg`'s forward with the tensors `get` returns (HF names:
+ * The ModelProto bytes of `cfg`'s forward (outputs `logits` [batch, sequence, vocab] and `lse`
+ * [batch, sequence], the float32 log-sum-exp of each logits row) with the tensors `get` returns (HF names:
  * `model.embed_tokens.weight`, `model.layers.{l}.self_attn.q_proj.weight`, …; `lm_head.weight`
  * when `hasHead`, else the tied embedding). `attention`: "gqa" (default) or "mha", the fused
  * attention node (see the module doc; both compute the same causal attention). Throws
@@ -199,5 +200,8 @@ export async function buildForwardGraph(
     g.node("MatMul", [hN, Et], { outputs: ["logits"] });
   }
   g.output("logits", F, ["batch_size", "sequence_length", V]);
+  // log Σ_j exp(logits_j) per token (float32), so an evaluator needs no pass over the vocabulary.
+  g.node("ReduceLogSumExp", ["logits"], { attrs: { axes: [-1], keepdims: 0 }, outputs: ["lse"] });
+  g.output("lse", F, ["batch_size", "sequence_length"]);
   return g.encode("quantlab-forward");
 }

@@ -129,6 +129,18 @@ export async function ortForward(
   ids: number[],
   opts: { batch?: number } = {},
 ): Promise<Tensor> {
+  return (await ortForwardLse(model, ids, opts)).logits;
+}
+
+/**
+ * {@linkcode ortForward}'s logits and, per row, their log-sum-exp computed in the graph
+ * (float32, onnxruntime's `ReduceLogSumExp`): a row's NLL of token t is `lse − logits[t]`.
+ */
+export async function ortForwardLse(
+  model: Model,
+  ids: number[],
+  opts: { batch?: number } = {},
+): Promise<{ logits: Tensor; lse: Float32Array }> {
   const batch = opts.batch ?? 1;
   const T = ids.length / batch;
   const session = await ortForwardSession(model);
@@ -136,5 +148,8 @@ export async function ortForward(
   const input = new ort.Tensor("int64", BigInt64Array.from(ids, (v) => BigInt(v)), [batch, T]);
   const out = await session.run({ input_ids: input });
   const V = model.config.vocabSize;
-  return { shape: [ids.length, V], data: out.logits.data as Float32Array };
+  return {
+    logits: { shape: [ids.length, V], data: out.logits.data as Float32Array },
+    lse: out.lse.data as Float32Array,
+  };
 }
