@@ -25,11 +25,15 @@ interface Entry {
 
 const sessions = new WeakMap<Model, Entry>();
 
+/** Protobuf's 2 GiB message limit, less room for the graph itself. */
+const MAX_GRAPH_BYTES = 2 ** 31 - 2 ** 24;
+
 /**
  * Why `model` cannot run through the onnxruntime forward graph, or null when it can: the graph
  * holds bias-free SiLU Llama blocks with float MatMuls only, so models with forward hooks
  * (`model.hooks`, `extraHooks`) or activation / KV quantization points (`model.points`) — work
- * done between the products — take the TypeScript forward.
+ * done between the products — take the TypeScript forward, and so do models whose float32
+ * weights do not fit one in-memory ModelProto (2 GiB).
  */
 export function ortForwardUnsupported(model: Model, extraHooks?: unknown): string | null {
   const why = forwardGraphUnsupported(model.config);
@@ -38,6 +42,16 @@ export function ortForwardUnsupported(model: Model, extraHooks?: unknown): strin
   if (extraHooks) return "forward hooks were passed";
   if (model.points && Object.keys(model.points).length > 0) {
     return "the model has quantization points";
+  }
+  const c = model.config;
+  const D = c.hiddenSize, hd = c.headDim;
+  const heads = model.weights.has("lm_head.weight") ? 2 : 1;
+  const params = heads * c.vocabSize * D + D + c.numLayers *
+      (2 * D + D * (c.numHeads + 2 * c.numKvHeads) * hd + c.numHeads * hd * D +
+        3 * D * c.intermediateSize);
+  if (params * 4 > MAX_GRAPH_BYTES) {
+    return `its ${(params * 4 / 2 ** 30).toFixed(1)} GiB of float32 weights exceed an in-memory ` +
+      "graph's 2 GiB protobuf limit";
   }
   return null;
 }

@@ -86,6 +86,8 @@ Deno.test("perplexity: hooks and unsupported families take the TypeScript forwar
   assert(
     ortForwardUnsupported({ ...fp, config: { ...cfg, slidingWindow: 64 } })?.includes("sliding"),
   );
+  const big = { ...cfg, numLayers: 22, hiddenSize: 2048, intermediateSize: 5632, vocabSize: 32000 };
+  assert(ortForwardUnsupported({ ...fp, config: big })?.includes("2 GiB"));
   assertEquals(ortForwardUnsupported(fp), null);
 });
 
