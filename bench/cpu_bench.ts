@@ -1,10 +1,15 @@
 /**
  * CPU benchmark (`deno task bench`): our GEMM path against a raw onnxruntime session over the same
- * graph in the same run (ratio ≥ 0.9 is the target), and stories260K forward tokens/s.
+ * graph in the same run (ratio ≥ 0.9 is the target), and stories260K forward tokens/s; then
+ * stories260K TinyStories perplexity tokens/s through the whole-decoder onnxruntime graph
+ * (`src/models/ort_forward.ts`) against the TypeScript forward, alternating in the same run (a
+ * subset of windows; `--full`: all of them, each path once).
  * @module
  */
 import { cpuBackend, gemmModelBytes, loadOrt } from "../src/backend/cpu.ts";
 import { forward } from "../src/models/decoder.ts";
+import { ortForward } from "../src/models/ort_forward.ts";
+import { perplexity } from "../src/eval/perplexity.ts";
 import { loadModel } from "../src/models/load.ts";
 import { mulberry32, randnArray } from "../src/quant/_rng.ts";
 
@@ -49,3 +54,38 @@ console.log(
     (t * 1000).toFixed(0)
   } ms)`,
 );
+const tg = await best(() => ortForward(model, ids, { batch: 8 }), 3);
+console.log(
+  `stories260K forward, 8 × 256 tokens, onnxruntime graph: ${
+    (ids.length / tg).toFixed(0)
+  } tokens/s (${(tg * 1000).toFixed(0)} ms, ${(t / tg).toFixed(1)}× the TypeScript forward)`,
+);
+
+const full = Deno.args.includes("--full");
+const nsamples = full ? undefined : 32;
+console.log(
+  `\nstories260K TinyStories perplexity (${full ? "all" : nsamples} windows of 512), ` +
+    `alternating ${full ? "1" : "3"} rounds`,
+);
+const times = { ort: Infinity, ts: Infinity };
+let ppl = { ort: 0, ts: 0 };
+let tokens = 0;
+for (let r = 0; r < (full ? 1 : 3); r++) {
+  for (const ort of [true, false]) {
+    const res = await perplexity(model, "tinystories", { nsamples, ort });
+    const k = ort ? "ort" : "ts";
+    if (res.ort !== ort) throw new Error(`expected the ${k} path, got ${res.ortFallback}`);
+    times[k] = Math.min(times[k], res.seconds);
+    ppl = { ...ppl, [k]: res.ppl };
+    tokens = res.windows * res.seqlen;
+  }
+}
+console.log("path                 seconds   tokens/s   ppl");
+for (const k of ["ort", "ts"] as const) {
+  console.log(
+    `${(k === "ort" ? "onnxruntime graph" : "TypeScript forward").padEnd(20)} ${
+      times[k].toFixed(2).padStart(7)
+    } ${(tokens / times[k]).toFixed(0).padStart(10)}   ${ppl[k].toFixed(4)}`,
+  );
+}
+console.log(`speedup: ${(times.ts / times.ort).toFixed(1)}×`);
