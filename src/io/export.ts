@@ -26,9 +26,14 @@ import {
   quantizeGgml,
   writeGguf,
 } from "./gguf.ts";
-import { parseLlama2cTokenizer, tokenizerJsonFromLlama2c } from "./_tokenizer_json.ts";
+import {
+  parseLlama2cTokenizer,
+  type TokenizerJson,
+  tokenizerJsonFromGpt2,
+  tokenizerJsonFromLlama2c,
+} from "./_tokenizer_json.ts";
 import { ggufTensorName, LAYER_MAP, permuteRows, ropeRowOrder } from "./_llama_layout.ts";
-import { llamaTokenizerConfig, writeTokenizerJson } from "./tokenizer.ts";
+import { llamaTokenizerConfig, loadTokenizer, writeTokenizerJson } from "./tokenizer.ts";
 import { exportOnnx } from "./onnx_export.ts";
 import {
   fromGptqTensors,
@@ -341,6 +346,127 @@ export function llamaVocabMetadata(tokBin: Uint8Array, file = "<memory>"): [stri
   ];
 }
 
+/** Options of {@linkcode gpt2VocabMetadata}. */
+export interface Gpt2VocabOptions {
+  /** Rows of the model's embedding; ids the tokenizer lacks below it become `[PAD<id>]`. */
+  vocabSize: number;
+  /** BOS id (null: the tokenizer prepends none; the EOS id is written, add_bos_token false). */
+  bosId: number | null;
+  /** EOS / end-of-text id (null: none written). */
+  eosId: number | null;
+  /** Name used in error messages. */
+  file?: string;
+}
+
+/**
+ * Whether `json` is a GPT-2-style byte-level BPE that llama.cpp's "gpt2" vocabulary with
+ * pre-tokenizer "gpt-2" reproduces: a BPE model without byte fallback, no normalizer, and a plain
+ * ByteLevel pre-tokenizer using GPT-2's split regex without a prefix space. Returns why not, or
+ * null.
+ */
+export function gpt2VocabMismatch(json: TokenizerJson | Record<string, unknown>): string | null {
+  const j = json as Partial<TokenizerJson>;
+  const m = j.model as Record<string, unknown> | undefined;
+  if (m?.type !== "BPE") return `model type ${JSON.stringify(m?.type)} is not BPE`;
+  if (m.byte_fallback) return "BPE model uses byte fallback (a SentencePiece-style vocabulary)";
+  if (j.normalizer) return `has a normalizer (${(j.normalizer as { type?: string }).type})`;
+  const pre = j.pre_tokenizer as Record<string, unknown> | null | undefined;
+  if (pre?.type !== "ByteLevel") {
+    return `pre-tokenizer ${JSON.stringify(pre?.type ?? null)} is not a plain ByteLevel ` +
+      `(only GPT-2's split, llama.cpp pre "gpt-2", is written)`;
+  }
+  if (pre.add_prefix_space === true) return "ByteLevel pre-tokenizer adds a prefix space";
+  if (pre.use_regex === false) return "ByteLevel pre-tokenizer does not split with GPT-2's regex";
+  return null;
+}
+
+/**
+ * The `tokenizer.ggml.*` metadata of a GPT-2-style byte-level BPE `tokenizer.json`, as llama.cpp's
+ * `convert_hf_to_gguf.py` writes it (`_set_vocab_gpt2`): model "gpt2", pre "gpt-2"; tokens in
+ * their byte-level spelling (`Ġ` for a space) for ids `0..vocabSize-1`, ids without a token as
+ * `[PAD<id>]`; token types 1 normal, 3 control (special added tokens such as `<|endoftext|>`),
+ * 4 user-defined (non-special added tokens), 5 unused (the pads); merges as `"left right"`
+ * strings in rank order; BOS/EOS ids and add_bos_token / add_eos_token (false). Throws
+ * {@linkcode UnsupportedError} for a tokenizer llama.cpp's gpt-2 pre-tokenizer would not
+ * reproduce (see {@linkcode gpt2VocabMismatch}) and {@linkcode FormatError} when the vocabulary
+ * has more ids than the model's embedding rows or two tokens share an id.
+ */
+export function gpt2VocabMetadata(
+  json: TokenizerJson | Record<string, unknown>,
+  opts: Gpt2VocabOptions,
+): [string, GgufValue][] {
+  const file = opts.file ?? "<memory>";
+  const why = gpt2VocabMismatch(json);
+  if (why) throw new UnsupportedError(`gguf export: tokenizer ${file}: ${why}`);
+  const j = json as TokenizerJson;
+  const texts: (string | undefined)[] = new Array(opts.vocabSize);
+  const types = new Array<number>(opts.vocabSize).fill(1);
+  const put = (tok: string, id: number, type: number) => {
+    if (!Number.isInteger(id) || id < 0 || id >= opts.vocabSize) {
+      throw new FormatError(
+        file,
+        `token ${JSON.stringify(tok)} has id ${id}, outside the model's ${opts.vocabSize} rows`,
+      );
+    }
+    if (texts[id] !== undefined && texts[id] !== tok) {
+      throw new FormatError(file, `id ${id} is both ${JSON.stringify(texts[id])} and ${tok}`);
+    }
+    texts[id] = tok;
+    types[id] = type;
+  };
+  for (const [tok, id] of Object.entries(j.model.vocab)) put(tok, id, 1);
+  for (const t of j.added_tokens ?? []) put(t.content, t.id, t.special ? 3 : 4);
+  for (let i = 0; i < opts.vocabSize; i++) {
+    if (texts[i] === undefined) {
+      texts[i] = `[PAD${i}]`;
+      types[i] = 5;
+    }
+  }
+  const merges = (j.model.merges as (string | [string, string])[]).map((m) => {
+    if (typeof m === "string") return m;
+    if (m[0].includes(" ") || m[1].includes(" ")) {
+      throw new UnsupportedError(`gguf export: tokenizer ${file}: merge ${m} has a space`);
+    }
+    return `${m[0]} ${m[1]}`;
+  });
+  const md: [string, GgufValue][] = [
+    ["tokenizer.ggml.model", gv.str("gpt2")],
+    ["tokenizer.ggml.pre", gv.str("gpt-2")],
+    ["tokenizer.ggml.tokens", gv.arr("string", texts as string[])],
+    ["tokenizer.ggml.token_type", gv.arr("i32", types)],
+    ["tokenizer.ggml.merges", gv.arr("string", merges)],
+  ];
+  const bos = opts.bosId ?? opts.eosId;
+  if (bos !== null) md.push(["tokenizer.ggml.bos_token_id", gv.u32(bos)]);
+  if (opts.eosId !== null) md.push(["tokenizer.ggml.eos_token_id", gv.u32(opts.eosId)]);
+  md.push(["tokenizer.ggml.add_bos_token", gv.bool(opts.bosId !== null)]);
+  md.push(["tokenizer.ggml.add_eos_token", gv.bool(false)]);
+  return md;
+}
+
+/**
+ * The GPT-2 `tokenizer.json` at tokenizer folder `dir` (its `tokenizer.json`, or one built from
+ * `vocab.json` + `merges.txt` as {@linkcode loadTokenizer} does) with the BOS/EOS ids quantlab's
+ * tokenizer uses, or null when the folder holds neither.
+ */
+async function gpt2TokenizerAt(
+  dir: string,
+): Promise<{ json: TokenizerJson; bosId: number | null; eosId: number | null } | null> {
+  const isFile = (f: string) => Deno.stat(`${dir}/${f}`).then((s) => s.isFile, () => false);
+  let json: TokenizerJson;
+  if (await isFile("tokenizer.json")) {
+    json = JSON.parse(await Deno.readTextFile(`${dir}/tokenizer.json`)) as TokenizerJson;
+  } else if ((await isFile("vocab.json")) && (await isFile("merges.txt"))) {
+    json = tokenizerJsonFromGpt2(
+      await Deno.readTextFile(`${dir}/vocab.json`),
+      await Deno.readTextFile(`${dir}/merges.txt`),
+      { file: dir },
+    );
+  } else return null;
+  const tok = await loadTokenizer(dir);
+  return { json, bosId: tok.bosId, eosId: tok.eosId };
+}
+
 const TYPE_ID = {
   F32: GGML_TYPE.F32,
   F16: GGML_TYPE.F16,
@@ -415,15 +541,25 @@ export async function exportModel(
   }
   const tokBin = model.tokenizerPath ? await findTokBin(model.tokenizerPath) : null;
   if (format === "gptq") return await exportGptq(model, dirClean, options, tokBin);
-  if (!tokBin) {
+  const gpt2 = !tokBin && model.tokenizerPath
+    ? await gpt2TokenizerAt(model.tokenizerPath.replace(/\/$/, ""))
+    : null;
+  if (!tokBin && !gpt2) {
     throw new UnsupportedError(
-      `gguf export: needs a llama2.c tokenizer (.bin) for tokenizer.ggml.*; model ${model.source} ` +
-        `has tokenizer ${
+      `gguf export: needs a llama2.c tokenizer (.bin) or a GPT-2 byte-level BPE (tokenizer.json, ` +
+        `or vocab.json + merges.txt) for tokenizer.ggml.*; model ${model.source} has tokenizer ${
           model.tokenizerPath ?? "(none)"
-        } (tokenizer.json vocabularies are not written yet)`,
+        }`,
     );
   }
-  const tokBytes = await Deno.readFile(tokBin);
+  const vocabMetadata = tokBin
+    ? llamaVocabMetadata(await Deno.readFile(tokBin), tokBin)
+    : gpt2VocabMetadata(gpt2!.json, {
+      vocabSize: cfg.vocabSize,
+      bosId: gpt2!.bosId,
+      eosId: gpt2!.eosId,
+      file: model.tokenizerPath,
+    });
 
   // Plan the tensors.
   const names = new Set(model.weights.names());
@@ -549,7 +685,7 @@ export async function exportModel(
       ["llama.attention.layer_norm_rms_epsilon", gv.f32(cfg.normEps)],
       ["llama.rope.freq_base", gv.f32(cfg.ropeTheta)],
       ["llama.vocab_size", gv.u32(cfg.vocabSize)],
-      ...llamaVocabMetadata(tokBytes, tokBin),
+      ...vocabMetadata,
     ];
     if (cfg.headDim * cfg.numHeads !== cfg.hiddenSize) {
       metadata.push(["llama.attention.key_length", gv.u32(cfg.headDim)]);
@@ -579,18 +715,12 @@ export async function exportModel(
       );
     }
     await Deno.writeTextFile(`${tmp}/config.json`, JSON.stringify(llamaConfigJson(cfg), null, 2));
-    await writeTokenizerJson(tmp, tokenizerJsonFromLlama2c(tokBytes, { file: tokBin }), {
-      config: llamaTokenizerConfig(),
-    });
-    await Deno.copyFile(tokBin, `${tmp}/tokenizer.bin`);
-    const files = [
-      "model.gguf",
-      "config.json",
-      "tokenizer.json",
-      "tokenizer_config.json",
-      "tokenizer.bin",
-      "export_report.json",
-    ];
+    const tokFiles = await writeTokenizerFiles(model, tmp, tokBin);
+    if (tokBin) {
+      await Deno.copyFile(tokBin, `${tmp}/tokenizer.bin`);
+      tokFiles.push("tokenizer.bin");
+    }
+    const files = ["model.gguf", "config.json", ...tokFiles, "export_report.json"];
     const out: ExportReport = { format, dir: dirClean, files, tensors: report, notes };
     await Deno.writeTextFile(`${tmp}/export_report.json`, JSON.stringify(out, null, 1));
     if (await exists(dirClean)) {

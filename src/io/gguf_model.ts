@@ -15,6 +15,7 @@ import {
   type PieceKind,
   type SentencePiece,
   type TokenizerJson,
+  tokenizerJsonFromGpt2,
   tokenizerJsonFromSentencePieces,
 } from "./_tokenizer_json.ts";
 
@@ -182,17 +183,21 @@ const KINDS: Record<number, PieceKind> = {
 /**
  * The `tokenizer.json` of a GGUF file's SentencePiece vocabulary (`tokenizer.ggml.model` =
  * "llama": tokens, scores, token types), so a GGUF from llama.cpp's tools tokenizes without
- * files beside it. Other vocabularies (GPT-2 BPE) are an UnsupportedError.
+ * files beside it; or of its GPT-2 byte-level BPE (`tokenizer.ggml.model` = "gpt2" with pre-tokenizer
+ * "gpt-2" or none: tokens, merges, types 3/4 as special / non-special added tokens, type 5 pads
+ * left out, BOS prepended when `tokenizer.ggml.add_bos_token` is true). Other vocabularies are an
+ * UnsupportedError.
  */
 export async function ggufTokenizerJson(file: string): Promise<TokenizerJson> {
   const g = await openGguf(file);
   const md = g.header.metadata;
   const model = md.get("tokenizer.ggml.model")?.value;
+  if (model === "gpt2") return gpt2TokenizerJson(md, file);
   if (model !== "llama") {
     throw new UnsupportedError(
       `${file}: tokenizer.ggml.model ${
         JSON.stringify(model)
-      } (only SentencePiece "llama" vocabularies are read; pass { tokenizer })`,
+      } (only SentencePiece "llama" and GPT-2 "gpt2" vocabularies are read; pass { tokenizer })`,
     );
   }
   const tokens = md.get("tokenizer.ggml.tokens"), scores = md.get("tokenizer.ggml.scores");
@@ -204,4 +209,41 @@ export async function ggufTokenizerJson(file: string): Promise<TokenizerJson> {
     kind: types?.type === "array" ? KINDS[Number(types.value[i])] ?? "normal" : "normal",
   }));
   return tokenizerJsonFromSentencePieces(pieces, { file });
+}
+
+function gpt2TokenizerJson(md: Map<string, GgufValue>, file: string): TokenizerJson {
+  const pre = md.get("tokenizer.ggml.pre")?.value ?? "gpt-2";
+  if (pre !== "gpt-2" && pre !== "default") {
+    throw new UnsupportedError(
+      `${file}: tokenizer.ggml.pre ${
+        JSON.stringify(pre)
+      } (only "gpt-2" is read; pass { tokenizer })`,
+    );
+  }
+  const tokens = md.get("tokenizer.ggml.tokens"), merges = md.get("tokenizer.ggml.merges");
+  const types = md.get("tokenizer.ggml.token_type");
+  if (tokens?.type !== "array") throw new FormatError(file, "tokenizer.ggml.tokens is missing");
+  if (merges?.type !== "array") throw new FormatError(file, "tokenizer.ggml.merges is missing");
+  const vocab: Record<string, number> = {};
+  const added: { id: number; content: string; special: boolean }[] = [];
+  tokens.value.forEach((t, i) => {
+    const type = types?.type === "array" ? Number(types.value[i]) : 1;
+    if (type === 5) return;
+    vocab[String(t)] = i;
+    if (type === 3 || type === 4) added.push({ id: i, content: String(t), special: type === 3 });
+  });
+  const bosId = md.get("tokenizer.ggml.bos_token_id")?.value;
+  const addBos = md.get("tokenizer.ggml.add_bos_token")?.value === true;
+  const json = tokenizerJsonFromGpt2(JSON.stringify(vocab), merges.value.join("\n"), {
+    file,
+    bos: addBos && typeof bosId === "number" ? String(tokens.value[bosId]) : undefined,
+  });
+  json.added_tokens = added.map((t) => ({
+    ...t,
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+  }));
+  return json;
 }

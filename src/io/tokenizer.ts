@@ -240,8 +240,10 @@ export async function loadTokenizer(
   if (info.isFile) {
     if (path.endsWith(".model")) return await sentencePieceTokenizer(path, opts);
     if (path.endsWith(".gguf")) {
-      return await tokenizerFromJson(await ggufTokenizerJson(path), {
-        config: llamaTokenizerConfig(),
+      const json = await ggufTokenizerJson(path);
+      return await tokenizerFromJson(json, {
+        // A GPT-2 vocabulary's BOS (if any) comes from its post-processor.
+        config: json.pre_tokenizer?.type === "ByteLevel" ? {} : llamaTokenizerConfig(),
         name: opts.name ?? basename(path),
       });
     }

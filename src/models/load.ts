@@ -164,7 +164,9 @@ async function loadGgufModel(file: string, path: string, opts: LoadOptions): Pro
   const dir = file.includes("/") ? file.slice(0, file.lastIndexOf("/")) : ".";
   const tokenizerPath = opts.tokenizer ??
     ((await stat(`${dir}/tokenizer.json`)) ? dir : (await findLlama2cTokenizer(dir)) ??
-      (ck.metadata.get("tokenizer.ggml.model")?.value === "llama" ? file : undefined));
+      (["llama", "gpt2"].includes(String(ck.metadata.get("tokenizer.ggml.model")?.value))
+        ? file
+        : undefined));
   const packed = await ck.packed();
   return {
     config,
