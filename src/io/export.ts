@@ -386,7 +386,13 @@ export function gpt2VocabMismatch(json: TokenizerJson | Record<string, unknown>)
  * their byte-level spelling (`Ġ` for a space) for ids `0..vocabSize-1`, ids without a token as
  * `[PAD<id>]`; token types 1 normal, 3 control (special added tokens such as `<|endoftext|>`),
  * 4 user-defined (non-special added tokens), 5 unused (the pads); merges as `"left right"`
- * strings in rank order; BOS/EOS ids and add_bos_token / add_eos_token (false). Throws
+ * strings in rank order; BOS/EOS ids and add_bos_token / add_eos_token (false). Deviations from
+ * the converter: add_bos_token is always written (the converter writes it only when
+ * tokenizer_config.json has it, leaving llama.cpp's default), so llama.cpp adds a BOS exactly when
+ * quantlab's tokenizer does; BOS without a BOS of the tokenizer's own is the EOS id (GPT-2's
+ * config.json: both 50256); non-special added tokens that merely look special (`<|x|>`) stay
+ * user-defined, and non-normalized added tokens are written as stored (the converter decodes them
+ * through the HF tokenizer) — GPT-2's vocabulary has neither. Throws
  * {@linkcode UnsupportedError} for a tokenizer llama.cpp's gpt-2 pre-tokenizer would not
  * reproduce (see {@linkcode gpt2VocabMismatch}) and {@linkcode FormatError} when the vocabulary
  * has more ids than the model's embedding rows or two tokens share an id.

@@ -5,10 +5,13 @@
  * byte by byte against a transcription of the GGUF spec's value types and llama.cpp's key names,
  * equals vocab.json / merges.txt; quantlab's own GGUF reader tokenizes from that metadata alone as
  * quantlab's GPT-2 tokenizer does; and llama.cpp (node-llama-cpp 3.21.1, `tools/llama_peer`)
- * tokenizes several strings to the same ids (skipped, saying why, when node-llama-cpp is absent).
+ * tokenizes several strings to the same ids and scores GPT-2-tokenized text (teacher-forced log-probs,
+ * F32 KV cache) within 1e-4 of quantlab's forward (skipped, saying why, when node-llama-cpp is
+ * absent).
  */
 import { assert, assertEquals, assertThrows } from "@std/assert";
 import { getTokenizer, loadModel } from "../../src/models/load.ts";
+import { forward } from "../../src/models/decoder.ts";
 import { loadTokenizer } from "../../src/io/tokenizer.ts";
 import { exportModel, gpt2VocabMetadata } from "../../src/io/export.ts";
 import { tokenizerJsonFromGpt2, tokenizerJsonFromLlama2c } from "../../src/io/tokenizer.ts";
@@ -220,6 +223,46 @@ Deno.test({
     const { ids } = JSON.parse(new TextDecoder().decode(o.stdout).trim().split("\n").pop()!);
     const ref = await loadTokenizer(GPT2);
     TEXTS.forEach((s, i) => assertEquals(ids[i], ref.encode(s), JSON.stringify(s)));
+  },
+});
+
+Deno.test({
+  name: "gguf gpt2 vocab: llama.cpp scores GPT-2-tokenized text like quantlab's forward",
+  ignore: !installed,
+  sanitizeResources: false,
+  fn: async () => {
+    const file = await exported();
+    const ref = await loadTokenizer(GPT2);
+    const ids = ref.encode("Hello world, this is a test of the GPT-2 vocabulary: 42 ünïcödé!");
+    const prompt = ids.slice(0, 3), teacher = ids.slice(3);
+    const o = await new Deno.Command("node", {
+      args: [
+        `${PEER}peer.mjs`,
+        JSON.stringify({ model: file, prompt, n: 1, teacher, kvF32: true }),
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    if (!o.success) throw new Error(`peer failed: ${new TextDecoder().decode(o.stderr)}`);
+    const r = JSON.parse(new TextDecoder().decode(o.stdout).trim().split("\n").pop()!);
+    const m = await loadModel(file);
+    const V = m.config.vocabSize;
+    assertEquals(V, 50257);
+    const logits = (await forward(m, ids.slice(0, -1))).data;
+    let gap = 0;
+    teacher.forEach((t, i) => {
+      const row = logits.subarray((prompt.length - 1 + i) * V, (prompt.length + i) * V);
+      let mx = -Infinity;
+      for (const v of row) mx = Math.max(mx, v);
+      let z = 0;
+      for (const v of row) z += Math.exp(v - mx);
+      gap = Math.max(gap, Math.abs(r.logprobs[i] - (row[t] - mx - Math.log(z))));
+    });
+    console.log(
+      `gpt2-vocab F32 GGUF: ${teacher.length} tokens, max |Δ log p| ${gap.toExponential(2)}`,
+    );
+    assertEquals(r.logprobs.length, teacher.length);
+    assert(gap <= 1e-4, `max |Δ log p| ${gap}`);
   },
 });
 
