@@ -1,9 +1,10 @@
 /**
  * `exportModel(model, dir, { format })`: writes a (quantized) model as a folder that another
  * runtime loads. Format "gguf" (llama.cpp): `model.gguf` with the `llama` architecture metadata,
- * the llama2.c/SentencePiece vocabulary as `tokenizer.ggml.*`, q/k rows permuted back to
- * llama2.c's interleaved RoPE order, and tensors in F32/F16/Q8_0/Q4_0/Q4_1; beside it
- * `config.json`, `tokenizer.json` + `tokenizer_config.json` and `export_report.json`.
+ * the llama2.c/SentencePiece vocabulary or a GPT-2 byte-level BPE ({@linkcode gpt2VocabMetadata})
+ * as `tokenizer.ggml.*`, q/k rows permuted back to llama2.c's interleaved RoPE order, and tensors
+ * in F32/F16/Q8_0/Q4_0/Q4_1; beside it `config.json`, the tokenizer files (`tokenizer.json` +
+ * `tokenizer_config.json`; a GPT-2 folder's own files copied) and `export_report.json`.
  *
  * Writing is atomic: everything goes into a fresh sibling folder `<dir>.tmp-<id>`, which is
  * renamed to `dir` only when complete; an existing `dir` is refused unless `overwrite`. A killed
