@@ -25,6 +25,7 @@ import { withF16Scales } from "../src/quant/f16_grid.ts";
 import { quantize } from "../src/quant/pipeline.ts";
 import { rtn } from "../src/quant/rtn.ts";
 import { PRESETS, writeSyntheticCheckpoint } from "../tools/synthetic_checkpoint.ts";
+import { peerInstalled, runPeer } from "../tools/llama_peer/run.ts";
 
 const { values: flags } = parseArgs({
   args: Deno.args,
@@ -34,31 +35,11 @@ const { values: flags } = parseArgs({
     new: { type: "string", default: "64" },
   },
 });
-const PEER = new URL("../tools/llama_peer/", import.meta.url).pathname;
-try {
-  await Deno.stat(`${PEER}node_modules/node-llama-cpp/package.json`);
-} catch {
+if (!(await peerInstalled())) {
   console.log("node-llama-cpp is not installed: cd tools/llama_peer && npm ci");
   Deno.exit(0);
 }
 const threads = Number(flags.threads), nNew = Number(flags.new);
-
-interface PeerOut {
-  greedy: number[];
-  logprobs: number[];
-  genSeconds: number;
-  teacherSeconds: number;
-}
-async function peer(req: Record<string, unknown>): Promise<PeerOut> {
-  const o = await new Deno.Command("node", {
-    args: [`${PEER}peer.mjs`, JSON.stringify(req)],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  if (!o.success) throw new Error(`peer failed: ${new TextDecoder().decode(o.stderr)}`);
-  const lines = new TextDecoder().decode(o.stdout).trim().split("\n");
-  return JSON.parse(lines[lines.length - 1]);
-}
 
 const root = await Deno.makeTempDir({ prefix: "quantlab_peer_bench_" });
 const stories = await loadModel(`${dataRoot()}/models/stories260K-hf`);
@@ -67,7 +48,7 @@ const prompt = ids.slice(0, 64), teacher = ids.slice(64, 64 + 192);
 
 async function row(name: string, model: Model, dir: string): Promise<void> {
   await exportModel(model, dir, { format: "gguf" });
-  const out = await peer({
+  const out = await runPeer({
     model: `${dir}/model.gguf`,
     prompt,
     n: nNew,
@@ -106,8 +87,8 @@ async function row(name: string, model: Model, dir: string): Promise<void> {
   );
   console.log(
     `${name}: teacher-forced ${prompt.length + teacher.length - 1} tokens: quantlab ` +
-      `${qTeacher.toFixed(3)} s, llama.cpp ${out.teacherSeconds.toFixed(3)} s → ratio ${
-        (qTeacher / out.teacherSeconds).toFixed(2)
+      `${qTeacher.toFixed(3)} s, llama.cpp ${out.teacherSeconds!.toFixed(3)} s → ratio ${
+        (qTeacher / out.teacherSeconds!).toFixed(2)
       }; max |Δ log p| ${maxDiff.toExponential(2)}`,
   );
 }

@@ -31,7 +31,7 @@ import {
   evaluate as evaluateCore,
   type EvaluateOptions,
 } from "./eval/evaluate.ts";
-import { expandTasks, getTask, loadFewshotDocs, loadTaskDocs } from "./eval/tasks.ts";
+import { expandTasks, getTask, taskFiles } from "./eval/tasks.ts";
 import {
   type ExportableModel,
   exportModel as exportModelCore,
@@ -229,10 +229,8 @@ export function evaluate(
       const m = await modelIdentity(model);
       const files: Record<string, string[]> = {};
       for (const name of expandTasks(tasks)) {
-        const task = getTask(name);
         const data = { root: options.root, paths: options.paths };
-        const a = await loadTaskDocs(task, data), b = await loadFewshotDocs(task, data);
-        files[name] = [...a.files, ...b.files].map((f) => f.sha256);
+        files[name] = (await taskFiles(getTask(name), data)).map((f) => f.sha256);
       }
       const { root: _r, paths: _p, onProgress: _o, progress: _g, ...protocol } = options;
       return {

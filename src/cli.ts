@@ -993,18 +993,17 @@ async function runQuantize(p: ParsedFlags): Promise<number> {
     }
   }
   const model = await openModel(p);
-  const gs = (q.options as { groupSize?: number }).groupSize;
-  const partial = (q.options as { partialGroups?: boolean }).partialGroups;
-  // SpQR's β1 groups end with a shorter last group (as the reference's); FrameQuant's groups
-  // live in the frame basis.
-  if (typeof gs === "number" && gs > 0 && !partial && !["framequant", "spqr"].includes(method)) {
-    for (const [cols, names] of linearInputs(model)) {
-      if (cols % gs !== 0) {
-        throw new UsageError(
-          p.typed["group-size"] ?? "--group-size",
-          `${gs} does not divide the ${cols} input columns of ${names}; pass --partial-groups for a shorter last group`,
-        );
-      }
+  // The quantizer's own group-size rule, before calibration (methods without one check nothing).
+  for (const [cols, names] of linearInputs(model)) {
+    try {
+      q.checkColumns?.(cols, names);
+    } catch (e) {
+      if (!(e instanceof OptionError)) throw e;
+      throw new UsageError(
+        p.typed["group-size"] ?? "--group-size",
+        `${e.message.replace(/^option \w+: /, "").replace(/ \(pass partialGroups.*$/, "")}; ` +
+          "pass --partial-groups for a shorter last group",
+      );
     }
   }
   const evalSet = str(p, "eval") ?? "tinystories";

@@ -19,7 +19,7 @@ import { forward } from "../models/decoder.ts";
 import { getTokenizer } from "../models/load.ts";
 import type { Model } from "../models/model.ts";
 import { progress } from "../viz/progress.ts";
-import { evalTokens, mergeHooks } from "./perplexity.ts";
+import { evalTokens, mergeHooks, windowCount } from "./perplexity.ts";
 
 /** Options of {@linkcode kld}. */
 export interface KldOptions {
@@ -161,19 +161,7 @@ export async function kld(
   }
   const tok = await getTokenizer(base);
   const { ids } = await evalTokens(tok, dataset, opts);
-  let windows = Math.floor(ids.length / ctx);
-  if (opts.nsamples !== undefined) {
-    if (!(opts.nsamples >= 1)) {
-      throw new OptionError("nsamples", `must be ≥ 1, got ${opts.nsamples}`);
-    }
-    windows = Math.min(windows, opts.nsamples);
-  }
-  if (windows < 1) {
-    throw new OptionError(
-      "ctx",
-      `${dataset} has ${ids.length} tokens, fewer than one window of ${ctx}`,
-    );
-  }
+  const windows = windowCount(ids.length, ctx, { dataset, nsamples: opts.nsamples, option: "ctx" });
   const first = Math.floor(ctx / 2);
   const per = ctx - 1 - first;
   const n = windows * per;

@@ -141,6 +141,33 @@ export function windowNll(
   return { sum, count };
 }
 
+/**
+ * The number of non-overlapping windows of `len` tokens in `n` tokens, at most `cap` and at most
+ * `nsamples` (≥ 1, else an OptionError); fewer than one window is an OptionError naming `option`
+ * (the window-length option of the caller).
+ */
+export function windowCount(
+  n: number,
+  len: number,
+  o: { dataset: string; nsamples?: number; cap?: number; option: string },
+): number {
+  let windows = Math.floor(n / len);
+  if (o.cap !== undefined) windows = Math.min(windows, o.cap);
+  if (o.nsamples !== undefined) {
+    if (!(o.nsamples >= 1)) {
+      throw new OptionError("nsamples", `must be ≥ 1, got ${o.nsamples}`);
+    }
+    windows = Math.min(windows, o.nsamples);
+  }
+  if (windows < 1) {
+    throw new OptionError(
+      o.option,
+      `${o.dataset} has ${n} tokens, fewer than one window of ${len}`,
+    );
+  }
+  return windows;
+}
+
 /** Perplexity of `model` on `dataset` ("wikitext2", "ptb", "c4", "tinystories") with the GPTQ protocol. */
 export async function perplexity(
   model: Model,
@@ -159,20 +186,12 @@ export async function perplexity(
   }
   const tok = await getTokenizer(model);
   const { ids, source } = await evalTokens(tok, dataset, opts);
-  let windows = Math.floor(ids.length / seqlen);
-  if (dataset === "c4") windows = Math.min(windows, 256);
-  if (opts.nsamples !== undefined) {
-    if (!(opts.nsamples >= 1)) {
-      throw new OptionError("nsamples", `must be ≥ 1, got ${opts.nsamples}`);
-    }
-    windows = Math.min(windows, opts.nsamples);
-  }
-  if (windows < 1) {
-    throw new OptionError(
-      "seqlen",
-      `${dataset} has ${ids.length} tokens, fewer than one window of ${seqlen}`,
-    );
-  }
+  const windows = windowCount(ids.length, seqlen, {
+    dataset,
+    nsamples: opts.nsamples,
+    cap: dataset === "c4" ? 256 : undefined,
+    option: "seqlen",
+  });
   const batch = Math.max(1, opts.batch ?? 4);
   let sum = 0;
   let count = 0;

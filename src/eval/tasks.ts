@@ -531,6 +531,15 @@ async function readFiles(
   return { texts, files };
 }
 
+/**
+ * The files a task reads (evaluation and few-shot splits) with their sha256, without parsing
+ * them: what a result depends on, for the ledger's identity.
+ */
+export async function taskFiles(task: TaskDef, opts: TaskDataOptions = {}): Promise<TaskFile[]> {
+  const rel = [...task.files, ...(task.fewshotFiles && task.parseFewshot ? task.fewshotFiles : [])];
+  return (await readFiles(task, rel, opts)).files;
+}
+
 /** The evaluation documents of a task, with the files read. */
 export async function loadTaskDocs(
   task: TaskDef,

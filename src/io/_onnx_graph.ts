@@ -13,6 +13,8 @@
  */
 
 /** ONNX TensorProto.DataType codes used here. */
+import { transpose2d } from "../tensor.ts";
+
 export const ONNX_DTYPE = { FLOAT: 1, UINT8: 2, INT64: 7, BOOL: 9 } as const;
 
 /** A dimension: a number (fixed) or a string (symbolic). */
@@ -224,6 +226,31 @@ export class OnnxGraph {
     this.f32(name, [], Float32Array.of(v));
     this.#consts.set(key, name);
     return name;
+  }
+
+  /**
+   * `x · Wᵀ` with `W` `[rows, cols]` row-major, stored transposed as the float32 initializer
+   * `${name}.T` `[cols, rows]` (ONNX MatMul's right operand).
+   */
+  matmulT(x: string, name: string, W: Float32Array, rows: number, cols: number): string {
+    const Wt = transpose2d({ shape: [rows, cols], data: W }).data;
+    return this.node("MatMul", [x, this.f32(`${name}.T`, [cols, rows], Wt)]);
+  }
+
+  /** RMSNorm over the last axis: `x / √(mean(x²) + eps) · w`, `w` stored as `name`. */
+  rmsNorm(x: string, name: string, w: Float32Array, eps: number): string {
+    const ms = this.node("ReduceMean", [this.node("Mul", [x, x])], {
+      attrs: { axes: [-1], keepdims: 1 },
+    });
+    const inv = this.node("Reciprocal", [
+      this.node("Sqrt", [this.node("Add", [ms, this.scalar(eps)])]),
+    ]);
+    return this.node("Mul", [this.node("Mul", [x, inv]), this.f32(name, [w.length], w)]);
+  }
+
+  /** SwiGLU: `silu(gate) · up`. */
+  swiglu(gate: string, up: string): string {
+    return this.node("Mul", [this.node("Mul", [gate, this.node("Sigmoid", [gate])]), up]);
   }
 
   /**

@@ -16,7 +16,8 @@
  * @module
  */
 import { FormatError, OptionError, UnsupportedError } from "../errors.ts";
-import { f16ToF32 as halfToF32, f32ToF16, type Tensor } from "../tensor.ts";
+import { f16ToF32 as halfToF32, f32ToF16, maxAbsDiff, type Tensor } from "../tensor.ts";
+import { pathExists } from "./fs.ts";
 import {
   dequantizeGgml,
   GGML_TYPE,
@@ -249,24 +250,6 @@ function blocksFromCodes(
     if (m) m[i] = f32ToF16(Math.fround(-scales[i] * zeros[i]));
   }
   return { codes, d, m };
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  let e = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i] - b[i]);
-    if (d > e || Number.isNaN(d)) e = d;
-  }
-  return e;
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await Deno.lstat(p);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 async function findTokBin(p: string): Promise<string | null> {
@@ -515,7 +498,7 @@ export async function exportModel(
     throw new OptionError("nonGrid", `must be "refuse" or "dequantize", got ${nonGrid}`);
   }
   const dirClean = dir.replace(/\/+$/, "");
-  if (!options.overwrite && (await exists(dirClean))) {
+  if (!options.overwrite && (await pathExists(dirClean))) {
     throw new OptionError("overwrite", `${dirClean} exists; pass overwrite: true to replace it`);
   }
   if (format === "onnx") {
@@ -730,7 +713,7 @@ export async function exportModel(
     const files = ["model.gguf", "config.json", ...tokFiles, "export_report.json"];
     const out: ExportReport = { format, dir: dirClean, files, tensors: report, notes };
     await Deno.writeTextFile(`${tmp}/export_report.json`, JSON.stringify(out, null, 1));
-    if (await exists(dirClean)) {
+    if (await pathExists(dirClean)) {
       const old = `${dirClean}.old-${crypto.randomUUID().slice(0, 8)}`;
       await Deno.rename(dirClean, old);
       await Deno.rename(tmp, dirClean);
@@ -764,7 +747,7 @@ async function writeTokenizerFiles(model: ExportableModel, dir: string, tokBin: 
       "special_tokens_map.json",
     ]
   ) {
-    if (model.tokenizerPath && (await exists(`${model.tokenizerPath}/${f}`))) {
+    if (model.tokenizerPath && (await pathExists(`${model.tokenizerPath}/${f}`))) {
       await Deno.copyFile(`${model.tokenizerPath}/${f}`, `${dir}/${f}`);
       files.push(f);
     }
@@ -773,7 +756,7 @@ async function writeTokenizerFiles(model: ExportableModel, dir: string, tokBin: 
 }
 
 async function commitDir(tmp: string, dir: string): Promise<void> {
-  if (await exists(dir)) {
+  if (await pathExists(dir)) {
     const old = `${dir}.old-${crypto.randomUUID().slice(0, 8)}`;
     await Deno.rename(dir, old);
     await Deno.rename(tmp, dir);

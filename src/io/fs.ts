@@ -90,6 +90,19 @@ export async function openForRead(path: string, what = "file"): Promise<Deno.FsF
 }
 
 /**
+ * True when anything (file, folder, link — even a dangling one) is at `path`: what a writer must
+ * not overwrite without leave. Never opens it.
+ */
+export async function pathExists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * Reads a whole regular file: {@linkcode requireFile} first (a FIFO, folder or device is refused
  * before it is opened), then the read; a read failure is a {@linkcode FileKindError} naming it.
  */

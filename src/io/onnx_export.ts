@@ -42,7 +42,8 @@
  * @module
  */
 import { FormatError, OptionError, UnsupportedError } from "../errors.ts";
-import type { Tensor } from "../tensor.ts";
+import { maxAbsDiff, type Tensor } from "../tensor.ts";
+import { pathExists } from "./fs.ts";
 import { ONNX_DTYPE, OnnxGraph } from "./_onnx_graph.ts";
 import { tokenizerJsonFromLlama2c } from "./_tokenizer_json.ts";
 import { llamaTokenizerConfig, writeTokenizerJson } from "./tokenizer.ts";
@@ -191,31 +192,6 @@ export function unpackMatMulNBits(w: MatMulNBitsWeight): Float32Array {
       out[n * K + (w.perm ? w.perm[k] : k)] = Math.fround((q - z) * w.scales[n * nb + b]);
     }
   }
-  return out;
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  let e = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i] - b[i]);
-    if (d > e || Number.isNaN(d)) e = d;
-  }
-  return e;
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await Deno.lstat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** `W` `[rows, cols]` transposed to `[cols, rows]` (ONNX MatMul's right operand). */
-function transpose(W: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = W[r * cols + c];
   return out;
 }
 
@@ -407,19 +383,12 @@ export async function exportOnnx(
         notes.push(`${p}: ${rec.note}`);
       }
       report.push(rec);
-      const Wt = g.f32(`${p}.weight.T`, [cols, rows], transpose(W.data, rows, cols));
-      return g.node("MatMul", [x, Wt]);
+      return g.matmulT(x, `${p}.weight`, W.data, rows, cols);
     };
     const rmsNorm = async (n: string, x: string): Promise<string> => {
       const w = await get(n, [D]);
       report.push({ name: n, gguf: n, type: "F32", how: "float", maxAbsErr: 0 });
-      const ms = g.node("ReduceMean", [g.node("Mul", [x, x])], {
-        attrs: { axes: [-1], keepdims: 1 },
-      });
-      const inv = g.node("Reciprocal", [
-        g.node("Sqrt", [g.node("Add", [ms, g.scalar(cfg.normEps)])]),
-      ]);
-      return g.node("Mul", [g.node("Mul", [x, inv]), g.f32(n, [D], w.data)]);
+      return g.rmsNorm(x, n, w.data, cfg.normEps);
     };
 
     // Inputs.
@@ -519,7 +488,7 @@ export async function exportOnnx(
       const I = cfg.intermediateSize;
       const gate = await linear(`${pre}.mlp.gate_proj`, h2, I, D);
       const up = await linear(`${pre}.mlp.up_proj`, h2, I, D);
-      const act = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate])]), up]);
+      const act = g.swiglu(gate, up);
       x = g.node("Add", [x, await linear(`${pre}.mlp.down_proj`, act, D, I)]);
     }
     const hN = await rmsNorm("model.norm.weight", x);
@@ -573,7 +542,7 @@ export async function exportOnnx(
       files.push("tokenizer.json", "tokenizer_config.json");
     } else {
       for (const f of ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]) {
-        if (model.tokenizerPath && (await exists(`${model.tokenizerPath}/${f}`))) {
+        if (model.tokenizerPath && (await pathExists(`${model.tokenizerPath}/${f}`))) {
           await Deno.copyFile(`${model.tokenizerPath}/${f}`, `${tmp}/${f}`);
           files.push(f);
         }
@@ -585,7 +554,7 @@ export async function exportOnnx(
     files.push("export_report.json");
     const out: ExportReport = { format: "onnx", dir, files, tensors: report, notes };
     await Deno.writeTextFile(`${tmp}/export_report.json`, JSON.stringify(out, null, 1));
-    if (await exists(dir)) {
+    if (await pathExists(dir)) {
       const old = `${dir}.old-${crypto.randomUUID().slice(0, 8)}`;
       await Deno.rename(dir, old);
       await Deno.rename(tmp, dir);

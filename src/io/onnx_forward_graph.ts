@@ -69,14 +69,6 @@ export function forwardGraphUnsupported(cfg: ForwardGraphConfig): string | null 
   return null;
 }
 
-function transpose(W: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(W.length);
-  for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < cols; c++) out[c * rows + r] = W[r * cols + c];
-  }
-  return out;
-}
-
 /**
  * The ModelProto bytes of `cfg`'s forward (outputs `logits` [batch, sequence, vocab] and `lse`
  * [batch, sequence], the float32 log-sum-exp of each logits row) with the tensors `get` returns (HF names:
@@ -98,21 +90,10 @@ export async function buildForwardGraph(
   const F = ONNX_DTYPE.FLOAT, I64 = ONNX_DTYPE.INT64;
   const g = new OnnxGraph();
 
-  const linear = async (p: string, x: string, rows: number, cols: number): Promise<string> => {
-    const W = await get(`${p}.weight`);
-    const Wt = g.f32(`${p}.weight.T`, [cols, rows], transpose(W.data, rows, cols));
-    return g.node("MatMul", [x, Wt]);
-  };
-  const rmsNorm = async (n: string, x: string): Promise<string> => {
-    const w = await get(n);
-    const ms = g.node("ReduceMean", [g.node("Mul", [x, x])], {
-      attrs: { axes: [-1], keepdims: 1 },
-    });
-    const inv = g.node("Reciprocal", [
-      g.node("Sqrt", [g.node("Add", [ms, g.scalar(cfg.normEps)])]),
-    ]);
-    return g.node("Mul", [g.node("Mul", [x, inv]), g.f32(n, [D], w.data)]);
-  };
+  const linear = async (p: string, x: string, rows: number, cols: number): Promise<string> =>
+    g.matmulT(x, `${p}.weight`, (await get(`${p}.weight`)).data, rows, cols);
+  const rmsNorm = async (n: string, x: string): Promise<string> =>
+    g.rmsNorm(x, n, (await get(n)).data, cfg.normEps);
 
   const ids = g.input("input_ids", I64, ["batch_size", "sequence_length"]);
   const E = await get("model.embed_tokens.weight");
@@ -189,7 +170,7 @@ export async function buildForwardGraph(
     const h2 = await rmsNorm(`${pre}.post_attention_layernorm.weight`, x);
     const gate = await linear(`${pre}.mlp.gate_proj`, h2, I, D);
     const up = await linear(`${pre}.mlp.up_proj`, h2, I, D);
-    const act = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate])]), up]);
+    const act = g.swiglu(gate, up);
     x = g.node("Add", [x, await linear(`${pre}.mlp.down_proj`, act, D, I)]);
   }
   const hN = await rmsNorm("model.norm.weight", x);

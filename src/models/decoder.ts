@@ -71,17 +71,7 @@ export interface CacheAttendInput {
   /** Tokens already cached (positions of the new rows start here). */
   off: number;
   /** Attention dims, as {@linkcode attention} takes them (B = 1, S = off + T). */
-  dims: {
-    B: number;
-    T: number;
-    S: number;
-    nH: number;
-    nKV: number;
-    hd: number;
-    scale: number;
-    window?: number | null;
-    probs?: QuantSpec;
-  };
+  dims: AttentionDims;
   /** The backend of this forward. */
   backend: Backend;
 }
@@ -272,17 +262,7 @@ export function causalAttention(
   q: Float32Array,
   k: Float32Array,
   v: Float32Array,
-  dims: {
-    T: number;
-    S: number;
-    nH: number;
-    nKV: number;
-    hd: number;
-    scale: number;
-    window?: number | null;
-    /** Fake-quantizes each query's probability row [S] (masked keys 0) before `p · V`. */
-    probs?: QuantSpec;
-  },
+  dims: Omit<AttentionDims, "B">,
 ): Float32Array {
   const { T, S, nH, nKV, hd, scale } = dims;
   const prow = dims.probs ? new Float32Array(S) : undefined;
@@ -332,6 +312,28 @@ export function causalAttention(
   return out;
 }
 
+/** Dimensions of {@linkcode attention}. */
+export interface AttentionDims {
+  /** Sequences. */
+  B: number;
+  /** Query rows per sequence. */
+  T: number;
+  /** Key rows per sequence (queries sit at positions S−T..S−1). */
+  S: number;
+  /** Query heads. */
+  nH: number;
+  /** KV heads. */
+  nKV: number;
+  /** Head dimension. */
+  hd: number;
+  /** Score scale. */
+  scale: number;
+  /** Sliding window (null / undefined: none). */
+  window?: number | null;
+  /** Fake-quantizes the probability rows (the TypeScript loop then runs). */
+  probs?: QuantSpec;
+}
+
 /** Below this many score entries per head the TypeScript loop beats a native call. */
 const NATIVE_ATTENTION_MIN = 2048;
 
@@ -344,18 +346,7 @@ export async function attention(
   q: Float32Array,
   k: Float32Array,
   v: Float32Array,
-  dims: {
-    B: number;
-    T: number;
-    S: number;
-    nH: number;
-    nKV: number;
-    hd: number;
-    scale: number;
-    window?: number | null;
-    /** Fake-quantizes the probability rows (the TypeScript loop then runs). */
-    probs?: QuantSpec;
-  },
+  dims: AttentionDims,
   backend: Backend,
 ): Promise<Float32Array> {
   const { B, T, S, nH, nKV, hd, scale } = dims;

@@ -22,7 +22,7 @@
 import type { Tensor } from "../tensor.ts";
 import { OptionError, QuantlabError } from "../errors.ts";
 import type { QuantFormat, QuantMeta, QuantResult, WeightQuantizer } from "./types.ts";
-import { validateBits } from "./grid.ts";
+import { checkGroupColumns, validateBits } from "./grid.ts";
 
 /** Options of {@linkcode bcq}. */
 export interface BcqOptions {
@@ -248,14 +248,7 @@ export function bcqQuantize(W: Tensor, options: BcqOptions & { layer?: string })
   }
   const [rows, cols] = W.shape, q = o.bits;
   const gs = o.groupSize > 0 ? o.groupSize : cols;
-  if (cols % gs !== 0 && !o.partialGroups) {
-    throw new OptionError(
-      "groupSize",
-      `${gs} does not divide the ${cols} input columns of ${
-        options.layer ?? "the weight"
-      } (pass partialGroups: true for a shorter last group)`,
-    );
-  }
+  checkGroupColumns(cols, { ...o, layer: options.layer });
   const ngroups = Math.ceil(cols / gs);
   const alphas = new Float32Array(rows * ngroups * q);
   const signs = new Uint8Array(rows * cols * q);
@@ -353,6 +346,7 @@ export function bcq(options: BcqOptions): WeightQuantizer {
     name: "bcq",
     needsHessian: false,
     options: { ...o },
+    checkColumns: (cols, layer) => checkGroupColumns(cols, { ...o, layer }),
     quantizeWeight: (W, _stats, ctx) =>
       new Promise((res) => res(bcqQuantize(W, { ...o, layer: ctx?.layer }))),
   };

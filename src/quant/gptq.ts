@@ -22,7 +22,7 @@ import {
   zeroDeadColumns,
 } from "./_hessian.ts";
 import type { Tensor } from "../tensor.ts";
-import { NonFiniteError, OptionError } from "../errors.ts";
+import { NonFiniteError } from "../errors.ts";
 import { checkOptions as checkStrict, GPTQ_SPECS } from "./_options.ts";
 import { cpuBackend } from "../backend/cpu.ts";
 import type { Backend, GptqColumnsResult } from "../backend/backend.ts";
@@ -30,6 +30,7 @@ import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer 
 import type { QuantFormat } from "./types.ts";
 import {
   bitsPerWeight,
+  checkGroupColumns,
   findParams,
   gridFormat,
   type MseOptions,
@@ -324,12 +325,7 @@ export async function gptqQuantize(
     hint: dampHint(o.percdamp),
   });
   const gs = o.groupSize;
-  if (gs > 0 && cols % gs !== 0 && !o.partialGroups) {
-    throw new OptionError(
-      "groupSize",
-      `${gs} does not divide the ${cols} input columns of ${layer} (pass partialGroups: true for a shorter last group, as the reference code allows)`,
-    );
-  }
+  checkGroupColumns(cols, { ...o, layer });
   const timings: GptqTimings = {
     linalg: 0,
     params: 0,
@@ -533,6 +529,7 @@ export function gptq(options: GptqOptions): WeightQuantizer {
     name: "gptq",
     needsHessian: true,
     options: { ...o },
+    checkColumns: (cols, layer) => checkGroupColumns(cols, { ...o, layer }),
     quantizeWeight: (W, stats, ctx) => gptqQuantize(W, stats, { ...o, ...ctx }),
   };
 }

@@ -365,3 +365,23 @@ export function gridFormat(method: string): QuantFormat {
     unpack: unpackCodes,
   };
 }
+
+/**
+ * The one group-size rule of the grid methods: `groupSize` > 0 must divide a layer's `cols` input
+ * columns unless `partialGroups` (a shorter last group; GPTQ's and RTN's reference codes allow it). Throws an
+ * OptionError naming `groupSize` and the layer. Also the quantizers' static `checkColumns`.
+ */
+export function checkGroupColumns(
+  cols: number,
+  o: { groupSize: number; partialGroups?: boolean; layer?: string },
+): void {
+  const gs = o.groupSize;
+  if (gs > 0 && cols % gs !== 0 && !o.partialGroups) {
+    throw new OptionError(
+      "groupSize",
+      `${gs} does not divide the ${cols} input columns of ${
+        o.layer ?? "the weight"
+      } (pass partialGroups: true for a shorter last group)`,
+    );
+  }
+}

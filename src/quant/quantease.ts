@@ -62,6 +62,7 @@ import type { LayerStats, QuantContext, QuantMeta, QuantResult, WeightQuantizer 
 import type { QuantFormat } from "./types.ts";
 import {
   bitsPerWeight,
+  checkGroupColumns,
   dequantize,
   findParams,
   type MseOptions,
@@ -565,12 +566,7 @@ export async function quanteaseQuantize(
   const backend = options.backend ?? cpuBackend;
   const { rows, cols, H: H0 } = checkLayerInputs("quantease", W, stats, { layer });
   const gs = o.groupSize;
-  if (gs > 0 && cols % gs !== 0 && !o.partialGroups) {
-    throw new OptionError(
-      "groupSize",
-      `${gs} does not divide the ${cols} input columns of ${layer} (pass partialGroups: true for a shorter last group)`,
-    );
-  }
+  checkGroupColumns(cols, { ...o, layer });
   const timings: QuantEaseTimings = {
     init: 0,
     lambdaMax: 0,
@@ -866,6 +862,7 @@ export function quantease(options: QuantEaseOptions): WeightQuantizer {
     name: "quantease",
     needsHessian: true,
     options: { ...o },
+    checkColumns: (cols, layer) => checkGroupColumns(cols, { ...o, layer }),
     quantizeWeight: (W, stats, ctx) => quanteaseQuantize(W, stats, { ...o, ...ctx }),
   };
 }

@@ -16,6 +16,7 @@ export const RTN_OPTION_SPECS: Record<string, OptionSpec> = {
 };
 import {
   bitsPerWeight,
+  checkGroupColumns,
   findParams,
   gridFormat,
   type MseOptions,
@@ -74,14 +75,11 @@ export function rtnQuantize(W: Tensor, options: RtnOptions & { layer?: string })
   checkWeight("rtn", W, options.layer ?? "weight");
   const [rows, cols] = W.shape;
   const gs = o.groupSize;
-  if (gs > 0 && cols % gs !== 0 && !options.partialGroups) {
-    throw new OptionError(
-      "groupSize",
-      `${gs} does not divide the ${cols} input columns of ${
-        options.layer ?? "the weight"
-      } (pass partialGroups: true for a shorter last group, as the reference code allows)`,
-    );
-  }
+  checkGroupColumns(cols, {
+    groupSize: gs,
+    partialGroups: options.partialGroups,
+    layer: options.layer,
+  });
   const ngroups = gs > 0 ? Math.ceil(cols / gs) : 1;
   const scales = new Float32Array(rows * ngroups), zeros = new Float32Array(rows * ngroups);
   const codes = new Uint8Array(rows * cols);
@@ -134,6 +132,7 @@ export function rtn(options: RtnOptions): WeightQuantizer {
     name: "rtn",
     needsHessian: false,
     options: { ...o },
+    checkColumns: (cols, layer) => checkGroupColumns(cols, { ...o, layer }),
     quantizeWeight: (W, _stats, ctx) =>
       new Promise((resolve) => resolve(rtnQuantize(W, { ...o, layer: ctx?.layer }))),
   };

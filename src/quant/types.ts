@@ -84,6 +84,12 @@ export interface WeightQuantizer {
   options: Record<string, unknown>;
   /** Quantizes a `[rows, cols]` weight; does not modify `W`. */
   quantizeWeight(W: Tensor, stats: LayerStats, ctx?: QuantContext): Promise<QuantResult>;
+  /**
+   * Static check of a layer with `cols` input columns (group sizes), run before calibration by
+   * callers that want errors early (the CLI); the same check `quantizeWeight` makes. Absent: the
+   * quantizer has no shape-dependent option.
+   */
+  checkColumns?(cols: number, layer: string): void;
 }
 
 /**

@@ -18,13 +18,10 @@ import { tokenizerJsonFromGpt2, tokenizerJsonFromLlama2c } from "../../src/io/to
 import { FormatError, UnsupportedError } from "../../src/errors.ts";
 import { dataRoot } from "../../src/_paths.ts";
 import { PRESETS, writeSyntheticCheckpoint } from "../../tools/synthetic_checkpoint.ts";
+import { peerInstalled, runPeer } from "../../tools/llama_peer/run.ts";
 
 const GPT2 = `${dataRoot()}/tokenizers/gpt2-bpe`;
-const PEER = new URL("../../tools/llama_peer/", import.meta.url).pathname;
-const installed = await Deno.stat(`${PEER}node_modules/node-llama-cpp/package.json`).then(
-  () => true,
-  () => false,
-);
+const installed = await peerInstalled();
 if (!installed) {
   console.log(
     "gguf_gpt2_vocab_test: llama.cpp check skipped — node-llama-cpp is not installed " +
@@ -214,13 +211,10 @@ Deno.test({
   sanitizeResources: false,
   fn: async () => {
     const file = await exported();
-    const o = await new Deno.Command("node", {
-      args: [`${PEER}tokenize.mjs`, JSON.stringify({ model: file, texts: TEXTS })],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    if (!o.success) throw new Error(`peer failed: ${new TextDecoder().decode(o.stderr)}`);
-    const { ids } = JSON.parse(new TextDecoder().decode(o.stdout).trim().split("\n").pop()!);
+    const { ids } = await runPeer<{ ids: number[][] }>(
+      { model: file, texts: TEXTS },
+      "tokenize.mjs",
+    );
     const ref = await loadTokenizer(GPT2);
     TEXTS.forEach((s, i) => assertEquals(ids[i], ref.encode(s), JSON.stringify(s)));
   },
@@ -235,16 +229,7 @@ Deno.test({
     const ref = await loadTokenizer(GPT2);
     const ids = ref.encode("Hello world, this is a test of the GPT-2 vocabulary: 42 ünïcödé!");
     const prompt = ids.slice(0, 3), teacher = ids.slice(3);
-    const o = await new Deno.Command("node", {
-      args: [
-        `${PEER}peer.mjs`,
-        JSON.stringify({ model: file, prompt, n: 1, teacher, kvF32: true }),
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    if (!o.success) throw new Error(`peer failed: ${new TextDecoder().decode(o.stderr)}`);
-    const r = JSON.parse(new TextDecoder().decode(o.stdout).trim().split("\n").pop()!);
+    const r = await runPeer({ model: file, prompt, n: 1, teacher, kvF32: true });
     const m = await loadModel(file);
     const V = m.config.vocabSize;
     assertEquals(V, 50257);

@@ -18,35 +18,13 @@ import { withF16Scales } from "../../src/quant/f16_grid.ts";
 import { exportModel } from "../../src/io/export.ts";
 import { dataRoot } from "../../src/_paths.ts";
 import { loadEvalText } from "../../src/io/datasets.ts";
+import { peerInstalled, runPeer } from "../../tools/llama_peer/run.ts";
 
-const PEER = new URL("../../tools/llama_peer/", import.meta.url).pathname;
-const installed = await Deno.stat(`${PEER}node_modules/node-llama-cpp/package.json`).then(
-  () => true,
-  () => false,
-);
+const installed = await peerInstalled();
 if (!installed) {
   console.log(
     "gguf_llama_test: skipped — node-llama-cpp is not installed (cd tools/llama_peer && npm ci)",
   );
-}
-
-interface PeerOut {
-  greedy: number[];
-  logprobs: number[];
-  tokenize: number[];
-  genSeconds: number;
-  seconds: number;
-}
-
-async function peer(req: Record<string, unknown>): Promise<PeerOut> {
-  const o = await new Deno.Command("node", {
-    args: [`${PEER}peer.mjs`, JSON.stringify(req)],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder().decode(o.stdout).trim().split("\n").pop() ?? "";
-  if (!o.success) throw new Error(`peer failed: ${new TextDecoder().decode(o.stderr)}`);
-  return JSON.parse(text);
 }
 
 Deno.test({
@@ -89,7 +67,7 @@ Deno.test({
           return row[t] - mx - Math.log(s);
         });
         for (const kvF32 of [false, true]) {
-          const r = await peer({
+          const r = await runPeer({
             model: `${dir}/${label}/model.gguf`,
             prompt,
             n: 64,
@@ -158,7 +136,7 @@ Deno.test({
         }
         const ours = Math.exp(nll / (ids.length - 1));
         const tq = (performance.now() - t0) / 1000;
-        const r = await peer({
+        const r = await runPeer({
           model: `${dir}/${label}/model.gguf`,
           prompt: ids.slice(0, 1),
           n: 1,
