@@ -29,21 +29,34 @@ export { evaluate, exportModel, perplexity, quantize } from "./src/api.ts";
 export { type LedgerSwitch, type RunInfo } from "./src/ledger/tracked.ts";
 export type { PerplexityOptions, PerplexityResult } from "./src/eval/perplexity.ts";
 export { generate, type GenerateResult } from "./src/eval/generate.ts";
-export { type CalibrationSet, calibrationSet } from "./src/quant/calibration.ts";
-export type { Recipe } from "./src/quant/recipe.ts";
-export { rtn, type RtnOptions, rtnQuantize } from "./src/quant/rtn.ts";
-export { type F16ScaleOptions, withF16Scales } from "./src/quant/f16_grid.ts";
-export { gptq, type GptqOptions, gptqQuantize } from "./src/quant/gptq.ts";
-export { quantease, type QuantEaseOptions, quanteaseQuantize } from "./src/quant/quantease.ts";
-export { quip, type QuipOptions, quipQuantize } from "./src/quant/quip.ts";
-export { framequant, type FramequantOptions, framequantQuantize } from "./src/quant/framequant.ts";
-export { spqr, spqrAverageBits, type SpqrOptions, spqrQuantize } from "./src/quant/spqr.ts";
-export { oa, type OaOptions, oaQuantize } from "./src/quant/oa.ts";
-export { bcq, bcqFromUniform, type BcqOptions, bcqQuantize } from "./src/quant/bcq.ts";
-export { dequantize, findParams, quantizeCode } from "./src/quant/grid.ts";
+export { type CalibrationSet, calibrationSet } from "./src/quant/pipeline/calibration.ts";
+export type { Recipe } from "./src/quant/core/recipe.ts";
+export { rtn, type RtnOptions, rtnQuantize } from "./src/quant/weight_only/rtn.ts";
+export { type F16ScaleOptions, withF16Scales } from "./src/quant/core/f16_grid.ts";
+export { gptq, type GptqOptions, gptqQuantize } from "./src/quant/weight_only/gptq.ts";
+export {
+  quantease,
+  type QuantEaseOptions,
+  quanteaseQuantize,
+} from "./src/quant/weight_only/quantease.ts";
+export { quip, type QuipOptions, quipQuantize } from "./src/quant/weight_only/quip.ts";
+export {
+  framequant,
+  type FramequantOptions,
+  framequantQuantize,
+} from "./src/quant/weight_only/framequant.ts";
+export {
+  spqr,
+  spqrAverageBits,
+  type SpqrOptions,
+  spqrQuantize,
+} from "./src/quant/weight_only/spqr.ts";
+export { oa, type OaOptions, oaQuantize } from "./src/quant/weight_only/oa.ts";
+export { bcq, bcqFromUniform, type BcqOptions, bcqQuantize } from "./src/quant/weight_only/bcq.ts";
+export { dequantize, findParams, quantizeCode } from "./src/quant/core/grid.ts";
 export { dequantizeMeta } from "./src/quant/dequantize.ts";
-export { upperCholeskyOfInverse } from "./src/quant/linalg.ts";
-export type { QuantMeta, QuantResult, WeightQuantizer } from "./src/quant/types.ts";
+export { upperCholeskyOfInverse } from "./src/quant/core/linalg.ts";
+export type { QuantMeta, QuantResult, WeightQuantizer } from "./src/quant/core/types.ts";
 export {
   type DeviceChoice,
   type DeviceKind,

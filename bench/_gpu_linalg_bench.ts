@@ -24,8 +24,8 @@ import {
   gpuUpperCholeskyOfInverse,
   upperCholeskyOfInverseDispatches,
 } from "../src/backend/_webgpu_linalg.ts";
-import { onnxGemmF64, upperCholeskyOfInverseBlocked } from "../src/quant/linalg.ts";
-import { mulberry32, randn } from "../src/quant/_rng.ts";
+import { onnxGemmF64, upperCholeskyOfInverseBlocked } from "../src/quant/core/linalg.ts";
+import { mulberry32, randn } from "../src/rng.ts";
 
 /** Options of {@linkcode benchCholesky}. */
 export interface BenchCholeskyOptions {

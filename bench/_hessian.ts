@@ -5,7 +5,7 @@
  * @module
  */
 import { cpuBackend } from "../src/backend/cpu.ts";
-import { mulberry32, randn } from "../src/quant/_rng.ts";
+import { mulberry32, randn } from "../src/rng.ts";
 
 /** A seeded random SPD `cols × cols` Hessian (float64, row-major). */
 export async function randomHessian(cols: number, seed: number): Promise<Float64Array> {

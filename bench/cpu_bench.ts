@@ -11,7 +11,7 @@ import { forward } from "../src/models/decoder.ts";
 import { ortForward } from "../src/models/ort_forward.ts";
 import { perplexity } from "../src/eval/perplexity.ts";
 import { loadModel } from "../src/models/load.ts";
-import { mulberry32, randnArray } from "../src/quant/_rng.ts";
+import { mulberry32, randnArray } from "../src/rng.ts";
 
 const rng = mulberry32(1);
 const ort = await loadOrt();

@@ -10,9 +10,9 @@
  */
 import { writeSyntheticCheckpoint } from "../tools/synthetic_checkpoint.ts";
 import { loadModel } from "../src/models/load.ts";
-import { quantize } from "../src/quant/pipeline.ts";
-import { rtn } from "../src/quant/rtn.ts";
-import { withF16Scales } from "../src/quant/f16_grid.ts";
+import { quantize } from "../src/quant/pipeline/pipeline.ts";
+import { rtn } from "../src/quant/weight_only/rtn.ts";
+import { withF16Scales } from "../src/quant/core/f16_grid.ts";
 import { exportModel } from "../src/io/export.ts";
 import { dataRoot } from "../src/_paths.ts";
 

@@ -10,9 +10,9 @@
  * Run: `deno run -A bench/gptq_bench.ts [--quick]` (`--quick` skips 4096×4096).
  * @module
  */
-import { gptqQuantize, type GptqTimings } from "../src/quant/gptq.ts";
+import { gptqQuantize, type GptqTimings } from "../src/quant/weight_only/gptq.ts";
 import { cpuBackend } from "../src/backend/cpu.ts";
-import { mulberry32, randn } from "../src/quant/_rng.ts";
+import { mulberry32, randn } from "../src/rng.ts";
 
 import { randomHessian } from "./_hessian.ts";
 

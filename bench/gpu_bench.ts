@@ -418,9 +418,9 @@ const GPTQ_REF_S: Record<string, number> = { "4096x4096": 1.55, "4096x11008": 3.
  */
 async function benchGptqFull(ctx: WebGPUContext, quick: boolean): Promise<void> {
   const { webgpuBackend } = await import("../src/backend/webgpu.ts");
-  const { gptqQuantize } = await import("../src/quant/gptq.ts");
+  const { gptqQuantize } = await import("../src/quant/weight_only/gptq.ts");
   const { gpuUpperCholeskyOfInverse } = await import("../src/backend/webgpu.ts");
-  const { mulberry32, randn } = await import("../src/quant/_rng.ts");
+  const { mulberry32, randn } = await import("../src/rng.ts");
   const be = await webgpuBackend({ allowFallback: ctx.fallback });
   const opts = { bits: 4, groupSize: 128, actOrder: true };
   let captured: Args | undefined;
@@ -704,9 +704,9 @@ async function benchE2e(ctx: WebGPUContext, quick: boolean): Promise<Record<stri
   const { blockLinearGroups } = await import("../src/models/config.ts");
   const { webgpuBackend } = await import("../src/backend/webgpu.ts");
   const { cpuBackend } = await import("../src/backend/cpu.ts");
-  const { quantize } = await import("../src/quant/pipeline.ts");
-  const { rtn } = await import("../src/quant/rtn.ts");
-  const { gptq } = await import("../src/quant/gptq.ts");
+  const { quantize } = await import("../src/quant/pipeline/pipeline.ts");
+  const { rtn } = await import("../src/quant/weight_only/rtn.ts");
+  const { gptq } = await import("../src/quant/weight_only/gptq.ts");
   type Model = Awaited<ReturnType<typeof loadModel>>;
   type Backend = typeof cpuBackend;
 

@@ -21,9 +21,9 @@ import { evalTokens } from "../src/eval/perplexity.ts";
 import { forward } from "../src/models/decoder.ts";
 import { getTokenizer, loadModel } from "../src/models/load.ts";
 import type { Model } from "../src/models/model.ts";
-import { withF16Scales } from "../src/quant/f16_grid.ts";
-import { quantize } from "../src/quant/pipeline.ts";
-import { rtn } from "../src/quant/rtn.ts";
+import { withF16Scales } from "../src/quant/core/f16_grid.ts";
+import { quantize } from "../src/quant/pipeline/pipeline.ts";
+import { rtn } from "../src/quant/weight_only/rtn.ts";
 import { PRESETS, writeSyntheticCheckpoint } from "../tools/synthetic_checkpoint.ts";
 import { peerInstalled, runPeer } from "../tools/llama_peer/run.ts";
 

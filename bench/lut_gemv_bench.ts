@@ -22,9 +22,9 @@ import {
 import { gpuLutGemv, lutGemvDispatch, releaseLut, uploadLut } from "../src/backend/_webgpu_lut.ts";
 import { readF32, runDispatches } from "../src/backend/_webgpu_device.ts";
 import { scaledErr } from "../src/backend/_webgpu_check.ts";
-import { rtnQuantize } from "../src/quant/rtn.ts";
-import { bcqFromUniform } from "../src/quant/bcq.ts";
-import { mulberry32, randnArray } from "../src/quant/_rng.ts";
+import { rtnQuantize } from "../src/quant/weight_only/rtn.ts";
+import { bcqFromUniform } from "../src/quant/weight_only/bcq.ts";
+import { mulberry32, randnArray } from "../src/rng.ts";
 
 const args = Deno.args;
 const allowFallback = args.includes("--allow-fallback");

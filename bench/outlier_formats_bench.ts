@@ -1,7 +1,7 @@
 /**
  * Per-layer seconds of SpQR and OA beside GPTQ in the same run, CPU backend (onnxruntime GEMMs for
  * the trailing updates and `Hinv`, TypeScript column loops), on a seeded random weight and the
- * shared random Hessian (`_hessian.ts`), plus BCQ (no Hessian). Configurations: GPTQ 4-bit g128
+ * shared random Hessian (`core/hessian.ts`), plus BCQ (no Hessian). Configurations: GPTQ 4-bit g128
  * act-order; SpQR at the seed's 3.99-configuration (b_w 3, β1 16, b_s = b_z = 3, β2 16, τ 0.25,
  * act-order); OA INT4 sym per-channel, block 32, outlier + offset; BCQ 4-bit g128, 30 rounds.
  *
@@ -12,11 +12,11 @@
  * (4.500 bits/weight; 30 rounds of the TypeScript search over 16.8 M weights).
  * @module
  */
-import { gptqQuantize } from "../src/quant/gptq.ts";
-import { type SpqrMeta, spqrQuantize } from "../src/quant/spqr.ts";
-import { oaQuantize } from "../src/quant/oa.ts";
-import { bcqQuantize } from "../src/quant/bcq.ts";
-import { mulberry32, randnArray } from "../src/quant/_rng.ts";
+import { gptqQuantize } from "../src/quant/weight_only/gptq.ts";
+import { type SpqrMeta, spqrQuantize } from "../src/quant/weight_only/spqr.ts";
+import { oaQuantize } from "../src/quant/weight_only/oa.ts";
+import { bcqQuantize } from "../src/quant/weight_only/bcq.ts";
+import { mulberry32, randnArray } from "../src/rng.ts";
 import { randomHessian } from "./_hessian.ts";
 
 const si = Deno.args.indexOf("--size");

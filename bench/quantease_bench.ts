@@ -14,10 +14,10 @@
  * Run: `deno run -A bench/quantease_bench.ts [--quick]` (`--quick`: 256×256 and 768×768 only).
  * @module
  */
-import { gptqQuantize } from "../src/quant/gptq.ts";
-import { quanteaseQuantize, type QuantEaseTimings } from "../src/quant/quantease.ts";
+import { gptqQuantize } from "../src/quant/weight_only/gptq.ts";
+import { quanteaseQuantize, type QuantEaseTimings } from "../src/quant/weight_only/quantease.ts";
 import { cpuBackend } from "../src/backend/cpu.ts";
-import { mulberry32, randn } from "../src/quant/_rng.ts";
+import { mulberry32, randn } from "../src/rng.ts";
 
 import { randomHessian } from "./_hessian.ts";
 

@@ -13,17 +13,16 @@
  * Run: `deno run -A bench/quip_bench.ts [--quick]` (`--quick`: 256×256 and 768×768 only).
  * @module
  */
-import { gptqQuantize } from "../src/quant/gptq.ts";
+import { gptqQuantize } from "../src/quant/weight_only/gptq.ts";
 import {
   incoherencePost,
   incoherencePre,
-  type ProjKind,
   quipQuantize,
   type QuipTimings,
-} from "../src/quant/quip.ts";
-import { onnxGemmF64 } from "../src/quant/linalg.ts";
+} from "../src/quant/weight_only/quip.ts";
+import { onnxGemmF64 } from "../src/quant/core/linalg.ts";
 import { cpuBackend } from "../src/backend/cpu.ts";
-import { mulberry32, randn } from "../src/quant/_rng.ts";
+import { mulberry32, randn } from "../src/rng.ts";
 
 import { randomHessian } from "./_hessian.ts";
 
@@ -59,7 +58,7 @@ for (const [rows, cols] of shapes) {
     backend: cpuBackend,
   });
   const tg = sec(t0);
-  const inc: Record<ProjKind, [number, number]> = { kron: [0, 0], hadamard: [0, 0] };
+  const inc: Record<"kron" | "hadamard", [number, number]> = { kron: [0, 0], hadamard: [0, 0] };
   for (const proj of ["kron", "hadamard"] as const) {
     t0 = performance.now();
     const pre = await incoherencePre(Float64Array.from(W), H, [rows, cols], {

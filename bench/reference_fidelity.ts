@@ -6,10 +6,10 @@
  */
 import { realLayers } from "../tests/quant/_real_stats.ts";
 import { proxyLoss } from "../tests/quant/_oracles.ts";
-import { quanteaseQuantize } from "../src/quant/quantease.ts";
-import { type QuipOptions, quipQuantize } from "../src/quant/quip.ts";
-import { type FramequantOptions, framequantQuantize } from "../src/quant/framequant.ts";
-import type { QuantResult } from "../src/quant/types.ts";
+import { quanteaseQuantize } from "../src/quant/weight_only/quantease.ts";
+import { type QuipOptions, quipQuantize } from "../src/quant/weight_only/quip.ts";
+import { type FramequantOptions, framequantQuantize } from "../src/quant/weight_only/framequant.ts";
+import type { QuantResult } from "../src/quant/core/types.ts";
 import type { Tensor } from "../src/tensor.ts";
 
 const bitsArg = Deno.args.indexOf("--bits");

@@ -22,7 +22,7 @@ import { forward } from "../src/models/decoder.ts";
 import { loadModel } from "../src/models/load.ts";
 import type { Model } from "../src/models/model.ts";
 import { perplexity } from "../src/eval/perplexity.ts";
-import { applyQllmConfig, resolveQllmConfig } from "../src/quant/qllm_config.ts";
+import { applyQllmConfig, resolveQllmConfig } from "../src/quant/pipeline/qllm_config.ts";
 
 const { values: f } = parseArgs({
   args: Deno.args,
@@ -79,7 +79,9 @@ if (f.webgpu) {
 // LKD seconds per step for a TinyLlama-shaped block (hidden 2048, 32/4 heads, ff 5632), one
 // sequence of `--lkd-tokens` tokens, products on the CPU backend (float32), element-wise float64.
 if (f["lkd-tokens"]) {
-  const { blockForward, blockBackward, Adam, LKD_LINEARS } = await import("../src/quant/lkd.ts");
+  const { blockForward, blockBackward, Adam, LKD_LINEARS } = await import(
+    "../src/quant/weight_activation/lkd.ts"
+  );
   const { cpuBackend } = await import("../src/backend/cpu.ts");
   const Tn = Number(f["lkd-tokens"]), d = 2048, nH = 32, nKV = 4, hd = 64, ff = 5632;
   const rnd = (n: number, s: number) =>

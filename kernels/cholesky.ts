@@ -6,7 +6,7 @@
  * The host runs an upper-lower ("UL") Cholesky `H = V·Vᵀ`, `V` upper, from the bottom-right
  * block up, then `U = V⁻¹`. With `J` the index reversal this is the lower Cholesky of `J·H·J`
  * (`V = J·L'·J`), so `U = J·L'⁻¹·J` is the matrix of `upperCholeskyOfInverse`
- * (`src/quant/linalg.ts`) and the pivots come in the same order.
+ * (`src/quant/core/linalg.ts`) and the pivots come in the same order.
  *
  * {@linkcode choleskyDiagWGSL} factors one diagonal block `H_ii = V_ii·V_iiᵀ` (size `b ≤ nb`) in
  * workgroup memory and writes `V_ii⁻¹` (upper, strict lower zeroed), which is all the rest of the

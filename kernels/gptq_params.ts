@@ -6,7 +6,7 @@
  * `find_params(W[:, (i1+i):(i1+i+groupsize)])` reads — and writes (scale, zero) to
  * `grid[row · ngroups + g]`.
  *
- * The fit is the min-max path of `findParams` (`src/quant/grid.ts`, the CPU reference) bit for
+ * The fit is the min-max path of `findParams` (`src/quant/core/grid.ts`, the CPU reference) bit for
  * bit in float32: `xmin = min(min W, 0)`, `xmax = max(max W, 0)`; symmetric grids use
  * `xmax = max(|xmin|, xmax)` and `xmin = −xmax` where `xmin < 0`; an all-zero range becomes
  * `[−1, 1]`; `scale = (xmax − xmin) / maxq`, `zero = round(−xmin / scale)` (half to even) or
@@ -145,7 +145,7 @@ export interface GptqParamsRefOptions {
  * CPU reference of the kernel: fits groups `g0 .. g0+ng−1` of every row of `w` (float32
  * [rows, cols]) into the interleaved (scale, zero) `grid` [rows, ngroups], rounding as float32
  * (`Math.fround`; float64 quotients rounded once are correctly rounded float32 quotients).
- * Same results as `findParams` (src/quant/grid.ts) without MSE.
+ * Same results as `findParams` (src/quant/core/grid.ts) without MSE.
  */
 export function gptqParamsRef(w: Float32Array, o: GptqParamsRefOptions, grid: Float32Array): void {
   const f = Math.fround;

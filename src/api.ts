@@ -14,9 +14,9 @@ import {
 } from "./eval/perplexity.ts";
 import { getTokenizer } from "./models/load.ts";
 import type { Model } from "./models/model.ts";
-import { quantize as quantizeCore, type QuantizeOptions } from "./quant/pipeline.ts";
-import { type Recipe, toRecipe } from "./quant/recipe.ts";
-import type { WeightQuantizer } from "./quant/types.ts";
+import { quantize as quantizeCore, type QuantizeOptions } from "./quant/pipeline/pipeline.ts";
+import { type Recipe, toRecipe } from "./quant/core/recipe.ts";
+import type { WeightQuantizer } from "./quant/core/types.ts";
 import { canonicalJson, modelIdentity, NotCanonicalError } from "./ledger/hash.ts";
 import {
   deviceName,
@@ -98,7 +98,7 @@ export function perplexity(
 }
 
 /**
- * Layer-wise quantization (see `src/quant/pipeline.ts`), with a progress bar over the blocks that
+ * Layer-wise quantization (see `src/quant/pipeline/pipeline.ts`), with a progress bar over the blocks that
  * names the layer being quantized, recorded in the ledger (identity: the model, the recipe with
  * every option, the calibration token ids, the pipeline options and the device; metrics: bits
  * per weight, mean relative error; the per-layer report). A quantized model is not stored in the

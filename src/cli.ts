@@ -19,7 +19,7 @@
  */
 import { defaultModelPath } from "./_paths.ts";
 import { OptionError, QuantlabError } from "./errors.ts";
-import type { WeightQuantizer } from "./quant/types.ts";
+import type { WeightQuantizer } from "./quant/core/types.ts";
 import type { Model } from "./models/model.ts";
 
 /** How a flag's value is read. */
@@ -810,14 +810,14 @@ export async function makeQuantizer(method: string, p: ParsedFlags): Promise<Wei
   const o = quantizerOptions(method, p);
   o.bits ??= 4;
   const q = {
-    ...(await import("./quant/rtn.ts")),
-    ...(await import("./quant/gptq.ts")),
-    ...(await import("./quant/quantease.ts")),
-    ...(await import("./quant/quip.ts")),
-    ...(await import("./quant/framequant.ts")),
-    ...(await import("./quant/spqr.ts")),
-    ...(await import("./quant/oa.ts")),
-    ...(await import("./quant/bcq.ts")),
+    ...(await import("./quant/weight_only/rtn.ts")),
+    ...(await import("./quant/weight_only/gptq.ts")),
+    ...(await import("./quant/weight_only/quantease.ts")),
+    ...(await import("./quant/weight_only/quip.ts")),
+    ...(await import("./quant/weight_only/framequant.ts")),
+    ...(await import("./quant/weight_only/spqr.ts")),
+    ...(await import("./quant/weight_only/oa.ts")),
+    ...(await import("./quant/weight_only/bcq.ts")),
   };
   try {
     switch (method) {
@@ -974,7 +974,7 @@ async function runQuantize(p: ParsedFlags): Promise<number> {
   // Static checks first: options, workdir, export flags, group sizes — before calibration.
   let q = await makeQuantizer(method, p);
   if (p.values["f16-scales"]) {
-    const { withF16Scales } = await import("./quant/f16_grid.ts");
+    const { withF16Scales } = await import("./quant/core/f16_grid.ts");
     q = withF16Scales(q);
   }
   const format = str(p, "format") ?? "gguf";
@@ -1015,7 +1015,7 @@ async function runQuantize(p: ParsedFlags): Promise<number> {
   }
   let calib;
   if (q.needsHessian) {
-    const { calibrationSet } = await import("./quant/calibration.ts");
+    const { calibrationSet } = await import("./quant/pipeline/calibration.ts");
     calib = await calibrationSet(model, str(p, "calib") ?? "tinystories", {
       nsamples: int(p, "calib-samples") ?? 128,
       seqlen: int(p, "calib-seqlen") ?? Math.min(256, model.config.maxPositions),

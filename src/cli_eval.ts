@@ -22,10 +22,10 @@ import { evaluate } from "./api.ts";
 import { kld, kldSummary } from "./eval/kld.ts";
 import { loadModel } from "./models/load.ts";
 import type { Model } from "./models/model.ts";
-import { calibrationSet } from "./quant/calibration.ts";
-import { gptq } from "./quant/gptq.ts";
-import { quantize } from "./quant/pipeline.ts";
-import { rtn } from "./quant/rtn.ts";
+import { calibrationSet } from "./quant/pipeline/calibration.ts";
+import { gptq } from "./quant/weight_only/gptq.ts";
+import { quantize } from "./quant/pipeline/pipeline.ts";
+import { rtn } from "./quant/weight_only/rtn.ts";
 import { chatSideBySide } from "./viz/chat_view.ts";
 
 const EVAL_USAGE =

@@ -24,9 +24,9 @@ import {
   parseQllmFlags,
   QLLM_KEYS,
   resolveQllmConfig,
-} from "./quant/qllm_config.ts";
-import { qrazorEffectiveBits } from "./quant/qrazor.ts";
-import { calibrationSet } from "./quant/calibration.ts";
+} from "./quant/pipeline/qllm_config.ts";
+import { qrazorEffectiveBits } from "./quant/weight_activation/qrazor.ts";
+import { calibrationSet } from "./quant/pipeline/calibration.ts";
 import { analyzeStats, layerwiseDistance } from "./eval/wa_analysis.ts";
 import { OptionError } from "./errors.ts";
 

@@ -18,17 +18,17 @@ import { defaultModelPath } from "./_paths.ts";
 import { generate } from "./eval/generate.ts";
 import { perplexity } from "./eval/perplexity.ts";
 import { loadModel } from "./models/load.ts";
-import { calibrationSet } from "./quant/calibration.ts";
-import { gptq } from "./quant/gptq.ts";
-import { quantize } from "./quant/pipeline.ts";
-import { rtn } from "./quant/rtn.ts";
-import { quantease } from "./quant/quantease.ts";
-import { quip } from "./quant/quip.ts";
-import { framequant } from "./quant/framequant.ts";
-import { bcq } from "./quant/bcq.ts";
-import { oa } from "./quant/oa.ts";
-import { spqr } from "./quant/spqr.ts";
-import type { WeightQuantizer } from "./quant/types.ts";
+import { calibrationSet } from "./quant/pipeline/calibration.ts";
+import { gptq } from "./quant/weight_only/gptq.ts";
+import { quantize } from "./quant/pipeline/pipeline.ts";
+import { rtn } from "./quant/weight_only/rtn.ts";
+import { quantease } from "./quant/weight_only/quantease.ts";
+import { quip } from "./quant/weight_only/quip.ts";
+import { framequant } from "./quant/weight_only/framequant.ts";
+import { bcq } from "./quant/weight_only/bcq.ts";
+import { oa } from "./quant/weight_only/oa.ts";
+import { spqr } from "./quant/weight_only/spqr.ts";
+import type { WeightQuantizer } from "./quant/core/types.ts";
 import { type ResultRow, resultsTable } from "./viz/table.ts";
 
 const { values: flags } = parseArgs({

@@ -4,7 +4,7 @@
  */
 import { assertEquals, assertThrows } from "@std/assert";
 import { packBits, unpackBits } from "../src/bitstream.ts";
-import { packCodes, unpackCodes } from "../src/quant/grid.ts";
+import { packCodes, unpackCodes } from "../src/quant/core/grid.ts";
 import { mulberry32 } from "../src/rng.ts";
 
 /** Stream bit `b` is bit `b % 32` of word `⌊b/32⌋`; code `k` is bits `[k·bits, (k+1)·bits)`. */

@@ -5,11 +5,11 @@
  */
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
 import { COMMANDS, parseFlags, QUANT_FLAGS, quantizerOptions } from "../src/cli.ts";
-import { QUANTEASE_OPTION_SPECS } from "../src/quant/quantease.ts";
-import { QUIP_OPTION_SPECS } from "../src/quant/quip.ts";
-import { FRAMEQUANT_OPTION_SPECS } from "../src/quant/framequant.ts";
-import { RTN_OPTION_SPECS } from "../src/quant/rtn.ts";
-import { GPTQ_SPECS } from "../src/quant/_options.ts";
+import { QUANTEASE_OPTION_SPECS } from "../src/quant/weight_only/quantease.ts";
+import { QUIP_OPTION_SPECS } from "../src/quant/weight_only/quip.ts";
+import { FRAMEQUANT_OPTION_SPECS } from "../src/quant/weight_only/framequant.ts";
+import { RTN_OPTION_SPECS } from "../src/quant/weight_only/rtn.ts";
+import { GPTQ_SPECS } from "../src/quant/core/options.ts";
 
 const ROOT = new URL("../", import.meta.url);
 

@@ -8,7 +8,10 @@
  * Every static `import`/`export … from` and dynamic `import("…")` of a relative module in
  * mod.ts, src/ and kernels/ is read from the source text; an import of a higher layer fails, and
  * so does an import of a `_`-prefixed (private) module from another folder, and an import of
- * `kernels/` from anywhere but `src/backend/` (the forward never touches WGSL). The scanner itself
+ * `kernels/` from anywhere but `src/backend/` (the forward never touches WGSL). Inside
+ * `src/quant/` the folders follow the seed's taxonomy and are ordered too (see {@linkcode quantRank}):
+ * `core/` (grids, linear algebra, Hessians, the contract) < `weight_only/`, `kv/` <
+ * `weight_activation/` < `dequantize.ts` (the format registry) < `pipeline/`. The scanner itself
  * is checked on synthetic sources, and the layer table must place every file it scans.
  */
 import { assert, assertEquals } from "@std/assert";
@@ -32,6 +35,24 @@ export function rank(path: string): number | undefined {
   ) return 1;
   if (path.startsWith("kernels/")) return 0;
   return undefined;
+}
+
+/**
+ * Rank of a file inside `src/quant/` (higher may import lower; equal ranks in different folders
+ * may not import each other), or undefined outside it.
+ */
+export function quantRank(path: string): number | undefined {
+  const m = /^src\/quant\/(?:(\w+)\/)?[\w.]+$/.exec(path);
+  if (!m) return undefined;
+  const ranks: Record<string, number> = {
+    core: 0,
+    weight_only: 1,
+    kv: 1,
+    weight_activation: 2,
+    "": 3,
+    pipeline: 4,
+  };
+  return ranks[m[1] ?? ""];
 }
 
 /** Relative module specifiers of `src` (static imports/re-exports and dynamic imports). */
@@ -64,6 +85,10 @@ export function violations(path: string, src: string): string[] {
     const t = rank(target);
     if (r !== undefined && t !== undefined && t > r) bad.push(`${path} → ${target} (upward)`);
     if (t === 0 && r !== 0 && r !== 2) bad.push(`${path} → ${target} (kernels only via backend)`);
+    const qr = quantRank(path), qt = quantRank(target);
+    if (qr !== undefined && qt !== undefined && dir(target) !== dir(path) && qt >= qr) {
+      bad.push(`${path} → ${target} (quant folder order)`);
+    }
     const base = target.split("/").pop()!;
     if (base.startsWith("_") && dir(target) !== dir(path) && target !== "src/_paths.ts") {
       bad.push(`${path} → ${target} (private module of another folder)`);
@@ -107,11 +132,21 @@ Deno.test("the scanner finds imports, re-exports and dynamic imports; flags up a
     "src/models/d.ts → kernels/e.ts (kernels only via backend)",
   ]);
   assertEquals(violations("src/backend/w.ts", `import { x } from "../../kernels/e.ts";`), []);
+  assertEquals(violations("src/quant/core/g.ts", `import { x } from "../weight_only/gptq.ts";`), [
+    "src/quant/core/g.ts → src/quant/weight_only/gptq.ts (quant folder order)",
+  ]);
+  assertEquals(violations("src/quant/kv/k.ts", `import { x } from "../weight_only/rtn.ts";`), [
+    "src/quant/kv/k.ts → src/quant/weight_only/rtn.ts (quant folder order)",
+  ]);
+  assertEquals(violations("src/quant/pipeline/p.ts", `import { x } from "../dequantize.ts";`), []);
+  assertEquals(quantRank("src/quant/unknown_folder/x.ts"), undefined);
 });
 
 Deno.test("no upward import and no private module imported across folders (mod.ts, src/, kernels/)", async () => {
   const all = await files();
-  const unplaced = all.filter((p) => rank(p) === undefined);
+  const unplaced = all.filter((p) =>
+    rank(p) === undefined || (p.startsWith("src/quant/") && quantRank(p) === undefined)
+  );
   assertEquals(unplaced, [], "every scanned file has a layer");
   const bad: string[] = [];
   for (const p of all) bad.push(...violations(p, await Deno.readTextFile(new URL(p, ROOT))));

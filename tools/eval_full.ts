@@ -9,10 +9,10 @@
  */
 import { type EvalResult, evaluate, resultsMarkdown } from "../src/eval/evaluate.ts";
 import { loadModel } from "../src/models/load.ts";
-import { calibrationSet } from "../src/quant/calibration.ts";
-import { gptq } from "../src/quant/gptq.ts";
-import { quantize } from "../src/quant/pipeline.ts";
-import { rtn } from "../src/quant/rtn.ts";
+import { calibrationSet } from "../src/quant/pipeline/calibration.ts";
+import { gptq } from "../src/quant/weight_only/gptq.ts";
+import { quantize } from "../src/quant/pipeline/pipeline.ts";
+import { rtn } from "../src/quant/weight_only/rtn.ts";
 
 const arg = (k: string) => {
   const i = Deno.args.indexOf(k);

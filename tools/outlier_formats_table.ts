@@ -24,14 +24,14 @@ import { parseArgs } from "node:util";
 import { defaultModelPath } from "../src/_paths.ts";
 import { perplexity } from "../src/eval/perplexity.ts";
 import { loadModel } from "../src/models/load.ts";
-import { calibrationSet } from "../src/quant/calibration.ts";
-import { quantize } from "../src/quant/pipeline.ts";
-import { rtn } from "../src/quant/rtn.ts";
-import { gptq } from "../src/quant/gptq.ts";
-import { spqr, type SpqrMeta } from "../src/quant/spqr.ts";
-import { oa, type OaMeta } from "../src/quant/oa.ts";
-import { bcq } from "../src/quant/bcq.ts";
-import type { WeightQuantizer } from "../src/quant/types.ts";
+import { calibrationSet } from "../src/quant/pipeline/calibration.ts";
+import { quantize } from "../src/quant/pipeline/pipeline.ts";
+import { rtn } from "../src/quant/weight_only/rtn.ts";
+import { gptq } from "../src/quant/weight_only/gptq.ts";
+import { spqr, type SpqrMeta } from "../src/quant/weight_only/spqr.ts";
+import { oa, type OaMeta } from "../src/quant/weight_only/oa.ts";
+import { bcq } from "../src/quant/weight_only/bcq.ts";
+import type { WeightQuantizer } from "../src/quant/core/types.ts";
 import { type ResultRow, resultsTable } from "../src/viz/table.ts";
 
 const { values: flags } = parseArgs({

@@ -2,7 +2,7 @@
  * The stories260K weight-activation table of issue 14 (seed 003's rows): TinyStories perplexity
  * and effective weight bits for W8A8 (RTN, SmoothQuant, LLM.int8(), ZeroQuant), ZeroQuant
  * W4/8A16, W4/8A8 and W4A4, and QRazor W4A16 / W4A8 / W4A4 / W4KV4 / W4A4KV4 at groups 8…128,
- * every row a qllm-infer configuration (`src/quant/qllm_config.ts`) applied by
+ * every row a qllm-infer configuration (`src/quant/pipeline/qllm_config.ts`) applied by
  * `applyQllmConfig`. SmoothQuant calibrates on `--calib` × 256 TinyStories train tokens (seed 0;
  * the seed's 512 × 512 exceeds what this run needs), α = `--alpha`. Evaluation: the first
  * `--windows` windows of 512 validation tokens, host forward (QRazor activations and LLM.int8()
@@ -10,7 +10,7 @@
  *
  * QRazor rows follow the seed's description: weights INT8 per-channel symmetric → 4 bits;
  * activations INT16 per-tensor symmetric → 8 or 4 bits; K/V INT8 per-tensor symmetric → 4 bits;
- * SDR group = the row's g. GPTQ + QRazor (`src/quant/gptq_qrazor.ts`): act-order, calibrated on
+ * SDR group = the row's g. GPTQ + QRazor (`src/quant/weight_activation/gptq_qrazor.ts`): act-order, calibrated on
  * `--calib` × 256 TinyStories train tokens (the seed: WikiText-2 or C4, 128 × 2048).
  *
  * LKD rows (ZeroQuant W4/8A16 and W4/8A8, the last layer only, as the seed): Adam at `--lkd-lr`
@@ -36,12 +36,12 @@ import { parseArgs } from "node:util";
 import { defaultModelPath } from "../src/_paths.ts";
 import { perplexity } from "../src/eval/perplexity.ts";
 import { loadModel } from "../src/models/load.ts";
-import { applyQllmConfig, resolveQllmConfig } from "../src/quant/qllm_config.ts";
-import { qrazorEffectiveBits } from "../src/quant/qrazor.ts";
+import { applyQllmConfig, resolveQllmConfig } from "../src/quant/pipeline/qllm_config.ts";
+import { qrazorEffectiveBits } from "../src/quant/weight_activation/qrazor.ts";
 import { block, embed } from "../src/models/decoder.ts";
-import { calibrationSet } from "../src/quant/calibration.ts";
-import { lkdBlock, type LkdLinear } from "../src/quant/lkd.ts";
-import { dsSymQuant } from "../src/quant/zeroquant.ts";
+import { calibrationSet } from "../src/quant/pipeline/calibration.ts";
+import { lkdBlock, type LkdLinear } from "../src/quant/weight_activation/lkd.ts";
+import { dsSymQuant } from "../src/quant/weight_activation/zeroquant.ts";
 
 const { values: flags } = parseArgs({
   args: Deno.args,

@@ -1,7 +1,7 @@
 /**
  * Dense linear algebra on the GPU in float32: GPTQ's `Hinv`, the upper `U` with `Uᵀ·U = H⁻¹`
  * for a symmetric positive definite `H` (the matrix of `upperCholeskyOfInverse` in
- * `src/quant/linalg.ts`, which computes it in float64 on the CPU).
+ * `src/quant/core/linalg.ts`, which computes it in float64 on the CPU).
  *
  * Algorithm (blocks of `nb`, from the bottom-right corner up; `kernels/cholesky.ts`):
  * 1. `H = V·Vᵀ` with `V` upper (UL Cholesky; with `J` the index reversal, `V = J·L'·J` for

@@ -1,5 +1,5 @@
 /**
- * Host side of the LUT-GEMV (`kernels/lut_gemv.ts`) for BCQ weights (`src/quant/bcq.ts`'s
+ * Host side of the LUT-GEMV (`kernels/lut_gemv.ts`) for BCQ weights (`src/quant/weight_only/bcq.ts`'s
  * packed planes and α): upload once, one dispatch per product of a batch of 1–3 rows.
  * @module
  */

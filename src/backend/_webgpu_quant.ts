@@ -116,7 +116,7 @@ export async function gpuDequantMatmul(
 }
 
 /**
- * The fields of a quantizer's meta (`QuantMeta` in `src/quant/types.ts`) that packing reads;
+ * The fields of a quantizer's meta (`QuantMeta` in `src/quant/core/types.ts`) that packing reads;
  * declared here so the backend does not import the quant layer.
  */
 export interface QuantMetaLike {

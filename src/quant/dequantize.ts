@@ -9,17 +9,17 @@
  */
 import type { Tensor } from "../tensor.ts";
 import { OptionError } from "../errors.ts";
-import type { QuantFormat, QuantMeta } from "./types.ts";
-import { gridFormat } from "./grid.ts";
-import { rtnFormat } from "./rtn.ts";
-import { gptqFormat } from "./gptq.ts";
-import { quanteaseFormat } from "./quantease.ts";
-import { framequantFormat } from "./framequant.ts";
-import { quipFormat } from "./quip.ts";
-import { spqrFormat } from "./spqr.ts";
-import { oaFormat } from "./oa.ts";
-import { bcqFormat } from "./bcq.ts";
-import { absmaxFormat } from "./absmax.ts";
+import type { QuantFormat, QuantMeta } from "./core/types.ts";
+import { gridFormat } from "./core/grid.ts";
+import { rtnFormat } from "./weight_only/rtn.ts";
+import { gptqFormat } from "./weight_only/gptq.ts";
+import { quanteaseFormat } from "./weight_only/quantease.ts";
+import { framequantFormat } from "./weight_only/framequant.ts";
+import { quipFormat } from "./weight_only/quip.ts";
+import { spqrFormat } from "./weight_only/spqr.ts";
+import { oaFormat } from "./weight_only/oa.ts";
+import { bcqFormat } from "./weight_only/bcq.ts";
+import { absmaxFormat } from "./weight_only/absmax.ts";
 
 /** Every storage format this library decodes, by `meta.method`. */
 export const FORMATS: Readonly<Record<string, QuantFormat>> = Object.fromEntries(

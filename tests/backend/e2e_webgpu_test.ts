@@ -26,11 +26,11 @@ import { getTokenizer, loadModel } from "../../src/models/load.ts";
 import type { Model } from "../../src/models/model.ts";
 import { blockLinearGroups } from "../../src/models/config.ts";
 import { blockBytesPerRow } from "../../src/models/_gpu_block.ts";
-import { calibrationSet } from "../../src/quant/calibration.ts";
-import { gptq, gptqQuantize } from "../../src/quant/gptq.ts";
-import { upperCholeskyOfInverse } from "../../src/quant/linalg.ts";
-import { quantize } from "../../src/quant/pipeline.ts";
-import type { QuantMeta } from "../../src/quant/types.ts";
+import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
+import { gptq, gptqQuantize } from "../../src/quant/weight_only/gptq.ts";
+import { upperCholeskyOfInverse } from "../../src/quant/core/linalg.ts";
+import { quantize } from "../../src/quant/pipeline/pipeline.ts";
+import type { QuantMeta } from "../../src/quant/core/types.ts";
 import { DATA, realLayers } from "../quant/_real_stats.ts";
 
 const MODEL = `${DATA}models/stories260K-hf`;

@@ -19,7 +19,7 @@ import { randomArray, scaledErr } from "../../src/backend/_webgpu_check.ts";
 import { upload } from "../../src/backend/_webgpu_device.ts";
 import { UnsupportedError } from "../../src/errors.ts";
 import { cpuBackend } from "../../src/backend/cpu.ts";
-import { gptqQuantize } from "../../src/quant/gptq.ts";
+import { gptqQuantize } from "../../src/quant/weight_only/gptq.ts";
 
 const available = await webgpuAvailable({ allowFallback: true });
 if (!available) {

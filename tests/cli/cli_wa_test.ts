@@ -8,7 +8,7 @@ import { waCommand } from "../../src/cli_wa.ts";
 import { OptionError } from "../../src/errors.ts";
 import { perplexity } from "../../src/eval/perplexity.ts";
 import { loadModel } from "../../src/models/load.ts";
-import { applyQllmConfig, resolveQllmConfig } from "../../src/quant/qllm_config.ts";
+import { applyQllmConfig, resolveQllmConfig } from "../../src/quant/pipeline/qllm_config.ts";
 
 const MODEL = new URL("../../../shared/data/models/stories260K-hf", import.meta.url).pathname;
 

@@ -3,7 +3,7 @@ import { OptionError } from "../../src/errors.ts";
 import { generate, sampleToken } from "../../src/eval/generate.ts";
 import { forward } from "../../src/models/decoder.ts";
 import { loadModel } from "../../src/models/load.ts";
-import { mulberry32 } from "../../src/quant/_rng.ts";
+import { mulberry32 } from "../../src/rng.ts";
 
 const DATA = new URL("../../../shared/data/", import.meta.url).pathname;
 const MODEL = `${DATA}models/stories260K-hf`;

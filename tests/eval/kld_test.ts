@@ -5,10 +5,10 @@
 import { assert, assertAlmostEquals, assertEquals } from "@std/assert";
 import { kld, kldSummary, percentile, rowStats } from "../../src/eval/kld.ts";
 import { loadModel } from "../../src/models/load.ts";
-import { quantize } from "../../src/quant/pipeline.ts";
-import { calibrationSet } from "../../src/quant/calibration.ts";
-import { rtn } from "../../src/quant/rtn.ts";
-import { gptq } from "../../src/quant/gptq.ts";
+import { quantize } from "../../src/quant/pipeline/pipeline.ts";
+import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
+import { rtn } from "../../src/quant/weight_only/rtn.ts";
+import { gptq } from "../../src/quant/weight_only/gptq.ts";
 
 const DATA = new URL("../../../shared/data/", import.meta.url).pathname;
 

@@ -4,8 +4,8 @@ import { forward } from "../../src/models/decoder.ts";
 import { loadModel } from "../../src/models/load.ts";
 import type { Model } from "../../src/models/model.ts";
 import { ortForward, ortForwardUnsupported } from "../../src/models/ort_forward.ts";
-import { quantize } from "../../src/quant/pipeline.ts";
-import { rtn } from "../../src/quant/rtn.ts";
+import { quantize } from "../../src/quant/pipeline/pipeline.ts";
+import { rtn } from "../../src/quant/weight_only/rtn.ts";
 import type { Tensor } from "../../src/tensor.ts";
 
 const DATA = new URL("../../../shared/data/", import.meta.url).pathname;

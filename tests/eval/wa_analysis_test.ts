@@ -15,7 +15,7 @@ import { analyzeStats, layerwiseDistance, sqnr, tensorStats } from "../../src/ev
 import { forward } from "../../src/models/decoder.ts";
 import { loadModel } from "../../src/models/load.ts";
 import type { Tensor } from "../../src/tensor.ts";
-import { applyQllmConfig, resolveQllmConfig } from "../../src/quant/qllm_config.ts";
+import { applyQllmConfig, resolveQllmConfig } from "../../src/quant/pipeline/qllm_config.ts";
 
 const MODEL = new URL("../../../shared/data/models/stories260K-hf", import.meta.url).pathname;
 

@@ -7,7 +7,7 @@
  */
 import { assert } from "@std/assert";
 import { readHeader } from "../../src/io/safetensors.ts";
-import { blockFile } from "../../src/quant/_checkpoint.ts";
+import { blockFile } from "../../src/quant/pipeline/_checkpoint.ts";
 
 /** How a corruption of the workdir must be answered. */
 export type Want = "recompute" | "refuse" | "refuse-other-recipe";

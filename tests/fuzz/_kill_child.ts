@@ -2,9 +2,9 @@
 // 8 calibration windows of 64 tokens) with a workdir and writes the quantized weights to OUT.
 // Prints "start" once quantization begins, so the parent can aim its SIGKILL inside the run.
 import { loadModel } from "../../src/models/load.ts";
-import { calibrationSet } from "../../src/quant/calibration.ts";
-import { quantize } from "../../src/quant/pipeline.ts";
-import { gptq } from "../../src/quant/gptq.ts";
+import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
+import { quantize } from "../../src/quant/pipeline/pipeline.ts";
+import { gptq } from "../../src/quant/weight_only/gptq.ts";
 import { writeSafetensors } from "../../src/io/safetensors.ts";
 
 const [workdir, out] = Deno.args;

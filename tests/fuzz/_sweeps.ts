@@ -16,12 +16,12 @@ import { perplexity } from "../../src/eval/perplexity.ts";
 import { forward } from "../../src/models/decoder.ts";
 import { loadModel } from "../../src/models/load.ts";
 import type { Model } from "../../src/models/model.ts";
-import { framequant } from "../../src/quant/framequant.ts";
-import { gptq } from "../../src/quant/gptq.ts";
-import { quantease } from "../../src/quant/quantease.ts";
-import { quip } from "../../src/quant/quip.ts";
-import { rtn } from "../../src/quant/rtn.ts";
-import type { WeightQuantizer } from "../../src/quant/types.ts";
+import { framequant } from "../../src/quant/weight_only/framequant.ts";
+import { gptq } from "../../src/quant/weight_only/gptq.ts";
+import { quantease } from "../../src/quant/weight_only/quantease.ts";
+import { quip } from "../../src/quant/weight_only/quip.ts";
+import { rtn } from "../../src/quant/weight_only/rtn.ts";
+import type { WeightQuantizer } from "../../src/quant/core/types.ts";
 import { Rng } from "../_rng.ts";
 
 const MODEL = new URL("../../../shared/data/models/stories260K-hf", import.meta.url).pathname;

@@ -15,11 +15,11 @@ import {
 import { getTokenizer, loadModel } from "../../src/models/load.ts";
 import type { Model } from "../../src/models/model.ts";
 import { forward } from "../../src/models/decoder.ts";
-import { quantize } from "../../src/quant/pipeline.ts";
-import { rtn } from "../../src/quant/rtn.ts";
-import { gptq } from "../../src/quant/gptq.ts";
-import { calibrationSet } from "../../src/quant/calibration.ts";
-import { withF16Scales } from "../../src/quant/f16_grid.ts";
+import { quantize } from "../../src/quant/pipeline/pipeline.ts";
+import { rtn } from "../../src/quant/weight_only/rtn.ts";
+import { gptq } from "../../src/quant/weight_only/gptq.ts";
+import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
+import { withF16Scales } from "../../src/quant/core/f16_grid.ts";
 import { exportModel } from "../../src/io/export.ts";
 import { openGguf } from "../../src/io/gguf.ts";
 import { OptionError, UnsupportedError } from "../../src/errors.ts";

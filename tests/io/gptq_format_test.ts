@@ -15,11 +15,11 @@ import {
 import { exportModel } from "../../src/io/export.ts";
 import { loadModel } from "../../src/models/load.ts";
 import { forward } from "../../src/models/decoder.ts";
-import { quantize } from "../../src/quant/pipeline.ts";
-import { rtn } from "../../src/quant/rtn.ts";
-import { gptqQuantize } from "../../src/quant/gptq.ts";
-import { dequantize } from "../../src/quant/grid.ts";
-import { withF16Scales } from "../../src/quant/f16_grid.ts";
+import { quantize } from "../../src/quant/pipeline/pipeline.ts";
+import { rtn } from "../../src/quant/weight_only/rtn.ts";
+import { gptqQuantize } from "../../src/quant/weight_only/gptq.ts";
+import { dequantize } from "../../src/quant/core/grid.ts";
+import { withF16Scales } from "../../src/quant/core/f16_grid.ts";
 import { readHeader, readTensor, writeSafetensors } from "../../src/io/safetensors.ts";
 import { OptionError } from "../../src/errors.ts";
 import { f16ToF32, f32ToF16 } from "../../src/tensor.ts";

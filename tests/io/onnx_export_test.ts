@@ -12,10 +12,10 @@ import { assert, assertEquals, assertRejects, assertStringIncludes } from "@std/
 import { getTokenizer, loadModel } from "../../src/models/load.ts";
 import type { Model } from "../../src/models/model.ts";
 import { createKVCache, forward } from "../../src/models/decoder.ts";
-import { quantize } from "../../src/quant/pipeline.ts";
-import { rtn } from "../../src/quant/rtn.ts";
-import { gptq } from "../../src/quant/gptq.ts";
-import { calibrationSet } from "../../src/quant/calibration.ts";
+import { quantize } from "../../src/quant/pipeline/pipeline.ts";
+import { rtn } from "../../src/quant/weight_only/rtn.ts";
+import { gptq } from "../../src/quant/weight_only/gptq.ts";
+import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
 import { exportModel } from "../../src/io/export.ts";
 import { packMatMulNBits, unpackMatMulNBits } from "../../src/io/onnx_export.ts";
 import { ONNX_DTYPE, OnnxGraph } from "../../src/io/_onnx_graph.ts";

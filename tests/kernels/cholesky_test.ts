@@ -14,8 +14,8 @@ import {
   choleskyDiagSharedBytes,
   upperCholeskyOfInverseRef,
 } from "../../kernels/cholesky.ts";
-import { NotPositiveDefiniteError, upperCholeskyOfInverse } from "../../src/quant/linalg.ts";
-import { mulberry32 } from "../../src/quant/_rng.ts";
+import { NotPositiveDefiniteError, upperCholeskyOfInverse } from "../../src/quant/core/linalg.ts";
+import { mulberry32 } from "../../src/rng.ts";
 import { randomH } from "../quant/_oracles.ts";
 import { realLayers } from "../quant/_real_stats.ts";
 

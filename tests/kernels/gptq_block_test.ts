@@ -21,7 +21,7 @@ import {
   groupsStartingIn,
   setDiagonalWGSL,
 } from "../../kernels/gptq_params.ts";
-import { findParams } from "../../src/quant/grid.ts";
+import { findParams } from "../../src/quant/core/grid.ts";
 
 const available = await webgpuAvailable({ allowFallback: true });
 if (!available) console.log("gptq_block_test: SKIPPED — no WebGPU adapter");

@@ -3,10 +3,10 @@ import { getWebGPU, webgpuAvailable } from "../../src/backend/webgpu.ts";
 import { scaledErr } from "../../src/backend/_webgpu_check.ts";
 import { gpuLutGemv, releaseLut, uploadLut } from "../../src/backend/_webgpu_lut.ts";
 import { lutGemvRef } from "../../kernels/lut_gemv.ts";
-import { bcqFromUniform, bcqQuantize, dequantizeBcq } from "../../src/quant/bcq.ts";
-import { rtnQuantize } from "../../src/quant/rtn.ts";
+import { bcqFromUniform, bcqQuantize, dequantizeBcq } from "../../src/quant/weight_only/bcq.ts";
+import { rtnQuantize } from "../../src/quant/weight_only/rtn.ts";
 import { OptionError } from "../../src/errors.ts";
-import { mulberry32, randnArray } from "../../src/quant/_rng.ts";
+import { mulberry32, randnArray } from "../../src/rng.ts";
 
 Deno.test("lut_gemv reference equals dequantized W times x (float64 oracle)", () => {
   const rng = mulberry32(1831);

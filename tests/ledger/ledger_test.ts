@@ -6,8 +6,8 @@ import { LedgerError } from "../../src/errors.ts";
 import { canonicalJson, NotCanonicalError, sha256Hex } from "../../src/ledger/hash.ts";
 import { Ledger } from "../../src/ledger/ledger.ts";
 import { loadModel } from "../../src/models/load.ts";
-import { calibrationSet } from "../../src/quant/calibration.ts";
-import { rtn } from "../../src/quant/rtn.ts";
+import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
+import { rtn } from "../../src/quant/weight_only/rtn.ts";
 
 const HF = `${dataRoot()}/models/stories260K-hf`;
 

@@ -4,7 +4,7 @@
  * @module
  */
 import type { Tensor } from "../../src/tensor.ts";
-import { randn, type Rng } from "../../src/quant/_rng.ts";
+import { randn, type Rng } from "../../src/rng.ts";
 
 /** H = 2/n · XᵀX for n random rows of rank-`k` correlated inputs, plus `damp`·I. */
 export function randomH(

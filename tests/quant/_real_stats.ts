@@ -5,10 +5,10 @@
  * @module
  */
 import { loadModel } from "../../src/models/load.ts";
-import { calibrationSet } from "../../src/quant/calibration.ts";
-import { quantize } from "../../src/quant/pipeline.ts";
-import { rtnQuantize } from "../../src/quant/rtn.ts";
-import type { WeightQuantizer } from "../../src/quant/types.ts";
+import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
+import { quantize } from "../../src/quant/pipeline/pipeline.ts";
+import { rtnQuantize } from "../../src/quant/weight_only/rtn.ts";
+import type { WeightQuantizer } from "../../src/quant/core/types.ts";
 import type { Tensor } from "../../src/tensor.ts";
 
 /** Where the shared data lives (CI has ../shared beside the checkout). */

@@ -1,9 +1,9 @@
 // Child process of resume_test.ts: quantizes stories260K with a workdir, writes the quantized
 // weights to OUT, and (with SLOW=1) pauses after each finished block so the parent can kill it.
 import { loadModel } from "../../src/models/load.ts";
-import { calibrationSet } from "../../src/quant/calibration.ts";
-import { quantize } from "../../src/quant/pipeline.ts";
-import { gptq } from "../../src/quant/gptq.ts";
+import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
+import { quantize } from "../../src/quant/pipeline/pipeline.ts";
+import { gptq } from "../../src/quant/weight_only/gptq.ts";
 import { writeSafetensors } from "../../src/io/safetensors.ts";
 
 const [workdir, out] = Deno.args;

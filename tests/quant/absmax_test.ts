@@ -4,7 +4,7 @@
  */
 import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
 import { OptionError } from "../../src/errors.ts";
-import { absmax } from "../../src/quant/absmax.ts";
+import { absmax } from "../../src/quant/weight_only/absmax.ts";
 import { dequantizeMeta, metaBitsPerWeight } from "../../src/quant/dequantize.ts";
 import { realLayers } from "./_real_stats.ts";
 

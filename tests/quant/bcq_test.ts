@@ -6,13 +6,13 @@ import {
   type BcqMeta,
   bcqQuantize,
   dequantizeBcq,
-} from "../../src/quant/bcq.ts";
-import { rtnQuantize } from "../../src/quant/rtn.ts";
-import { gptqQuantize } from "../../src/quant/gptq.ts";
+} from "../../src/quant/weight_only/bcq.ts";
+import { rtnQuantize } from "../../src/quant/weight_only/rtn.ts";
+import { gptqQuantize } from "../../src/quant/weight_only/gptq.ts";
 import { dequantizeMeta } from "../../src/quant/dequantize.ts";
-import { dequantize } from "../../src/quant/grid.ts";
+import { dequantize } from "../../src/quant/core/grid.ts";
 import { OptionError } from "../../src/errors.ts";
-import { mulberry32, randnArray } from "../../src/quant/_rng.ts";
+import { mulberry32, randnArray } from "../../src/rng.ts";
 import { randomH } from "./_oracles.ts";
 
 /** Σ (w − Σ α_i b_i)² in float64 from an α and sign matrix (the oracle for the search). */

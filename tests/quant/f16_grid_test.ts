@@ -4,9 +4,9 @@
  * transcription of the grid rounding), Hessian methods keep their codes, `Wq` is the grid decode.
  */
 import { assert, assertEquals, assertThrows } from "@std/assert";
-import { withF16Scales } from "../../src/quant/f16_grid.ts";
-import { rtn } from "../../src/quant/rtn.ts";
-import type { WeightQuantizer } from "../../src/quant/types.ts";
+import { withF16Scales } from "../../src/quant/core/f16_grid.ts";
+import { rtn } from "../../src/quant/weight_only/rtn.ts";
+import type { WeightQuantizer } from "../../src/quant/core/types.ts";
 import { OptionError } from "../../src/errors.ts";
 import { f16ToF32, f32ToF16 } from "../../src/tensor.ts";
 import { Rng } from "../_rng.ts";

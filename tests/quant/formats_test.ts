@@ -7,15 +7,15 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
 import { OptionError } from "../../src/errors.ts";
 import { dequantizeMeta, FORMATS, metaBitsPerWeight } from "../../src/quant/dequantize.ts";
-import { bcq } from "../../src/quant/bcq.ts";
-import { framequant } from "../../src/quant/framequant.ts";
-import { gptq } from "../../src/quant/gptq.ts";
-import { oa } from "../../src/quant/oa.ts";
-import { quantease } from "../../src/quant/quantease.ts";
-import { quip } from "../../src/quant/quip.ts";
-import { rtn } from "../../src/quant/rtn.ts";
-import { spqr } from "../../src/quant/spqr.ts";
-import type { WeightQuantizer } from "../../src/quant/types.ts";
+import { bcq } from "../../src/quant/weight_only/bcq.ts";
+import { framequant } from "../../src/quant/weight_only/framequant.ts";
+import { gptq } from "../../src/quant/weight_only/gptq.ts";
+import { oa } from "../../src/quant/weight_only/oa.ts";
+import { quantease } from "../../src/quant/weight_only/quantease.ts";
+import { quip } from "../../src/quant/weight_only/quip.ts";
+import { rtn } from "../../src/quant/weight_only/rtn.ts";
+import { spqr } from "../../src/quant/weight_only/spqr.ts";
+import type { WeightQuantizer } from "../../src/quant/core/types.ts";
 import { realLayers } from "./_real_stats.ts";
 
 const QUANTIZERS: WeightQuantizer[] = [

@@ -16,11 +16,11 @@ import {
   framequantQuantize,
   synthesizeMatrix,
   tightFrame,
-} from "../../src/quant/framequant.ts";
-import { gptqQuantize } from "../../src/quant/gptq.ts";
-import { unpackCodes } from "../../src/quant/grid.ts";
+} from "../../src/quant/weight_only/framequant.ts";
+import { gptqQuantize } from "../../src/quant/weight_only/gptq.ts";
+import { unpackCodes } from "../../src/quant/core/grid.ts";
 import { OptionError, QuantlabError } from "../../src/errors.ts";
-import { mulberry32, randn, randnArray, type Rng } from "../../src/quant/_rng.ts";
+import { mulberry32, randn, randnArray, type Rng } from "../../src/rng.ts";
 import { realLayers } from "./_real_stats.ts";
 import { proxyLoss } from "./_oracles.ts";
 

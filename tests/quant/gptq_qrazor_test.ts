@@ -1,5 +1,5 @@
 /**
- * GPTQ + QRazor (src/quant/gptq_qrazor.ts):
+ * GPTQ + QRazor (src/quant/weight_activation/gptq_qrazor.ts):
  * - with H = I (no input correlations) GPTQ propagates nothing: the result is qllm-infer's
  *   per-channel grid (`qrazorWeight` without SDR) followed by SDR down each column's rows in
  *   groups of `rGroup` (computed here with `sdr`, itself checked against the reference forward);
@@ -11,11 +11,11 @@
 import { assert, assertEquals, assertLess } from "@std/assert";
 import { forward } from "../../src/models/decoder.ts";
 import { loadModel } from "../../src/models/load.ts";
-import { calibrationSet } from "../../src/quant/calibration.ts";
-import { dequantize } from "../../src/quant/grid.ts";
-import { gptqQrazor } from "../../src/quant/gptq_qrazor.ts";
-import { applyQllmConfig, resolveQllmConfig } from "../../src/quant/qllm_config.ts";
-import { qrazorWeight, sdr } from "../../src/quant/qrazor.ts";
+import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
+import { dequantize } from "../../src/quant/core/grid.ts";
+import { gptqQrazor } from "../../src/quant/weight_activation/gptq_qrazor.ts";
+import { applyQllmConfig, resolveQllmConfig } from "../../src/quant/pipeline/qllm_config.ts";
+import { qrazorWeight, sdr } from "../../src/quant/weight_activation/qrazor.ts";
 import type { Tensor } from "../../src/tensor.ts";
 import { Rng } from "../_rng.ts";
 

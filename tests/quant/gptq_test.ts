@@ -8,15 +8,15 @@ import {
   assertStringIncludes,
   assertThrows,
 } from "@std/assert";
-import { gptq, type GptqOptions, gptqQuantize } from "../../src/quant/gptq.ts";
-import { rtnQuantize } from "../../src/quant/rtn.ts";
-import { dequantize, findParams, unpackCodes } from "../../src/quant/grid.ts";
-import type { QuantResult } from "../../src/quant/types.ts";
+import { gptq, type GptqOptions, gptqQuantize } from "../../src/quant/weight_only/gptq.ts";
+import { rtnQuantize } from "../../src/quant/weight_only/rtn.ts";
+import { dequantize, findParams, unpackCodes } from "../../src/quant/core/grid.ts";
+import type { QuantResult } from "../../src/quant/core/types.ts";
 import type { Tensor } from "../../src/tensor.ts";
 import { cpuBackend } from "../../src/backend/cpu.ts";
 import type { Backend } from "../../src/backend/backend.ts";
 import { HessianError, NonFiniteError, OptionError, QuantlabError } from "../../src/errors.ts";
-import { mulberry32, randnArray } from "../../src/quant/_rng.ts";
+import { mulberry32, randnArray } from "../../src/rng.ts";
 import { proxyLoss, randomH } from "./_oracles.ts";
 
 function assertBitExact(res: QuantResult) {
@@ -120,7 +120,7 @@ Deno.test("gptq matches a plain unbatched float64 GPTQ (no lazy batches)", async
     });
     // Reference: Hinv from the batched run's definition, but every update applied immediately
     // to the whole trailing matrix, in float64. Group grids at multiples of gs (=16 | blocksize).
-    const { upperCholeskyOfInverse } = await import("../../src/quant/linalg.ts");
+    const { upperCholeskyOfInverse } = await import("../../src/quant/core/linalg.ts");
     const Hd = H.slice();
     let mean = 0;
     for (let i = 0; i < cols; i++) mean += Hd[i * cols + i] / cols;
@@ -336,7 +336,7 @@ Deno.test("gptq quantize-time errors name the layer", async () => {
 });
 
 Deno.test("gptq above BLOCKED_LINALG_MIN (blocked float64 Hinv): H = c·I still equals RTN", async () => {
-  const { BLOCKED_LINALG_MIN } = await import("../../src/quant/gptq.ts");
+  const { BLOCKED_LINALG_MIN } = await import("../../src/quant/weight_only/gptq.ts");
   const rng = mulberry32(37);
   const rows = 4, cols = BLOCKED_LINALG_MIN + 128;
   const W = { shape: [rows, cols], data: randnArray(rng, rows * cols, { scale: 0.02 }) };

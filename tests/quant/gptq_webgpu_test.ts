@@ -10,11 +10,15 @@ import { assert, assertEquals, assertLess } from "@std/assert";
 import { cpuBackend } from "../../src/backend/cpu.ts";
 import { NonFiniteError } from "../../src/errors.ts";
 import { getWebGPU, webgpuAvailable, webgpuBackend } from "../../src/backend/webgpu.ts";
-import { type GptqOptions, gptqQuantize, type GptqTimings } from "../../src/quant/gptq.ts";
-import { dequantize } from "../../src/quant/grid.ts";
-import type { QuantResult } from "../../src/quant/types.ts";
+import {
+  type GptqOptions,
+  gptqQuantize,
+  type GptqTimings,
+} from "../../src/quant/weight_only/gptq.ts";
+import { dequantize } from "../../src/quant/core/grid.ts";
+import type { QuantResult } from "../../src/quant/core/types.ts";
 import type { Tensor } from "../../src/tensor.ts";
-import { mulberry32, randnArray } from "../../src/quant/_rng.ts";
+import { mulberry32, randnArray } from "../../src/rng.ts";
 import { randomH } from "./_oracles.ts";
 import { DATA, realLayers } from "./_real_stats.ts";
 

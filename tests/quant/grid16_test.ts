@@ -5,7 +5,7 @@
  */
 import { assertEquals, assertThrows } from "@std/assert";
 import { OptionError } from "../../src/errors.ts";
-import { findGridParams, findParams, quantizeCode } from "../../src/quant/grid.ts";
+import { findGridParams, findParams, quantizeCode } from "../../src/quant/core/grid.ts";
 import { mulberry32 } from "../../src/rng.ts";
 
 Deno.test("findGridParams: 9–16-bit min-max grids equal the closed form; codes stay in range", () => {

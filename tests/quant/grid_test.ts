@@ -11,11 +11,11 @@ import {
   roundHalfEven,
   unpackCodes,
   validateBits,
-} from "../../src/quant/grid.ts";
-import { rtnQuantize } from "../../src/quant/rtn.ts";
-import type { QuantMeta } from "../../src/quant/types.ts";
+} from "../../src/quant/core/grid.ts";
+import { rtnQuantize } from "../../src/quant/weight_only/rtn.ts";
+import type { QuantMeta } from "../../src/quant/core/types.ts";
 import { OptionError } from "../../src/errors.ts";
-import { mulberry32, randnArray } from "../../src/quant/_rng.ts";
+import { mulberry32, randnArray } from "../../src/rng.ts";
 
 const f = Math.fround;
 

@@ -1,6 +1,12 @@
 import { assert, assertEquals, assertThrows } from "@std/assert";
-import { fwht, hadamardMatrix, isPow2, nextPow2, randomSigns } from "../../src/quant/hadamard.ts";
-import { mulberry32 } from "../../src/quant/_rng.ts";
+import {
+  fwht,
+  hadamardMatrix,
+  isPow2,
+  nextPow2,
+  randomSigns,
+} from "../../src/quant/core/hadamard.ts";
+import { mulberry32 } from "../../src/rng.ts";
 import { OptionError } from "../../src/errors.ts";
 
 Deno.test("fwht equals the dense Sylvester matrix product, is orthogonal and self-inverse", () => {

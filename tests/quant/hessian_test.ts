@@ -1,10 +1,10 @@
 /**
- * The shared Hessian preparation (`_hessian.ts`) against plain references written here: dead
+ * The shared Hessian preparation (`core/hessian.ts`) against plain references written here: dead
  * inputs, act-order (stable on ties), damping summed in processed order, the processed `H`, the
  * permuted columns, and the stopwatch's laps.
  */
 import { assert, assertEquals } from "@std/assert";
-import * as hx from "../../src/quant/_hessian.ts";
+import * as hx from "../../src/quant/core/hessian.ts";
 
 // A 4×4 H with a dead input (column 1) and a tie on the diagonal (columns 0 and 3).
 const H0 = Float32Array.from([

@@ -45,16 +45,21 @@ Deno.test("imports scanner: static, type-only and dynamic backend imports; sniff
 Deno.test("src/quant/ uses only the backend's public surface and capabilities", async () => {
   const bad: string[] = [];
   let n = 0;
-  for await (const e of Deno.readDir(QUANT)) {
-    if (!e.isFile || !e.name.endsWith(".ts")) continue;
-    n++;
-    const src = await Deno.readTextFile(new URL(e.name, QUANT));
-    for (const i of backendImports(src)) {
-      if (!PUBLIC.has(i.file)) bad.push(`src/quant/${e.name} → backend/${i.file}`);
-      if (i.dynamic) bad.push(`src/quant/${e.name} → backend/${i.file} (dynamic import)`);
+  const walk = async (rel: string) => {
+    for await (const e of Deno.readDir(new URL(rel, QUANT))) {
+      if (e.isDirectory) await walk(`${rel}${e.name}/`);
+      if (!e.isFile || !e.name.endsWith(".ts")) continue;
+      n++;
+      const name = `${rel}${e.name}`;
+      const src = await Deno.readTextFile(new URL(name, QUANT));
+      for (const i of backendImports(src)) {
+        if (!PUBLIC.has(i.file)) bad.push(`src/quant/${name} → backend/${i.file}`);
+        if (i.dynamic) bad.push(`src/quant/${name} → backend/${i.file} (dynamic import)`);
+      }
+      for (const s of sniffs(src)) bad.push(`src/quant/${name}: ${s}`);
     }
-    for (const s of sniffs(src)) bad.push(`src/quant/${e.name}: ${s}`);
-  }
+  };
+  await walk("");
   assert(n > 20, `${n} files scanned`);
   assertEquals(bad, []);
 });

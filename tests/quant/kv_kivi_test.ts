@@ -15,7 +15,7 @@ import { KiviCache, kiviLayerBytes, kiviSettings } from "../../src/quant/kv/kivi
 import { cacheBytes, createCache, denseCacheBytes } from "../../src/quant/kv/cache.ts";
 import { generate } from "../../src/eval/generate.ts";
 import { perplexity } from "../../src/eval/perplexity.ts";
-import { mulberry32 } from "../../src/quant/_rng.ts";
+import { mulberry32 } from "../../src/rng.ts";
 
 const DATA = new URL("../../../shared/data/", import.meta.url).pathname;
 const MODEL = `${DATA}models/stories260K-hf`;

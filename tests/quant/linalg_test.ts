@@ -7,9 +7,9 @@ import {
   spdInverse,
   transposeSquare,
   upperCholeskyOfInverse,
-} from "../../src/quant/linalg.ts";
+} from "../../src/quant/core/linalg.ts";
 import { NonFiniteError } from "../../src/errors.ts";
-import { mulberry32, randn, type Rng } from "../../src/quant/_rng.ts";
+import { mulberry32, randn, type Rng } from "../../src/rng.ts";
 
 /** Random SPD matrix XᵀX/k + damp·I (k < n gives a low-rank part); `dominant` adds a big diagonal. */
 function randomSpd(
@@ -144,7 +144,7 @@ Deno.test("blocked Cholesky / triangular inverse / Hinv agree with the unblocked
     upperCholeskyOfInverseBlocked,
     gemmF64TS,
     onnxGemmF64,
-  } = await import("../../src/quant/linalg.ts");
+  } = await import("../../src/quant/core/linalg.ts");
   const ort = await onnxGemmF64();
   for (const [n, block] of [[1, 4], [7, 3], [40, 16], [129, 32], [300, 64]]) {
     const A = randomSpd(rng, n, { k: Math.max(1, n >> 1) });

@@ -1,5 +1,5 @@
 /**
- * ZeroQuant's layer-wise distillation (src/quant/lkd.ts):
+ * ZeroQuant's layer-wise distillation (src/quant/weight_activation/lkd.ts):
  * - the reverse-mode block forward equals the library's decoder block (`block`) on a tiny seeded
  *   GQA Llama (float64 vs the float32 host forward: < 1e-4);
  * - every linear's gradient and the input gradient match central finite differences in float64
@@ -12,7 +12,7 @@ import { assert, assertAlmostEquals, assertLess } from "@std/assert";
 import { block, embed } from "../../src/models/decoder.ts";
 import { loadModel } from "../../src/models/load.ts";
 import type { Model } from "../../src/models/model.ts";
-import { calibrationSet } from "../../src/quant/calibration.ts";
+import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
 import {
   Adam,
   blockBackward,
@@ -21,8 +21,8 @@ import {
   blockParams,
   LKD_LINEARS,
   lkdBlock,
-} from "../../src/quant/lkd.ts";
-import { dsSymQuant } from "../../src/quant/zeroquant.ts";
+} from "../../src/quant/weight_activation/lkd.ts";
+import { dsSymQuant } from "../../src/quant/weight_activation/zeroquant.ts";
 import { CASES, setup } from "../models/_cases.ts";
 import { Rng } from "../_rng.ts";
 

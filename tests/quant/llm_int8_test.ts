@@ -11,7 +11,12 @@
 import { assert, assertEquals, assertLess } from "@std/assert";
 import { perplexity } from "../../src/eval/perplexity.ts";
 import { loadModel } from "../../src/models/load.ts";
-import { int8MatmulTransB, int8Weight, llmInt8, llmInt8Matmul } from "../../src/quant/llm_int8.ts";
+import {
+  int8MatmulTransB,
+  int8Weight,
+  llmInt8,
+  llmInt8Matmul,
+} from "../../src/quant/weight_activation/llm_int8.ts";
 import { Rng } from "../_rng.ts";
 
 const DATA = new URL("../../../shared/data/", import.meta.url).pathname;

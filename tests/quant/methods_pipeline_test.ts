@@ -6,15 +6,15 @@
  */
 import { assert, assertEquals, assertThrows } from "@std/assert";
 import { loadModel } from "../../src/models/load.ts";
-import { calibrationSet } from "../../src/quant/calibration.ts";
-import { quantize, type QuantReport } from "../../src/quant/pipeline.ts";
-import { gptq } from "../../src/quant/gptq.ts";
-import { rtn } from "../../src/quant/rtn.ts";
-import { quantease } from "../../src/quant/quantease.ts";
-import { quip } from "../../src/quant/quip.ts";
-import { framequant } from "../../src/quant/framequant.ts";
+import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
+import { quantize, type QuantReport } from "../../src/quant/pipeline/pipeline.ts";
+import { gptq } from "../../src/quant/weight_only/gptq.ts";
+import { rtn } from "../../src/quant/weight_only/rtn.ts";
+import { quantease } from "../../src/quant/weight_only/quantease.ts";
+import { quip } from "../../src/quant/weight_only/quip.ts";
+import { framequant } from "../../src/quant/weight_only/framequant.ts";
 import { dequantizeMeta } from "../../src/quant/dequantize.ts";
-import { dequantize } from "../../src/quant/grid.ts";
+import { dequantize } from "../../src/quant/core/grid.ts";
 import { OptionError } from "../../src/errors.ts";
 import { DATA } from "./_real_stats.ts";
 

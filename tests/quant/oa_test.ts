@@ -7,10 +7,10 @@ import {
   type OaMeta,
   oaQuantize,
   toBf16Bits,
-} from "../../src/quant/oa.ts";
+} from "../../src/quant/weight_only/oa.ts";
 import { dequantizeMeta } from "../../src/quant/dequantize.ts";
 import { OptionError, QuantlabError } from "../../src/errors.ts";
-import { mulberry32, randnArray } from "../../src/quant/_rng.ts";
+import { mulberry32, randnArray } from "../../src/rng.ts";
 import { proxyLoss, randomH } from "./_oracles.ts";
 
 /** Reference float32 → bfloat16: the nearest of the two bf16 neighbours, ties to even (float64). */

@@ -6,13 +6,13 @@
  */
 import { assert, assertRejects, assertStringIncludes, assertThrows } from "@std/assert";
 import { HessianError, NonFiniteError, OptionError, QuantlabError } from "../../src/errors.ts";
-import { didYouMean } from "../../src/quant/_options.ts";
-import { framequant } from "../../src/quant/framequant.ts";
-import { gptq } from "../../src/quant/gptq.ts";
-import { quantease } from "../../src/quant/quantease.ts";
-import { quip } from "../../src/quant/quip.ts";
-import { rtn } from "../../src/quant/rtn.ts";
-import type { WeightQuantizer } from "../../src/quant/types.ts";
+import { didYouMean } from "../../src/quant/core/options.ts";
+import { framequant } from "../../src/quant/weight_only/framequant.ts";
+import { gptq } from "../../src/quant/weight_only/gptq.ts";
+import { quantease } from "../../src/quant/weight_only/quantease.ts";
+import { quip } from "../../src/quant/weight_only/quip.ts";
+import { rtn } from "../../src/quant/weight_only/rtn.ts";
+import type { WeightQuantizer } from "../../src/quant/core/types.ts";
 import { Rng } from "../_rng.ts";
 
 // deno-lint-ignore no-explicit-any

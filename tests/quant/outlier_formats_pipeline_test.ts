@@ -5,11 +5,11 @@
  */
 import { assert, assertEquals } from "@std/assert";
 import { loadModel } from "../../src/models/load.ts";
-import { calibrationSet } from "../../src/quant/calibration.ts";
-import { quantize, type QuantReport } from "../../src/quant/pipeline.ts";
-import { spqr } from "../../src/quant/spqr.ts";
-import { oa } from "../../src/quant/oa.ts";
-import { bcq } from "../../src/quant/bcq.ts";
+import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
+import { quantize, type QuantReport } from "../../src/quant/pipeline/pipeline.ts";
+import { spqr } from "../../src/quant/weight_only/spqr.ts";
+import { oa } from "../../src/quant/weight_only/oa.ts";
+import { bcq } from "../../src/quant/weight_only/bcq.ts";
 import { dequantizeMeta } from "../../src/quant/dequantize.ts";
 import { main } from "../../src/cli.ts";
 import { DATA } from "./_real_stats.ts";

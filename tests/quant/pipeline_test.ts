@@ -2,13 +2,13 @@ import { assert, assertEquals, assertLess, assertRejects, assertThrows } from "@
 import { OptionError } from "../../src/errors.ts";
 import { loadModel } from "../../src/models/load.ts";
 import { type Model, Weights, type WeightSource } from "../../src/models/model.ts";
-import { calibrationSet } from "../../src/quant/calibration.ts";
-import { quantize } from "../../src/quant/pipeline.ts";
-import { resolveRecipe } from "../../src/quant/recipe.ts";
-import { gptq } from "../../src/quant/gptq.ts";
-import { rtn } from "../../src/quant/rtn.ts";
+import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
+import { quantize } from "../../src/quant/pipeline/pipeline.ts";
+import { resolveRecipe } from "../../src/quant/core/recipe.ts";
+import { gptq } from "../../src/quant/weight_only/gptq.ts";
+import { rtn } from "../../src/quant/weight_only/rtn.ts";
 import { perplexity } from "../../src/eval/perplexity.ts";
-import { dequantize } from "../../src/quant/grid.ts";
+import { dequantize } from "../../src/quant/core/grid.ts";
 
 const DATA = new URL("../../../shared/data/", import.meta.url).pathname;
 const MODEL = `${DATA}models/stories260K-hf`;

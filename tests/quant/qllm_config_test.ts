@@ -1,5 +1,5 @@
 /**
- * The qllm-infer configuration space (src/quant/qllm_config.ts):
+ * The qllm-infer configuration space (src/quant/pipeline/qllm_config.ts):
  * - the seed's SmoothQuant and QRazor script blocks parse (shell-variable form, comments, the
  *   `k_per_token=true   #true = per-channel quant` line) and map onto points, hooks and weight
  *   quantizers as documented (K per channel under `k_per_token = true`, Q/V per token and head);
@@ -18,8 +18,8 @@ import {
   parseQllmShell,
   qllmPlan,
   resolveQllmConfig,
-} from "../../src/quant/qllm_config.ts";
-import { qllmFakeQuant } from "../../src/quant/qrazor.ts";
+} from "../../src/quant/pipeline/qllm_config.ts";
+import { qllmFakeQuant } from "../../src/quant/weight_activation/qrazor.ts";
 import { Rng } from "../_rng.ts";
 import { modelIdentity } from "../../src/ledger/hash.ts";
 import { loadModel } from "../../src/models/load.ts";

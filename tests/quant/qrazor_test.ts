@@ -1,5 +1,5 @@
 /**
- * QRazor (src/quant/qrazor.ts):
+ * QRazor (src/quant/weight_activation/qrazor.ts):
  * - SDR matches a direct transcription of the seed's reference forward (`lib/qrazor/qrazor.py`,
  *   written below as the masks-per-bit-position loop it is) on 12,288 seeded integer magnitudes
  *   for each (q_bit, r_bit, group) — values spread over every leading-one position, zeros and
@@ -10,8 +10,13 @@
  */
 import { assert, assertEquals, assertThrows } from "@std/assert";
 import { OptionError } from "../../src/errors.ts";
-import { dequantize } from "../../src/quant/grid.ts";
-import { qllmFakeQuant, qrazorEffectiveBits, qrazorWeight, sdr } from "../../src/quant/qrazor.ts";
+import { dequantize } from "../../src/quant/core/grid.ts";
+import {
+  qllmFakeQuant,
+  qrazorEffectiveBits,
+  qrazorWeight,
+  sdr,
+} from "../../src/quant/weight_activation/qrazor.ts";
 import { Rng } from "../_rng.ts";
 
 /** torch.round: half to even. */

@@ -15,19 +15,19 @@ import {
   quantease as quanteaseRef,
   type QuantEaseOptions,
   quanteaseQuantize as quanteaseCore,
-} from "../../src/quant/quantease.ts";
-import { gptqQuantize } from "../../src/quant/gptq.ts";
-import { rtnQuantize } from "../../src/quant/rtn.ts";
-import { bitsPerWeight, dequantize, findParams } from "../../src/quant/grid.ts";
-import type { QuantResult } from "../../src/quant/types.ts";
+} from "../../src/quant/weight_only/quantease.ts";
+import { gptqQuantize } from "../../src/quant/weight_only/gptq.ts";
+import { rtnQuantize } from "../../src/quant/weight_only/rtn.ts";
+import { bitsPerWeight, dequantize, findParams } from "../../src/quant/core/grid.ts";
+import type { QuantResult } from "../../src/quant/core/types.ts";
 import type { Tensor } from "../../src/tensor.ts";
 import { cpuBackend } from "../../src/backend/cpu.ts";
 import type { Backend } from "../../src/backend/backend.ts";
 import { NonFiniteError, OptionError, QuantlabError } from "../../src/errors.ts";
-import { mulberry32, randnArray, type Rng } from "../../src/quant/_rng.ts";
+import { mulberry32, randnArray, type Rng } from "../../src/rng.ts";
 import { realLayers } from "./_real_stats.ts";
 import { proxyLoss, randomH } from "./_oracles.ts";
-import type { LayerStats, QuantContext } from "../../src/quant/types.ts";
+import type { LayerStats, QuantContext } from "../../src/quant/core/types.ts";
 
 // These tests pin quantlab's monotone variant (start from RTN, every sweep rounds), which was the
 // default before issue 19; the reference's default run (start from W, relaxed iterations) is

@@ -24,13 +24,13 @@ import {
   randomHadamard,
   randomOrthogonalKron,
   roundMethod,
-} from "../../src/quant/quip.ts";
-import { gptqQuantize } from "../../src/quant/gptq.ts";
-import { unpackCodes } from "../../src/quant/grid.ts";
-import { gemmF64TS, invertTriangular, onnxGemmF64 } from "../../src/quant/linalg.ts";
+} from "../../src/quant/weight_only/quip.ts";
+import { gptqQuantize } from "../../src/quant/weight_only/gptq.ts";
+import { unpackCodes } from "../../src/quant/core/grid.ts";
+import { gemmF64TS, invertTriangular, onnxGemmF64 } from "../../src/quant/core/linalg.ts";
 import type { Tensor } from "../../src/tensor.ts";
 import { NonFiniteError, OptionError, QuantlabError } from "../../src/errors.ts";
-import { mulberry32, randnArray } from "../../src/quant/_rng.ts";
+import { mulberry32, randnArray } from "../../src/rng.ts";
 import { realLayers } from "./_real_stats.ts";
 import { proxyLossFlat as proxyLoss, randomH } from "./_oracles.ts";
 

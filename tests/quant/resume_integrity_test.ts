@@ -9,9 +9,9 @@ import { ResumeError } from "../../src/errors.ts";
 import { loadModel } from "../../src/models/load.ts";
 import type { Model } from "../../src/models/model.ts";
 import { CORRUPTIONS } from "../fuzz/_corruptions.ts";
-import { calibrationSet } from "../../src/quant/calibration.ts";
-import { quantize } from "../../src/quant/pipeline.ts";
-import { rtn } from "../../src/quant/rtn.ts";
+import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
+import { quantize } from "../../src/quant/pipeline/pipeline.ts";
+import { rtn } from "../../src/quant/weight_only/rtn.ts";
 
 const MODEL = new URL("../../../shared/data/models/stories260K-hf", import.meta.url).pathname;
 

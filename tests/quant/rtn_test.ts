@@ -1,8 +1,8 @@
 import { assert, assertAlmostEquals, assertEquals, assertRejects, assertThrows } from "@std/assert";
-import { rtn, rtnQuantize } from "../../src/quant/rtn.ts";
-import { dequantize, findParams, quantize } from "../../src/quant/grid.ts";
+import { rtn, rtnQuantize } from "../../src/quant/weight_only/rtn.ts";
+import { dequantize, findParams, quantize } from "../../src/quant/core/grid.ts";
 import { OptionError } from "../../src/errors.ts";
-import { mulberry32, randnArray } from "../../src/quant/_rng.ts";
+import { mulberry32, randnArray } from "../../src/rng.ts";
 
 Deno.test("rtn: every weight is its group's grid rounding; loss = Σ(w−q)²", async () => {
   const rng = mulberry32(20);

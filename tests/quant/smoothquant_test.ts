@@ -1,5 +1,5 @@
 /**
- * SmoothQuant (src/quant/smoothquant.ts):
+ * SmoothQuant (src/quant/weight_activation/smoothquant.ts):
  * - the factors follow `s_j = max|X_j|^α / max|W_j|^(1−α)` (closed form on a small case, with the
  *   reference's 1e-5 clamps);
  * - the transform alone leaves the logits unchanged (max |Δ| < 1e-4) on stories260K and on a tiny
@@ -18,15 +18,19 @@ import { perplexity, windowNll } from "../../src/eval/perplexity.ts";
 import { forward } from "../../src/models/decoder.ts";
 import { loadModel } from "../../src/models/load.ts";
 import type { Model } from "../../src/models/model.ts";
-import { calibrationSet } from "../../src/quant/calibration.ts";
-import { quantize } from "../../src/quant/pipeline.ts";
-import { applyQllmConfig, qllmPlan, resolveQllmConfig } from "../../src/quant/qllm_config.ts";
+import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
+import { quantize } from "../../src/quant/pipeline/pipeline.ts";
+import {
+  applyQllmConfig,
+  qllmPlan,
+  resolveQllmConfig,
+} from "../../src/quant/pipeline/qllm_config.ts";
 import {
   smoothingFactors,
   smoothQuant,
   smoothQuantAlphaSweep,
   smoothQuantStats,
-} from "../../src/quant/smoothquant.ts";
+} from "../../src/quant/weight_activation/smoothquant.ts";
 import { CASES, setup } from "../models/_cases.ts";
 
 const DATA = new URL("../../../shared/data/", import.meta.url).pathname;

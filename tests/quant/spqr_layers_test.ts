@@ -9,10 +9,10 @@
 import { assert } from "@std/assert";
 import { dataRoot } from "../../src/_paths.ts";
 import { loadModel } from "../../src/models/load.ts";
-import { calibrationSet } from "../../src/quant/calibration.ts";
-import { quantize } from "../../src/quant/pipeline.ts";
-import { gptq } from "../../src/quant/gptq.ts";
-import { spqr } from "../../src/quant/spqr.ts";
+import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
+import { quantize } from "../../src/quant/pipeline/pipeline.ts";
+import { gptq } from "../../src/quant/weight_only/gptq.ts";
+import { spqr } from "../../src/quant/weight_only/spqr.ts";
 
 Deno.test("spqr: lower proxy loss than GPTQ g16 on ≥ 20 of 35 stories260K layers, at fewer bits", async () => {
   const model = await loadModel(`${dataRoot()}/models/stories260K-hf`);

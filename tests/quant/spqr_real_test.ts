@@ -11,8 +11,8 @@
  */
 import { assert } from "@std/assert";
 import { realLayers } from "./_real_stats.ts";
-import { spqrQuantize } from "../../src/quant/spqr.ts";
-import { gptqQuantize } from "../../src/quant/gptq.ts";
+import { spqrQuantize } from "../../src/quant/weight_only/spqr.ts";
+import { gptqQuantize } from "../../src/quant/weight_only/gptq.ts";
 import { proxyLoss } from "./_oracles.ts";
 
 Deno.test("spqr ≤ gptq proxy loss at ≤ bits on ≥ 20 of the 35 real stories260K layers", async () => {

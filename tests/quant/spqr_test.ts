@@ -12,11 +12,11 @@ import {
   spqrAverageBits,
   type SpqrMeta,
   spqrQuantize,
-} from "../../src/quant/spqr.ts";
-import { gptqQuantize } from "../../src/quant/gptq.ts";
+} from "../../src/quant/weight_only/spqr.ts";
+import { gptqQuantize } from "../../src/quant/weight_only/gptq.ts";
 import { dequantizeMeta } from "../../src/quant/dequantize.ts";
 import { OptionError } from "../../src/errors.ts";
-import { mulberry32, randnArray } from "../../src/quant/_rng.ts";
+import { mulberry32, randnArray } from "../../src/rng.ts";
 import { proxyLoss, randomH } from "./_oracles.ts";
 
 Deno.test("spqr: average bits reproduce the seed's 3.07 and 3.99 configurations", () => {

@@ -1,5 +1,5 @@
 /**
- * ZeroQuant (src/quant/zeroquant.ts):
+ * ZeroQuant (src/quant/weight_activation/zeroquant.ts):
  * - `dsSymQuant` equals a transcription of DeepSpeed's `SymQuantizer` written here (reshape to
  *   `(num_groups, −1)`, `scale = 2·max|x| / 2^b`, clamp to [−2^(b−1), 2^(b−1) − 1]) — including
  *   its measured quirk: each group's largest positive value clips one step below its max;
@@ -11,14 +11,14 @@
 import { assert, assertEquals, assertRejects } from "@std/assert";
 import { OptionError } from "../../src/errors.ts";
 import { loadModel } from "../../src/models/load.ts";
-import { dequantize } from "../../src/quant/grid.ts";
-import { quantize } from "../../src/quant/pipeline.ts";
+import { dequantize } from "../../src/quant/core/grid.ts";
+import { quantize } from "../../src/quant/pipeline/pipeline.ts";
 import {
   dsSymQuant,
   zeroquantActHooks,
   zeroquantRecipe,
   zeroquantWeight,
-} from "../../src/quant/zeroquant.ts";
+} from "../../src/quant/weight_activation/zeroquant.ts";
 import { Rng } from "../_rng.ts";
 
 const DATA = new URL("../../../shared/data/", import.meta.url).pathname;

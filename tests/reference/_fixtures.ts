@@ -6,7 +6,7 @@
  * shared seeded PRNG.
  * @module
  */
-import { mulberry32, randn } from "../../src/quant/_rng.ts";
+import { mulberry32, randn } from "../../src/rng.ts";
 import { randomH } from "../quant/_oracles.ts";
 
 /** One fixture: a `[rows, cols]` float32 weight and its float64 `cols × cols` proxy Hessian. */

@@ -5,9 +5,9 @@ import {
   framequantQuantize,
   frameSeeds,
   referenceFrame,
-} from "../../src/quant/framequant.ts";
-import { randomSigns } from "../../src/quant/hadamard.ts";
-import { mulberry32 } from "../../src/quant/_rng.ts";
+} from "../../src/quant/weight_only/framequant.ts";
+import { randomSigns } from "../../src/quant/core/hadamard.ts";
+import { mulberry32 } from "../../src/rng.ts";
 import { OptionError } from "../../src/errors.ts";
 import { fixture } from "./_fixtures.ts";
 import { frameQuantGridRow, referenceFrameMatrix } from "./_oracles.ts";
@@ -89,6 +89,6 @@ Deno.test("FrameQuant frames reference round-trips through dequantizeFramequant 
     H: Float32Array.from(fx.H),
     nsamples: 96,
   });
-  const { dequantizeFramequant } = await import("../../src/quant/framequant.ts");
+  const { dequantizeFramequant } = await import("../../src/quant/weight_only/framequant.ts");
   assertEquals(dequantizeFramequant(res.meta).data, res.Wq.data);
 });

@@ -1,5 +1,5 @@
 import { assert, assertEquals } from "@std/assert";
-import { quantease, quanteaseQuantize } from "../../src/quant/quantease.ts";
+import { quantease, quanteaseQuantize } from "../../src/quant/weight_only/quantease.ts";
 import { FIXTURES } from "./_fixtures.ts";
 import { quanteaseReference } from "./_oracles.ts";
 import { proxyLossFlat } from "../quant/_oracles.ts";

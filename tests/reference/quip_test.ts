@@ -1,8 +1,8 @@
 import { assert, assertEquals } from "@std/assert";
-import { roundMethod } from "../../src/quant/_ldlq.ts";
-import { quip, quipQuantize } from "../../src/quant/quip.ts";
-import { gemmF64TS } from "../../src/quant/linalg.ts";
-import { mulberry32 } from "../../src/quant/_rng.ts";
+import { roundMethod } from "../../src/quant/weight_only/_ldlq.ts";
+import { quip, quipQuantize } from "../../src/quant/weight_only/quip.ts";
+import { gemmF64TS } from "../../src/quant/core/linalg.ts";
+import { mulberry32 } from "../../src/rng.ts";
 import { FIXTURES } from "./_fixtures.ts";
 import { findParamsRow, roundLdlReference } from "./_oracles.ts";
 
@@ -136,7 +136,7 @@ Deno.test("QuIP new options are strict", () => {
 
 Deno.test("QuIP proj butterfly: the rotation = transcribed mul_ortho_butterfly; factors as butterfly_factors", async () => {
   const { butterflyFactors, denseRotation, randomButterfly } = await import(
-    "../../src/quant/_incoherence.ts"
+    "../../src/quant/weight_only/_incoherence.ts"
   );
   const { butterflyMatrix } = await import("./_oracles.ts");
   assertEquals(butterflyFactors(64), [8, 8]);
@@ -163,7 +163,7 @@ Deno.test("QuIP proj butterfly: the rotation = transcribed mul_ortho_butterfly; 
 });
 
 Deno.test("QuIP proj butterfly end to end: Wq decodes bit-exactly", async () => {
-  const { dequantizeQuip } = await import("../../src/quant/quip.ts");
+  const { dequantizeQuip } = await import("../../src/quant/weight_only/quip.ts");
   const { proxyLossFlat } = await import("../quant/_oracles.ts");
   const fx = FIXTURES[2];
   const W = { shape: [fx.rows, fx.cols], data: fx.W };

@@ -1,5 +1,5 @@
 /**
- * Strict option checking of the KV-cache quantizers (the same rules as `src/quant/_options.ts`,
+ * Strict option checking of the KV-cache quantizers (the same rules as `src/quant/core/options.ts`,
  * which this folder may not import: unknown keys refused with the known ones, types and bounds
  * checked, errors naming the option and the value with its type).
  * @module

@@ -60,7 +60,7 @@ export interface KiviOptions {
   prefillWithQuant?: boolean;
 }
 
-/** Option spec of {@linkcode KiviOptions} (strict checking, `_options.ts`). */
+/** Option spec of {@linkcode KiviOptions} (strict checking, `core/options.ts`). */
 export const KIVI_SPECS: Record<string, KvOptionSpec> = {
   bits: { type: "int", min: 2, max: 16 },
   groupSize: { type: "int", min: 1, max: 2 ** 24 },

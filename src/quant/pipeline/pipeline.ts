@@ -1,0 +1,459 @@
+/**
+ * The layer-wise quantization pipeline (GPTQ's sequential driver): embed the calibration batch,
+ * then walk the decoder block by block — capture the inputs of each linear through forward hooks,
+ * accumulate `H = 2/n · Σ XᵀX`, quantize in true-sequential groups (q/k/v, o, up/gate, down),
+ * write the dequantized weights back, and re-run the block to feed the next one.
+ * @module
+ */
+import type { Backend } from "../../backend/backend.ts";
+import { getBackend } from "../../backend/device.ts";
+import { OptionError, QuantlabError, ResumeError } from "../../errors.ts";
+import { cleanStaleTemps, fileIfPresent, writeFileAtomic } from "../../io/fs.ts";
+import { block, embed } from "../../models/decoder.ts";
+import {
+  type InputStats,
+  type ResidentBlockRunner,
+  residentBlockRunner,
+  residentBlockUnsupported,
+} from "../../models/resident_block.ts";
+import { blockLinearGroups } from "../../models/config.ts";
+import type { Model } from "../../models/model.ts";
+import { type Tensor, transpose2d } from "../../tensor.ts";
+import { CHECKPOINT_FORMAT, hashText, readBlock, writeBlock } from "./_checkpoint.ts";
+import type { CalibrationSet } from "./calibration.ts";
+import { type Recipe, resolveRecipe, toRecipe } from "../core/recipe.ts";
+import type { QuantMeta, WeightQuantizer } from "../core/types.ts";
+
+/** One quantized layer in the report. */
+export interface LayerReport {
+  /** Layer name (no ".weight"). */
+  name: string;
+  /** Block index. */
+  block: number;
+  /** Method name. */
+  method: string;
+  /** Recipe pattern that matched. */
+  pattern: string;
+  /** [rows, cols]. */
+  shape: [number, number];
+  /** The method's own loss (GPTQ: Σ (w−q)²/d² / 2). */
+  loss: number;
+  /** Relative output error on calibration: √(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)) = ‖XΔWᵀ‖/‖XWᵀ‖ (NaN without calibration data). */
+  relErr: number;
+  /** Storage bits per weight (scales, zeros, indices included). */
+  bitsPerWeight: number;
+  /** Seconds in the quantizer. */
+  seconds: number;
+}
+
+/** The report of a `quantize` run. */
+export interface QuantReport {
+  /** Per-layer rows in processing order. */
+  layers: LayerReport[];
+  /** Weighted mean bits per weight over quantized layers. */
+  bitsPerWeight: number;
+  /** Wall time of the whole run. */
+  seconds: number;
+  /** Calibration description. */
+  calib: { dataset: string; source: string; nsamples: number; seqlen: number; seed: number };
+  /** Quantizer names and options by recipe pattern. */
+  recipe: Record<string, { method: string; options: Record<string, unknown> }>;
+  /** Peak resident memory seen (MiB). */
+  peakRssMiB: number;
+  /** Blocks restored from the workdir instead of recomputed. */
+  resumedBlocks: number;
+  /**
+   * Block files found in the workdir but not reused because they failed verification (truncated,
+   * unparsable, content hash mismatch), with the reason; those blocks were recomputed.
+   */
+  recomputedBlocks?: { file: string; reason: string }[];
+  /** The compute backend that ran the products (name and description, e.g. the adapter). */
+  device: string;
+  /** True when blocks ran resident on the GPU (`QuantizeOptions.residentBlocks`). */
+  residentBlocks: boolean;
+}
+
+/** Progress events. */
+export interface PipelineProgress {
+  /** "block" after each block; "layer" after each quantized layer. */
+  stage: "block" | "layer";
+  /** Blocks done. */
+  done: number;
+  /** Blocks in all. */
+  total: number;
+  /** Layer name or block summary. */
+  info: string;
+}
+
+/** Options of {@linkcode quantize}. */
+export interface QuantizeOptions {
+  /** Calibration windows (from `calibrationSet`). Required when a quantizer needs statistics. */
+  calib?: CalibrationSet;
+  /** Quantize in groups q/k/v → o → up/gate → down, re-capturing inputs after each (GPTQ `--true-sequential`, default true). */
+  trueSequential?: boolean;
+  /** Calibration sequences per forward chunk (default 8): memory ≈ one block's activations of a chunk. */
+  chunk?: number;
+  /** Folder for resume files: each finished block is checkpointed there atomically. */
+  workdir?: string;
+  /** Backend for products (default: the active device). */
+  backend?: Backend;
+  /**
+   * On the WebGPU backend, run each block resident on the GPU (`src/models/resident_block.ts`:
+   * one submission per calibration chunk, `Σ XᵀX` accumulated on the GPU) when the model allows
+   * it (default true); false: the host-driven block forward with hooks, one GPU round trip per
+   * product.
+   */
+  residentBlocks?: boolean;
+  /** Progress callback. */
+  onProgress?: (p: PipelineProgress) => void;
+}
+
+const STOP = new Error("stop-forward");
+
+function linearNames(model: Model): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < model.config.numLayers; i++) {
+    for (const g of blockLinearGroups(model.config, i)) out.push(...g);
+  }
+  return out;
+}
+
+/** Accumulates Σ XᵀX (float32, like the reference) over token rows of `x` [rows, cols]. */
+async function accumulate(
+  acc: { S: Float32Array; n: number },
+  x: Tensor,
+  be: Backend,
+): Promise<void> {
+  const xt = transpose2d(x);
+  const p = await be.matmul(xt, x);
+  const S = acc.S;
+  for (let j = 0; j < S.length; j++) S[j] += p.data[j];
+  acc.n += x.shape[0];
+}
+
+/**
+ * `Σ XᵀX` of the inputs of the linears in `want` over every calibration chunk, through the
+ * host-driven block forward with a `linearInput` hook (stopped once every input was seen).
+ * Linears fed the same tensor (q/k/v, gate/up) share one statistics object.
+ */
+async function gatherHost(
+  qmodel: Model,
+  i: number,
+  c: { hs: Tensor[]; chunkSizes: number[]; want: ReadonlySet<string> },
+  be: Backend,
+): Promise<Map<string, InputStats>> {
+  const acc = new Map<string, InputStats>();
+  for (let k = 0; k < c.hs.length; k++) {
+    const seenObj = new Map<Tensor, string>();
+    const seen = new Set<string>();
+    const hooks = {
+      linearInput: async (name: string, x: Tensor) => {
+        if (!c.want.has(name)) return;
+        const first = seenObj.get(x);
+        if (first !== undefined) acc.set(name, acc.get(first)!);
+        else {
+          seenObj.set(x, name);
+          let a = acc.get(name);
+          if (!a) {
+            a = { S: new Float32Array(x.shape[1] * x.shape[1]), n: 0 };
+            acc.set(name, a);
+          }
+          await accumulate(a, x, be);
+        }
+        seen.add(name);
+        if (seen.size === c.want.size) throw STOP;
+      },
+    };
+    try {
+      await block(qmodel, i, c.hs[k], { batch: c.chunkSizes[k], hooks, backend: be });
+    } catch (e) {
+      if (e !== STOP) throw e;
+    }
+  }
+  return acc;
+}
+
+/** {@linkcode gatherHost} through a GPU-resident block (one submission per chunk). */
+async function gatherResident(
+  runner: ResidentBlockRunner,
+  hs: Tensor[],
+  chunkSizes: number[],
+  want: ReadonlySet<string>,
+): Promise<Map<string, InputStats>> {
+  for (let c = 0; c < hs.length; c++) {
+    await runner.run(hs[c], { batch: chunkSizes[c], collect: want });
+  }
+  return await runner.take();
+}
+
+/** The backend type `models/resident_block.ts` runs blocks on. */
+type ResidentBackend = Parameters<typeof residentBlockRunner>[2];
+
+/** √(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)) with one product through the backend. */
+async function relativeError(W: Tensor, Wq: Tensor, H: Float32Array, be: Backend): Promise<number> {
+  const [rows, cols] = W.shape;
+  const both = new Float32Array(2 * rows * cols);
+  for (let j = 0; j < rows * cols; j++) both[j] = W.data[j] - Wq.data[j];
+  both.set(W.data, rows * cols);
+  const P = await be.matmul({ shape: [2 * rows, cols], data: both }, {
+    shape: [cols, cols],
+    data: H,
+  });
+  let num = 0, den = 0;
+  for (let j = 0; j < rows * cols; j++) num += P.data[j] * both[j];
+  for (let j = rows * cols; j < 2 * rows * cols; j++) den += P.data[j] * both[j];
+  return den > 0 ? Math.sqrt(Math.max(num, 0) / den) : 0;
+}
+
+function fingerprint(model: Model, recipe: Recipe, opts: QuantizeOptions): string {
+  const c = opts.calib;
+  return JSON.stringify({
+    format: CHECKPOINT_FORMAT,
+    model: model.source,
+    config: model.config,
+    layers: model.config.numLayers,
+    recipe: Object.fromEntries(Object.entries(recipe).map(([k, q]) => [k, [q.name, q.options]])),
+    calib: c ? [c.dataset, c.source, c.ids.length, c.seqlen, c.seed, c.ids] : null,
+    trueSequential: opts.trueSequential ?? true,
+    chunk: opts.chunk ?? 8,
+  });
+}
+
+function writeRunFile(file: string, runId: string): Promise<void> {
+  return writeFileAtomic(file, JSON.stringify({ run: runId, format: CHECKPOINT_FORMAT }));
+}
+
+/**
+ * Quantizes `model` with a quantizer or a recipe. Returns a new model that shares untouched tensors
+ * with the original, with `report` and `packed` (the per-layer metas for export).
+ */
+export async function quantize(
+  model: Model,
+  recipeOrQuantizer: Recipe | WeightQuantizer,
+  opts: QuantizeOptions = {},
+): Promise<Model> {
+  const t0 = performance.now();
+  const be = opts.backend ?? getBackend();
+  const recipe = toRecipe(recipeOrQuantizer);
+  const assigned = resolveRecipe(recipe, linearNames(model));
+  const needsStats = [...assigned.values()].some((a) => a.quantizer.needsHessian);
+  const calib = opts.calib;
+  if (needsStats && !calib) {
+    throw new OptionError(
+      "calib",
+      "this recipe needs calibration data: pass { calib: await calibrationSet(...) }",
+    );
+  }
+  const chunk = opts.chunk ?? 8;
+  if (!(Number.isInteger(chunk) && chunk >= 1)) {
+    throw new OptionError("chunk", `must be ≥ 1, got ${chunk}`);
+  }
+  const trueSeq = opts.trueSequential ?? true;
+  // Run identity: model (source and config), recipe, calibration content, pipeline options and
+  // the checkpoint code version, hashed; every block file records it (see _checkpoint.ts).
+  let runId = "";
+  let pendingRunFile: string | undefined;
+  if (opts.workdir) {
+    await Deno.mkdir(opts.workdir, { recursive: true });
+    await cleanStaleTemps(opts.workdir);
+    runId = await hashText(fingerprint(model, recipe, opts));
+    const runFile = `${opts.workdir}/run.json`;
+    let old: string | null = null;
+    try {
+      if (await fileIfPresent(runFile, "run.json")) old = await Deno.readTextFile(runFile);
+    } catch { /* new run (or no run.json: the blocks' own identities are checked) */ }
+    let oldId: unknown;
+    try {
+      oldId = old === null ? undefined : JSON.parse(old)?.run;
+    } catch {
+      oldId = null;
+    }
+    if (old !== null && oldId !== runId) {
+      throw new ResumeError(
+        runFile,
+        `${opts.workdir} holds a different run (model, recipe, calibration or code version ` +
+          `differ) or an unreadable run.json; use another folder`,
+      );
+    }
+    // No run.json but block files (it was deleted): the blocks' own identities decide; run.json is
+    // written back only once every block was verified or recomputed (end of the run).
+    const hasBlocks = old === null &&
+      [...Deno.readDirSync(opts.workdir)].some((e) => /^block_\d+\.safetensors$/.test(e.name));
+    if (old === null && !hasBlocks) await writeRunFile(runFile, runId);
+    else if (old === null) pendingRunFile = runFile;
+  }
+
+  const overrides = new Map<string, Tensor>();
+  const packed: Record<string, QuantMeta> = {};
+  const layers: LayerReport[] = [];
+  let peak = Deno.memoryUsage().rss;
+  let resumed = 0;
+  const recomputed: { file: string; reason: string }[] = [];
+
+  // Calibration hidden states, in chunks of `chunk` sequences.
+  let hs: Tensor[] = [];
+  const T = calib?.seqlen ?? 0;
+  const chunkSizes: number[] = [];
+  if (calib) {
+    for (let s = 0; s < calib.ids.length; s += chunk) {
+      const ids = calib.ids.slice(s, s + chunk).flat();
+      chunkSizes.push(Math.min(chunk, calib.ids.length - s));
+      hs.push(await embed(model, ids, { seqLen: T, backend: be }));
+    }
+  }
+  const L = model.config.numLayers;
+  /** The model with every quantized weight so far. */
+  const current = (): Model => ({ ...model, weights: model.weights.with(overrides) });
+  // The backend says whether it runs blocks resident (a capability, not a type test).
+  const gpu = be.residentBlocks ? be as ResidentBackend : undefined;
+  const resident = gpu && hs.length && opts.residentBlocks !== false &&
+      !residentBlockUnsupported(model, gpu, T)
+    ? gpu
+    : undefined;
+  for (let i = 0; i < L; i++) {
+    const got = opts.workdir ? await readBlock(opts.workdir, i, runId) : null;
+    if (got?.status === "corrupt") {
+      recomputed.push({ file: got.file, reason: got.reason });
+      opts.onProgress?.({
+        stage: "block",
+        done: i,
+        total: L,
+        info: `block ${i}: checkpoint not reused (${got.reason}); recomputing`,
+      });
+    }
+    const ck = got?.status === "ok" ? got.checkpoint : null;
+    if (ck) {
+      for (const [n, w] of ck.weights) overrides.set(n, w);
+      Object.assign(packed, ck.metas);
+      layers.push(...(ck.reports as LayerReport[]));
+      if (ck.hidden.length) hs = ck.hidden;
+      resumed++;
+      opts.onProgress?.({ stage: "block", done: i + 1, total: L, info: `block ${i} resumed` });
+      continue;
+    }
+    const groups = trueSeq
+      ? blockLinearGroups(model.config, i)
+      : [blockLinearGroups(model.config, i).flat()];
+    const blockWeights = new Map<string, Tensor>();
+    const blockMetas: Record<string, QuantMeta> = {};
+    const blockReports: LayerReport[] = [];
+    const runner = resident
+      ? await residentBlockRunner(current(), i, resident, { seqLen: T })
+      : undefined;
+    try {
+      for (const group of groups) {
+        const targets = group.filter((n) => assigned.has(n));
+        if (!targets.length) continue;
+        // With calibration data every target's H is gathered: quantizers that need it get it, and
+        // the report's relErr is measured for all (RTN included).
+        const want = new Set(hs.length ? targets : []);
+        const acc = !want.size
+          ? new Map<string, InputStats>()
+          : runner
+          ? await gatherResident(runner, hs, chunkSizes, want)
+          : await gatherHost(current(), i, { hs, chunkSizes, want }, be);
+        peak = Math.max(peak, Deno.memoryUsage().rss);
+        for (const name of targets) {
+          const { quantizer, pattern } = assigned.get(name)!;
+          const W = await model.weights.get(`${name}.weight`);
+          const a = acc.get(name);
+          let H: Float32Array | undefined;
+          if (a) {
+            H = new Float32Array(a.S.length);
+            const f = 2 / a.n;
+            for (let j = 0; j < H.length; j++) H[j] = a.S[j] * f;
+          }
+          const tq = performance.now();
+          const res = await quantizer.quantizeWeight(W, { H, nsamples: a?.n ?? 0 }, {
+            backend: be,
+            layer: name,
+          });
+          const seconds = (performance.now() - tq) / 1000;
+          if (res.Wq.data.length !== W.data.length) {
+            throw new QuantlabError(
+              `${quantizer.name}: ${name}: returned a weight of the wrong size`,
+            );
+          }
+          overrides.set(`${name}.weight`, res.Wq);
+          blockWeights.set(`${name}.weight`, res.Wq);
+          runner?.setWeight(name, res.Wq);
+          blockMetas[name] = res.meta;
+          const rep: LayerReport = {
+            name,
+            block: i,
+            method: quantizer.name,
+            pattern,
+            shape: [W.shape[0], W.shape[1]],
+            loss: res.loss,
+            relErr: H ? await relativeError(W, res.Wq, H, be) : NaN,
+            bitsPerWeight: res.bitsPerWeight,
+            seconds,
+          };
+          blockReports.push(rep);
+          opts.onProgress?.({ stage: "layer", done: i, total: L, info: name });
+        }
+        peak = Math.max(peak, Deno.memoryUsage().rss);
+      }
+      // Feed the next block from the quantized one.
+      if (hs.length && i < L - 1) {
+        const next: Tensor[] = [];
+        const qmodel = current();
+        for (let c = 0; c < hs.length; c++) {
+          next.push(
+            runner
+              ? (await runner.run(hs[c], { batch: chunkSizes[c], output: true }))!
+              : await block(qmodel, i, hs[c], { batch: chunkSizes[c], backend: be }),
+          );
+        }
+        hs = next;
+      }
+    } finally {
+      runner?.release();
+    }
+    Object.assign(packed, blockMetas);
+    layers.push(...blockReports);
+    // The block's full-precision linear weights are no longer needed here (the quantized ones
+    // override them): drop them from the lazy cache so host memory stays about one block of FP
+    // weights. They reload from the source if the original model is used again.
+    model.weights.evict([...blockWeights.keys()]);
+    if (opts.workdir) {
+      await writeBlock(opts.workdir, i, {
+        weights: blockWeights,
+        hidden: hs,
+        metas: blockMetas,
+        reports: blockReports,
+      }, runId);
+    }
+    peak = Math.max(peak, Deno.memoryUsage().rss);
+    opts.onProgress?.({ stage: "block", done: i + 1, total: L, info: `block ${i}` });
+  }
+  if (pendingRunFile) await writeRunFile(pendingRunFile, runId);
+  let bits = 0, count = 0;
+  for (const r of layers) {
+    bits += r.bitsPerWeight * r.shape[0] * r.shape[1];
+    count += r.shape[0] * r.shape[1];
+  }
+  const report: QuantReport = {
+    layers,
+    bitsPerWeight: count ? bits / count : 32,
+    seconds: (performance.now() - t0) / 1000,
+    calib: calib
+      ? {
+        dataset: calib.dataset,
+        source: calib.source,
+        nsamples: calib.ids.length,
+        seqlen: calib.seqlen,
+        seed: calib.seed,
+      }
+      : { dataset: "none", source: "none", nsamples: 0, seqlen: 0, seed: 0 },
+    recipe: Object.fromEntries(
+      Object.entries(recipe).map(([k, q]) => [k, { method: q.name, options: q.options }]),
+    ),
+    peakRssMiB: peak / 2 ** 20,
+    resumedBlocks: resumed,
+    recomputedBlocks: recomputed,
+    device: `${be.name}: ${be.description}`,
+    residentBlocks: resident !== undefined,
+  };
+  return { ...model, weights: model.weights.with(overrides), report, packed };
+}

@@ -1,0 +1,544 @@
+/**
+ * GPTQ (Frantar et al., 2022): quantize a weight column by column and spread each column's error
+ * over the not-yet-quantized columns through the inverse Hessian, with lazy batch updates.
+ * Follows IST-DASLab/gptq `gptq.py` `GPTQ.fasterquant` (and its `g_idx` bookkeeping as in
+ * GPTQ-for-LLaMa/AutoGPTQ); grids come from `grid.ts` (reference `quant.py` `Quantizer`).
+ *
+ * Differences from the reference, all documented at the option or below: on the CPU, `H⁻¹`'s
+ * upper Cholesky factor is computed in float64 (the reference uses float32) and without forming
+ * `H⁻¹` (plain TypeScript up to {@linkcode BLOCKED_LINALG_MIN} columns, blocked with onnxruntime
+ * DGEMM above); on WebGPU it is float32 as in the reference, also without forming `H⁻¹`;
+ * act-order's sort is stable; `groupSize` must divide the columns.
+ * @module
+ */
+import { checkLayerInputs } from "../core/inputs.ts";
+import {
+  actOrderPermutation,
+  dampening,
+  deadInputs,
+  permuteColumns,
+  processedHessian,
+  stopwatch,
+  zeroDeadColumns,
+} from "../core/hessian.ts";
+import type { Tensor } from "../../tensor.ts";
+import { NonFiniteError } from "../../errors.ts";
+import { checkOptions as checkStrict, GPTQ_SPECS } from "../core/options.ts";
+import { cpuBackend } from "../../backend/cpu.ts";
+import type { Backend, GptqColumnsResult } from "../../backend/backend.ts";
+import type {
+  LayerStats,
+  QuantContext,
+  QuantMeta,
+  QuantResult,
+  WeightQuantizer,
+} from "../core/types.ts";
+import type { QuantFormat } from "../core/types.ts";
+import {
+  bitsPerWeight,
+  checkGroupColumns,
+  findParams,
+  gridFormat,
+  type MseOptions,
+  packCodes,
+  resolveBlocksize,
+  resolveGroupSize,
+  resolveMse,
+  resolvePercdamp,
+  roundHalfEven,
+  validateBits,
+} from "../core/grid.ts";
+import {
+  NotPositiveDefiniteError,
+  onnxGemmF64,
+  upperCholeskyOfInverse,
+  upperCholeskyOfInverseBlocked,
+} from "../core/linalg.ts";
+
+/** Above this many columns `Hinv` uses the blocked float64 path with onnxruntime DGEMM. */
+export const BLOCKED_LINALG_MIN = 384;
+
+/**
+ * Options of {@linkcode gptq}, with the reference's flag names (`gptq.py`/`llama.py` CLI and
+ * `fasterquant` arguments).
+ */
+export interface GptqOptions {
+  /** Bits per weight code, 2–8 (`--wbits`). */
+  bits: number;
+  /** Columns per group; -1 (default) = one grid per output channel (`--groupsize`). */
+  groupSize?: number;
+  /** Symmetric grid (`--sym`; default false = asymmetric). */
+  sym?: boolean;
+  /** MSE clipping search of the grid (`Quantizer(mse=True)`; norm 2.4, grid 100, shrink 0.8). */
+  mse?: boolean | MseOptions;
+  /** Dampening, a fraction of the mean Hessian diagonal added to it (`--percdamp`, 0.01). */
+  percdamp?: number;
+  /** Columns per lazy batch update (`fasterquant(blocksize=128)`). */
+  blocksize?: number;
+  /** Quantize columns in order of descending `diag(H)` (`--act-order`; default false). */
+  actOrder?: boolean;
+  /**
+   * Fit all group grids up front on the original weight in original column order
+   * (`--static-groups`; default false). No effect without groups, as in the reference.
+   */
+  staticGroups?: boolean;
+  /**
+   * Allow a `groupSize` that does not divide the columns: the last group is shorter, as the
+   * reference code does (`(i1 + i) % groupsize == 0` over `W[:, c:c+groupsize]`). Default false:
+   * such a `groupSize` is an OptionError, since packed GPTQ formats need whole groups.
+   */
+  partialGroups?: boolean;
+}
+
+/** The timed steps of {@linkcode GptqTimings}. */
+type TimedStep = "linalg" | "params" | "inBlock" | "trailing";
+
+/**
+ * A replacement for `grid.ts`'s `findParams` at every grid fit of {@linkcode gptqQuantize}
+ * (per-channel, static and dynamic groups); internal, for methods that run GPTQ with their own
+ * grid rule (FrameQuant's `gridFit: "reference"`). Setting it keeps the column pass on the CPU.
+ */
+export type GridFitter = (
+  W: Tensor,
+  range: { colStart?: number; colEnd?: number },
+) => { scale: Float32Array; zero: Float32Array };
+
+/** Seconds spent in each phase of one {@linkcode gptqQuantize} call (in `meta.timings`). */
+export interface GptqTimings {
+  /**
+   * Damping and `H⁻¹`'s upper Cholesky factor (float64; TypeScript or blocked DGEMM); with the
+   * backend's column pass only the damping (the device's float32 factorization is in `inBlock`).
+   */
+  linalg: number;
+  /**
+   * Grid fitting at group boundaries and the CPU preparation before the blocks (per-channel and
+   * static grids, dead inputs, act-order permutation); the dynamic group fits of the backend's
+   * column pass are counted in `inBlock`.
+   */
+  params: number;
+  /**
+   * Column loop inside blocks (TypeScript); with the backend's column pass, the whole pass on
+   * the device (grid fits, blocks, trailing updates, transfers) and un-permuting the result.
+   */
+  inBlock: number;
+  /**
+   * Trailing updates `W[:, i2:] −= Err1 · Hinv[i1:i2, i2:]` (backend matmul + subtraction); 0
+   * with the backend's column pass (counted in `inBlock`).
+   */
+  trailing: number;
+  /** Floating point operations of the trailing matmuls (`Σ 2·rows·count·(cols − i2)`). */
+  trailingFlops: number;
+  /** Floating point operations of the in-block updates (`Σ 2·rows·(count − 1 − i)`). */
+  inBlockFlops: number;
+  /** Where step 6 ran: "cpu" (the TypeScript loop) or the backend's name (`gptqColumns`). */
+  columnPass: string;
+}
+
+type Resolved = Required<Omit<GptqOptions, "mse">> & { mse?: boolean | MseOptions };
+
+function resolveOptions(opts: GptqOptions): Resolved {
+  checkStrict("gptq", opts, GPTQ_SPECS, { unknown: "ignore" });
+  validateBits(opts.bits);
+  const groupSize = resolveGroupSize(opts.groupSize);
+  const percdamp = resolvePercdamp(opts.percdamp);
+  const blocksize = resolveBlocksize(opts.blocksize);
+  resolveMse(opts.mse);
+  return {
+    bits: opts.bits,
+    groupSize,
+    sym: opts.sym ?? false,
+    mse: opts.mse,
+    percdamp,
+    blocksize,
+    actOrder: opts.actOrder ?? false,
+    staticGroups: opts.staticGroups ?? false,
+    partialGroups: opts.partialGroups ?? false,
+  };
+}
+
+/** Buffers of {@linkcode quantizeBlock}. */
+interface BlockBuffers {
+  W1: Float32Array;
+  Err1: Float32Array;
+  Hinv: Float32Array;
+  codes: Uint8Array;
+  Q: Float32Array;
+  scales: Float32Array;
+  zeros: Float32Array;
+  colGroup: Int32Array;
+  perm: Int32Array | undefined;
+}
+
+/**
+ * The column loop of one block, row by row (rows are independent inside a block once the grids
+ * are fixed): round, record code and weight at the ORIGINAL column, `err = (w − q)/Hinv_ii`,
+ * `W1[r, i+1:] −= err · Hinv[i, i+1:]`. Returns `Σ (w − q)²/Hinv_ii²`.
+ */
+function quantizeBlock(
+  buf: BlockBuffers,
+  dims: { rows: number; cols: number; ngroups: number; i1: number; i2: number; maxq: number },
+): number {
+  const { W1, Err1, Hinv, codes, Q, scales, zeros, colGroup, perm } = buf;
+  const { rows, cols, ngroups, i1, i2, maxq } = dims;
+  const count = i2 - i1;
+  let loss = 0;
+  for (let r = 0; r < rows; r++) {
+    const wb = r * count, wrow = r * cols, prow = r * ngroups;
+    for (let i = 0; i < count; i++) {
+      const c = i1 + i;
+      const g = prow + colGroup[c];
+      const s = scales[g], z = zeros[g];
+      const w = W1[wb + i];
+      const t = roundHalfEven(Math.fround(w / s)) + z;
+      const code = t >= 0 ? (t <= maxq ? t : maxq) : 0;
+      const q = Math.fround(s * (code - z));
+      const oc = wrow + (perm === undefined ? c : perm[c]);
+      codes[oc] = code;
+      Q[oc] = q;
+      const hr = c * cols + i1;
+      const d = Hinv[hr + i];
+      const diff = Math.fround(w - q);
+      loss += (diff * diff) / (d * d);
+      const err = Math.fround(diff / d);
+      Err1[wb + i] = err;
+      if (err !== 0) {
+        for (let j = i + 1; j < count; j++) W1[wb + j] -= err * Hinv[hr + j];
+      }
+    }
+  }
+  return loss;
+}
+
+/** `W[:, i2:] −= R` for the row-major `[rows, cols − i2]` product `R`. */
+function subtractTrailing(
+  W: Float32Array,
+  R: Float32Array,
+  dims: { rows: number; cols: number; i2: number },
+): void {
+  const { rows, cols, i2 } = dims, rest = cols - i2;
+  for (let r = 0; r < rows; r++) {
+    const wr = r * cols + i2, rr = r * rest;
+    for (let j = 0; j < rest; j++) W[wr + j] -= R[rr + j];
+  }
+}
+
+/**
+ * Step 6 on the CPU: per block, fit the dynamic groups starting in it (`findParams` on `Wc` as the
+ * lazy scheme holds it), run {@linkcode quantizeBlock} (TypeScript), then `Wc[:, i2:] −= Err1 ·
+ * Hinv[i1:i2, i2:]` through `backend.matmul`. Writes codes/Q at the original columns; returns
+ * `Σ (w − q)²/Hinv_ii²`.
+ */
+async function cpuColumns(
+  buf: Omit<BlockBuffers, "W1" | "Err1"> & { Wc: Float32Array },
+  o: {
+    rows: number;
+    cols: number;
+    ngroups: number;
+    maxq: number;
+    blocksize: number;
+    gs: number;
+    fitGroups: boolean;
+    grid: { bits: number; sym: boolean; mse?: boolean | MseOptions };
+    backend: Backend;
+    timings: GptqTimings;
+    setGroup: (g: number, p: { scale: Float32Array; zero: Float32Array }) => void;
+    fit?: GridFitter;
+  },
+): Promise<number> {
+  const { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm } = buf;
+  const { rows, cols, ngroups, maxq, gs, timings } = o;
+  const Wt: Tensor = { shape: [rows, cols], data: Wc };
+  const clock = stopwatch<TimedStep>(timings);
+  let loss = 0;
+  for (let i1 = 0; i1 < cols; i1 += o.blocksize) {
+    const i2 = Math.min(i1 + o.blocksize, cols), count = i2 - i1;
+    clock.restart();
+    if (o.fitGroups) {
+      for (let c = i1; c < i2; c++) {
+        if (c % gs === 0) {
+          const range = { colStart: c, colEnd: Math.min(c + gs, cols) };
+          o.setGroup(c / gs, o.fit ? o.fit(Wt, range) : findParams(Wt, { ...o.grid, ...range }));
+        }
+      }
+      clock.lap("params");
+    }
+    const W1 = new Float32Array(rows * count);
+    for (let r = 0; r < rows; r++) W1.set(Wc.subarray(r * cols + i1, r * cols + i2), r * count);
+    const Err1 = new Float32Array(rows * count);
+    loss += quantizeBlock(
+      { W1, Err1, Hinv, codes, Q, scales, zeros, colGroup, perm },
+      { rows, cols, ngroups, i1, i2, maxq },
+    );
+    clock.lap("inBlock");
+    if (i2 < cols) {
+      const rest = cols - i2;
+      const B = new Float32Array(count * rest);
+      for (let i = 0; i < count; i++) {
+        B.set(Hinv.subarray((i1 + i) * cols + i2, (i1 + i + 1) * cols), i * rest);
+      }
+      const R = (await o.backend.matmul(
+        { shape: [rows, count], data: Err1 },
+        { shape: [count, rest], data: B },
+      )).data;
+      subtractTrailing(Wc, R, { rows, cols, i2 });
+      clock.lap("trailing");
+    }
+  }
+  return loss;
+}
+
+function dampHint(percdamp: number): string {
+  return `increase the dampening (percdamp, now ${percdamp}) or use more calibration samples`;
+}
+
+function notPd(layer: string, percdamp: number, detail: string, cause?: unknown): NonFiniteError {
+  return new NonFiniteError(`gptq: ${layer}: ${detail}; ${dampHint(percdamp)}`, { cause });
+}
+
+/**
+ * GPTQ of one `[rows, cols]` weight (rows = output channels) given `stats.H` (`cols × cols`).
+ * The math of {@linkcode gptq}, exported for scripts and tests. Steps, as `fasterquant`:
+ * 1. per-channel grids (no groups) are fitted on `W` before anything else;
+ * 2. dead inputs (`H_ii = 0`) get `H_ii = 1` and zero weight columns;
+ * 3. `staticGroups`: all group grids fitted now, on this `W`, in original column order;
+ * 4. `actOrder`: columns permuted by descending `diag(H)` (stable sort);
+ * 5. `H += percdamp · mean(diag H) · I`; `Hinv` = upper Cholesky factor of `H⁻¹` (float64,
+ *    then rounded to float32 for the updates as the reference holds it);
+ * 6. blocks of `blocksize` columns: each column is rounded, its error `(w − q)/Hinv_ii`
+ *    updates the rest of the block (TypeScript), then `W[:, i2:] −= Err1 · Hinv[i1:i2, i2:]`
+ *    through `backend.matmul`. Dynamic groups are fitted when `col % groupSize == 0`, on
+ *    `W[:, col:col+groupSize]` as the lazy scheme holds it then (the reference's `W`, which has
+ *    every earlier block's update but not those of earlier columns of the same block).
+ *    When the backend has `gptqColumns` (WebGPU) and `mse` is off, `Hinv` (in float32, as the
+ *    reference) and the whole step run there in one submission: same semantics, so codes can
+ *    differ from the CPU path's (float64 `Hinv`) by rare one-step rounding flips; where it
+ *    declines (a layer over the binding limit), or for `mse`, the CPU path runs. To force the
+ *    CPU path with device products, pass `{ ...backend, gptqColumns: undefined }`.
+ *
+ * `loss` is the reference's `Σ Losses = Σ (w − q)² / Hinv_ii² / 2`.
+ */
+export async function gptqQuantize(
+  W: Tensor,
+  stats: LayerStats,
+  options: GptqOptions & QuantContext & { fitGrid?: GridFitter },
+): Promise<QuantResult> {
+  const o = resolveOptions(options);
+  const layer = options.layer ?? "weight";
+  const backend = options.backend ?? cpuBackend;
+  const fit = options.fitGrid;
+  const { rows, cols, H: H0 } = checkLayerInputs("gptq", W, stats, {
+    layer,
+    hint: dampHint(o.percdamp),
+  });
+  const gs = o.groupSize;
+  checkGroupColumns(cols, { ...o, layer });
+  const timings: GptqTimings = {
+    linalg: 0,
+    params: 0,
+    inBlock: 0,
+    trailing: 0,
+    trailingFlops: 0,
+    inBlockFlops: 0,
+    columnPass: "cpu",
+  };
+  const clock = stopwatch<TimedStep>(timings);
+  const grid = { bits: o.bits, sym: o.sym, mse: o.mse };
+  const maxq = 2 ** o.bits - 1;
+  const ngroups = gs > 0 ? Math.ceil(cols / gs) : 1;
+  const scales = new Float32Array(rows * ngroups), zeros = new Float32Array(rows * ngroups);
+  const setGroup = (g: number, p: { scale: Float32Array; zero: Float32Array }) => {
+    for (let r = 0; r < rows; r++) {
+      scales[r * ngroups + g] = p.scale[r];
+      zeros[r * ngroups + g] = p.zero[r];
+    }
+  };
+
+  // 1. per-channel grid on the original weight (the reference's `quantizer.find_params(W)`).
+  if (gs === -1) setGroup(0, fit ? fit(W, {}) : findParams(W, grid));
+  // 2. dead inputs: H_ii = 1 (in `diag`, applied to H below) and zero weight columns.
+  const { diag, dead } = deadInputs(H0, cols);
+  const W0 = zeroDeadColumns(W.data, { rows, cols, dead }); // original column order
+  // 3. static groups, original order.
+  const isStatic = o.staticGroups && gs > 0;
+  if (isStatic) {
+    for (let g = 0; g < ngroups; g++) {
+      const range = { colStart: g * gs, colEnd: Math.min(g * gs + gs, cols) };
+      const W0t = { shape: [rows, cols], data: W0 };
+      setGroup(g, fit ? fit(W0t, range) : findParams(W0t, { ...grid, ...range }));
+    }
+  }
+  // 4. act-order: processed column c is original column perm[c] (descending diag, stable).
+  const perm = o.actOrder ? actOrderPermutation(diag) : undefined;
+  // 5. damping: percdamp · mean(diag H), summed in processed order.
+  const damp = dampening(diag, { percdamp: o.percdamp, perm });
+  clock.lap("params");
+
+  // Group of each (processed) column in the scales layout.
+  const colGroup = new Int32Array(cols);
+  for (let c = 0; c < cols; c++) {
+    colGroup[c] = gs <= 0
+      ? 0
+      : isStatic
+      ? Math.floor((perm ? perm[c] : c) / gs)
+      : Math.floor(c / gs);
+  }
+  let codes: Uint8Array = new Uint8Array(0);
+  let Q: Float32Array = new Float32Array(0);
+  const dims = { rows, cols, ngroups, maxq, blocksize: o.blocksize };
+  const fitGroups = gs > 0 && !isStatic;
+
+  // On the backend's device when it offers the column pass (min-max grids only): W and H go up
+  // in the original order; the device permutes them (act-order), fixes dead inputs, damps,
+  // computes Hinv in float32 (as the reference does on the GPU), runs every block and writes
+  // codes/Q back in the original order, in one submission.
+  let dev: GptqColumnsResult | undefined;
+  if (!o.mse && !fit && backend.gptqColumns) {
+    clock.restart();
+    try {
+      dev = await backend.gptqColumns({
+        ...dims,
+        W: W0,
+        H: H0 instanceof Float32Array ? H0 : Float32Array.from(H0),
+        perm,
+        diagonal: Float32Array.from({ length: cols }, (_, i) => diag[perm ? perm[i] : i] + damp),
+        bits: o.bits,
+        sym: o.sym,
+        groupSize: gs,
+        colGroup,
+        scales,
+        zeros,
+        fitGroups,
+      });
+    } catch (e) {
+      if (e instanceof NonFiniteError) {
+        throw notPd(
+          layer,
+          o.percdamp,
+          `the damped Hessian is not positive definite in float32 (${e.message})`,
+          e,
+        );
+      }
+      throw e;
+    }
+  }
+  let loss: number;
+  if (dev) {
+    codes = Uint8Array.from(dev.codes);
+    Q = dev.Q;
+    scales.set(dev.scales);
+    zeros.set(dev.zeros);
+    loss = dev.loss;
+    clock.lap("inBlock");
+    timings.columnPass = backend.name;
+  } else {
+    // The CPU path: W and H in processed order (float64 H), Hinv = chol(H⁻¹)ᵀ-upper in
+    // float64, then the column loop.
+    clock.restart();
+    const Wc = W0 === W.data || perm ? permuteColumns(W0, { rows, cols, perm }) : W0;
+    let H = processedHessian(H0, { diag, damp, perm });
+    clock.lap("params");
+    let Hinv64: Float64Array;
+    try {
+      Hinv64 = cols > BLOCKED_LINALG_MIN
+        ? await upperCholeskyOfInverseBlocked(H, cols, { gemm: await onnxGemmF64() })
+        : upperCholeskyOfInverse(H, cols);
+    } catch (e) {
+      if (e instanceof NotPositiveDefiniteError) {
+        throw notPd(
+          layer,
+          o.percdamp,
+          `the damped Hessian is not positive definite (${e.message})`,
+          e,
+        );
+      }
+      throw e;
+    }
+    H = new Float64Array(0);
+    const Hinv = Float32Array.from(Hinv64);
+    Hinv64 = new Float64Array(0);
+    for (let i = 0; i < cols; i++) {
+      const d = Hinv[i * cols + i];
+      if (!(d > 0) || !Number.isFinite(d)) {
+        throw notPd(layer, o.percdamp, `Hinv[${i}, ${i}] is ${d} in float32`);
+      }
+    }
+    clock.lap("linalg");
+    codes = new Uint8Array(rows * cols);
+    Q = new Float32Array(rows * cols);
+    loss = await cpuColumns(
+      { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm },
+      { ...dims, grid, fitGroups, gs, backend, timings, setGroup, fit },
+    );
+  }
+
+  for (let i1 = 0; i1 < cols; i1 += o.blocksize) {
+    const i2 = Math.min(i1 + o.blocksize, cols), count = i2 - i1;
+    timings.inBlockFlops += rows * count * (count - 1);
+    timings.trailingFlops += 2 * rows * count * (cols - i2);
+  }
+
+  let gIdx: Int32Array | undefined;
+  const gIdxStored = gs > 0 && o.actOrder && !isStatic;
+  if (gs > 0) {
+    gIdx = new Int32Array(cols);
+    for (let i = 0; i < cols; i++) {
+      if (gIdxStored) gIdx[perm![i]] = Math.floor(i / gs);
+      else gIdx[i] = Math.floor(i / gs);
+    }
+  }
+  const meta: QuantMeta = {
+    method: "gptq",
+    bits: o.bits,
+    groupSize: gs,
+    sym: o.sym,
+    shape: [rows, cols],
+    codes,
+    packed: packCodes(codes, o.bits),
+    scales,
+    zeros,
+    gIdx,
+    perm,
+    gIdxStored,
+    actOrder: o.actOrder,
+    staticGroups: isStatic,
+    percdamp: o.percdamp,
+    blocksize: o.blocksize,
+    timings,
+  };
+  return {
+    Wq: { shape: [rows, cols], data: Q },
+    meta,
+    bitsPerWeight: bitsPerWeight(meta),
+    loss: loss / 2,
+  };
+}
+
+/**
+ * The GPTQ weight quantizer (needs `stats.H`). Option names map to the reference as documented
+ * on {@linkcode GptqOptions}: `bits` ↔ `--wbits`, `groupSize` ↔ `--groupsize`, `sym` ↔ `--sym`,
+ * `percdamp` ↔ `--percdamp`, `actOrder` ↔ `--act-order`, `staticGroups` ↔ `--static-groups`,
+ * `blocksize` ↔ `fasterquant(blocksize)`, `mse` ↔ `Quantizer(mse=True)`. Bad options throw
+ * {@linkcode OptionError} here; a `groupSize` that does not divide a layer's columns throws at
+ * quantize time, naming the layer. A non-finite or non-positive-definite Hessian throws
+ * {@linkcode NonFiniteError} naming the layer and suggesting more dampening.
+ *
+ * @example
+ * ```ts
+ * const q = gptq({ bits: 4, groupSize: 128, actOrder: true });
+ * const { Wq, meta } = await q.quantizeWeight(W, { H, nsamples: 128 }, { layer: "mlp.down_proj" });
+ * ```
+ */
+export function gptq(options: GptqOptions): WeightQuantizer {
+  checkStrict("gptq", options, GPTQ_SPECS);
+  const o = resolveOptions(options);
+  return {
+    name: "gptq",
+    needsHessian: true,
+    options: { ...o },
+    checkColumns: (cols, layer) => checkGroupColumns(cols, { ...o, layer }),
+    quantizeWeight: (W, stats, ctx) => gptqQuantize(W, stats, { ...o, ...ctx }),
+  };
+}
+
+/** GPTQ's storage format: the plain uniform grid (`grid.ts`), `g_idx` counted when stored. */
+export const gptqFormat: QuantFormat = gridFormat("gptq");
