@@ -217,8 +217,11 @@ export function ropeInvFreq(cfg: ModelConfig): Float64Array {
   return inv;
 }
 
-/** Rotates [rows, nHeads·headDim] in place, rotate-half layout, row r at position pos(r). */
-function applyRope(
+/**
+ * Rotates [rows, nHeads·headDim] in place, rotate-half layout, row r at position pos(r) (the
+ * forward's RoPE; quantized KV caches that store keys before RoPE apply it after dequantizing).
+ */
+export function applyRope(
   x: Float32Array,
   nHeads: number,
   hd: number,

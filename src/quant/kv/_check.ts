@@ -7,7 +7,12 @@
 import { OptionError } from "../../errors.ts";
 
 /** What one KV option may hold. */
-export type KvOptionSpec = { type: "boolean" } | { type: "int"; min: number; max: number };
+export type KvOptionSpec =
+  | { type: "boolean" }
+  | { type: "int"; min: number; max: number }
+  | { type: "number"; min: number; max: number }
+  | { type: "enum"; values: readonly string[] }
+  | { type: "object" };
 
 function describe(v: unknown): string {
   if (v === null) return "null";
@@ -49,6 +54,17 @@ export function checkKvOptions(
       !(typeof v === "number" && Number.isInteger(v) && v >= s.min && v <= s.max)
     ) {
       throw new OptionError(k, `must be an integer in ${s.min}..${s.max}, got ${describe(v)}`);
+    }
+    if (
+      s.type === "number" && !(typeof v === "number" && Number.isFinite(v) && v >= s.min && v <= s.max)
+    ) {
+      throw new OptionError(k, `must be a number in [${s.min}, ${s.max}], got ${describe(v)}`);
+    }
+    if (s.type === "enum" && !(typeof v === "string" && s.values.includes(v))) {
+      throw new OptionError(k, `must be one of ${s.values.join(", ")}, got ${describe(v)}`);
+    }
+    if (s.type === "object" && (v === null || typeof v !== "object" || Array.isArray(v))) {
+      throw new OptionError(k, `must be an object, got ${describe(v)}`);
     }
   }
 }
