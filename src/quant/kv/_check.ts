@@ -56,7 +56,8 @@ export function checkKvOptions(
       throw new OptionError(k, `must be an integer in ${s.min}..${s.max}, got ${describe(v)}`);
     }
     if (
-      s.type === "number" && !(typeof v === "number" && Number.isFinite(v) && v >= s.min && v <= s.max)
+      s.type === "number" &&
+      !(typeof v === "number" && Number.isFinite(v) && v >= s.min && v <= s.max)
     ) {
       throw new OptionError(k, `must be a number in [${s.min}, ${s.max}], got ${describe(v)}`);
     }

@@ -6,7 +6,12 @@ import type { ModelConfig } from "../../models/config.ts";
 import { createKVCache, type KVCache } from "../../models/decoder.ts";
 import { OptionError } from "../../errors.ts";
 import { KiviCache, kiviLayerBytes, type KiviOptions, kiviSettings } from "./kivi.ts";
-import { KvQuantCache, kvquantLayerBytes, type KvQuantOptions, kvquantSettings } from "./kvquant.ts";
+import {
+  KvQuantCache,
+  kvquantLayerBytes,
+  type KvQuantOptions,
+  kvquantSettings,
+} from "./kvquant.ts";
 
 /**
  * A KV-cache method and its options: `{ method: "kivi", bits: 2 }`,

@@ -397,7 +397,12 @@ export class KvQuantCache implements KVCache {
     }
     for (let t = 0; t < T; t++) {
       toks.push(
-        this.#encode(layer, kSrc.subarray(t * kw, (t + 1) * kw), v.subarray(t * kw, (t + 1) * kw), n + t),
+        this.#encode(
+          layer,
+          kSrc.subarray(t * kw, (t + 1) * kw),
+          v.subarray(t * kw, (t + 1) * kw),
+          n + t,
+        ),
       );
     }
     if (n === 0 && T > 1 && !this.settings.prefillWithQuant) {
@@ -922,7 +927,9 @@ export async function loadKvQuantizer(path: string): Promise<KvQuantizer> {
   const numLayers = int("numLayers", 1, 2 ** 16);
   const kvWidth = int("kvWidth", 1, 65535);
   const thr = p.sparsityThreshold;
-  if (!(typeof thr === "number" && thr >= 0.5 && thr <= 1)) bad("sparsityThreshold: not in [0.5, 1]");
+  if (!(typeof thr === "number" && thr >= 0.5 && thr <= 1)) {
+    bad("sparsityThreshold: not in [0.5, 1]");
+  }
   if (p.sensitivity !== "activation" && p.sensitivity !== "uniform") bad("sensitivity: bad value");
   if (p.kCodebook !== "layer" && p.kCodebook !== "channel") bad("kCodebook: bad value");
   const cal = p.calibration as Record<string, unknown> | undefined;
@@ -933,7 +940,9 @@ export async function loadKvQuantizer(path: string): Promise<KvQuantizer> {
     bad(`layers: expected ${numLayers} entries`);
   }
   const arr = (v: unknown, n: number, what: string) => {
-    if (!Array.isArray(v) || v.length !== n || !v.every((x) => typeof x === "number" && isFinite(x))) {
+    if (
+      !Array.isArray(v) || v.length !== n || !v.every((x) => typeof x === "number" && isFinite(x))
+    ) {
       bad(`${what}: expected ${n} finite numbers`);
     }
     return Float32Array.from(v as number[]);
