@@ -1126,7 +1126,7 @@ export const COMMANDS: Command[] = [
     name: "kv",
     summary:
       "KV-cache quantization: perplexity, cache bytes, needle-in-a-haystack (see: kv --help)",
-    usage: "kv ppl|bytes|needle [MODEL] --kv kivi --kv-bits B [flags]",
+    usage: "kv ppl|bytes|needle [MODEL] --kv kivi|kvquant --kv-bits B [flags]",
     flags: [],
     delegate: async () => (await import("./cli_kv.ts")).kvCommand,
   },

@@ -80,7 +80,7 @@ export interface NeedleResult {
   accuracy: number[][];
   /** Mean answer log-probability [length][depth]. */
   logProb: number[][];
-  /** What ran ("FP" or the KV spec as JSON). */
+  /** What ran ("FP" or the KV spec as JSON, without a KVQuant quantizer). */
   label: string;
 }
 
@@ -201,6 +201,7 @@ export async function needleEval(model: Model, opts: NeedleOptions = {}): Promis
     depths,
     accuracy: grid((c) => c.exact ? 1 : 0),
     logProb: grid((c) => c.logProb),
-    label: opts.kv ? JSON.stringify(opts.kv) : "FP",
+    // A KVQuant quantizer (codebooks, thresholds) is left out of the label.
+    label: opts.kv ? JSON.stringify(opts.kv, (k, v) => k === "quantizer" ? undefined : v) : "FP",
   };
 }
