@@ -200,6 +200,39 @@ const EXTRA_CHECKS: Record<string, (nb: Notebook) => void> = {
     assert(rtnA4 > 0 && smooth.length >= 2, "no W8A4 α sweep rows");
     assert(Math.min(...smooth) < rtnA4, `SmoothQuant W8A4 ${smooth} vs RTN ${rtnA4}`);
   },
+  "04_kv_cache.ipynb": (nb) => {
+    const text = nb.cells.map(cellText).join("\n");
+    const claims = new Map(
+      [...text.matchAll(/^(.+): (true|false) \((.*)\)$/gm)].map((m) => [m[1], [m[2], m[3]]]),
+    );
+    const expected: Record<string, boolean> = {
+      "measured cache bytes equal the formula for every method": true,
+      "KVQuant-4bit-1% is within 3 % of FP": true,
+      "KVQuant perplexity falls with every added bit": true,
+      "pre-RoPE keys beat post-RoPE keys at 2 bits": true,
+      "KVQuant-2bit-1% beats KIVI-2 on stories260K": false,
+      "KVQuant-4bit-1% beats KIVI-4 on stories260K": false,
+      "at 128k tokens KVQuant-2bit-1% needs less memory than KIVI-2 (Llama-2-7B)": true,
+      "the FP model retrieves a needle": false,
+      "the 2-bit caches move the mean answer log-probability by less than 0.5 nats": true,
+    };
+    for (const [claim, value] of Object.entries(expected)) {
+      const got = claims.get(claim);
+      assert(got, `claim missing from the output: ${claim}`);
+      assertEquals(got[0], String(value), `"${claim}" (${got[1]}): update the closing markdown`);
+    }
+    // "with the keys quantized after RoPE the 2-bit cache is several times worse"
+    const [pre, post] = claims.get("pre-RoPE keys beat post-RoPE keys at 2 bits")![1]
+      .match(/[0-9]+\.[0-9]+/g)!.map(Number);
+    assert(post > 2 * pre, `post-RoPE ${post} vs pre-RoPE ${pre}`);
+    // "the data-free version ... is within 1 % of it"
+    for (
+      const m of text.matchAll(/measured (\d+) B, formula (\d+) B, data-free formula (\d+) B/g)
+    ) {
+      assertEquals(m[1], m[2], m[0]);
+      assert(Math.abs(Number(m[3]) / Number(m[2]) - 1) < 0.01, m[0]);
+    }
+  },
   "07_outlier_formats.ipynb": (nb) => {
     const text = nb.cells.map(cellText).join("\n");
     const claims = new Map(
