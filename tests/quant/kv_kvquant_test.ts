@@ -25,6 +25,9 @@ import { calibrateKvQuant } from "../../src/quant/pipeline/kv_calibration.ts";
 import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
 import { cacheBytes, createCache } from "../../src/quant/kv/cache.ts";
 import { mulberry32 } from "../../src/rng.ts";
+import { perplexity } from "../../src/eval/perplexity.ts";
+import { quantize } from "../../src/quant/pipeline/pipeline.ts";
+import { rtn } from "../../src/quant/weight_only/rtn.ts";
 
 const DATA = new URL("../../../shared/data/", import.meta.url).pathname;
 const MODEL = `${DATA}models/stories260K-hf`;
@@ -568,4 +571,35 @@ Deno.test("KVQuant: cache bytes measured == formula for every configuration", as
   const got = cacheBytes(llama, { method: "kvquant", bits: 2 }, n, { floatBytes: 2 });
   const want = 32 * (quant + 1 * 2 * 4096 * 2 + (n - 1) * perTok);
   assert(Math.abs(got - want) < 1e-6 * want, `${got} vs ${want}`);
+});
+
+Deno.test("KV caches compose with weight quantization: perplexity(rtn-4 model, { kv })", async () => {
+  const m = await getModel();
+  const w4 = await quantize(m, rtn({ bits: 4 }));
+  const qz = await calibrateKvQuant(w4, {
+    dataset: "tinystories",
+    nsamples: 2,
+    seqlen: 128,
+    bits: 2,
+  });
+  const E = { nsamples: 1, seqlen: 64 };
+  const fpW = (await perplexity(m, "tinystories", E)).ppl;
+  const w4fp = (await perplexity(w4, "tinystories", E)).ppl;
+  const kv = { method: "kvquant", quantizer: qz } as const;
+  const w4kv = (await perplexity(w4, "tinystories", { ...E, kv })).ppl;
+  const w4kivi = (await perplexity(w4, "tinystories", {
+    ...E,
+    kv: { method: "kivi", bits: 2, groupSize: 8, vGroupSize: 8, residualLength: 16 },
+  })).ppl;
+  // The quantized weights are what the cached forward runs: the same logits as a manual forward
+  // of the rtn-4 model through the same cache, token by token.
+  const ids = (await calibrationSet(m, "tinystories", { nsamples: 1, seqlen: 20, seed: 3 })).ids[0];
+  const a = await run(w4, ids, ids.map(() => 1), createCache(m.config, kv, 20));
+  const b = await run(m, ids, ids.map(() => 1), createCache(m.config, kv, 20));
+  assert(
+    a.logits.some((v, i) => v !== b.logits[i]),
+    "the weights are quantized on the cached path",
+  );
+  for (const p of [fpW, w4fp, w4kv, w4kivi]) assert(Number.isFinite(p) && p > 1);
+  assert(w4fp !== fpW && w4kv !== w4fp && w4kivi !== w4fp, `${fpW} ${w4fp} ${w4kv} ${w4kivi}`);
 });
