@@ -603,3 +603,51 @@ Deno.test("KV caches compose with weight quantization: perplexity(rtn-4 model, {
   for (const p of [fpW, w4fp, w4kv, w4kivi]) assert(Number.isFinite(p) && p > 1);
   assert(w4fp !== fpW && w4kv !== w4fp && w4kivi !== w4fp, `${fpW} ${w4fp} ${w4kv} ${w4kivi}`);
 });
+
+Deno.test("kv CLI: KVQuant flags map to the spec; the quantizer file is loaded and checked", async () => {
+  const { kvSpecOf, withKvQuantizer } = await import("../../src/cli_kv.ts");
+  assertEquals(
+    kvSpecOf({
+      kv: "kvquant",
+      "kv-bits": "2",
+      "kv-sparsity": "0.99",
+      "first-few-fp16": "4",
+      "post-rope": true,
+      "uniform-grid": true,
+    }),
+    {
+      method: "kvquant",
+      bits: 2,
+      sparsityThreshold: 0.99,
+      firstFewFp16: 4,
+      preRope: false,
+      nuq: false,
+    },
+  );
+  assertEquals(kvSpecOf({ kv: "kvquant", "dense-only": true }), {
+    method: "kvquant",
+    includeSparse: false,
+  });
+  assertThrows(
+    () => kvSpecOf({ kv: "kvquant", "kv-sparsity": "most" }),
+    OptionError,
+    "--kv-sparsity",
+  );
+  const m = await getModel();
+  const qz = await quantizerFor({ bits: 2 });
+  const dir = await Deno.makeTempDir();
+  try {
+    await saveKvQuantizer(`${dir}/q.json`, qz);
+    const s = await withKvQuantizer(m, kvSpecOf({ kv: "kvquant" }), {
+      "kv-quantizer": `${dir}/q.json`,
+    });
+    assertEquals((s as { quantizer: KvQuantizer }).quantizer.layers, qz.layers);
+    // A flag that disagrees with the loaded file is refused when the cache is made.
+    const bad = await withKvQuantizer(m, kvSpecOf({ kv: "kvquant", "kv-bits": "4" }), {
+      "kv-quantizer": `${dir}/q.json`,
+    });
+    assertThrows(() => createCache(m.config, bad, 8), OptionError, "bits");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -27,9 +27,15 @@
  * information (squared gradients of the loss w.r.t. K/V, `--fisher`); quantlab has no backward
  * pass, so `sensitivity: "activation"` weights each value by its squared magnitude x² — a proxy,
  * not the Fisher information — and `"uniform"` (default) uses weight 1 (the reference without
- * `--fisher`). Measured on stories260K (TinyStories, 16 calibration windows, 2 eval windows,
- * 2-bit-1%): uniform 5.28, x² proxy 5.92, per-channel K codebooks 5.12 (uniform weights), the
- * uniform grid (`nuq: false`) 9.37, FP 3.74 — the proxy hurts, hence the default. `nuq: false` uses the uniform grid of `2^bits` points on [−1, 1] (= the reference's
+ * `--fisher`). Measured on stories260K (TinyStories perplexity, 16 calibration windows, 2 eval
+ * windows, 2-bit-1%): uniform weights 5.28, x² proxy 5.92, per-channel K codebooks 5.12 (uniform
+ * weights), the uniform grid (`nuq: false`) 9.37, post-RoPE keys 23.6, FP 3.74 — the proxy hurts,
+ * hence the default.
+ *
+ * stories260K, TinyStories, 4 windows of 512, token by token (`tools/kv_table.ts`): FP 3.5541,
+ * KVQuant-4bit-1% 3.5845, 3bit 3.7667, 2bit 4.7899 (KIVI-4 3.5582, KIVI-2 3.8591); with one
+ * prefill per window (`kvChunk` = seqlen, the reference's eval_ppl) every KV method gives FP's
+ * 3.5541, since the prefill attends in full precision. `nuq: false` uses the uniform grid of `2^bits` points on [−1, 1] (= the reference's
  * `quant_fn_zp` without `clamp`).
  *
  * Attention sinks: tokens at positions below `firstFewFp16` (default 1) are stored unquantized.
@@ -37,9 +43,10 @@
  * Streaming: every token is quantized when it is written (per-token V and calibrated per-channel K
  * need no block), and every query reads the dequantized cache, its own token included (the
  * reference quantizes the k_proj/v_proj outputs). A prefill (empty cache, T > 1) attends in full
- * precision unless `prefillWithQuant` (qllm-infer's `prefill_with_quant`, default false here as for
- * KIVI and as the seed's perplexity table runs it; qllm-infer's script sets true for
- * generation). Chunked and token-by-token feeding give the same cache and the same logits.
+ * precision unless `prefillWithQuant` (qllm-infer's `prefill_with_quant`; its `run_kvquant.sh` sets
+ * true, "set to false for generative tasks"; default false here, as quantlab's KIVI and as the
+ * seed's perplexity table runs it). A chunk of new tokens reads back its own quantized rows, so
+ * chunked and token-by-token feeding give the same logits once the cache is non-empty.
  *
  * Storage per quantized token per layer: K and V codes packed `⌊32 / bits⌋` per u32 word along the
  * row (`packing.ts`), V's offset and range (f32), and with `includeSparse` a u16 count per tensor
@@ -68,7 +75,7 @@ import {
 } from "../../models/decoder.ts";
 import { familyOf } from "../../models/family.ts";
 import type { Tensor } from "../../tensor.ts";
-import { FormatError, OptionError, UnsupportedError } from "../../errors.ts";
+import { FormatError, OptionError, QuantlabError, UnsupportedError } from "../../errors.ts";
 import { readTextChecked, writeFileAtomic } from "../../io/fs.ts";
 import { checkKvOptions, type KvOptionSpec } from "./_check.ts";
 import { nearestIndex, uniformGrid, weightedKMeans1d } from "./_kmeans.ts";
@@ -84,7 +91,7 @@ export interface KvQuantOptions {
   includeSparse?: boolean;
   /** Outlier percentile: 0.99 keeps about 1% (half above, half below). Default 0.99. */
   sparsityThreshold?: number;
-  /** Leading tokens (attention sinks) stored unquantized. Default 1. */
+  /** Leading tokens (attention sinks) stored unquantized. Default the quantizer's, else 1. */
   firstFewFp16?: number;
   /** Quantize keys before RoPE (rotate after dequantizing). Default true. */
   preRope?: boolean;
@@ -217,7 +224,7 @@ export function kvquantSettings(cfg: ModelConfig, opts: KvQuantOptions = {}): Kv
     nuq: pick("nuq", true),
     includeSparse: pick("includeSparse", true),
     sparsityThreshold: pick("sparsityThreshold", 0.99),
-    firstFewFp16: opts.firstFewFp16 ?? 1,
+    firstFewFp16: opts.firstFewFp16 ?? qz?.firstFewFp16 ?? 1,
     preRope: pick("preRope", true),
     prefillWithQuant: opts.prefillWithQuant ?? false,
     kCodebook: qz?.kCodebook ?? "layer",
@@ -393,7 +400,9 @@ export class KvQuantCache implements KVCache {
     const kSrc = this.settings.preRope ? kPreRope : k;
     const toks = this.#toks[layer];
     if (toks.length !== n) {
-      throw new OptionError("cache", `layer ${layer} holds ${toks.length} tokens, expected ${n}`);
+      throw new QuantlabError(
+        `kvquant cache: layer ${layer} holds ${toks.length} tokens, not ${n}`,
+      );
     }
     for (let t = 0; t < T; t++) {
       toks.push(
@@ -411,7 +420,7 @@ export class KvQuantCache implements KVCache {
     const S = n + T;
     const K = new Float32Array(S * kw);
     const V = new Float32Array(S * kw);
-    this.#read(layer, S, K, V);
+    this.#read(layer, S, K, V, this.settings.preRope);
     return attention(q, K, V, { ...dims, S }, backend);
   };
 
@@ -491,8 +500,11 @@ export class KvQuantCache implements KVCache {
     return tok;
   }
 
-  /** Dequantizes tokens [0, upto) of `layer` into K (post-RoPE) and V [≥ upto, kw]. */
-  #read(layer: number, upto: number, K: Float32Array, V: Float32Array): void {
+  /**
+   * Dequantizes tokens [0, upto) of `layer` into K and V [≥ upto, kw]; `rotate` applies RoPE to
+   * the keys at their positions (pre-RoPE storage).
+   */
+  #read(layer: number, upto: number, K: Float32Array, V: Float32Array, rotate: boolean): void {
     const s = this.settings;
     const kw = this.#kw;
     const toks = this.#toks[layer];
@@ -527,7 +539,7 @@ export class KvQuantCache implements KVCache {
         }
       }
     }
-    if (s.preRope && this.#rope) {
+    if (rotate && this.#rope) {
       const { numKvHeads, headDim } = this.config;
       applyRope(K.subarray(0, upto * kw), numKvHeads, headDim, this.#rope, (r) => r);
     }
@@ -549,13 +561,7 @@ export class KvQuantCache implements KVCache {
     const n = toks.length;
     const K = new Float32Array(n * kw);
     const V = new Float32Array(n * kw);
-    const save = this.settings.preRope;
-    (this.settings as { preRope: boolean }).preRope = false; // read without rotating
-    try {
-      this.#read(layer, n, K, V);
-    } finally {
-      (this.settings as { preRope: boolean }).preRope = save;
-    }
+    this.#read(layer, n, K, V, false);
     const kOutlier = new Uint8Array(n * kw);
     const vOutlier = new Uint8Array(n * kw);
     toks.forEach((t, p) => {
