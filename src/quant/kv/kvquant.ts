@@ -45,8 +45,9 @@
  * reference quantizes the k_proj/v_proj outputs). A prefill (empty cache, T > 1) attends in full
  * precision unless `prefillWithQuant` (qllm-infer's `prefill_with_quant`; its `run_kvquant.sh` sets
  * true, "set to false for generative tasks"; default false here, as quantlab's KIVI and as the
- * seed's perplexity table runs it). A chunk of new tokens reads back its own quantized rows, so
- * chunked and token-by-token feeding give the same logits once the cache is non-empty.
+ * seed's perplexity table runs it). Once the cache is non-empty a chunk of new tokens reads back
+ * its own quantized rows, so chunked feeding computes what token-by-token feeding does (up to the
+ * float order of batched products).
  *
  * Storage per quantized token per layer: K and V codes packed `⌊32 / bits⌋` per u32 word along the
  * row (`packing.ts`), V's offset and range (f32), and with `includeSparse` a u16 count per tensor
