@@ -5,6 +5,7 @@ import { OptionError } from "../../src/errors.ts";
 import { perplexity } from "../../src/eval/perplexity.ts";
 import { readHeader } from "../../src/io/safetensors.ts";
 import { loadModel } from "../../src/models/load.ts";
+import { modelIdentity } from "../../src/ledger/hash.ts";
 import { type Model, Weights, type WeightSource } from "../../src/models/model.ts";
 import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
 import { type LayerReport, quantize } from "../../src/quant/pipeline/pipeline.ts";
@@ -93,6 +94,12 @@ Deno.test("stream: GPTQ act-order streamed equals the in-memory run bit for bit,
     for (const n of linears.slice(0, 7)) {
       assert(sameBits((await again.weights.get(n)).data, ref.weights.overrides().get(n)!.data));
     }
+    // The ledger tells the streamed result from the FP model (its layers are not overrides)
+    // and identifies it by its block files' content.
+    const idFp = (await modelIdentity(model)).hash;
+    const idSq = (await modelIdentity(sq)).hash;
+    assert(idSq !== idFp, "a streamed result hashes like the FP model");
+    assertEquals((await modelIdentity(again)).hash, idSq);
     // A streamed workdir is not reused by an in-memory run (different run identity).
     await assertRejects(() => quantize(m, q(), { calib, workdir: `${dir}/w` }), Error, "run.json");
   } finally {
