@@ -47,6 +47,13 @@ function emit(x: Record<string, unknown>): void {
 
 const mib = () => Deno.memoryUsage().rss / 2 ** 20;
 
+/** CPU seconds of this process so far (user + system, all threads), from /proc/self/stat. */
+function cpuSeconds(): number {
+  const f = Deno.readTextFileSync("/proc/self/stat");
+  const rest = f.slice(f.lastIndexOf(")") + 2).split(" ");
+  return (Number(rest[11]) + Number(rest[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+}
+
 async function child(j: Job): Promise<void> {
   const t0 = performance.now();
   const m = await loadModel(j.model, { tokenizer: j.tokenizer });
@@ -58,7 +65,7 @@ async function child(j: Job): Promise<void> {
     ? await calibrationSet(model, "tinystories", { nsamples: 16, seqlen: 512, seed: 0 })
     : undefined;
   emit({ stage: "start", seconds: (performance.now() - t0) / 1000, rss: mib() });
-  let last = performance.now();
+  let last = performance.now(), lastCpu = cpuSeconds();
   const q = isGptq
     ? gptq({ bits: 4, groupSize: 128, actOrder: true })
     : rtn({ bits: 4, groupSize: 128 });
@@ -68,9 +75,16 @@ async function child(j: Job): Promise<void> {
     stream: true,
     onProgress: (p) => {
       if (p.stage !== "block") return;
-      const now = performance.now();
-      emit({ stage: "block", block: p.done - 1, seconds: (now - last) / 1000, rss: mib() });
+      const now = performance.now(), cpu = cpuSeconds();
+      emit({
+        stage: "block",
+        block: p.done - 1,
+        seconds: (now - last) / 1000,
+        cpu: cpu - lastCpu,
+        rss: mib(),
+      });
       last = now;
+      lastCpu = cpu;
     },
   });
   emit({
@@ -160,36 +174,55 @@ async function parent(args: string[]): Promise<void> {
     const blk = events.filter((e) => e.stage === "block") as unknown as {
       block: number;
       seconds: number;
+      cpu: number;
       rss: number;
     }[];
-    const secs = blk.map((b) => b.seconds);
-    const mean = secs.reduce((a, b) => a + b, 0) / Math.max(1, secs.length);
+    const avg = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+    const mean = avg(blk.map((b) => b.seconds));
+    const meanCpu = avg(blk.map((b) => b.cpu));
     const rss = blk.map((b) => b.rss);
     const ppl = events.find((e) => e.stage === "ppl") as { ppl?: number } | undefined;
     const q = events.find((e) => e.stage === "quantized") as { held?: number } | undefined;
     const total = name.startsWith("7b") ? 32 : 22;
     rows.push(
       [
-        name.padEnd(9),
-        String(blk.length).padStart(6),
-        mean.toFixed(1).padStart(8),
-        `${rss.map((r) => r.toFixed(0)).join("/")}`.padStart(24),
-        (rss.length ? (rss[rss.length - 1] - rss[0]).toFixed(0) : "-").padStart(8),
-        (peakKiB / 2 ** 20).toFixed(2).padStart(9),
-        ((mean * total) / 60).toFixed(1).padStart(9),
-        (ppl?.ppl !== undefined ? ppl.ppl.toFixed(1) : "-").padStart(8),
-        String(q?.held ?? "-").padStart(5),
+        name,
+        String(blk.length),
+        mean.toFixed(1),
+        meanCpu.toFixed(1),
+        `${rss.map((r) => r.toFixed(0)).join("/")}`,
+        rss.length ? (rss[rss.length - 1] - rss[0]).toFixed(0) : "-",
+        (peakKiB / 2 ** 20).toFixed(2),
+        ((mean * total) / 60).toFixed(1),
+        ((meanCpu * total) / 60).toFixed(1),
+        ppl?.ppl !== undefined ? ppl.ppl.toFixed(1) : "-",
+        String(q?.held ?? "-"),
         `${wall ?? "?"}${status.success ? "" : " FAILED"}`,
-      ].join(" "),
+      ].join(" | "),
     );
   }
   console.log(
-    "job       blocks  s/block        RSS after block (MiB)  Δ MiB  peak GiB  full min      ppl  held wall",
+    [
+      "job",
+      "blocks",
+      "s/block",
+      "cpu-s/block",
+      "RSS after each block (MiB)",
+      "Δ RSS MiB",
+      "peak RSS GiB",
+      "full min",
+      "full cpu-min",
+      "ppl",
+      "held B",
+      "wall",
+    ].join(" | "),
   );
   for (const r of rows) console.log(r);
   console.log(
     "(peak: /usr/bin/time -v maximum resident set size; Δ: RSS after the last block − after the " +
-      "first; full min: mean s/block × all blocks (22 TinyLlama, 32 Llama-2-7B); held: bytes of " +
+      "first; cpu-s/b: process CPU seconds per block, all threads (the machine is shared, so " +
+      "wall seconds depend on the load); full min: mean (cpu-)s/block × all blocks (22 " +
+      "TinyLlama, 32 Llama-2-7B); held: bytes of " +
       "float32 quantized weights the pipeline held after any block)",
   );
 }
