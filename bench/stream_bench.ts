@@ -7,7 +7,8 @@
  * Jobs:
  * - `tiny-gptq`: GPTQ 4-bit g128 act-order, 16 × 512 TinyStories calibration tokens, over the
  *   first `--blocks` blocks of a TinyLlama-1.1B-shaped checkpoint (`--tiny DIR`).
- * - `7b-rtn`: RTN 4-bit g128 through every block of a Llama-2-7B-shaped checkpoint (`--big DIR`),
+ * - `7b-rtn`: RTN 4-bit g128 through every block (or the first `--rtn-blocks`) of a
+ *   Llama-2-7B-shaped checkpoint (`--big DIR`),
  *   then the perplexity of the streamed result on `--windows` wikitext2 windows of `--seqlen`
  *   tokens, block by block (`perplexity(..., { layerwise: true })`).
  * - `7b-gptq`: GPTQ as in `tiny-gptq` over the first `--blocks` blocks of the 7B-shaped checkpoint;
@@ -16,7 +17,7 @@
  * Usage (checkpoints: `deno run -A tools/synthetic_checkpoint.ts --preset llama-2-7b --out DIR`):
  * ```sh
  * nice -n 5 deno run -A bench/stream_bench.ts --tiny /work/big/tinyllama --big /work/big/llama7b \
- *   [--jobs tiny-gptq,7b-rtn,7b-gptq] [--blocks 4] [--windows 2] [--seqlen 128] [--work DIR]
+ *   [--jobs tiny-gptq,7b-rtn,7b-gptq] [--blocks 4] [--rtn-blocks N] [--windows 2] [--seqlen 128] [--work DIR]
  * ```
  * The tokenizer is the Llama-2 SentencePiece model in the shared data (`--tokenizer` to change).
  * @module
@@ -114,6 +115,7 @@ function flag(args: string[], name: string): string | undefined {
 async function parent(args: string[]): Promise<void> {
   const jobs = (flag(args, "jobs") ?? "tiny-gptq,7b-rtn,7b-gptq").split(",");
   const blocks = Number(flag(args, "blocks") ?? 4);
+  const rtnBlocks = flag(args, "rtn-blocks") ? Number(flag(args, "rtn-blocks")) : undefined;
   const work = flag(args, "work") ?? (await Deno.makeTempDir({ prefix: "stream_bench" }));
   const base = {
     windows: Number(flag(args, "windows") ?? 2),
@@ -129,7 +131,7 @@ async function parent(args: string[]): Promise<void> {
     const job: Job = {
       job: name,
       model: dir,
-      blocks: name.endsWith("gptq") ? blocks : undefined,
+      blocks: name.endsWith("gptq") ? blocks : rtnBlocks,
       workdir,
       ...base,
     };
