@@ -176,3 +176,15 @@ Deno.test("perplexity layerwise: block by block over evicted weights equals the 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("cli quantize --stream needs --workdir (a usage error before calibration)", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "src/cli.ts", "quantize", "--model", MODEL, "--stream", "--eval", "none"],
+    cwd: new URL("../../", import.meta.url),
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assertEquals(out.code, 2);
+  const err = new TextDecoder().decode(out.stderr);
+  assert(err.includes("--stream") && err.includes("--workdir"), err);
+});
