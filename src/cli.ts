@@ -652,6 +652,11 @@ const QUANTIZE_FLAGS: FlagSpec[] = [
   },
   { name: "workdir", kind: "string", arg: "DIR", desc: "resume folder (finished blocks are kept)" },
   {
+    name: "stream",
+    kind: "bool",
+    desc: "stream blocks through --workdir (memory bounded by one block; layer-wise perplexity)",
+  },
+  {
     name: "eval",
     kind: "string",
     arg: "NAME|none",
@@ -911,6 +916,7 @@ async function evalPpl(
     force: p.values.force === true,
     ledger: p.values["no-ledger"] ? false : undefined,
     onProgress: await evalProgress(label, seqlen),
+    ...(model.report?.streamedFrom || p.values.stream ? { layerwise: true } : {}),
   });
 }
 
@@ -992,6 +998,9 @@ async function runQuantize(p: ParsedFlags): Promise<number> {
       );
     }
   }
+  if (p.values.stream && workdir === undefined) {
+    throw new UsageError(p.typed.stream ?? "--stream", "needs --workdir (the blocks go there)");
+  }
   const model = await openModel(p);
   // The quantizer's own group-size rule, before calibration (methods without one check nothing).
   for (const [cols, names] of linearInputs(model)) {
@@ -1027,6 +1036,7 @@ async function runQuantize(p: ParsedFlags): Promise<number> {
     calib,
     workdir,
     trueSequential: !p.values["no-true-sequential"],
+    ...(p.values.stream ? { stream: true } : {}),
     force: p.values.force === true,
     ledger: p.values["no-ledger"] ? false : undefined,
   });

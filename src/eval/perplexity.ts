@@ -7,7 +7,7 @@
 import { FormatError, OptionError } from "../errors.ts";
 import { loadEvalText } from "../io/datasets.ts";
 import type { Tokenizer } from "../io/tokenizer.ts";
-import { forward, type ForwardHooks } from "../models/decoder.ts";
+import { block, embed, forward, type ForwardHooks, head } from "../models/decoder.ts";
 import { getTokenizer } from "../models/load.ts";
 import { residentFor } from "../models/resident.ts";
 import { ortForwardLse, ortForwardSession, ortForwardUnsupported } from "../models/ort_forward.ts";
@@ -59,6 +59,16 @@ export interface PerplexityOptions {
    * 762 windows: ~2 s of ~17 s; the perplexity agrees with the float64 path to ~1e-6 relative).
    */
   ort?: boolean;
+  /**
+   * Run the windows block by block instead of window batch by window batch (default false): embed
+   * every window, then for each decoder block run it over all windows' hidden states (in batches
+   * of `batch`) and drop the cached weights (`Weights.evict`) before the next block, then the
+   * final norm and LM head per batch. Peak memory is one block's float32 weights plus the
+   * windows' hidden states, so a model streamed from disk (`QuantizeOptions.stream`) or a large
+   * checkpoint evaluates in bounded memory. Same TypeScript forward as `ort: false` (the same
+   * numbers); not combinable with `kv`.
+   */
+  layerwise?: boolean;
 }
 
 /** Result of `perplexity`. */
@@ -200,6 +210,23 @@ export async function perplexity(
   if (opts.kv && !(Number.isInteger(kvChunk) && kvChunk >= 1)) {
     throw new OptionError("kvChunk", `must be an integer ≥ 1, got ${opts.kvChunk}`);
   }
+  if (opts.layerwise) {
+    if (opts.kv) throw new OptionError("layerwise", "a quantized KV cache runs token by token");
+    const r = await layerwiseNll(model, ids, { windows, seqlen, batch, hooks, opts });
+    const nll = r.sum / r.count;
+    return {
+      dataset,
+      ppl: Math.exp(nll),
+      nll,
+      tokens: ids.length,
+      windows,
+      seqlen,
+      source,
+      seconds: (performance.now() - t0) / 1000,
+      resident: false,
+      ort: false,
+    };
+  }
   const resident = opts.kv ? false : opts.resident;
   const dec = await residentFor(model, { capacity: seqlen, hooks, resident });
   let useOrt = false;
@@ -276,6 +303,45 @@ export async function perplexity(
     ort: useOrt,
     ...(ortFallback !== undefined ? { ortFallback } : {}),
   };
+}
+
+/** The block-by-block pass of {@linkcode perplexity} (`layerwise`): NLL sum and token count. */
+async function layerwiseNll(
+  model: Model,
+  ids: number[],
+  o: {
+    windows: number;
+    seqlen: number;
+    batch: number;
+    hooks?: ForwardHooks;
+    opts: PerplexityOptions;
+  },
+): Promise<{ sum: number; count: number }> {
+  const { seqlen, hooks } = o;
+  const chunks: number[][] = [];
+  for (let w = 0; w < o.windows; w += o.batch) {
+    chunks.push(ids.slice(w * seqlen, Math.min(o.windows, w + o.batch) * seqlen));
+  }
+  const hs: Tensor[] = [];
+  for (const c of chunks) hs.push(await embed(model, c, { seqLen: seqlen }));
+  model.weights.evict();
+  const L = model.config.numLayers;
+  for (let i = 0; i < L; i++) {
+    for (let c = 0; c < chunks.length; c++) {
+      hs[c] = await block(model, i, hs[c], { batch: chunks[c].length / seqlen, hooks });
+    }
+    model.weights.evict();
+    o.opts.onProgress?.(Math.floor((o.windows * (i + 1)) / (L + 1)), o.windows);
+  }
+  let sum = 0, count = 0;
+  for (let c = 0; c < chunks.length; c++) {
+    const r = windowNll(await head(model, hs[c], { hooks }), chunks[c], seqlen);
+    sum += r.sum;
+    count += r.count;
+  }
+  model.weights.evict();
+  o.opts.onProgress?.(o.windows, o.windows);
+  return { sum, count };
 }
 
 /** Combines two hook sets; the first runs first. */

@@ -9,6 +9,7 @@
  */
 import { createHash } from "node:crypto";
 import type { Model } from "../models/model.ts";
+import { readHeader } from "../io/safetensors.ts";
 
 /** Things that do not change a number and never enter a hash (callbacks, display switches). */
 export const NEUTRAL_KEYS: ReadonlySet<string> = new Set([
@@ -162,6 +163,18 @@ export async function modelIdentity(model: Model): Promise<ModelIdentity> {
     const o: Record<string, string> = {};
     for (const n of [...ov.keys()].sort()) o[n] = tensorDigest(ov.get(n)!);
     parts.overrides = sha256Hex(canonicalJson(o));
+  }
+  // A streamed quantization result (QuantizeOptions.stream) holds its quantized layers in the
+  // workdir's block files, not in overrides: their content hashes identify it.
+  const streamed = model.report?.streamedFrom;
+  if (typeof streamed === "string") {
+    const blocks: string[] = [];
+    const names = [...Deno.readDirSync(streamed)].map((e) => e.name)
+      .filter((n) => /^block_\d+\.safetensors$/.test(n)).sort();
+    for (const n of names) {
+      blocks.push(`${n}:${(await readHeader(`${streamed}/${n}`)).metadata.content ?? ""}`);
+    }
+    parts.streamed = sha256Hex(canonicalJson(blocks));
   }
   if (model.hooks) {
     try {

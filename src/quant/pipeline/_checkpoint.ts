@@ -37,7 +37,8 @@ export interface BlockCheckpoint {
 }
 
 type TypedCtor = new (b: ArrayBuffer) => ArrayBufferView;
-const TYPED: Record<string, TypedCtor> = {
+/** The typed-array constructors a stored meta may hold, by name. */
+export const TYPED: Record<string, TypedCtor> = {
   Uint8Array,
   Int8Array,
   Uint16Array,

@@ -17,10 +17,16 @@ import {
   residentBlockUnsupported,
 } from "../../models/resident_block.ts";
 import { blockLinearGroups } from "../../models/config.ts";
-import type { Model } from "../../models/model.ts";
+import { type Model, Weights } from "../../models/model.ts";
 import { type Tensor, transpose2d } from "../../tensor.ts";
 import { CHECKPOINT_FORMAT, hashText, readBlock, writeBlock } from "./_checkpoint.ts";
 import type { CalibrationSet } from "./calibration.ts";
+import {
+  streamedPacked,
+  streamedSource,
+  type StreamIndex,
+  streamWeightsToStore,
+} from "./_stream.ts";
 import { type Recipe, resolveRecipe, toRecipe } from "../core/recipe.ts";
 import type { QuantMeta, WeightQuantizer } from "../core/types.ts";
 
@@ -71,6 +77,13 @@ export interface QuantReport {
   device: string;
   /** True when blocks ran resident on the GPU (`QuantizeOptions.residentBlocks`). */
   residentBlocks: boolean;
+  /**
+   * Bytes of float32 quantized weights the run held in memory after each block (index = block):
+   * grows by one block's linears per block without `stream`, stays 0 with it.
+   */
+  heldBytes: number[];
+  /** The workdir holding the result's blocks when the run was streamed (absent otherwise). */
+  streamedFrom?: string;
 }
 
 /** Progress events. */
@@ -104,6 +117,18 @@ export interface QuantizeOptions {
    * product.
    */
   residentBlocks?: boolean;
+  /**
+   * Stream the model through the pipeline so that host memory does not grow with it (needs
+   * `workdir`; default false). Source weights stay in the checkpoint (in their stored dtype) until
+   * their block is processed; each finished block goes to its workdir file as packed metas (plus
+   * the float32 weight of a layer whose format does not decode to it bit for bit) and its float32
+   * copies are released, as are cached embeddings and norms between blocks. The result model
+   * reads quantized layers back from the workdir on demand (`_stream.ts`), its `packed` record
+   * reads each meta from disk on access, and its weights are bit-identical to a non-streamed
+   * run's. The workdir must stay in place while the result is used. Streamed and non-streamed
+   * runs have different run identities (their block files differ), so they never share a workdir.
+   */
+  stream?: boolean;
   /** Progress callback. */
   onProgress?: (p: PipelineProgress) => void;
 }
@@ -216,6 +241,7 @@ function fingerprint(model: Model, recipe: Recipe, opts: QuantizeOptions): strin
     calib: c ? [c.dataset, c.source, c.ids.length, c.seqlen, c.seed, c.ids] : null,
     trueSequential: opts.trueSequential ?? true,
     chunk: opts.chunk ?? 8,
+    ...(opts.stream ? { stream: true } : {}),
   });
 }
 
@@ -249,6 +275,15 @@ export async function quantize(
     throw new OptionError("chunk", `must be ≥ 1, got ${chunk}`);
   }
   const trueSeq = opts.trueSequential ?? true;
+  const stream = opts.stream === true;
+  if (opts.stream !== undefined && typeof opts.stream !== "boolean") {
+    throw new OptionError("stream", `must be true or false, got ${opts.stream}`);
+  }
+  if (stream && !opts.workdir) {
+    throw new OptionError("stream", "a streamed run keeps its blocks on disk: pass a workdir");
+  }
+  /** Streamed runs: which block file holds each quantized layer. */
+  const streamIndex: StreamIndex = new Map();
   // Run identity: model (source and config), recipe, calibration content, pipeline options and
   // the checkpoint code version, hashed; every block file records it (see _checkpoint.ts).
   let runId = "";
@@ -288,6 +323,12 @@ export async function quantize(
   const layers: LayerReport[] = [];
   let peak = Deno.memoryUsage().rss;
   let resumed = 0;
+  const heldBytes: number[] = [];
+  const held = () => {
+    let n = 0;
+    for (const t of overrides.values()) n += t.data.byteLength;
+    return n;
+  };
   const recomputed: { file: string; reason: string }[] = [];
 
   // Calibration hidden states, in chunks of `chunk` sequences.
@@ -301,6 +342,8 @@ export async function quantize(
       hs.push(await embed(model, ids, { seqLen: T, backend: be }));
     }
   }
+  // Streamed: nothing read from the source stays cached (the embedding table is the largest).
+  if (stream) model.weights.evict();
   const L = model.config.numLayers;
   /** The model with every quantized weight so far. */
   const current = (): Model => ({ ...model, weights: model.weights.with(overrides) });
@@ -323,11 +366,15 @@ export async function quantize(
     }
     const ck = got?.status === "ok" ? got.checkpoint : null;
     if (ck) {
-      for (const [n, w] of ck.weights) overrides.set(n, w);
-      Object.assign(packed, ck.metas);
+      if (stream) { for (const layer of Object.keys(ck.metas)) streamIndex.set(layer, i); }
+      else {
+        for (const [n, w] of ck.weights) overrides.set(n, w);
+        Object.assign(packed, ck.metas);
+      }
       layers.push(...(ck.reports as LayerReport[]));
       if (ck.hidden.length) hs = ck.hidden;
       resumed++;
+      heldBytes.push(held());
       opts.onProgress?.({ stage: "block", done: i + 1, total: L, info: `block ${i} resumed` });
       continue;
     }
@@ -410,7 +457,7 @@ export async function quantize(
     } finally {
       runner?.release();
     }
-    Object.assign(packed, blockMetas);
+    if (!stream) Object.assign(packed, blockMetas);
     layers.push(...blockReports);
     // The block's full-precision linear weights are no longer needed here (the quantized ones
     // override them): drop them from the lazy cache so host memory stays about one block of FP
@@ -418,12 +465,19 @@ export async function quantize(
     model.weights.evict([...blockWeights.keys()]);
     if (opts.workdir) {
       await writeBlock(opts.workdir, i, {
-        weights: blockWeights,
+        weights: stream ? await streamWeightsToStore(blockWeights, blockMetas) : blockWeights,
         hidden: hs,
         metas: blockMetas,
         reports: blockReports,
       }, runId);
     }
+    if (stream) {
+      // The block is on disk: release its float32 weights and everything cached from the source.
+      for (const n of blockWeights.keys()) overrides.delete(n);
+      for (const layer of Object.keys(blockMetas)) streamIndex.set(layer, i);
+      model.weights.evict();
+    }
+    heldBytes.push(held());
     peak = Math.max(peak, Deno.memoryUsage().rss);
     opts.onProgress?.({ stage: "block", done: i + 1, total: L, info: `block ${i}` });
   }
@@ -454,6 +508,12 @@ export async function quantize(
     recomputedBlocks: recomputed,
     device: `${be.name}: ${be.description}`,
     residentBlocks: resident !== undefined,
+    heldBytes,
+    ...(stream ? { streamedFrom: opts.workdir } : {}),
   };
+  if (stream) {
+    const weights = new Weights(streamedSource(model, opts.workdir!, streamIndex));
+    return { ...model, weights, report, packed: streamedPacked(opts.workdir!, streamIndex) };
+  }
   return { ...model, weights: model.weights.with(overrides), report, packed };
 }
