@@ -15,7 +15,7 @@
  *
  * ```sh
  * nice -n 5 deno run -A --unstable-webgpu bench/gpu_pipeline_bench.ts [--nsamples 8] [--seqlen 128]
- *   [--tiny-seqlen 64] [--tiny-nsamples 2] [--no-tinyllama]
+ *   [--tiny-seqlen 64] [--tiny-nsamples 2] [--no-tinyllama] [--no-stories]
  * ```
  * @module
  */
@@ -33,6 +33,7 @@ function flag(name: string, dflt: number): number {
   return i >= 0 ? Number(Deno.args[i + 1]) : dflt;
 }
 const tinyllama = !Deno.args.includes("--no-tinyllama");
+const stories260K = !Deno.args.includes("--no-stories");
 
 const be = await webgpuBackend({ allowFallback: true });
 console.log(`device: ${be.description}`);
@@ -49,21 +50,25 @@ async function measure(model: Model, calib: CalibrationSet, deviceHidden: boolea
   let last = be.transfer();
   const start = last;
   const t0 = performance.now();
-  const q = await quantize(model, gptq({ bits: 4, groupSize: 32, actOrder: true, partialGroups: true }), {
-    calib,
-    backend: be,
-    deviceHidden,
-    onProgress: (p) => {
-      if (p.stage !== "block") return;
-      const now = be.transfer();
-      perBlock.push({
-        uploaded: now.uploaded - last.uploaded,
-        readBack: now.readBack - last.readBack,
-        uniforms: now.uniforms - last.uniforms,
-      });
-      last = now;
+  const q = await quantize(
+    model,
+    gptq({ bits: 4, groupSize: 32, actOrder: true, partialGroups: true }),
+    {
+      calib,
+      backend: be,
+      deviceHidden,
+      onProgress: (p) => {
+        if (p.stage !== "block") return;
+        const now = be.transfer();
+        perBlock.push({
+          uploaded: now.uploaded - last.uploaded,
+          readBack: now.readBack - last.readBack,
+          uniforms: now.uniforms - last.uniforms,
+        });
+        last = now;
+      },
     },
-  });
+  );
   const seconds = (performance.now() - t0) / 1000;
   if (!q.report?.residentBlocks) throw new Error("the pipeline did not run resident blocks");
   const end = be.transfer();
@@ -112,16 +117,18 @@ async function compare(label: string, model: Model, calib: CalibrationSet) {
   if (!same) throw new Error(`${label}: the two runs quantized differently`);
 }
 
-const stories = await loadModel("../shared/data/models/stories260K-hf");
-await compare(
-  "stories260K",
-  stories,
-  await calibrationSet(stories, "tinystories", {
-    nsamples: flag("nsamples", 8),
-    seqlen: flag("seqlen", 128),
-    seed: 0,
-  }),
-);
+if (stories260K) {
+  const stories = await loadModel("../shared/data/models/stories260K-hf");
+  await compare(
+    "stories260K",
+    stories,
+    await calibrationSet(stories, "tinystories", {
+      nsamples: flag("nsamples", 8),
+      seqlen: flag("seqlen", 128),
+      seed: 0,
+    }),
+  );
+}
 
 if (tinyllama) {
   const { writeSyntheticCheckpoint } = await import("../tools/synthetic_checkpoint.ts");

@@ -74,7 +74,8 @@ export interface ResidentBlockRunner {
   /**
    * Runs `h` [batch·seqLen, d] (host rows, or rows already on the device) through the block;
    * the output when `output`, else `undefined`. Host rows of a chunk that fits one pass are
-   * uploaded once and kept until `release` (the true-sequential groups reuse them).
+   * uploaded once and kept until `release` (the true-sequential groups reuse them; a tensor's
+   * data must not change between runs, or pass `keepInputs: false`).
    */
   run(h: Tensor | DeviceRows, opts: BlockRunOptions): Promise<Tensor | undefined>;
   /**
