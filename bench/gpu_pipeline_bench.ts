@@ -134,8 +134,12 @@ if (tinyllama) {
   const { writeSyntheticCheckpoint } = await import("../tools/synthetic_checkpoint.ts");
   const dir = await Deno.makeTempDir({ prefix: "quantlab_tinyllama_block_" });
   try {
-    await writeSyntheticCheckpoint(dir, { preset: "tinyllama-1.1b", layers: 1, seed: 0 });
-    const tiny = await loadModel(dir);
+    await writeSyntheticCheckpoint(`${dir}/model`, {
+      preset: "tinyllama-1.1b",
+      layers: 1,
+      seed: 0,
+    });
+    const tiny = await loadModel(`${dir}/model`);
     const V = tiny.config.vocabSize;
     let s = 1;
     const next = () => (s = (Math.imul(s, 1103515245) + 12345) >>> 0) / 2 ** 32;

@@ -203,9 +203,10 @@ export function gpuUploader(
  * rounded to f32).
  */
 export function ropeTablesFor(
-  inv: Float64Array,
+  inv: Float64Array | undefined,
   positions: number,
 ): { cos: Float32Array; sin: Float32Array } {
+  if (!inv) throw new QuantlabError("GpuModel: a rotary family needs ropeInvFreq");
   const half = inv.length;
   const cos = new Float32Array(positions * half), sin = new Float32Array(positions * half);
   for (let pos = 0; pos < positions; pos++) {

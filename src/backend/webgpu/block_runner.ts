@@ -146,7 +146,7 @@ export async function gpuBlockRunner(
   for (const l of [L.q, L.k, L.v, L.o, ...L.mlp]) byName.set(l.name, l);
   let rope: { cos: GPUBuffer; sin: GPUBuffer } | undefined;
   if (model.family.positions === "rope") {
-    const t = ropeTablesFor(model.ropeInvFreq!, T);
+    const t = ropeTablesFor(model.ropeInvFreq, T);
     rope = { cos: upload(ctx, t.cos), sin: upload(ctx, t.sin) };
     w.owned.push(rope.cos, rope.sin);
   }

@@ -202,7 +202,7 @@ export async function gpuDecoder(
     : { name: "lm_head", rows: V, cols: de, parts: E };
   let rope: { cos: GPUBuffer; sin: GPUBuffer } | undefined;
   if (fam.positions === "rope") {
-    const t = ropeTablesFor(model.ropeInvFreq!, capacity);
+    const t = ropeTablesFor(model.ropeInvFreq, capacity);
     rope = { cos: own(upload(ctx, t.cos)), sin: own(upload(ctx, t.sin)) };
   }
   const Kc = layers.map(() => own(scratch(ctx, capacity * kw * 4)));
