@@ -4,11 +4,11 @@
  * checkpoint, TinyStories calibration) and one TinyLlama-1.1B-shaped block (a synthetic
  * checkpoint from `tools/synthetic_checkpoint.ts`, random token ids). Two runs of the same
  * `quantize` call in the same process, same backend:
- * - before: `deviceHidden: false` — every true-sequential group uploads the calibration hidden
- *   states again and each block's output is read back and re-uploaded (the pipeline before the
+ * - before: `deviceHidden: false` (the default) — every true-sequential group uploads the
+ *   calibration hidden states again and each block's output is read back and re-uploaded (the pipeline before the
  *   device-resident hidden states);
- * - after: the default — hidden states uploaded once (the embeddings) and passed from block to
- *   block on the device.
+ * - after: `deviceHidden: true` — hidden states uploaded once (the embeddings) and passed from
+ *   block to block on the device.
  * The quantized weights of both runs are compared (they must be equal bit for bit) and the ratio
  * before/after is printed. H (`Σ XᵀX`) is still read back once per input group and uploaded by
  * GPTQ and the relErr product: those bytes are in both columns.

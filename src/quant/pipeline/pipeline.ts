@@ -107,9 +107,10 @@ export interface QuantizeOptions {
   residentBlocks?: boolean;
   /**
    * With resident blocks, keep the calibration hidden states on the device: uploaded once,
-   * reused by every true-sequential group, passed to the next block without a readback (default
-   * true; costs the whole calibration set's hidden states in device memory). false: each group
-   * uploads them again and each block's output is read back (less device memory).
+   * reused by every true-sequential group, passed to the next block without a readback. Costs
+   * the whole calibration set's hidden states in device memory next to a pass's activations
+   * (the block works on a copy), so it is opt-in (default false: each group uploads them again
+   * and each block's output is read back; at most one block's data is live at once).
    */
   deviceHidden?: boolean;
   /** Progress callback. */
@@ -318,10 +319,10 @@ export async function quantize(
       !residentBlockUnsupported(model, gpu, T)
     ? gpu
     : undefined;
-  // Resident blocks: the hidden states stay on the device from one block to the next (`hs` keeps
-  // the chunk count; its rows are read back only for a checkpoint).
+  // Resident blocks with `deviceHidden`: the hidden states stay on the device from one block to
+  // the next (`hs` keeps the chunk count; its rows are read back only for a checkpoint).
   let dev: DeviceRows[] | undefined;
-  const keepHidden = opts.deviceHidden ?? true;
+  const keepHidden = opts.deviceHidden ?? false;
   const dropDev = () => {
     dev?.forEach((r) => r.release());
     dev = undefined;
