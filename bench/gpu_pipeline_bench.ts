@@ -5,8 +5,8 @@
  * checkpoint from `tools/synthetic_checkpoint.ts`, random token ids). Two runs of the same
  * `quantize` call in the same process, same backend:
  * - before: `deviceHidden: false` (the default) — every true-sequential group uploads the
- *   calibration hidden states again and each block's output is read back and re-uploaded (the pipeline before the
- *   device-resident hidden states);
+ *   calibration hidden states again and each block's output is read back and re-uploaded (the
+ *   pipeline before the device-resident hidden states);
  * - after: `deviceHidden: true` — hidden states uploaded once (the embeddings) and passed from
  *   block to block on the device.
  * The quantized weights of both runs are compared (they must be equal bit for bit) and the ratio

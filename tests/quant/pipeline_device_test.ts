@@ -2,8 +2,8 @@
  * The GPTQ pipeline on WebGPU with the calibration hidden states kept on the device
  * (`deviceHidden: true`) against the same run with them crossing the bus per group and per
  * block (`deviceHidden: false`, the default and the pipeline before): the quantized weights,
- * metas and relErr are bit-identical, and the backend's byte counters differ by exactly the closed form — with
- * `Hb = nsamples · seqlen · hidden · 4` bytes of hidden states and G true-sequential groups,
+ * metas and relErr are bit-identical, and the backend's byte counters differ by exactly the
+ * closed form — with `Hb = nsamples · seqlen · hidden · 4` bytes of hidden states and G true-sequential groups,
  * before uploads them for each group and for the block's output run and reads the output back
  * (`(G + 1)·Hb` up and `Hb` back per block, `G·Hb` up and nothing back for the last); after
  * uploads them once (block 0) and reads nothing back. Also on a checkpointing run (workdir),
