@@ -700,7 +700,7 @@ async function benchE2e(ctx: WebGPUContext, quick: boolean): Promise<Record<stri
   const { GREEDY_CHUNK, residentDecoder, residentUnsupported } = await import(
     "../src/models/resident.ts"
   );
-  const { blockBytesPerRow } = await import("../src/models/_gpu_block.ts");
+  const { blockBytesPerRow } = await import("../src/backend/webgpu/block.ts");
   const { blockLinearGroups } = await import("../src/models/config.ts");
   const { webgpuBackend } = await import("../src/backend/webgpu.ts");
   const { cpuBackend } = await import("../src/backend/cpu.ts");

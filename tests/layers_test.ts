@@ -153,3 +153,21 @@ Deno.test("no upward import and no private module imported across folders (mod.t
   assertEquals(bad, []);
   assert(all.length > 50);
 });
+
+/** GPU-executor vocabulary `src/models/` must not use: WGSL, pipelines, bind groups, dispatches. */
+export const GPU_EXECUTOR_WORDS =
+  /\b(createComputePipeline|createBindGroup|createShaderModule|bindGroup|kernelDispatch|matmulDispatch|gemvDispatch|fakeQuantDispatch|xtxDispatch|recordBlock|Dispatch|@compute|GPUBuffer)\b/;
+
+Deno.test("models/ never touches WGSL or builds pipelines, bind groups or dispatches", async () => {
+  assert(GPU_EXECUTOR_WORDS.test("const d: Dispatch = kernelDispatch(ctx, k, u, b, n);"));
+  assert(!GPU_EXECUTOR_WORDS.test("return await gpuDecoder(gpuModelOf(model), backend, opts);"));
+  const hits: string[] = [];
+  for (const p of (await files()).filter((f) => f.startsWith("src/models/"))) {
+    const src = await Deno.readTextFile(new URL(p, ROOT));
+    src.split("\n").forEach((line, i) => {
+      const m = GPU_EXECUTOR_WORDS.exec(line);
+      if (m) hits.push(`${p}:${i + 1}: ${m[1]}`);
+    });
+  }
+  assertEquals(hits, []);
+});

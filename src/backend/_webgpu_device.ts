@@ -214,6 +214,27 @@ export interface WebGPUContext {
   pipelines: Map<string, GPUComputePipeline>;
   /** Validation results of pipelines created since the last check (see `checkErrors`). */
   pending: Promise<string | null>[];
+  /** Bytes moved between host and device since the context was made (see {@linkcode Transfer}). */
+  transfer: Transfer;
+}
+
+/**
+ * Host↔device byte counters of a context: `uploaded` counts `upload` (and `countUpload` for
+ * other `queue.writeBuffer` data), `uniforms` the uniform writes, `readBack` every readback. Plain
+ * numbers; read them before and after a piece of work and subtract.
+ */
+export interface Transfer {
+  /** Data bytes written to the device (storage buffers). */
+  uploaded: number;
+  /** Uniform bytes written (`uniforms`, `writeUniforms`). */
+  uniforms: number;
+  /** Bytes copied back to the host. */
+  readBack: number;
+}
+
+/** Counts `bytes` written to the device by a direct `queue.writeBuffer` (not through `upload`). */
+export function countUpload(ctx: WebGPUContext, bytes: number): void {
+  ctx.transfer.uploaded += bytes;
 }
 
 const SOFTWARE = /lavapipe|llvmpipe|swiftshader|software|warp/i;
@@ -278,6 +299,7 @@ async function acquire(): Promise<WebGPUContext> {
     pool: new BufferPool(device),
     pipelines: new Map(),
     pending: [],
+    transfer: { uploaded: 0, uniforms: 0, readBack: 0 },
   };
 }
 
@@ -354,6 +376,7 @@ export const STORAGE = STORAGE_BIT | COPY_SRC | COPY_DST;
 /** A pooled storage buffer holding `data` (any typed array; padded to 16 bytes). */
 export function upload(ctx: WebGPUContext, data: ArrayBufferView): GPUBuffer {
   const buf = ctx.pool.acquire(data.byteLength, STORAGE);
+  ctx.transfer.uploaded += data.byteLength;
   const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
   const n4 = bytes.byteLength & ~3;
   if (n4 > 0) ctx.device.queue.writeBuffer(buf, 0, bytes, 0, n4);
@@ -394,6 +417,7 @@ export function uniforms(ctx: WebGPUContext, fields: (number | { f: number })[])
     usage: UNIFORM | COPY_DST,
   });
   ctx.device.queue.writeBuffer(buf, 0, ab);
+  ctx.transfer.uniforms += ab.byteLength;
   return buf;
 }
 
@@ -406,7 +430,9 @@ export function writeUniforms(
   buf: GPUBuffer,
   fields: (number | { f: number })[],
 ): void {
-  ctx.device.queue.writeBuffer(buf, 0, uniformBytes(fields));
+  const ab = uniformBytes(fields);
+  ctx.device.queue.writeBuffer(buf, 0, ab);
+  ctx.transfer.uniforms += ab.byteLength;
 }
 
 /** A bind group for `pipe` with `buffers` at bindings 0, 1, 2, ... */
@@ -510,6 +536,7 @@ export async function runStepsAndReadAll(
     const err = await ctx.device.popErrorScope();
     if (err) throw new QuantlabError(`webgpu: dispatch failed: ${err.message}`);
     await Promise.all(staging.map((s, i) => s.mapAsync(1, /* GPUMapMode.READ */ 0, sizes[i])));
+    for (const o of outs) ctx.transfer.readBack += o.bytes;
     return staging.map((s, i) => {
       const res = s.getMappedRange(0, sizes[i]).slice(0, outs[i].bytes);
       s.unmap();
@@ -562,6 +589,7 @@ export async function readback(
   enc.copyBufferToBuffer(buf, offset, staging, 0, size);
   ctx.device.queue.submit([enc.finish()]);
   await staging.mapAsync(1, /* GPUMapMode.READ */ 0, size);
+  ctx.transfer.readBack += bytes;
   const out = staging.getMappedRange(0, size).slice(0, bytes);
   staging.unmap();
   ctx.pool.release(staging);

@@ -47,7 +47,7 @@ export interface Backend {
   >;
   /**
    * True when the backend can run a whole decoder block resident on its device
-   * (`src/models/resident_block.ts`); the quantization pipeline asks this instead of testing the
+   * (`src/backend/webgpu/block_runner.ts`); the quantization pipeline asks this instead of testing the
    * backend's type.
    */
   readonly residentBlocks?: boolean;

@@ -14,6 +14,7 @@ import {
   type AdapterReport,
   getWebGPU,
   type PoolStats,
+  type Transfer,
   type WebGPUContext,
   type WebGPUOptions,
 } from "./_webgpu_device.ts";
@@ -32,6 +33,7 @@ export {
   type AdapterReport,
   bindGroup,
   BufferPool,
+  countUpload,
   type Dispatch,
   getWebGPU,
   grid,
@@ -46,6 +48,7 @@ export {
   scratch,
   timeKernel,
   type TimeKernelOptions,
+  type Transfer,
   uniforms,
   upload,
   webgpuAvailable,
@@ -228,7 +231,7 @@ export interface WebGPUMemory extends PoolStats {
 export interface WebGPUBackend extends Backend {
   /** "webgpu". */
   readonly name: "webgpu";
-  /** Always true: decoder blocks can run resident (`src/models/resident_block.ts`). */
+  /** Always true: decoder blocks can run resident (`src/backend/webgpu/block_runner.ts`). */
   readonly residentBlocks: true;
   /** The device context (shared by every WebGPU backend of the process). */
   readonly ctx: WebGPUContext;
@@ -236,6 +239,8 @@ export interface WebGPUBackend extends Backend {
   readonly adapter: AdapterReport;
   /** Pool and resident-weight byte counts. */
   memory(): WebGPUMemory;
+  /** Host↔device bytes moved on this backend's device so far (a copy of the counters). */
+  transfer(): Transfer;
   /** Frees resident packed and dense weights and every free pooled buffer. */
   release(): void;
 }
@@ -309,6 +314,7 @@ export async function webgpuBackend(opts: WebGPUBackendOptions = {}): Promise<We
         residentDenseBytes: residentDenseBytes(),
       };
     },
+    transfer: () => ({ ...ctx.transfer }),
     release: () => {
       releaseResidentPacked();
       releaseResidentDense();

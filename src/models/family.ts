@@ -1,7 +1,8 @@
 /**
  * One description per model family — tensor names, block layout, norms, MLP shape, positions —
- * read by the host forward (`decoder.ts`), the GPU-resident executor (`_gpu_block.ts`,
- * `resident.ts`) and `config.ts` (expected shapes, true-sequential groups), so a family's names
+ * read by the host forward (`decoder.ts`), the GPU-resident executor (`backend/webgpu/`, handed
+ * this table as plain data by `resident.ts`; it declares the {@linkcode GpuFamily} shape it reads)
+ * and `config.ts` (expected shapes, true-sequential groups), so a family's names
  * are spelled once. Plain data plus name functions; adding a family is one entry here (and its
  * `model_type` in `config.ts`).
  *
@@ -13,51 +14,16 @@
  * @module
  */
 import type { Family, ModelConfig } from "./config.ts";
+import type { BlockNames, GpuFamily } from "../backend/webgpu/model.ts";
 
-/** The tensor names (no ".weight") of one decoder block. */
-export interface BlockNames {
-  /** The norm before (or, post-LN, after) attention. */
-  attnNorm: string;
-  /** The norm before (or after) the MLP. */
-  mlpNorm: string;
-  /** Query projection. */
-  q: string;
-  /** Key projection. */
-  k: string;
-  /** Value projection. */
-  v: string;
-  /** Output projection. */
-  o: string;
-  /** MLP linears in order: gate, up, down (SwiGLU) or fc1, fc2. */
-  mlp: string[];
-}
+export type { BlockNames };
 
-/** A family's description (see the module doc). */
-export interface FamilyDescription {
+/** A family's description (see the module doc): the executor's layout plus the family's name. */
+export interface FamilyDescription extends GpuFamily {
   /** The family. */
   family: Family;
   /** Tensor-name prefix of the decoder ("model" or "model.decoder"). */
   prefix: string;
-  /** Norm kind: RMSNorm (weight) or LayerNorm (weight and bias). */
-  norm: "rms" | "layer";
-  /** MLP shape: gated SwiGLU, or fc1 → activation → fc2. */
-  mlp: "swiglu" | "fc";
-  /** Positions: rotary (applied to Q and K) or a learned table added to the embeddings. */
-  positions: "rope" | "learned";
-  /** Row of the learned position table for position 0 (OPT: 2). */
-  positionOffset: number;
-  /** Token embedding table. */
-  embed: string;
-  /** Learned position table (learned positions only). */
-  positionTable?: string;
-  /** Final norm before the LM head (OPT checkpoints may lack it: check the weights). */
-  finalNorm: string;
-  /** OPT's embedding projections (present when word_embed_proj_dim ≠ hidden_size). */
-  projIn?: string;
-  /** See `projIn`. */
-  projOut?: string;
-  /** Names of block `i`. */
-  block(i: number): BlockNames;
 }
 
 /** The description of `cfg`'s family. */

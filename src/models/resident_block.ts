@@ -1,73 +1,25 @@
 /**
- * One decoder block resident on the GPU for the layer-wise quantization pipeline: the block's
- * weights are uploaded once, a calibration chunk (B sequences of T tokens) goes through the block
- * in ONE submission, and the Hessian statistics `Σ XᵀX` of the requested linears' inputs are
- * accumulated on the GPU by the XᵀX kernel (`kernels/xtx.ts`) instead of being read back per
- * product. The host-driven path (`decoder.ts` `block()` with hooks) waits for the GPU after every
- * product and runs the elementwise work in TypeScript; both compute the same block.
- *
- * What lives on the GPU at once: this block's weights, one pass's activations
- * (`blockBytesPerRow(cfg)` per row; chunks whose rows exceed the binding limit are split into
- * sub-batches of whole sequences) and one `[in, in]` f32 sum per distinct collected input.
+ * One decoder block of a {@linkcode Model} resident on the GPU for the layer-wise quantization
+ * pipeline: hands the model to the backend's block runner (`backend/webgpu/block_runner.ts`) as
+ * plain data ({@linkcode gpuModelOf}) and adds the model-level refusal (quantization points: the
+ * runner collects unquantized inputs).
  * @module
  */
-import type { Tensor } from "../tensor.ts";
 import type { Model } from "./model.ts";
 import { QuantlabError } from "../errors.ts";
 import { familyOf } from "./family.ts";
+import { gpuModelOf } from "./resident.ts";
+import type { WebGPUBackend } from "../backend/webgpu.ts";
 import {
-  readback,
-  runAndRead,
-  runDispatches,
-  scratch,
-  upload,
-  type WebGPUBackend,
-  xtxDispatch,
-} from "../backend/webgpu.ts";
-import {
-  allocBlockBuffers,
-  type BlockBuffers,
-  blockUnsupported,
-  type GpuBlock,
-  type GpuLinear,
-  gpuUploader,
-  recordBlock,
-  recorder,
-  ropeTablesFor,
-} from "./_gpu_block.ts";
+  type BlockRunOptions,
+  type DeviceRows,
+  gpuBlockRunner,
+  gpuBlockRunnerUnsupported,
+  type InputStats,
+  type ResidentBlockRunner,
+} from "../backend/webgpu/block_runner.ts";
 
-/** Options of {@linkcode ResidentBlockRunner.run}. */
-export interface BlockRunOptions {
-  /** Sequences in `h` (rows = batch · seqLen). */
-  batch: number;
-  /** Linears (full names, no ".weight") whose inputs are summed into `Σ XᵀX`. */
-  collect?: ReadonlySet<string>;
-  /** Return the block's output rows (default false: stop after the last collected input). */
-  output?: boolean;
-}
-
-/** Input statistics of one linear: `S = Σ XᵀX` over `n` rows. */
-export interface InputStats {
-  /** Σ XᵀX, f32 [in, in]. */
-  S: Float32Array;
-  /** Rows summed. */
-  n: number;
-}
-
-/** A block on the GPU for the pipeline (see the module doc). */
-export interface ResidentBlockRunner {
-  /** Runs `h` [batch·seqLen, d] through the block; the output when `output`, else `undefined`. */
-  run(h: Tensor, opts: BlockRunOptions): Promise<Tensor | undefined>;
-  /**
-   * The statistics collected since the last call, by linear name (linears sharing an input —
-   * q/k/v, gate/up — share one object), and clears them.
-   */
-  take(): Promise<Map<string, InputStats>>;
-  /** Replaces linear `name`'s weight (its quantized version) for later runs. */
-  setWeight(name: string, W: Tensor): void;
-  /** Frees the block's weights and statistics. */
-  release(): void;
-}
+export type { BlockRunOptions, DeviceRows, InputStats, ResidentBlockRunner };
 
 /** Why block runs cannot be resident for `model` (a sentence), or `undefined`. */
 export function residentBlockUnsupported(
@@ -75,22 +27,18 @@ export function residentBlockUnsupported(
   backend: WebGPUBackend,
   seqLen: number,
 ): string | undefined {
-  const cfg = model.config;
-  const why = blockUnsupported(cfg, seqLen);
-  if (why) return why;
   if (model.points) return "quantization points (the resident runner collects unquantized inputs)";
-  const limit = backend.ctx.device.limits.maxStorageBufferBindingSize;
-  const widest = Math.max(cfg.intermediateSize, cfg.hiddenSize, cfg.numHeads * cfg.headDim);
-  if (4 * widest * widest > limit) return `a ${widest}² Hessian exceeds the binding limit`;
-  if (4 * widest * seqLen > limit) return `one sequence's activations exceed the binding limit`;
-  return undefined;
+  return gpuBlockRunnerUnsupported(
+    { config: model.config, family: familyOf(model.config) },
+    backend,
+    seqLen,
+  );
 }
 
 /**
  * Uploads block `i` of `model` (its current weights: earlier blocks' quantized overrides apply
  * through `model.weights`) and returns a {@linkcode ResidentBlockRunner} for sequences of
- * `seqLen` tokens. A chunk is run in sub-batches of whole sequences whose widest activation fits
- * the binding limit; the statistics and outputs are the same as one pass.
+ * `seqLen` tokens (see `backend/webgpu/block_runner.ts`).
  */
 export async function residentBlockRunner(
   model: Model,
@@ -100,135 +48,14 @@ export async function residentBlockRunner(
     seqLen: number;
     /** Override of the binding limit that sizes sub-batches (tests force splits with it). */
     maxBindingBytes?: number;
+    /**
+     * Keep a host chunk's rows on the device after its first run (reused by later runs of the
+     * same tensor; default true); false: every run uploads them again.
+     */
+    keepInputs?: boolean;
   },
 ): Promise<ResidentBlockRunner> {
   const why = residentBlockUnsupported(model, backend, opts.seqLen);
   if (why) throw new QuantlabError(`residentBlockRunner: ${why}`);
-  const ctx = backend.ctx;
-  const cfg = model.config;
-  const T = opts.seqLen;
-  const d = cfg.hiddenSize;
-  const qw = cfg.numHeads * cfg.headDim;
-  const ff = cfg.intermediateSize;
-  const w = gpuUploader(ctx, model);
-  const L: GpuBlock = await w.block(i);
-  const byName = new Map<string, GpuLinear>();
-  for (const l of [L.q, L.k, L.v, L.o, ...L.mlp]) byName.set(l.name, l);
-  let rope: { cos: GPUBuffer; sin: GPUBuffer } | undefined;
-  if (familyOf(cfg).positions === "rope") {
-    const t = ropeTablesFor(cfg, T);
-    rope = { cos: upload(ctx, t.cos), sin: upload(ctx, t.sin) };
-    w.owned.push(rope.cos, rope.sin);
-  }
-  const limit = opts.maxBindingBytes ?? ctx.device.limits.maxStorageBufferBindingSize;
-  const widest = 4 * Math.max(d, qw, ff);
-  const seqsPerPass = Math.max(1, Math.floor(limit / (widest * T)));
-  /** Σ XᵀX buffers by the first linear of each input group; names → group key. */
-  const sums = new Map<string, { buf: GPUBuffer; dim: number; n: number; names: string[] }>();
-  let released = false;
-
-  const pass = async (rows: Float32Array, B: number, o: BlockRunOptions) => {
-    const n = B * T;
-    const mine: GPUBuffer[] = [];
-    const s = (bytes: number) => {
-      const b = scratch(ctx, Math.max(16, bytes));
-      mine.push(b);
-      return b;
-    };
-    try {
-      const h = upload(ctx, rows);
-      mine.push(h);
-      const io: BlockBuffers = allocBlockBuffers(cfg, n, s, h);
-      const want = o.collect ?? new Set<string>();
-      let left = [...want].filter((x) => byName.has(x)).length;
-      const r = recorder(ctx, cfg);
-      const out = recordBlock(r, cfg, L, io, { T, B, rope }, (ls, x, m) => {
-        const names = ls.map((l) => l.name).filter((nm) => want.has(nm));
-        if (names.length) {
-          const key = names[0];
-          let acc = sums.get(key);
-          if (!acc) {
-            const dim = ls[0].cols;
-            acc = { buf: scratch(ctx, dim * dim * 4), dim, n: 0, names };
-            sums.set(key, acc);
-          }
-          r.list.push(
-            xtxDispatch(ctx, { x, h: acc.buf }, {
-              n: m,
-              d: acc.dim,
-              alpha: 1,
-              beta: acc.n === 0 ? 0 : 1,
-            }),
-          );
-          acc.n += m;
-          left -= names.length;
-        }
-        return !o.output && left <= 0;
-      });
-      if (!o.output) {
-        await runDispatches(ctx, r.list);
-        return undefined;
-      }
-      if (out.stopped) {
-        throw new QuantlabError("residentBlockRunner: block recording stopped early");
-      }
-      return new Float32Array(await runAndRead(ctx, r.list, out.h, n * d * 4));
-    } finally {
-      ctx.pool.release(...mine);
-    }
-  };
-
-  return {
-    async run(h, o) {
-      if (released) throw new QuantlabError("residentBlockRunner: run() after release()");
-      const B = o.batch;
-      if (h.shape.length !== 2 || h.shape[1] !== d || h.shape[0] !== B * T) {
-        throw new QuantlabError(
-          `residentBlockRunner: block ${i} expects [${B}·${T}, ${d}] rows, got [${h.shape}]`,
-        );
-      }
-      const out = o.output ? new Float32Array(B * T * d) : undefined;
-      for (let b0 = 0; b0 < B; b0 += seqsPerPass) {
-        const nb = Math.min(seqsPerPass, B - b0);
-        const res = await pass(h.data.subarray(b0 * T * d, (b0 + nb) * T * d), nb, o);
-        if (out && res) out.set(res, b0 * T * d);
-      }
-      return out ? { shape: [B * T, d], data: out } : undefined;
-    },
-    async take() {
-      const m = new Map<string, InputStats>();
-      for (const acc of sums.values()) {
-        const S = new Float32Array(await readback(ctx, acc.buf, acc.dim * acc.dim * 4));
-        const st = { S, n: acc.n };
-        for (const nm of acc.names) m.set(nm, st);
-        ctx.pool.release(acc.buf);
-      }
-      sums.clear();
-      return m;
-    },
-    setWeight(name, W) {
-      const l = byName.get(name);
-      if (!l) throw new QuantlabError(`residentBlockRunner: block ${i} has no linear ${name}`);
-      if (W.shape[0] !== l.rows || W.shape[1] !== l.cols) {
-        throw new QuantlabError(
-          `residentBlockRunner: ${name} is [${l.rows}, ${l.cols}], got [${W.shape}]`,
-        );
-      }
-      if (l.dense) {
-        const k = w.owned.indexOf(l.dense);
-        if (k >= 0) w.owned.splice(k, 1);
-        ctx.pool.release(l.dense);
-      }
-      l.packed = undefined;
-      l.dense = upload(ctx, W.data);
-      w.owned.push(l.dense);
-    },
-    release() {
-      if (released) return;
-      released = true;
-      for (const acc of sums.values()) ctx.pool.release(acc.buf);
-      sums.clear();
-      w.release();
-    },
-  };
+  return await gpuBlockRunner(gpuModelOf(model, { points: false }), i, backend, opts);
 }

@@ -25,7 +25,7 @@ import { forward } from "../../src/models/decoder.ts";
 import { getTokenizer, loadModel } from "../../src/models/load.ts";
 import type { Model } from "../../src/models/model.ts";
 import { blockLinearGroups } from "../../src/models/config.ts";
-import { blockBytesPerRow } from "../../src/models/_gpu_block.ts";
+import { blockBytesPerRow } from "../../src/backend/webgpu/block.ts";
 import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
 import { gptq, gptqQuantize } from "../../src/quant/weight_only/gptq.ts";
 import { upperCholeskyOfInverse } from "../../src/quant/core/linalg.ts";

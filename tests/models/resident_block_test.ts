@@ -146,3 +146,40 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "resident block: device rows in and out equal host rows, bit for bit; split chunks too",
+  ...opts,
+  fn: async () => {
+    const model = await loadModel("../shared/data/models/stories260K-hf");
+    const T = 32, B = 3;
+    const h = await embed(model, new Rng(9).ids(B * T, 512), { seqLen: T, backend: cpuBackend });
+    const be = await gpuBe();
+    // one pass (default limit) and sub-batches of one sequence (a binding limit of ~1 sequence)
+    for (const maxBindingBytes of [undefined, 4 * 172 * T]) {
+      const r0 = await residentBlockRunner(model, 0, be, { seqLen: T, maxBindingBytes });
+      const r1 = await residentBlockRunner(model, 1, be, { seqLen: T, maxBindingBytes });
+      try {
+        const host0 = (await r0.run(h, { batch: B, output: true }))!;
+        const host1 = (await r1.run(host0, { batch: B, output: true }))!;
+        const dev0 = await r0.runToDevice(h, { batch: B });
+        assertEquals((await dev0.read()).data, host0.data);
+        // a collect-only run on device rows leaves them as they were (the block works on a copy)
+        await r1.run(dev0, { batch: B, collect: new Set(["model.layers.1.mlp.down_proj"]) });
+        const S = (await r1.take()).get("model.layers.1.mlp.down_proj")!;
+        assertEquals((await dev0.read()).data, host0.data);
+        const dev1 = await r1.runToDevice(dev0, { batch: B });
+        assertEquals((await dev1.read()).data, host1.data);
+        assertEquals(dev1.shape, [B * T, model.config.hiddenSize]);
+        // the statistics of device rows = those of host rows
+        await r1.run(host0, { batch: B, collect: new Set(["model.layers.1.mlp.down_proj"]) });
+        assertEquals((await r1.take()).get("model.layers.1.mlp.down_proj")!.S, S.S);
+        dev0.release();
+        dev1.release();
+      } finally {
+        r0.release();
+        r1.release();
+      }
+    }
+  },
+});

@@ -11,6 +11,7 @@ import { OptionError, QuantlabError, ResumeError } from "../../errors.ts";
 import { cleanStaleTemps, fileIfPresent, writeFileAtomic } from "../../io/fs.ts";
 import { block, embed } from "../../models/decoder.ts";
 import {
+  type DeviceRows,
   type InputStats,
   type ResidentBlockRunner,
   residentBlockRunner,
@@ -129,6 +130,14 @@ export interface QuantizeOptions {
    * runs have different run identities (their block files differ), so they never share a workdir.
    */
   stream?: boolean;
+  /**
+   * With resident blocks, keep the calibration hidden states on the device: uploaded once,
+   * reused by every true-sequential group, passed to the next block without a readback. Costs
+   * the whole calibration set's hidden states in device memory next to a pass's activations
+   * (the block works on a copy), so it is opt-in (default false: each group uploads them again
+   * and each block's output is read back; at most one block's data is live at once).
+   */
+  deviceHidden?: boolean;
   /** Progress callback. */
   onProgress?: (p: PipelineProgress) => void;
 }
@@ -201,7 +210,7 @@ async function gatherHost(
 /** {@linkcode gatherHost} through a GPU-resident block (one submission per chunk). */
 async function gatherResident(
   runner: ResidentBlockRunner,
-  hs: Tensor[],
+  hs: (Tensor | DeviceRows)[],
   chunkSizes: number[],
   want: ReadonlySet<string>,
 ): Promise<Map<string, InputStats>> {
@@ -353,6 +362,14 @@ export async function quantize(
       !residentBlockUnsupported(model, gpu, T)
     ? gpu
     : undefined;
+  // Resident blocks with `deviceHidden`: the hidden states stay on the device from one block to
+  // the next (`hs` keeps the chunk count; its rows are read back only for a checkpoint).
+  let dev: DeviceRows[] | undefined;
+  const keepHidden = opts.deviceHidden ?? false;
+  const dropDev = () => {
+    dev?.forEach((r) => r.release());
+    dev = undefined;
+  };
   for (let i = 0; i < L; i++) {
     const got = opts.workdir ? await readBlock(opts.workdir, i, runId) : null;
     if (got?.status === "corrupt") {
@@ -372,7 +389,10 @@ export async function quantize(
         Object.assign(packed, ck.metas);
       }
       layers.push(...(ck.reports as LayerReport[]));
-      if (ck.hidden.length) hs = ck.hidden;
+      if (ck.hidden.length) {
+        hs = ck.hidden;
+        dropDev();
+      }
       resumed++;
       heldBytes.push(held());
       opts.onProgress?.({ stage: "block", done: i + 1, total: L, info: `block ${i} resumed` });
@@ -385,7 +405,7 @@ export async function quantize(
     const blockMetas: Record<string, QuantMeta> = {};
     const blockReports: LayerReport[] = [];
     const runner = resident
-      ? await residentBlockRunner(current(), i, resident, { seqLen: T })
+      ? await residentBlockRunner(current(), i, resident, { seqLen: T, keepInputs: keepHidden })
       : undefined;
     try {
       for (const group of groups) {
@@ -397,7 +417,7 @@ export async function quantize(
         const acc = !want.size
           ? new Map<string, InputStats>()
           : runner
-          ? await gatherResident(runner, hs, chunkSizes, want)
+          ? await gatherResident(runner, dev ?? hs, chunkSizes, want)
           : await gatherHost(current(), i, { hs, chunkSizes, want }, be);
         peak = Math.max(peak, Deno.memoryUsage().rss);
         for (const name of targets) {
@@ -442,7 +462,15 @@ export async function quantize(
         peak = Math.max(peak, Deno.memoryUsage().rss);
       }
       // Feed the next block from the quantized one.
-      if (hs.length && i < L - 1) {
+      if (hs.length && i < L - 1 && runner && keepHidden) {
+        const next: DeviceRows[] = [];
+        for (let c = 0; c < hs.length; c++) {
+          next.push(await runner.runToDevice(dev?.[c] ?? hs[c], { batch: chunkSizes[c] }));
+        }
+        dropDev();
+        dev = next;
+        if (opts.workdir) hs = await Promise.all(dev.map((r) => r.read()));
+      } else if (hs.length && i < L - 1) {
         const next: Tensor[] = [];
         const qmodel = current();
         for (let c = 0; c < hs.length; c++) {
@@ -481,6 +509,7 @@ export async function quantize(
     peak = Math.max(peak, Deno.memoryUsage().rss);
     opts.onProgress?.({ stage: "block", done: i + 1, total: L, info: `block ${i}` });
   }
+  dropDev();
   if (pendingRunFile) await writeRunFile(pendingRunFile, runId);
   let bits = 0, count = 0;
   for (const r of layers) {

@@ -1,16 +1,15 @@
 /**
- * Shared pieces of the GPU-resident forward (the decoder of `resident.ts` and the pipeline's
- * block runner of `resident_block.ts`): weights uploaded once (dense f32, or packed codes for
+ * Shared pieces of the GPU-resident forward (the decoder of `decoder.ts` and the pipeline's
+ * block runner of `block_runner.ts`): weights uploaded once (dense f32, or packed codes for
  * quantized layers), a dispatch recorder, and the recording of one decoder block — the math of
- * `decoder.ts`'s `block()`, kernel by kernel, for Llama/Mistral/Qwen2 and OPT (pre- and post-LN).
+ * the host forward's `block()` (`models/decoder.ts`), kernel by kernel, for Llama/Mistral/Qwen2
+ * and OPT (pre- and post-LN). Built only on the backend's dispatch helpers (`../webgpu.ts`); the
+ * model arrives as plain data ({@linkcode GpuModel}).
  * @module
  */
-import type { ModelConfig } from "./config.ts";
-import type { Model } from "./model.ts";
-import { ropeInvFreq } from "./decoder.ts";
-import { QuantlabError } from "../errors.ts";
-import { familyOf } from "./family.ts";
-import { linearSpec, type QuantPoints, type QuantSpec } from "./points.ts";
+import type { GpuModel, GpuModelConfig, GpuPoints } from "./model.ts";
+import type { QuantSpec } from "../ops.ts";
+import { QuantlabError } from "../../errors.ts";
 import {
   dequantGemmDispatch,
   dequantGemvDispatch,
@@ -26,7 +25,7 @@ import {
   uniforms,
   upload,
   type WebGPUContext,
-} from "../backend/webgpu.ts";
+} from "../webgpu.ts";
 
 export type { Fields };
 
@@ -115,11 +114,10 @@ export interface GpuUploader {
  */
 export function gpuUploader(
   ctx: WebGPUContext,
-  model: Model,
+  model: GpuModel,
   opts: { maxBindingBytes?: number } = {},
 ): GpuUploader {
-  const cfg = model.config;
-  const fam = familyOf(cfg);
+  const fam = model.family;
   const limit = opts.maxBindingBytes ?? ctx.device.limits.maxStorageBufferBindingSize;
   const align = ctx.device.limits.minStorageBufferOffsetAlignment / 4;
   const split = (data: Float32Array, rows: number, cols: number): RowPart[] => {
@@ -200,14 +198,16 @@ export function gpuUploader(
 }
 
 /**
- * RoPE cos/sin tables [positions, headDim/2] exactly as `decoder.ts` computes them (the angle
- * `fround(fround(p) · fround(inv_freq))` with rope scaling applied, cos/sin rounded to f32).
+ * RoPE cos/sin tables [positions, headDim/2] exactly as the host forward computes them (the
+ * angle `fround(fround(p) · fround(inv_freq))`, `inv` with rope scaling applied, cos/sin
+ * rounded to f32).
  */
 export function ropeTablesFor(
-  cfg: ModelConfig,
+  inv: Float64Array | undefined,
   positions: number,
 ): { cos: Float32Array; sin: Float32Array } {
-  const inv = ropeInvFreq(cfg), half = cfg.headDim / 2;
+  if (!inv) throw new QuantlabError("GpuModel: a rotary family needs ropeInvFreq");
+  const half = inv.length;
   const cos = new Float32Array(positions * half), sin = new Float32Array(positions * half);
   for (let pos = 0; pos < positions; pos++) {
     for (let i = 0; i < half; i++) {
@@ -220,12 +220,16 @@ export function ropeTablesFor(
 }
 
 /**
- * Why {@linkcode recordBlock} cannot compute `cfg`'s block as `decoder.ts` does over `tokens`
- * attended positions (a sentence), or `undefined`: a sliding window shorter than them, a head
- * dimension the attention kernel does not take, heads not a multiple of the KV heads, or an OPT
- * activation without a kernel.
+ * Why {@linkcode recordBlock} cannot compute `model`'s block as the host forward does over
+ * `tokens` attended positions (a sentence), or `undefined`: a sliding window shorter than them,
+ * a head dimension the attention kernel does not take, heads not a multiple of the KV heads, or
+ * an OPT activation without a kernel.
  */
-export function blockUnsupported(cfg: ModelConfig, tokens: number): string | undefined {
+export function blockUnsupported(
+  model: Pick<GpuModel, "config" | "family">,
+  tokens: number,
+): string | undefined {
+  const cfg = model.config;
   if (cfg.slidingWindow && tokens > cfg.slidingWindow) {
     return `sliding-window attention (window ${cfg.slidingWindow} < ${tokens} tokens)`;
   }
@@ -233,7 +237,7 @@ export function blockUnsupported(cfg: ModelConfig, tokens: number): string | und
     return `head dimension ${cfg.headDim} (the attention kernel takes multiples of 4 up to 256)`;
   }
   if (cfg.numHeads % cfg.numKvHeads !== 0) return "heads not a multiple of KV heads";
-  if (familyOf(cfg).mlp === "fc" && !["relu", "gelu"].includes(cfg.activation)) {
+  if (model.family.mlp === "fc" && !["relu", "gelu"].includes(cfg.activation)) {
     return `OPT activation "${cfg.activation}"`;
   }
   return undefined;
@@ -265,11 +269,12 @@ export interface Recorder {
   norm(nw: GpuNorm, x: GPUBuffer, y: GPUBuffer, rows: number): void;
 }
 
-/** A {@linkcode Recorder} for a model of config `cfg`. */
-export function recorder(ctx: WebGPUContext, cfg: ModelConfig): Recorder {
+/** A {@linkcode Recorder} for `model`. */
+export function recorder(ctx: WebGPUContext, model: Pick<GpuModel, "config" | "family">): Recorder {
+  const cfg = model.config;
   const list: Dispatch[] = [];
   const dyn: DynUniform[] = [];
-  const layerNorm = familyOf(cfg).norm === "layer";
+  const layerNorm = model.family.norm === "layer";
   const r: Recorder = {
     ctx,
     list,
@@ -361,12 +366,12 @@ export interface BlockBuffers {
  * given, or allocated too; OPT has no up projection and gets a placeholder `u`).
  */
 export function allocBlockBuffers(
-  cfg: ModelConfig,
+  model: Pick<GpuModel, "config" | "family" | "points">,
   rows: number,
   alloc: (bytes: number) => GPUBuffer,
   h?: GPUBuffer,
-  opts: { points?: QuantPoints } = {},
 ): BlockBuffers {
+  const cfg = model.config;
   const qw = cfg.numHeads * cfg.headDim, kw = cfg.numKvHeads * cfg.headDim;
   const d = cfg.hiddenSize, ff = cfg.intermediateSize;
   return {
@@ -377,13 +382,13 @@ export function allocBlockBuffers(
     v: alloc(rows * kw * 4),
     att: alloc(rows * qw * 4),
     g: alloc(rows * ff * 4),
-    u: alloc(familyOf(cfg).mlp === "fc" ? 16 : rows * ff * 4),
-    xq: opts.points?.linearInput ? alloc(rows * Math.max(d, qw, ff) * 4) : undefined,
+    u: alloc(model.family.mlp === "fc" ? 16 : rows * ff * 4),
+    xq: model.points?.hasLinearInput ? alloc(rows * Math.max(d, qw, ff) * 4) : undefined,
   };
 }
 
 /** Bytes per row of {@linkcode BlockBuffers} (what a pass of `rows` rows holds on the GPU). */
-export function blockBytesPerRow(cfg: ModelConfig): number {
+export function blockBytesPerRow(cfg: GpuModelConfig): number {
   const qw = cfg.numHeads * cfg.headDim, kw = cfg.numKvHeads * cfg.headDim;
   return 4 * (2 * cfg.hiddenSize + 2 * qw + 2 * kw + 2 * cfg.intermediateSize);
 }
@@ -399,10 +404,10 @@ export interface BlockAttention {
   /** KV cache of this layer [capacity, nKV·hd]: new keys are appended at the step's position. */
   cache?: { K: GPUBuffer; V: GPUBuffer };
   /**
-   * Quantizer specs at the quantization points (`points.ts`; `probs` is not served here), and
-   * the resident buffer of a spec's static scales.
+   * Quantizer specs at the quantization points (`models/points.ts`; `probs` is not served
+   * here), and the resident buffer of a spec's static scales.
    */
-  points?: { specs: QuantPoints; scales: (spec: QuantSpec) => GPUBuffer | undefined };
+  points?: { specs: GpuPoints; scales: (spec: QuantSpec) => GPUBuffer | undefined };
 }
 
 /**
@@ -416,13 +421,14 @@ export interface BlockAttention {
  */
 export function recordBlock(
   r: Recorder,
-  cfg: ModelConfig,
+  model: Pick<GpuModel, "config" | "family">,
   L: GpuBlock,
   io: BlockBuffers,
   a: BlockAttention,
   collect?: (linears: GpuLinear[], x: GPUBuffer, rows: number) => boolean,
 ): { h: GPUBuffer; x: GPUBuffer; stopped: boolean } {
-  const fam = familyOf(cfg);
+  const cfg = model.config;
+  const fam = model.family;
   const fc = fam.mlp === "fc";
   const { numHeads: nH, numKvHeads: nKV, headDim: hd, hiddenSize: d } = cfg;
   const kw = nKV * hd, ff = cfg.intermediateSize;
@@ -446,13 +452,13 @@ export function recordBlock(
   };
   /** A block linear with its input and output specs. */
   const lin = (Lin: GpuLinear, inp: GPUBuffer, out: GPUBuffer) => {
-    const si = linearSpec(pts?.linearInput, Lin.name);
+    const si = pts?.linearInput(Lin.name);
     if (si) {
       fq(si, io.xq!, Lin.cols, `points.linearInput(${Lin.name})`, inp);
       inp = io.xq!;
     }
     r.lin(Lin, inp, out, rows);
-    fq(linearSpec(pts?.linearOutput, Lin.name), out, Lin.rows, `points.linearOutput(${Lin.name})`);
+    fq(pts?.linearOutput(Lin.name), out, Lin.rows, `points.linearOutput(${Lin.name})`);
   };
 
   const inp = preLN ? x : h;

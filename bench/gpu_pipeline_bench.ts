@@ -1,0 +1,162 @@
+/**
+ * Bytes moved between host and device per block by the GPTQ pipeline on WebGPU, counted by the
+ * backend (`WebGPUBackend.transfer()`: data uploaded, read back, uniforms), for stories260K (real
+ * checkpoint, TinyStories calibration) and one TinyLlama-1.1B-shaped block (a synthetic
+ * checkpoint from `tools/synthetic_checkpoint.ts`, random token ids). Two runs of the same
+ * `quantize` call in the same process, same backend:
+ * - before: `deviceHidden: false` (the default) — every true-sequential group uploads the
+ *   calibration hidden states again and each block's output is read back and re-uploaded (the
+ *   pipeline before the device-resident hidden states);
+ * - after: `deviceHidden: true` — hidden states uploaded once (the embeddings) and passed from
+ *   block to block on the device.
+ * The quantized weights of both runs are compared (they must be equal bit for bit) and the ratio
+ * before/after is printed. H (`Σ XᵀX`) is still read back once per input group and uploaded by
+ * GPTQ and the relErr product: those bytes are in both columns.
+ *
+ * ```sh
+ * nice -n 5 deno run -A --unstable-webgpu bench/gpu_pipeline_bench.ts [--nsamples 8] [--seqlen 128]
+ *   [--tiny-seqlen 64] [--tiny-nsamples 2] [--no-tinyllama] [--no-stories]
+ * ```
+ * @module
+ */
+import { webgpuBackend } from "../src/backend/webgpu.ts";
+import { loadModel } from "../src/models/load.ts";
+import type { Model } from "../src/models/model.ts";
+import { calibrationSet } from "../src/quant/pipeline/calibration.ts";
+import { quantize } from "../src/quant/pipeline/pipeline.ts";
+import { gptq } from "../src/quant/weight_only/gptq.ts";
+import type { CalibrationSet } from "../src/quant/pipeline/calibration.ts";
+
+/** `--name value` from the command line, or `dflt`. */
+function flag(name: string, dflt: number): number {
+  const i = Deno.args.indexOf(`--${name}`);
+  return i >= 0 ? Number(Deno.args[i + 1]) : dflt;
+}
+const tinyllama = !Deno.args.includes("--no-tinyllama");
+const stories260K = !Deno.args.includes("--no-stories");
+
+const be = await webgpuBackend({ allowFallback: true });
+console.log(`device: ${be.description}`);
+
+interface Bytes {
+  uploaded: number;
+  readBack: number;
+  uniforms: number;
+}
+
+/** Per-block transfer deltas of one `quantize` run, and the quantized weights. */
+async function measure(model: Model, calib: CalibrationSet, deviceHidden: boolean) {
+  const perBlock: Bytes[] = [];
+  let last = be.transfer();
+  const start = last;
+  const t0 = performance.now();
+  const q = await quantize(
+    model,
+    gptq({ bits: 4, groupSize: 32, actOrder: true, partialGroups: true }),
+    {
+      calib,
+      backend: be,
+      deviceHidden,
+      onProgress: (p) => {
+        if (p.stage !== "block") return;
+        const now = be.transfer();
+        perBlock.push({
+          uploaded: now.uploaded - last.uploaded,
+          readBack: now.readBack - last.readBack,
+          uniforms: now.uniforms - last.uniforms,
+        });
+        last = now;
+      },
+    },
+  );
+  const seconds = (performance.now() - t0) / 1000;
+  if (!q.report?.residentBlocks) throw new Error("the pipeline did not run resident blocks");
+  const end = be.transfer();
+  const total = {
+    uploaded: end.uploaded - start.uploaded,
+    readBack: end.readBack - start.readBack,
+    uniforms: end.uniforms - start.uniforms,
+  };
+  return { perBlock, total, seconds, q };
+}
+
+const mib = (b: number) => (b / 2 ** 20).toFixed(3);
+
+async function compare(label: string, model: Model, calib: CalibrationSet) {
+  const before = await measure(model, calib, false);
+  const after = await measure(model, calib, true);
+  // same quantized weights
+  let same = true;
+  for (const r of after.q.report!.layers) {
+    const a = await after.q.weights.get(`${r.name}.weight`);
+    const b = await before.q.weights.get(`${r.name}.weight`);
+    for (let j = 0; j < a.data.length; j++) if (a.data[j] !== b.data[j]) same = false;
+  }
+  console.log(
+    `\n${label}: ${calib.ids.length} × ${calib.seqlen} calibration tokens, GPTQ 4-bit g32 act-order`,
+  );
+  console.log("block | before up / back MiB | after up / back MiB | up+back ratio");
+  for (let i = 0; i < after.perBlock.length; i++) {
+    const b = before.perBlock[i], a = after.perBlock[i];
+    console.log(
+      `${String(i).padStart(5)} | ${mib(b.uploaded).padStart(9)} / ${
+        mib(b.readBack).padStart(8)
+      } | ` +
+        `${mib(a.uploaded).padStart(9)} / ${mib(a.readBack).padStart(8)} | ` +
+        `${((b.uploaded + b.readBack) / (a.uploaded + a.readBack)).toFixed(2)}×`,
+    );
+  }
+  const B = before.total, A = after.total;
+  console.log(
+    `total | ${mib(B.uploaded)} / ${mib(B.readBack)} | ${mib(A.uploaded)} / ${mib(A.readBack)} | ` +
+      `${((B.uploaded + B.readBack) / (A.uploaded + A.readBack)).toFixed(2)}× ` +
+      `(uniforms ${mib(B.uniforms)} vs ${mib(A.uniforms)} MiB; ` +
+      `${before.seconds.toFixed(1)} s vs ${after.seconds.toFixed(1)} s; ` +
+      `weights ${same ? "bit-identical" : "DIFFER"})`,
+  );
+  if (!same) throw new Error(`${label}: the two runs quantized differently`);
+}
+
+if (stories260K) {
+  const stories = await loadModel("../shared/data/models/stories260K-hf");
+  await compare(
+    "stories260K",
+    stories,
+    await calibrationSet(stories, "tinystories", {
+      nsamples: flag("nsamples", 8),
+      seqlen: flag("seqlen", 128),
+      seed: 0,
+    }),
+  );
+}
+
+if (tinyllama) {
+  const { writeSyntheticCheckpoint } = await import("../tools/synthetic_checkpoint.ts");
+  const dir = await Deno.makeTempDir({ prefix: "quantlab_tinyllama_block_" });
+  try {
+    await writeSyntheticCheckpoint(`${dir}/model`, {
+      preset: "tinyllama-1.1b",
+      layers: 1,
+      seed: 0,
+    });
+    const tiny = await loadModel(`${dir}/model`);
+    const V = tiny.config.vocabSize;
+    let s = 1;
+    const next = () => (s = (Math.imul(s, 1103515245) + 12345) >>> 0) / 2 ** 32;
+    const T = flag("tiny-seqlen", 64);
+    const calib: CalibrationSet = {
+      ids: Array.from(
+        { length: flag("tiny-nsamples", 2) },
+        () => Array.from({ length: T }, () => 3 + Math.floor(next() * (V - 3))),
+      ),
+      dataset: "random",
+      source: "uniform random token ids (synthetic checkpoint)",
+      seqlen: T,
+      seed: 1,
+    };
+    await compare("TinyLlama-1.1B-shaped block (synthetic, 1 layer)", tiny, calib);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+be.release();
