@@ -8,12 +8,7 @@
  * reads the [nH·hd] output back. A byte counter records what crosses the bus.
  * @module
  */
-import type {
-  PackedKvDevice,
-  PackedKvGroups,
-  PackedKvLayout,
-  PackedKvTraffic,
-} from "./backend.ts";
+import type { PackedKvDevice, PackedKvGroups, PackedKvLayout, PackedKvTraffic } from "./backend.ts";
 import {
   checkKvAttention,
   kvAttentionUniforms,
