@@ -64,30 +64,6 @@ var<workgroup> prob: array<f32, 256>;
 var<workgroup> lane: array<f32, ${L * HD}>;
 ${reduceWGSL()}
 
-fn code_at(word: u32, j: u32) -> u32 {
-  let per = 32u / p.bits;
-  return (word >> ((j % per) * p.bits)) & ((1u << p.bits) - 1u);
-}
-
-// Key s (< qk), channel c of the packed K.
-fn k_packed(s: u32, c: u32, kw: u32) -> f32 {
-  let ng = p.R / p.G;
-  let id = ((s / p.R) * kw + c) * ng + (s % p.R) / p.G;
-  let j = s % p.G;
-  let w = kCodes[id * p.wpgK + j / (32u / p.bits)];
-  let sm = kPar[id];
-  return f32(code_at(w, j)) * sm.x + sm.y;
-}
-
-// Value s (< qv), channel c of the packed V.
-fn v_packed(s: u32, c: u32, kw: u32) -> f32 {
-  let id = s * (kw / p.Gv) + c / p.Gv;
-  let j = c % p.Gv;
-  let w = vCodes[id * p.wpgV + j / (32u / p.bits)];
-  let sm = vPar[id];
-  return f32(code_at(w, j)) * sm.x + sm.y;
-}
-
 @compute @workgroup_size(256, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let h = wid.x;
@@ -100,6 +76,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   workgroupBarrier();
   let ln = tid / ${HD}u;
   let d = tid % ${HD}u;
+  let per = 32u / p.bits;
+  let msk = (1u << p.bits) - 1u;
+  let ng = p.R / p.G;
+  // This thread's V channel: its group, word and shift are the same for every token.
+  let cv = c0 + d;
+  let ngv = kw / p.Gv;
+  let vg = cv / p.Gv;
+  let vw = (cv % p.Gv) / per;
+  let vsh = ((cv % p.Gv) % per) * p.bits;
   var mrun = -3.0e38;
   var lrun = 0.0;
   var acc = 0.0;
@@ -109,7 +94,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     if (s < nvis) {
       var dot = 0.0;
       if (s < p.qk) {
-        for (var i = 0u; i < ${HD}u; i = i + 1u) { dot = dot + qs[i] * k_packed(s, c0 + i, kw); }
+        // Key s: block s / R, group (s mod R) / G, code s mod G; channel c0 + i is group
+        // id0 + i·ng (the groups of one block are channel-major).
+        let id0 = ((s / p.R) * kw + c0) * ng + (s % p.R) / p.G;
+        let j = s % p.G;
+        let wo = j / per;
+        let sh = (j % per) * p.bits;
+        for (var i = 0u; i < ${HD}u; i = i + 1u) {
+          let id = id0 + i * ng;
+          let sm = kPar[id];
+          let code = (kCodes[id * p.wpgK + wo] >> sh) & msk;
+          dot = dot + qs[i] * (f32(code) * sm.x + sm.y);
+        }
       } else {
         let r = (s % p.R) * kw + c0;
         for (var i = 0u; i < ${HD}u; i = i + 1u) { dot = dot + qs[i] * res[r + i]; }
@@ -126,14 +122,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     acc = acc * alpha;
     if (ln < ${L}u) {
       let nb = min(256u, nvis - b);
-      let c = c0 + d;
       for (var j = ln; j < nb; j = j + ${L}u) {
         let sj = b + j;
         var val = 0.0;
         if (sj < p.qv) {
-          val = v_packed(sj, c, kw);
+          let id = sj * ngv + vg;
+          let sm = vPar[id];
+          val = f32((vCodes[id * p.wpgV + vw] >> vsh) & msk) * sm.x + sm.y;
         } else {
-          val = res[(p.R + sj % (p.R + 1u)) * kw + c];
+          val = res[(p.R + sj % (p.R + 1u)) * kw + cv];
         }
         acc = acc + prob[j] * val;
       }

@@ -11,6 +11,7 @@
 import type { PackedKvDevice, PackedKvGroups, PackedKvLayout, PackedKvTraffic } from "./backend.ts";
 import {
   checkKvAttention,
+  type KvAttentionOptions,
   kvAttentionUniforms,
   kvAttentionWGSL,
   kvGroupWords,
@@ -25,6 +26,52 @@ import {
   type WebGPUContext,
   writeUniforms,
 } from "./_webgpu_device.ts";
+
+/** The buffers of one packed-KV attention dispatch (bindings 1..7 of the kernel). */
+export interface KvAttentionBuffers {
+  /** Query [nH·hd]. */
+  q: GPUBuffer;
+  /** Packed K words. */
+  kCodes: GPUBuffer;
+  /** K (scale, min) pairs. */
+  kPar: GPUBuffer;
+  /** Packed V words. */
+  vCodes: GPUBuffer;
+  /** V (scale, min) pairs. */
+  vPar: GPUBuffer;
+  /** Full-precision rings [2R + 1, nKV·hd]. */
+  res: GPUBuffer;
+  /** Output [nH·hd]. */
+  o: GPUBuffer;
+}
+
+/**
+ * One packed-KV decode attention dispatch (`kernels/kv_attention.ts`) over `b`, with uniforms
+ * from `o` in `uni` (a buffer made by `uniforms`, rewritten by the caller) or a fresh one.
+ */
+export function kvAttentionDispatch(
+  ctx: WebGPUContext,
+  b: KvAttentionBuffers,
+  o: KvAttentionOptions,
+  uni?: GPUBuffer,
+): Dispatch {
+  checkKvAttention(o);
+  const pipe = pipeline(ctx, kvAttentionWGSL({ headDim: o.headDim }));
+  return {
+    pipeline: pipe,
+    bindGroup: bindGroup(ctx, pipe, [
+      uni ?? uniforms(ctx, kvAttentionUniforms(o)),
+      b.q,
+      b.kCodes,
+      b.kPar,
+      b.vCodes,
+      b.vPar,
+      b.res,
+      b.o,
+    ]),
+    workgroups: [o.nH, 1, 1],
+  };
+}
 
 interface LayerBuffers {
   kCodes: GPUBuffer;
@@ -75,10 +122,10 @@ export function gpuPackedKv(
   const limit = opts.maxBindingBytes ?? ctx.device.limits.maxStorageBufferBindingSize;
   if (Object.values(bytes).some((b) => b > limit)) return undefined;
   const qBytes = nH * hd * 4;
-  const pipe = pipeline(ctx, kvAttentionWGSL({ headDim: hd }));
   const qb = scratch(ctx, qBytes), ob = scratch(ctx, qBytes);
   const base = { nH, nKV, headDim: hd, R, G, Gv, bits };
-  const fields0 = kvAttentionUniforms({ ...base, pos: 0, qk: 0, qv: 0 });
+  const at0 = { ...base, pos: 0, qk: 0, qv: 0 };
+  const fields0 = kvAttentionUniforms(at0);
   const uniBytes = Math.ceil(fields0.length / 4) * 16;
   const L: LayerBuffers[] = [];
   for (let l = 0; l < layers; l++) {
@@ -90,21 +137,7 @@ export function gpuPackedKv(
       res: scratch(ctx, bytes.res),
       uni: uniforms(ctx, fields0),
     };
-    const dispatch: Dispatch = {
-      pipeline: pipe,
-      bindGroup: bindGroup(ctx, pipe, [
-        b.uni,
-        qb,
-        b.kCodes,
-        b.kPar,
-        b.vCodes,
-        b.vPar,
-        b.res,
-        ob,
-      ]),
-      workgroups: [nH, 1, 1],
-    };
-    L.push({ ...b, dispatch });
+    L.push({ ...b, dispatch: kvAttentionDispatch(ctx, { ...b, q: qb, o: ob }, at0, b.uni) });
   }
   const resident = layers * (Object.values(bytes).reduce((a, b) => a + b, 0) + uniBytes) +
     2 * qBytes;

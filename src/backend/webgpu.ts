@@ -110,7 +110,7 @@ export {
   isCausalMask,
 } from "./_webgpu_nn.ts";
 export { type FakeQuantBuffers, fakeQuantDispatch, gpuFakeQuant } from "./_webgpu_fake_quant.ts";
-export { gpuPackedKv } from "./_webgpu_kv.ts";
+export { gpuPackedKv, type KvAttentionBuffers, kvAttentionDispatch } from "./_webgpu_kv.ts";
 export {
   type ElementwiseKernel,
   type Fields,
