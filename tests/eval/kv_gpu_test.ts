@@ -66,9 +66,9 @@ for (const bits of [2, 4]) {
     fn: async () => {
       const m = await getModel();
       const cfg = m.config;
-      // R = 16: the prefill packs a K block, the decode crosses 3 more and packs V rows; G 8 → 2
-      // groups per block.
-      const kivi = { bits, groupSize: 8, vGroupSize: 8, residualLength: 16 };
+      // R = 8 < prompt − 1: the prefill packs 2 K blocks and 8 V rows and only its last R + 1
+      // rows go to the device rings; the decode crosses 6 more blocks. G 4 → 2 groups per block.
+      const kivi = { bits, groupSize: 4, vGroupSize: 8, residualLength: 8 };
       const steps = 48;
       const cpu = await greedy(m, PROMPT, steps, kivi, cpuBackend);
       const dev = await greedy(m, PROMPT, steps, kivi, await gpuBe());
@@ -88,8 +88,8 @@ for (const bits of [2, 4]) {
       const t = dev.cache.deviceTraffic()!;
       assert(t, "the WebGPU run has a device copy");
       const kw = cfg.numKvHeads * cfg.headDim, qw = cfg.numHeads * cfg.headDim;
-      const n = PROMPT.length + steps, R = 16;
-      const kBlock = kw * (R / 8) * (wordsPerGroup(8, bits) * 4 + 8);
+      const n = PROMPT.length + steps, R = 8;
+      const kBlock = kw * (R / 4) * (wordsPerGroup(4, bits) * 4 + 8);
       const vRow = (kw / 8) * (wordsPerGroup(8, bits) * 4 + 8);
       const rows = Math.min(PROMPT.length, R + 1) + steps; // prefill's last R + 1 rows, then one per step
       const perLayer = rows * 2 * kw * 4 + // full-precision K/V rows

@@ -35,6 +35,14 @@
  *
  * CPU attention dequantizes the quantized prefix into a transient f32 buffer per call (the stored
  * cache stays packed); decode is therefore slower than with the f32 cache on CPU.
+ *
+ * On a backend with `packedKvAttention` (WebGPU) the cache also keeps a device copy, made at the
+ * first token and kept in step: each packed K block and V row is uploaded once when the host
+ * quantizes it, at its final place, and the full-precision rows go to rings on the device. A
+ * one-token step (decode) then attends there, from the codes (`kernels/kv_attention.ts`);
+ * chunks of several tokens, a `probs` spec and a sliding window that cuts the keys attend on the
+ * host as above. `deviceTraffic()` counts the bytes that crossed the bus; `release()` frees the
+ * device copy (`generate` calls it).
  * @module
  */
 import type { ModelConfig } from "../../models/config.ts";
