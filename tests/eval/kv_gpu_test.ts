@@ -8,13 +8,14 @@
 import { assert, assertEquals, assertLess } from "@std/assert";
 import { cpuBackend } from "../../src/backend/cpu.ts";
 import { getBackend, setBackend } from "../../src/backend/device.ts";
-import { webgpuAvailable, webgpuBackend } from "../../src/backend/webgpu.ts";
+import { webgpuAvailable, type WebGPUBackend, webgpuBackend } from "../../src/backend/webgpu.ts";
 import type { Backend } from "../../src/backend/backend.ts";
 import { forward } from "../../src/models/decoder.ts";
 import { loadModel } from "../../src/models/load.ts";
 import type { Model } from "../../src/models/model.ts";
 import { KiviCache, type KiviOptions } from "../../src/quant/kv/kivi.ts";
 import { generate } from "../../src/eval/generate.ts";
+import { perplexity } from "../../src/eval/perplexity.ts";
 import { wordsPerGroup } from "../../src/quant/kv/packing.ts";
 
 const MODEL = new URL("../../../shared/data/models/stories260K-hf", import.meta.url).pathname;
@@ -32,7 +33,7 @@ const opts = { ignore: skip !== "", sanitizeResources: false, sanitizeOps: false
 
 let model: Model | undefined;
 const getModel = async () => model ??= await loadModel(MODEL);
-let gpu: Backend | undefined;
+let gpu: WebGPUBackend | undefined;
 const gpuBe = async () => gpu ??= await webgpuBackend({ allowFallback: true });
 
 /** Greedy decode through `forward` with a KIVI cache on `backend`: tokens and every logits row. */
@@ -118,6 +119,32 @@ Deno.test({
       const b = await generate(m, "Once upon a time", { maxNewTokens: 40, kv });
       assertEquals(b.ids, a.ids);
       assert(a.ids.length > 32, `${a.ids.length} tokens`);
+    } finally {
+      setBackend(prev);
+    }
+  },
+});
+
+Deno.test({
+  name: "perplexity with KIVI token by token on WebGPU equals the CPU's; device copies are freed",
+  ...opts,
+  fn: async () => {
+    const m = await getModel();
+    const prev = getBackend();
+    const o = {
+      seqlen: 32,
+      nsamples: 1,
+      kv: { method: "kivi" as const, bits: 2, groupSize: 4, vGroupSize: 8, residualLength: 8 },
+    };
+    try {
+      setBackend(cpuBackend);
+      const a = await perplexity(m, "tinystories", o);
+      const be = await gpuBe();
+      setBackend(be);
+      const live0 = be.memory().liveBytes;
+      const b = await perplexity(m, "tinystories", o);
+      assertLess(Math.abs(b.ppl - a.ppl), 1e-4 * a.ppl, `${b.ppl} vs ${a.ppl}`);
+      assertEquals(be.memory().liveBytes, live0, "GPU bytes not returned to the pool");
     } finally {
       setBackend(prev);
     }
