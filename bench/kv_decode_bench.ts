@@ -11,7 +11,8 @@
  *    cache vs the f32 flash kernel (`kernels/attention.ts`) over the same shapes (7B-like heads:
  *    32 × 128, contexts 512 and 4096), and the bytes each reads.
  *
- * Usage: `nice -n 5 deno run -A --unstable-webgpu bench/kv_decode_bench.ts [--steps N]`
+ * Usage: `nice -n 5 deno run -A --unstable-webgpu bench/kv_decode_bench.ts [--steps N]
+ * [--kernels-only]`
  * (software adapters are accepted: the WebGPU rows then measure lavapipe on the CPU).
  * @module
  */
@@ -156,5 +157,5 @@ const hasGpu = await webgpuAvailable({ allowFallback: true });
 const gpu = hasGpu ? await webgpuBackend({ allowFallback: true }) : undefined;
 if (gpu) console.log(`adapter: ${gpu.description}`);
 else console.log("no WebGPU adapter: CPU rows only");
-await endToEnd(gpu);
+if (!args.includes("--kernels-only")) await endToEnd(gpu);
 if (gpu) await kernels();

@@ -98,13 +98,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         // id0 + i·ng (the groups of one block are channel-major).
         let id0 = ((s / p.R) * kw + c0) * ng + (s % p.R) / p.G;
         let j = s % p.G;
-        let wo = j / per;
         let sh = (j % per) * p.bits;
+        let wstep = ng * p.wpgK;
+        var wi = id0 * p.wpgK + j / per;
+        var pi = id0;
         for (var i = 0u; i < ${HD}u; i = i + 1u) {
-          let id = id0 + i * ng;
-          let sm = kPar[id];
-          let code = (kCodes[id * p.wpgK + wo] >> sh) & msk;
+          let sm = kPar[pi];
+          let code = (kCodes[wi] >> sh) & msk;
           dot = dot + qs[i] * (f32(code) * sm.x + sm.y);
+          wi = wi + wstep;
+          pi = pi + ng;
         }
       } else {
         let r = (s % p.R) * kw + c0;
