@@ -150,3 +150,25 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "a KIVI cache moved to another backend mid-sequence drops its device copy and stays exact",
+  ...opts,
+  fn: async () => {
+    const m = await getModel();
+    const kivi = { bits: 2, groupSize: 4, vGroupSize: 8, residualLength: 8 };
+    const ids = PROMPT.slice(0, 12);
+    const order: Backend[] = [await gpuBe(), await gpuBe(), cpuBackend, await gpuBe()];
+    const ref = new KiviCache(m.config, kivi, 32), mixed = new KiviCache(m.config, kivi, 32);
+    await forward(m, ids, { cache: ref, backend: cpuBackend });
+    await forward(m, ids, { cache: mixed, backend: order[0] });
+    for (let i = 1; i < order.length; i++) {
+      const a = (await forward(m, [ids[i]], { cache: ref, backend: cpuBackend })).data;
+      const b = (await forward(m, [ids[i]], { cache: mixed, backend: order[i] })).data;
+      let err = 0;
+      for (let j = 0; j < a.length; j++) err = Math.max(err, Math.abs(a[j] - b[j]));
+      assertLess(err, 1e-4, `step ${i}`);
+      assertEquals(mixed.deviceTraffic() !== undefined, i < 2, `device copy at step ${i}`);
+    }
+  },
+});

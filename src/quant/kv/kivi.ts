@@ -269,11 +269,13 @@ export class KiviCache implements KVCache {
   /**
    * The device copy of this cache when `backend` has `packedKvAttention` (codes of 2..8 bits):
    * made at the first token of layer 0, so it mirrors the cache from the start; a cache first
-   * filled elsewhere, or used with another backend, stays on the host path.
+   * filled elsewhere stays on the host path, and one used with another backend drops its copy.
    */
   #deviceFor(backend: Backend, layer: number, n: number): PackedKvDevice | undefined {
     if (this.#device !== undefined) {
-      return this.#device && this.#deviceBackend === backend ? this.#device : undefined;
+      // Another backend attends on the host without updating the copy: drop it for good.
+      if (this.#device && this.#deviceBackend !== backend) this.release();
+      return this.#device ?? undefined;
     }
     if (layer !== 0 || n !== 0 || !backend.packedKvAttention || this.settings.bits > 8) {
       return undefined;
