@@ -35,6 +35,8 @@ import { lutGemvRef } from "../kernels/lut_gemv.ts";
 import { gemvRef } from "../kernels/gemv.ts";
 import { lutGemvDispatch, releaseLut, uploadLut } from "../src/backend/_webgpu_lut.ts";
 import { gemvDispatch } from "../src/backend/_webgpu_matmul.ts";
+import { kvAttentionDispatch } from "../src/backend/_webgpu_kv.ts";
+import { kvAttentionRef, kvGroupWords } from "../kernels/kv_attention.ts";
 
 /** What one table entry measured. */
 export interface UnitResult {
@@ -272,6 +274,58 @@ export const KERNEL_UNITS: KernelUnit[] = [
       releaseLut(ctx, g);
       ctx.pool.release(xb, yb);
       return { size: `${rows}x${cols}`, bytes: planes.byteLength + alphas.byteLength, ...m };
+    },
+  },
+  {
+    kernel: "packed-KV decode attention 2b (KIVI)",
+    file: "kv_attention.ts",
+    async run(ctx, big) {
+      // One decode query over a KIVI-2 cache: Llama-2-7B's heads at 4096 tokens, or 512.
+      const [nH, nKV, hd, S] = big ? [32, 32, 128, 4096] : [8, 2, 64, 512];
+      const bits = 2, R = 128, G = 32, Gv = hd;
+      const pos = S - 1, qk = pos - (pos % R), qv = pos - R;
+      const kw = nKV * hd;
+      const kG = (qk / G) * kw, vG = qv * (kw / Gv);
+      const r = randomArray(kG * kvGroupWords(G, bits) + vG * kvGroupWords(Gv, bits), {
+        seed: 38,
+        lo: 0,
+        hi: 1,
+      });
+      const w = Uint32Array.from(r, (v) => Math.floor(v * 2 ** 32) >>> 0);
+      const kCodes = w.subarray(0, kG * kvGroupWords(G, bits));
+      const vCodes = w.subarray(kG * kvGroupWords(G, bits));
+      const par = (n: number, seed: number) => {
+        const p = randomArray(2 * n, { seed, lo: -1, hi: 1 });
+        for (let i = 0; i < n; i += 1) p[2 * i] = Math.abs(p[2 * i]) * 0.5;
+        return p;
+      };
+      const cache = {
+        kCodes,
+        kPar: par(kG, 39),
+        vCodes,
+        vPar: par(vG, 40),
+        res: randomArray((2 * R + 1) * kw, { seed: 41 }),
+      };
+      const q = randomArray(nH * hd, { seed: 42 });
+      const o = { nH, nKV, headDim: hd, pos, qk, qv, R, G, Gv, bits };
+      const bufs = {
+        q: upload(ctx, q),
+        kCodes: upload(ctx, cache.kCodes),
+        kPar: upload(ctx, cache.kPar),
+        vCodes: upload(ctx, cache.vCodes),
+        vPar: upload(ctx, cache.vPar),
+        res: upload(ctx, cache.res),
+        o: scratch(ctx, q.byteLength),
+      };
+      const make = () => [kvAttentionDispatch(ctx, bufs, o)];
+      const m = await measure(ctx, make, async () => ({
+        err: scaledErr(await readF32(ctx, bufs.o, q.length), kvAttentionRef(q, cache, o)),
+        tol: 1e-4,
+      }));
+      const read = w.byteLength + cache.kPar.byteLength + cache.vPar.byteLength +
+        (pos + 1 - qk + pos + 1 - qv) * kw * F;
+      ctx.pool.release(...Object.values(bufs));
+      return { size: `S=${S} H=${nH}/${nKV} hd=${hd}`, bytes: read + 2 * q.byteLength, ...m };
     },
   },
 ];

@@ -46,11 +46,86 @@ export interface Backend {
     Float64Array
   >;
   /**
+   * Optional decode attention over a packed (KIVI-layout) KV cache kept on the device: a cache
+   * that finds this capability mirrors its packed groups and full-precision window there (one
+   * upload per appended group or row) and runs each one-token decode attention from the codes,
+   * dequantizing on the fly. Returns `undefined` when the backend cannot hold `layout` (bit width
+   * outside 2..8, a head wider than the kernel takes, a buffer over the binding limit); the cache
+   * then attends on the host.
+   */
+  packedKvAttention?(layout: PackedKvLayout): PackedKvDevice | undefined;
+  /**
    * True when the backend can run a whole decoder block resident on its device
    * (`src/backend/webgpu/block_runner.ts`); the quantization pipeline asks this instead of testing the
    * backend's type.
    */
   readonly residentBlocks?: boolean;
+}
+
+/** Geometry of a packed KV cache on the device ({@linkcode Backend.packedKvAttention}). */
+export interface PackedKvLayout {
+  /** Decoder layers (one packed cache each). */
+  layers: number;
+  /** Query heads. */
+  nH: number;
+  /** KV heads (divides nH). */
+  nKV: number;
+  /** Head dimension. */
+  hd: number;
+  /** Bits per code (2..8). */
+  bits: number;
+  /** Tokens per K group (per channel). */
+  groupSize: number;
+  /** Channels per V group (per token). */
+  vGroupSize: number;
+  /** R: the K block length and the full-precision window (a multiple of `groupSize`). */
+  residualLength: number;
+  /** Tokens the cache holds at most. */
+  capacity: number;
+}
+
+/** Packed groups of K or V as the host quantizer stores them (KIVI's layout, `kivi.ts`). */
+export interface PackedKvGroups {
+  /** Code words: K block [kw][R/G][words], V row [kw/Gv][words]. */
+  codes: Uint32Array;
+  /** One scale per group, same group order. */
+  scale: Float32Array;
+  /** One minimum per group. */
+  mn: Float32Array;
+}
+
+/** Bytes that crossed the bus for a {@linkcode PackedKvDevice}, and what it holds there. */
+export interface PackedKvTraffic {
+  /** Bytes written to the device (rows, packed groups, queries, uniforms). */
+  up: number;
+  /** Bytes read back (attention outputs). */
+  down: number;
+  /** Bytes of device buffers held (packed cache at capacity, rings, query/output). */
+  resident: number;
+}
+
+/** A packed KV cache living on the device (see {@linkcode Backend.packedKvAttention}). */
+export interface PackedKvDevice {
+  /** Writes the full-precision K and V rows ([nKV·hd] each) of position `pos` of `layer`. */
+  writeRows(layer: number, pos: number, k: Float32Array, v: Float32Array): void;
+  /** Uploads K block `block` (tokens block·R .. block·R + R − 1) of `layer`, in place. */
+  appendKeyBlock(layer: number, block: number, g: PackedKvGroups): void;
+  /** Uploads the packed V row of position `pos` of `layer`, in place. */
+  appendValueRow(layer: number, pos: number, g: PackedKvGroups): void;
+  /**
+   * Attention of one query `q` [nH·hd] at position `at.pos` over keys 0..pos of `layer`: keys
+   * [0, qk) and values [0, qv) from the packed groups, the rest from the full-precision rows.
+   * Returns [nH·hd].
+   */
+  attend(
+    layer: number,
+    q: Float32Array,
+    at: { pos: number; qk: number; qv: number; scale: number },
+  ): Promise<Float32Array>;
+  /** Bytes moved so far and held now. */
+  traffic(): PackedKvTraffic;
+  /** Frees the device buffers (the object must not be used afterwards). */
+  release(): void;
 }
 
 /** Input of {@linkcode Backend.gptqColumns}: one layer after GPTQ's steps 1–5. */

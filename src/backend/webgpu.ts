@@ -21,6 +21,7 @@ import {
 import { gpuMatmul, type ResidentB } from "./_webgpu_matmul.ts";
 import { gpuGptqColumns } from "./_webgpu_gptq.ts";
 import { gpuBatchedAttention } from "./_webgpu_nn.ts";
+import { gpuPackedKv } from "./_webgpu_kv.ts";
 import {
   gpuPackedMatmul,
   releaseResidentPacked,
@@ -112,6 +113,7 @@ export {
   isCausalMask,
 } from "./_webgpu_nn.ts";
 export { type FakeQuantBuffers, fakeQuantDispatch, gpuFakeQuant } from "./_webgpu_fake_quant.ts";
+export { gpuPackedKv, type KvAttentionBuffers, kvAttentionDispatch } from "./_webgpu_kv.ts";
 export {
   type ElementwiseKernel,
   type Fields,
@@ -304,6 +306,8 @@ export async function webgpuBackend(opts: WebGPUBackendOptions = {}): Promise<We
     },
     ...(opts.packed === false ? {} : { packedMatmulTransB: packed }),
     gptqColumns: (args) => gpuGptqColumns(ctx, args, { maxBindingBytes: opts.maxBindingBytes }),
+    packedKvAttention: (layout) =>
+      gpuPackedKv(ctx, layout, { maxBindingBytes: opts.maxBindingBytes }),
     residentBlocks: true,
     memory: () => {
       const r = residentPackedStats();

@@ -33,7 +33,9 @@ export interface GenerateOptions {
   resident?: boolean;
   /**
    * A quantized KV cache (`src/quant/kv/`, e.g. `{ method: "kivi", bits: 2 }`): the host forward
-   * then runs with that cache (the resident decoder has no quantized cache).
+   * then runs with that cache (the resident decoder has no quantized cache). On a backend with
+   * `packedKvAttention` (WebGPU) a KIVI cache keeps its packed copy on the device and each decode
+   * step's attention reads it there.
    */
   kv?: KVSpec;
 }
@@ -151,6 +153,7 @@ export async function generate(
     }
   } finally {
     dec?.release();
+    cache?.release?.();
   }
   const dt = (performance.now() - t0) / 1000;
   const completion = tok.decode(ids);

@@ -173,6 +173,7 @@ export async function needleEval(model: Model, opts: NeedleOptions = {}): Promis
           if (arg !== ans[i]) exact = false;
           if (i + 1 < ans.length) last = (await forward(model, [ans[i]], { cache })).data;
         }
+        cache.release?.(); // a device copy (KIVI on WebGPU)
         cells.push({
           contextLength: C,
           depth,

@@ -262,9 +262,13 @@ export async function perplexity(
         const cache = createCache(cfg, opts.kv, seqlen);
         const V = cfg.vocabSize;
         const data = new Float32Array(seqlen * V);
-        for (let t = 0; t < seqlen; t += kvChunk) {
-          const part = chunk.slice(t, Math.min(seqlen, t + kvChunk));
-          data.set((await forward(model, part, { cache, hooks })).data, t * V);
+        try {
+          for (let t = 0; t < seqlen; t += kvChunk) {
+            const part = chunk.slice(t, Math.min(seqlen, t + kvChunk));
+            data.set((await forward(model, part, { cache, hooks })).data, t * V);
+          }
+        } finally {
+          cache.release?.(); // a device copy (KIVI on WebGPU)
         }
         const r = windowNll({ shape: [seqlen, V], data }, chunk, seqlen);
         sum += r.sum;

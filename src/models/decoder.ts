@@ -53,6 +53,8 @@ export interface KVCache {
    * block hands it the new rows instead of writing `k`/`v`, and it returns the attention output.
    */
   attend?: CacheAttend;
+  /** Frees what the cache holds outside the host heap (a device copy); set by such caches. */
+  release?(): void;
 }
 
 /** See {@linkcode KVCache.attend}: stores the new K/V of `layer` and attends over the cache. */

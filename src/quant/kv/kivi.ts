@@ -35,9 +35,18 @@
  *
  * CPU attention dequantizes the quantized prefix into a transient f32 buffer per call (the stored
  * cache stays packed); decode is therefore slower than with the f32 cache on CPU.
+ *
+ * On a backend with `packedKvAttention` (WebGPU) the cache also keeps a device copy, made at the
+ * first token and kept in step: each packed K block and V row is uploaded once when the host
+ * quantizes it, at its final place, and the full-precision rows go to rings on the device. A
+ * one-token step (decode) then attends there, from the codes (`kernels/kv_attention.ts`);
+ * chunks of several tokens, a `probs` spec and a sliding window that cuts the keys attend on the
+ * host as above. `deviceTraffic()` counts the bytes that crossed the bus; `release()` frees the
+ * device copy (`generate` calls it).
  * @module
  */
 import type { ModelConfig } from "../../models/config.ts";
+import type { Backend, PackedKvDevice, PackedKvTraffic } from "../../backend/backend.ts";
 import { attention, type CacheAttendInput, type KVCache } from "../../models/decoder.ts";
 import { OptionError } from "../../errors.ts";
 import { checkKvOptions, type KvOptionSpec } from "./_check.ts";
@@ -200,6 +209,11 @@ export class KiviCache implements KVCache {
   readonly config: ModelConfig;
   #layers: Layer[];
   #kw: number;
+  /** The device copy: undefined = not decided yet, null = none (host path). */
+  #device: PackedKvDevice | null | undefined;
+  #deviceBackend: Backend | undefined;
+  /** Per layer: K blocks and V rows already uploaded to the device copy. */
+  #uploaded: { k: number; v: number }[];
 
   /** An empty cache for `capacity` tokens (default the model's context). */
   constructor(cfg: ModelConfig, opts: KiviOptions = {}, capacity = cfg.maxPositions) {
@@ -213,6 +227,7 @@ export class KiviCache implements KVCache {
       vRows: [],
       vFull: [],
     }));
+    this.#uploaded = Array.from({ length: cfg.numLayers }, () => ({ k: 0, v: 0 }));
   }
 
   /** The decoder's hook: stores the new rows of `layer` and attends (see the module doc). */
@@ -220,8 +235,101 @@ export class KiviCache implements KVCache {
     const { q, k, v, off: n, dims, backend } = x;
     const T = dims.T;
     const kw = this.#kw;
-    const R = this.settings.residualLength;
     const L = this.#layers[layer];
+    const dev = this.#deviceFor(backend, layer, n);
+    if (
+      dev && T === 1 && !(dims.probs && dims.probs.bits < 16) &&
+      (dims.window == null || n < dims.window)
+    ) {
+      // Decode on the device: the new rows join the full-precision rings, the query reads the
+      // packed groups uploaded so far; then the host quantizes as usual and uploads what it packed.
+      dev.writeRows(layer, n, k, v);
+      const b = this.boundary(n, 0, 1);
+      const y = await dev.attend(layer, q, { pos: n, qk: b.qk, qv: b.qv, scale: dims.scale });
+      this.#append(L, k.slice(), v.slice());
+      this.#upload(layer, dev);
+      return y;
+    }
+    const out = await this.#attendHost(L, x);
+    if (dev) {
+      const R = this.settings.residualLength;
+      for (let t = Math.max(0, T - R - 1); t < T; t++) {
+        dev.writeRows(
+          layer,
+          n + t,
+          k.subarray(t * kw, (t + 1) * kw),
+          v.subarray(t * kw, (t + 1) * kw),
+        );
+      }
+      this.#upload(layer, dev);
+    }
+    return out;
+  };
+
+  /**
+   * The device copy of this cache when `backend` has `packedKvAttention` (codes of 2..8 bits):
+   * made at the first token of layer 0, so it mirrors the cache from the start; a cache first
+   * filled elsewhere stays on the host path, and one used with another backend drops its copy.
+   */
+  #deviceFor(backend: Backend, layer: number, n: number): PackedKvDevice | undefined {
+    if (this.#device !== undefined) {
+      // Another backend attends on the host without updating the copy: drop it for good.
+      if (this.#device && this.#deviceBackend !== backend) this.release();
+      return this.#device ?? undefined;
+    }
+    if (layer !== 0 || n !== 0 || !backend.packedKvAttention || this.settings.bits > 8) {
+      return undefined;
+    }
+    const cfg = this.config;
+    this.#deviceBackend = backend;
+    this.#device = backend.packedKvAttention({
+      layers: cfg.numLayers,
+      nH: cfg.numHeads,
+      nKV: cfg.numKvHeads,
+      hd: cfg.headDim,
+      bits: this.settings.bits,
+      groupSize: this.settings.groupSize,
+      vGroupSize: this.settings.vGroupSize,
+      residualLength: this.settings.residualLength,
+      capacity: this.capacity,
+    }) ?? null;
+    return this.#device ?? undefined;
+  }
+
+  /** Uploads the K blocks and V rows of `layer` packed since the last upload. */
+  #upload(layer: number, dev: PackedKvDevice): void {
+    const L = this.#layers[layer];
+    const up = this.#uploaded[layer];
+    for (; up.k < L.kBlocks.length; up.k++) {
+      const b = L.kBlocks[up.k];
+      dev.appendKeyBlock(layer, up.k, { codes: b.codes!, scale: b.scale!, mn: b.mn! });
+    }
+    for (; up.v < L.vRows.length; up.v++) {
+      const r = L.vRows[up.v];
+      dev.appendValueRow(layer, up.v, { codes: r.codes!, scale: r.scale!, mn: r.mn! });
+    }
+  }
+
+  /**
+   * Bytes this cache moved to and from the device and holds there (`undefined` when it runs on
+   * the host: no `packedKvAttention` on the backend, or 16 bits).
+   */
+  deviceTraffic(): PackedKvTraffic | undefined {
+    return this.#device?.traffic();
+  }
+
+  /** Frees the device copy (the cache then attends on the host if used again). */
+  release(): void {
+    this.#device?.release();
+    if (this.#device) this.#device = null;
+  }
+
+  /** The host path: dequantize the packed prefix into f32 and attend (see the module doc). */
+  async #attendHost(L: Layer, x: CacheAttendInput): Promise<Float32Array> {
+    const { q, k, v, off: n, dims, backend } = x;
+    const T = dims.T;
+    const kw = this.#kw;
+    const R = this.settings.residualLength;
     // Full-precision rows from K position kBase and V position vBase, kept before the append
     // quantizes some of them (a decode query of this chunk may still read them unquantized).
     const kBase = n - (n % R);
@@ -262,7 +370,7 @@ export class KiviCache implements KVCache {
       t0 = t1;
     }
     return out;
-  };
+  }
 
   /**
    * The quantized prefix query `t` of a chunk of `T` new tokens appended at `n` reads (see the
