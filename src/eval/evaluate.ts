@@ -14,7 +14,13 @@ import type { Model } from "../models/model.ts";
 import { progress } from "../viz/progress.ts";
 import { PyRandom } from "./_pyrandom.ts";
 import { bootstrapStderr, mean, meanStderr, perplexityAgg } from "./_stats.ts";
-import { greedyUntil, loglikelihood, type LoglikelihoodRequest } from "./loglikelihood.ts";
+import {
+  greedyUntil,
+  loglikelihood,
+  type LoglikelihoodEngine,
+  loglikelihoodEngine,
+  type LoglikelihoodRequest,
+} from "./loglikelihood.ts";
 import {
   type Doc,
   expandTasks,
@@ -47,6 +53,11 @@ export interface EvaluateOptions {
   batch?: number;
   /** Share each document's prompt through the KV cache (default true). */
   reuse?: boolean;
+  /**
+   * Score log-likelihood requests through the onnxruntime forward graph where it applies
+   * (default true: CPU backend, no hooks or quantization points; see `loglikelihood.ts`).
+   */
+  ort?: boolean;
   /** Prepend BOS (default: the tokenizer's own default, as lm-eval's HFLM). */
   addBos?: boolean;
   /** Keep per-document samples (lm-eval `--log_samples`). */
@@ -117,6 +128,8 @@ export interface EvalProtocol {
   dataChecksum: string;
   /** Tokenization: tokenizer name, BOS rule, max length. */
   tokenization: { tokenizer: string; addBos: boolean; bosId: number | null; maxLength: number };
+  /** The forward that scored the requests, and why not onnxruntime (`loglikelihoodEngine`). */
+  engine?: LoglikelihoodEngine;
   /** Generation settings (generate_until). */
   generation?: { until: string[]; maxGenToks: number; greedy: true };
   /** Documents in the split, and evaluated. */
@@ -345,6 +358,7 @@ async function runTask(
       maxLength,
       batch: opts.batch,
       reuse: opts.reuse,
+      ort: opts.ort,
       addBos,
       onProgress: (d, t) => {
         bar?.tick(d - requests);
@@ -428,6 +442,9 @@ async function runTask(
       files: allFiles,
       dataChecksum: await sha256Text(allFiles.map((f) => f.sha256).join("\n")),
       tokenization: { tokenizer: tok.name, addBos, bosId: tok.bosId, maxLength },
+      engine: task.outputType === "generate_until"
+        ? { engine: "typescript", fallback: "generation runs the TypeScript forward's KV cache" }
+        : await loglikelihoodEngine(model, { ort: opts.ort }),
       ...(task.generation
         ? {
           generation: {
