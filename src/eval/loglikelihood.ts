@@ -131,6 +131,19 @@ export async function loglikelihoodEngine(
 }
 
 /**
+ * The last context {@linkcode encodePair} tokenized, so consecutive requests with one context
+ * (a document's choices) tokenize it once. Start with `{}`.
+ */
+export interface EncodeMemo {
+  /** Context text (after trailing whitespace moved to the continuation). */
+  text?: string;
+  /** The BOS flag it was tokenized with. */
+  addBos?: boolean;
+  /** Its token ids. */
+  ids?: number[];
+}
+
+/**
  * lm-eval's `_encode_pair`: context/continuation token ids of a request (see the module doc for
  * the rule). Throws {@linkcode OptionError} for an empty continuation.
  */
@@ -138,7 +151,7 @@ export function encodePair(
   tok: Tokenizer,
   context: string,
   continuation: string,
-  opts: { addBos?: boolean } = {},
+  opts: { addBos?: boolean; memo?: EncodeMemo } = {},
 ): EncodedPair {
   if (continuation.length === 0) {
     throw new OptionError("continuation", "is empty (nothing to score)");
@@ -157,7 +170,13 @@ export function encodePair(
     context = context.slice(0, context.length - n);
   }
   const whole = tok.encode(context + continuation, { addBos });
-  const ctx = tok.encode(context, { addBos });
+  const memo = opts.memo;
+  let ctx: number[];
+  if (memo?.ids && memo.text === context && memo.addBos === addBos) ctx = memo.ids;
+  else {
+    ctx = tok.encode(context, { addBos });
+    if (memo) Object.assign(memo, { text: context, addBos, ids: ctx });
+  }
   return { context: ctx, continuation: whole.slice(ctx.length) };
 }
 
@@ -410,7 +429,10 @@ export async function loglikelihood(
   opts: LoglikelihoodOptions & { tokenizer: Tokenizer },
 ): Promise<LoglikelihoodResult[]> {
   const tok = opts.tokenizer;
-  const pairs = requests.map((r) => encodePair(tok, r.context, r.continuation, opts));
+  const memo: EncodeMemo = {};
+  const pairs = requests.map((r) =>
+    encodePair(tok, r.context, r.continuation, { addBos: opts.addBos, memo })
+  );
   const groups = requests.map((r, i) => r.group ?? -1 - i);
   return await loglikelihoodTokens(model, pairs, { ...opts, groups });
 }
