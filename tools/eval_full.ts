@@ -33,11 +33,28 @@ if (method === "gptq") {
 const out = arg("--out");
 const limit = arg("--limit") ? Number(arg("--limit")) : undefined;
 const results: EvalResult[] = [];
+const start = performance.now();
 for (const t of tasks) {
-  const rs = await evaluate(model, [t], { limit });
+  let shown0 = 0;
+  const rs = await evaluate(model, [t], {
+    limit,
+    progress: false,
+    // A line per ~10% of each (sub)task, with the time since the start, for long background runs.
+    onProgress: ({ task, done, total }) => {
+      if (done === total || done - shown0 >= total / 10 || done < shown0) {
+        shown0 = done;
+        console.error(
+          `${task} ${done}/${total} at ${((performance.now() - start) / 1000).toFixed(0)} s`,
+        );
+      }
+    },
+  });
   results.push(...rs);
   const shown = rs.length > 1 ? rs.slice(-1) : rs;
   console.log(resultsMarkdown(shown));
   console.log(`${t}: ${shown[0].requests} requests in ${shown[0].seconds.toFixed(1)} s`);
   if (out) await Deno.writeTextFile(out, JSON.stringify(results, null, 1));
 }
+console.log(
+  `total ${((performance.now() - start) / 1000).toFixed(1)} s (after loading/quantizing)`,
+);
