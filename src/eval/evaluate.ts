@@ -503,46 +503,58 @@ export async function evaluate(
     const t0 = performance.now();
     const rs: EvalResult[] = [];
     for (const m of members) rs.push(await runTask(model, m, opts));
-    out.push(...rs);
-    const sizes = rs.map((r) => r.protocol.docs.evaluated);
-    const accs = rs.map((r) => r.metrics.find((m) => m.metric === "acc")!);
-    const N = sizes.reduce((a, b) => a + b, 0);
-    const micro = accs.reduce((s, a, i) => s + a.value * sizes[i], 0) / N;
-    const files = rs.flatMap((r) => r.protocol.files);
-    out.push({
-      task: name,
-      version: rs[0].version,
-      metrics: [
-        {
-          metric: "acc",
-          filter: "none",
-          value: micro,
-          stderr: pooledStderr(accs.map((a) => a.stderr), sizes),
-          higherIsBetter: true,
-        },
-        {
-          metric: "acc_macro",
-          filter: "none",
-          value: mean(accs.map((a) => a.value)),
-          stderr: NaN,
-          higherIsBetter: true,
-        },
-      ],
-      protocol: {
-        ...rs[0].protocol,
-        dataset: `${name} group (${members.length} tasks, weight_by_size)`,
-        description: "per subject",
-        files,
-        dataChecksum: await sha256Text(files.map((f) => f.sha256).join("\n")),
-        docs: { total: rs.reduce((s, r) => s + r.protocol.docs.total, 0), evaluated: N },
-      },
-      requests: rs.reduce((s, r) => s + r.requests, 0),
-      truncated: rs.reduce((s, r) => s + r.truncated, 0),
-      seconds: (performance.now() - t0) / 1000,
-      subtasks: members.slice(),
-    });
+    out.push(...rs, await groupResult(name, rs, (performance.now() - t0) / 1000));
   }
   return out;
+}
+
+/**
+ * The record of a task group (e.g. "mmlu") from its members' results, as {@linkcode evaluate}
+ * adds it: size-weighted (micro) `acc`, lm-eval's pooled standard error, and `acc_macro`.
+ * `seconds` is the group's wall time.
+ */
+export async function groupResult(
+  name: string,
+  rs: EvalResult[],
+  seconds: number,
+): Promise<EvalResult> {
+  const sizes = rs.map((r) => r.protocol.docs.evaluated);
+  const accs = rs.map((r) => r.metrics.find((m) => m.metric === "acc")!);
+  const N = sizes.reduce((a, b) => a + b, 0);
+  const micro = accs.reduce((s, a, i) => s + a.value * sizes[i], 0) / N;
+  const files = rs.flatMap((r) => r.protocol.files);
+  return {
+    task: name,
+    version: rs[0].version,
+    metrics: [
+      {
+        metric: "acc",
+        filter: "none",
+        value: micro,
+        stderr: pooledStderr(accs.map((a) => a.stderr), sizes),
+        higherIsBetter: true,
+      },
+      {
+        metric: "acc_macro",
+        filter: "none",
+        value: mean(accs.map((a) => a.value)),
+        stderr: NaN,
+        higherIsBetter: true,
+      },
+    ],
+    protocol: {
+      ...rs[0].protocol,
+      dataset: `${name} group (${rs.length} tasks, weight_by_size)`,
+      description: "per subject",
+      files,
+      dataChecksum: await sha256Text(files.map((f) => f.sha256).join("\n")),
+      docs: { total: rs.reduce((s, r) => s + r.protocol.docs.total, 0), evaluated: N },
+    },
+    requests: rs.reduce((s, r) => s + r.requests, 0),
+    truncated: rs.reduce((s, r) => s + r.truncated, 0),
+    seconds,
+    subtasks: rs.map((r) => r.task),
+  };
 }
 
 /** An lm-eval-style Markdown table of results (`|Tasks|Version|Filter|n-shot|Metric|…|`). */
