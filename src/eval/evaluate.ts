@@ -39,6 +39,12 @@ import {
 export interface EvaluateOptions {
   /** Evaluate only the first `limit` documents of each task (lm-eval `--limit` as a count). */
   limit?: number;
+  /**
+   * Skip the first `offset` documents (default 0; with `limit`, documents
+   * [offset, offset + limit)), to split a long task into resumable slices that
+   * {@linkcode mergeSlices} joins. Each document keeps the few-shot examples it gets in a full run.
+   */
+  offset?: number;
   /** Few-shot examples per prompt (default: the task's, e.g. 5 for mmlu and gsm8k, else 0). */
   numFewshot?: number;
   /** Seed of the few-shot sampler (lm-eval `fewshot_random_seed`, default 1234). */
@@ -299,8 +305,16 @@ async function runTask(
   if (opts.limit !== undefined && !(Number.isInteger(opts.limit) && opts.limit >= 1)) {
     throw new OptionError("limit", `must be an integer ≥ 1, got ${opts.limit}`);
   }
-  const docs = opts.limit !== undefined ? all.slice(0, opts.limit) : all;
-  const built = buildRequests(task, docs, few.docs, { numFewshot, seed: opts.seed });
+  const offset = opts.offset ?? 0;
+  if (!(Number.isInteger(offset) && offset >= 0 && offset < all.length)) {
+    throw new OptionError("offset", `must be an integer in 0..${all.length - 1}, got ${offset}`);
+  }
+  const end = opts.limit !== undefined ? Math.min(all.length, offset + opts.limit) : all.length;
+  const docs = all.slice(offset, end);
+  // Prompts of the documents before `offset` are built too (and dropped): the few-shot sampler
+  // draws for every document in order, so a document gets the same shots in any slice.
+  const built = buildRequests(task, all.slice(0, end), few.docs, { numFewshot, seed: opts.seed })
+    .slice(offset);
   const maxLength = opts.maxLength ?? model.config.maxPositions;
   const addBos = opts.addBos ?? tok.bosId !== null;
   const bar = opts.progress === false ? undefined : progress(
@@ -340,7 +354,7 @@ async function runTask(
       requests++;
       if (opts.logSamples) {
         samples.push({
-          docId: i,
+          docId: offset + i,
           target: b.target,
           arguments: [[b.prompt!]],
           resps: [r.text],
@@ -384,7 +398,7 @@ async function runTask(
       per.push(m);
       if (opts.logSamples) {
         samples.push({
-          docId: i,
+          docId: offset + i,
           target: b.target,
           arguments: b.requests.map((r) => [r.context, r.continuation]),
           resps: rs.map((r) => [r.logprob, r.isGreedy]),
@@ -554,6 +568,56 @@ export async function groupResult(
     truncated: rs.reduce((s, r) => s + r.truncated, 0),
     seconds,
     subtasks: rs.map((r) => r.task),
+  };
+}
+
+/**
+ * One result from results of consecutive slices of one task (`offset`/`limit`, each run with
+ * `logSamples`): samples concatenated, mean metrics (acc, acc_norm, exact_match) and their
+ * standard errors recomputed over all documents, times and request counts summed. Throws
+ * {@linkcode OptionError} for slices of different tasks, without samples, that are not
+ * consecutive, or with a perplexity metric (its bootstrap needs the whole run).
+ */
+export function mergeSlices(slices: readonly EvalResult[]): EvalResult {
+  if (slices.length === 0) throw new OptionError("slices", "give at least one result");
+  const first = slices[0];
+  const samples: EvalSample[] = [];
+  for (const r of slices) {
+    if (r.task !== first.task) {
+      throw new OptionError("slices", `mixes tasks ${first.task} and ${r.task}`);
+    }
+    if (!r.samples) throw new OptionError("slices", `a ${r.task} slice has no samples`);
+    for (const x of r.samples) {
+      const want = samples.length === 0 ? first.samples![0]?.docId ?? 0 : samples.at(-1)!.docId + 1;
+      if (x.docId !== want) {
+        throw new OptionError(
+          "slices",
+          `document ${x.docId} follows ${want - 1} (not consecutive)`,
+        );
+      }
+      samples.push(x);
+    }
+  }
+  const metrics = first.metrics.map((m) => {
+    if (m.metric === "perplexity") {
+      throw new OptionError("slices", "perplexity cannot be merged from slices");
+    }
+    const key = m.filter === "none" ? m.metric : `${m.metric},${m.filter}`;
+    const xs = samples.map((x) => x.metrics[key]);
+    return { ...m, value: mean(xs), stderr: meanStderr(xs) };
+  });
+  return {
+    ...first,
+    metrics,
+    protocol: {
+      ...first.protocol,
+      docs: { total: first.protocol.docs.total, evaluated: samples.length },
+      deviations: [...new Set(slices.flatMap((r) => r.protocol.deviations))],
+    },
+    requests: slices.reduce((s, r) => s + r.requests, 0),
+    truncated: slices.reduce((s, r) => s + r.truncated, 0),
+    seconds: slices.reduce((s, r) => s + r.seconds, 0),
+    samples,
   };
 }
 
