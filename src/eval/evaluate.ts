@@ -14,7 +14,13 @@ import type { Model } from "../models/model.ts";
 import { progress } from "../viz/progress.ts";
 import { PyRandom } from "./_pyrandom.ts";
 import { bootstrapStderr, mean, meanStderr, perplexityAgg } from "./_stats.ts";
-import { greedyUntil, loglikelihood, type LoglikelihoodRequest } from "./loglikelihood.ts";
+import {
+  greedyUntil,
+  loglikelihood,
+  type LoglikelihoodEngine,
+  loglikelihoodEngine,
+  type LoglikelihoodRequest,
+} from "./loglikelihood.ts";
 import {
   type Doc,
   expandTasks,
@@ -33,6 +39,12 @@ import {
 export interface EvaluateOptions {
   /** Evaluate only the first `limit` documents of each task (lm-eval `--limit` as a count). */
   limit?: number;
+  /**
+   * Skip the first `offset` documents (default 0; with `limit`, documents
+   * [offset, offset + limit)), to split a long task into resumable slices that
+   * {@linkcode mergeSlices} joins. Each document keeps the few-shot examples it gets in a full run.
+   */
+  offset?: number;
   /** Few-shot examples per prompt (default: the task's, e.g. 5 for mmlu and gsm8k, else 0). */
   numFewshot?: number;
   /** Seed of the few-shot sampler (lm-eval `fewshot_random_seed`, default 1234). */
@@ -47,6 +59,11 @@ export interface EvaluateOptions {
   batch?: number;
   /** Share each document's prompt through the KV cache (default true). */
   reuse?: boolean;
+  /**
+   * Score log-likelihood requests through the onnxruntime forward graph where it applies
+   * (default true: CPU backend, no hooks or quantization points; see `loglikelihood.ts`).
+   */
+  ort?: boolean;
   /** Prepend BOS (default: the tokenizer's own default, as lm-eval's HFLM). */
   addBos?: boolean;
   /** Keep per-document samples (lm-eval `--log_samples`). */
@@ -117,6 +134,8 @@ export interface EvalProtocol {
   dataChecksum: string;
   /** Tokenization: tokenizer name, BOS rule, max length. */
   tokenization: { tokenizer: string; addBos: boolean; bosId: number | null; maxLength: number };
+  /** The forward that scored the requests, and why not onnxruntime (`loglikelihoodEngine`). */
+  engine?: LoglikelihoodEngine;
   /** Generation settings (generate_until). */
   generation?: { until: string[]; maxGenToks: number; greedy: true };
   /** Documents in the split, and evaluated. */
@@ -286,8 +305,16 @@ async function runTask(
   if (opts.limit !== undefined && !(Number.isInteger(opts.limit) && opts.limit >= 1)) {
     throw new OptionError("limit", `must be an integer ≥ 1, got ${opts.limit}`);
   }
-  const docs = opts.limit !== undefined ? all.slice(0, opts.limit) : all;
-  const built = buildRequests(task, docs, few.docs, { numFewshot, seed: opts.seed });
+  const offset = opts.offset ?? 0;
+  if (!(Number.isInteger(offset) && offset >= 0 && offset < all.length)) {
+    throw new OptionError("offset", `must be an integer in 0..${all.length - 1}, got ${offset}`);
+  }
+  const end = opts.limit !== undefined ? Math.min(all.length, offset + opts.limit) : all.length;
+  const docs = all.slice(offset, end);
+  // Prompts of the documents before `offset` are built too (and dropped): the few-shot sampler
+  // draws for every document in order, so a document gets the same shots in any slice.
+  const built = buildRequests(task, all.slice(0, end), few.docs, { numFewshot, seed: opts.seed })
+    .slice(offset);
   const maxLength = opts.maxLength ?? model.config.maxPositions;
   const addBos = opts.addBos ?? tok.bosId !== null;
   const bar = opts.progress === false ? undefined : progress(
@@ -327,7 +354,7 @@ async function runTask(
       requests++;
       if (opts.logSamples) {
         samples.push({
-          docId: i,
+          docId: offset + i,
           target: b.target,
           arguments: [[b.prompt!]],
           resps: [r.text],
@@ -345,6 +372,7 @@ async function runTask(
       maxLength,
       batch: opts.batch,
       reuse: opts.reuse,
+      ort: opts.ort,
       addBos,
       onProgress: (d, t) => {
         bar?.tick(d - requests);
@@ -370,7 +398,7 @@ async function runTask(
       per.push(m);
       if (opts.logSamples) {
         samples.push({
-          docId: i,
+          docId: offset + i,
           target: b.target,
           arguments: b.requests.map((r) => [r.context, r.continuation]),
           resps: rs.map((r) => [r.logprob, r.isGreedy]),
@@ -428,6 +456,9 @@ async function runTask(
       files: allFiles,
       dataChecksum: await sha256Text(allFiles.map((f) => f.sha256).join("\n")),
       tokenization: { tokenizer: tok.name, addBos, bosId: tok.bosId, maxLength },
+      engine: task.outputType === "generate_until"
+        ? { engine: "typescript", fallback: "generation runs the TypeScript forward's KV cache" }
+        : await loglikelihoodEngine(model, { ort: opts.ort }),
       ...(task.generation
         ? {
           generation: {
@@ -486,46 +517,108 @@ export async function evaluate(
     const t0 = performance.now();
     const rs: EvalResult[] = [];
     for (const m of members) rs.push(await runTask(model, m, opts));
-    out.push(...rs);
-    const sizes = rs.map((r) => r.protocol.docs.evaluated);
-    const accs = rs.map((r) => r.metrics.find((m) => m.metric === "acc")!);
-    const N = sizes.reduce((a, b) => a + b, 0);
-    const micro = accs.reduce((s, a, i) => s + a.value * sizes[i], 0) / N;
-    const files = rs.flatMap((r) => r.protocol.files);
-    out.push({
-      task: name,
-      version: rs[0].version,
-      metrics: [
-        {
-          metric: "acc",
-          filter: "none",
-          value: micro,
-          stderr: pooledStderr(accs.map((a) => a.stderr), sizes),
-          higherIsBetter: true,
-        },
-        {
-          metric: "acc_macro",
-          filter: "none",
-          value: mean(accs.map((a) => a.value)),
-          stderr: NaN,
-          higherIsBetter: true,
-        },
-      ],
-      protocol: {
-        ...rs[0].protocol,
-        dataset: `${name} group (${members.length} tasks, weight_by_size)`,
-        description: "per subject",
-        files,
-        dataChecksum: await sha256Text(files.map((f) => f.sha256).join("\n")),
-        docs: { total: rs.reduce((s, r) => s + r.protocol.docs.total, 0), evaluated: N },
-      },
-      requests: rs.reduce((s, r) => s + r.requests, 0),
-      truncated: rs.reduce((s, r) => s + r.truncated, 0),
-      seconds: (performance.now() - t0) / 1000,
-      subtasks: members.slice(),
-    });
+    out.push(...rs, await groupResult(name, rs, (performance.now() - t0) / 1000));
   }
   return out;
+}
+
+/**
+ * The record of a task group (e.g. "mmlu") from its members' results, as {@linkcode evaluate}
+ * adds it: size-weighted (micro) `acc`, lm-eval's pooled standard error, and `acc_macro`.
+ * `seconds` is the group's wall time.
+ */
+export async function groupResult(
+  name: string,
+  rs: EvalResult[],
+  seconds: number,
+): Promise<EvalResult> {
+  const sizes = rs.map((r) => r.protocol.docs.evaluated);
+  const accs = rs.map((r) => r.metrics.find((m) => m.metric === "acc")!);
+  const N = sizes.reduce((a, b) => a + b, 0);
+  const micro = accs.reduce((s, a, i) => s + a.value * sizes[i], 0) / N;
+  const files = rs.flatMap((r) => r.protocol.files);
+  return {
+    task: name,
+    version: rs[0].version,
+    metrics: [
+      {
+        metric: "acc",
+        filter: "none",
+        value: micro,
+        stderr: pooledStderr(accs.map((a) => a.stderr), sizes),
+        higherIsBetter: true,
+      },
+      {
+        metric: "acc_macro",
+        filter: "none",
+        value: mean(accs.map((a) => a.value)),
+        stderr: NaN,
+        higherIsBetter: true,
+      },
+    ],
+    protocol: {
+      ...rs[0].protocol,
+      dataset: `${name} group (${rs.length} tasks, weight_by_size)`,
+      description: "per subject",
+      files,
+      dataChecksum: await sha256Text(files.map((f) => f.sha256).join("\n")),
+      docs: { total: rs.reduce((s, r) => s + r.protocol.docs.total, 0), evaluated: N },
+    },
+    requests: rs.reduce((s, r) => s + r.requests, 0),
+    truncated: rs.reduce((s, r) => s + r.truncated, 0),
+    seconds,
+    subtasks: rs.map((r) => r.task),
+  };
+}
+
+/**
+ * One result from results of consecutive slices of one task (`offset`/`limit`, each run with
+ * `logSamples`): samples concatenated, mean metrics (acc, acc_norm, exact_match) and their
+ * standard errors recomputed over all documents, times and request counts summed. Throws
+ * {@linkcode OptionError} for slices of different tasks, without samples, that are not
+ * consecutive, or with a perplexity metric (its bootstrap needs the whole run).
+ */
+export function mergeSlices(slices: readonly EvalResult[]): EvalResult {
+  if (slices.length === 0) throw new OptionError("slices", "give at least one result");
+  const first = slices[0];
+  const samples: EvalSample[] = [];
+  for (const r of slices) {
+    if (r.task !== first.task) {
+      throw new OptionError("slices", `mixes tasks ${first.task} and ${r.task}`);
+    }
+    if (!r.samples) throw new OptionError("slices", `a ${r.task} slice has no samples`);
+    for (const x of r.samples) {
+      const want = samples.length === 0 ? first.samples![0]?.docId ?? 0 : samples.at(-1)!.docId + 1;
+      if (x.docId !== want) {
+        throw new OptionError(
+          "slices",
+          `document ${x.docId} follows ${want - 1} (not consecutive)`,
+        );
+      }
+      samples.push(x);
+    }
+  }
+  const metrics = first.metrics.map((m) => {
+    if (m.metric === "perplexity") {
+      throw new OptionError("slices", "perplexity cannot be merged from slices");
+    }
+    const key = m.filter === "none" ? m.metric : `${m.metric},${m.filter}`;
+    const xs = samples.map((x) => x.metrics[key]);
+    return { ...m, value: mean(xs), stderr: meanStderr(xs) };
+  });
+  return {
+    ...first,
+    metrics,
+    protocol: {
+      ...first.protocol,
+      docs: { total: first.protocol.docs.total, evaluated: samples.length },
+      deviations: [...new Set(slices.flatMap((r) => r.protocol.deviations))],
+    },
+    requests: slices.reduce((s, r) => s + r.requests, 0),
+    truncated: slices.reduce((s, r) => s + r.truncated, 0),
+    seconds: slices.reduce((s, r) => s + r.seconds, 0),
+    samples,
+  };
 }
 
 /** An lm-eval-style Markdown table of results (`|Tasks|Version|Filter|n-shot|Metric|…|`). */

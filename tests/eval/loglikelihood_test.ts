@@ -10,12 +10,14 @@ import {
   encodePair,
   greedyUntil,
   loglikelihood,
+  loglikelihoodEngine,
   loglikelihoodTokens,
   modelInput,
 } from "../../src/eval/loglikelihood.ts";
 import { loadTokenizer, parseSentencePieceModel } from "../../src/io/tokenizer.ts";
 import { forward } from "../../src/models/decoder.ts";
 import { getTokenizer, loadModel } from "../../src/models/load.ts";
+import { type EvalResult, evaluate } from "../../src/eval/evaluate.ts";
 import type { Model } from "../../src/models/model.ts";
 
 const DATA = new URL("../../../shared/data/", import.meta.url).pathname;
@@ -87,15 +89,17 @@ Deno.test("loglikelihood on stories260K equals an independent forward; reuse equ
     { context: "Tom was sad so Lily", continuation: " hugged him.", group: 2 },
     { context: "Tom was sad so Tom", continuation: " hugged him.", group: 2 },
   ];
+  // Default: the onnxruntime engine; then the TypeScript forward with and without reuse.
   const a = await loglikelihood(m, reqs, { tokenizer: tok });
-  const b = await loglikelihood(m, reqs, { tokenizer: tok, reuse: false, batch: 4 });
+  const b = await loglikelihood(m, reqs, { tokenizer: tok, reuse: false, batch: 4, ort: false });
+  const c = await loglikelihood(m, reqs, { tokenizer: tok, ort: false });
   for (let i = 0; i < reqs.length; i++) {
     const p = encodePair(tok, reqs[i].context, reqs[i].continuation);
     const o = await oracle(m, p.context, p.continuation);
-    assertAlmostEquals(a[i].logprob, o.lp, 1e-4);
-    assertAlmostEquals(b[i].logprob, o.lp, 1e-4);
-    assertEquals(a[i].isGreedy, o.greedy);
-    assertEquals(b[i].isGreedy, o.greedy);
+    for (const r of [a[i], b[i], c[i]]) {
+      assertAlmostEquals(r.logprob, o.lp, 1e-4);
+      assertEquals(r.isGreedy, o.greedy);
+    }
     assertEquals(a[i].tokens, p.continuation.length);
     assertEquals(a[i].truncated, false);
   }
@@ -160,4 +164,41 @@ Deno.test("greedyUntil: greedy tokens as an argmax loop, cut before the first st
     OptionError,
     "maxGenToks",
   );
+});
+
+/** Per-request [logprob, isGreedy] of a result's samples, flattened. */
+function resps(r: EvalResult): [number, boolean][] {
+  return r.samples!.flatMap((s) => s.resps as [number, boolean][]);
+}
+
+Deno.test("onnxruntime engine equals the TypeScript forward on real PIQA, MMLU, HellaSwag, LAMBADA requests", async () => {
+  const m = await loadModel(`${DATA}models/stories260K`);
+  assertEquals(await loglikelihoodEngine(m), { engine: "onnxruntime" });
+  // Hooks (activation quantizers and the like) and ort: false take the TypeScript forward.
+  const hooked = { ...m, hooks: { linearInput: (_n: string, x: never) => x } };
+  assertEquals((await loglikelihoodEngine(hooked)).engine, "typescript");
+  assertEquals(await loglikelihoodEngine(m, { ort: false }), {
+    engine: "typescript",
+    fallback: "ort: false",
+  });
+  // mmlu_anatomy: 5-shot prompts left-truncated to 512 tokens, the four letters one pass.
+  for (
+    const [task, limit] of [["piqa", 12], ["mmlu_anatomy", 6], ["hellaswag", 6], [
+      "lambada_openai",
+      8,
+    ]] as const
+  ) {
+    const go = { limit, logSamples: true, progress: false, bootstrapIters: 10 };
+    const [a] = await evaluate(m, [task], go);
+    const [b] = await evaluate(m, [task], { ...go, ort: false });
+    assertEquals(a.protocol.engine?.engine, "onnxruntime", task);
+    assertEquals(b.protocol.engine?.engine, "typescript", task);
+    const ra = resps(a), rb = resps(b);
+    assertEquals(ra.length, rb.length);
+    assert(ra.length >= limit);
+    for (let i = 0; i < ra.length; i++) {
+      assertAlmostEquals(ra[i][0], rb[i][0], 1e-4, `${task} request ${i}`);
+      assertEquals(ra[i][1], rb[i][1], `${task} request ${i} is-greedy`);
+    }
+  }
 });
