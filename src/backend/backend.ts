@@ -39,12 +39,15 @@ export interface Backend {
   gptqColumns?(args: GptqColumnsArgs): Promise<GptqColumnsResult | undefined>;
   /**
    * Optional float64 GEMM `C[m,n] = A[m,k] · B[k,n]` over row-major `Float64Array`s (CPU:
-   * onnxruntime's MLAS DGEMM). Quantizers that keep float64 factors (`linalg.ts`'s blocked
-   * Cholesky, QuIP's rotations) use it through this capability instead of naming a backend.
+   * onnxruntime's MLAS DGEMM); with `transA`, `a` holds `Aᵀ` (`k × m`). Quantizers that keep
+   * float64 factors (`linalg.ts`'s blocked Cholesky, QuIP's rotations) use it through this
+   * capability instead of naming a backend.
    */
-  matmulF64?(a: Float64Array, b: Float64Array, dims: { m: number; k: number; n: number }): Promise<
-    Float64Array
-  >;
+  matmulF64?(
+    a: Float64Array,
+    b: Float64Array,
+    dims: { m: number; k: number; n: number; transA?: boolean },
+  ): Promise<Float64Array>;
   /**
    * True when the backend can run a whole decoder block resident on its device
    * (`src/models/resident_block.ts`); the quantization pipeline asks this instead of testing the

@@ -58,31 +58,39 @@ export function gemmSession(transB: boolean): Promise<Session> {
 
 /**
  * A float64 `Y = A · B` through onnxruntime (`MatMul` on `tensor(double)`, MLAS DGEMM, dynamic
- * shapes): resolves to the product function once the session exists. Rejects when
- * onnxruntime-node cannot be loaded (callers fall back to TypeScript).
+ * shapes), or `Y = Aᵀ · B` with `transA` (`Gemm` with `transA = 1`, `a` stored `k × m`):
+ * resolves to the product function once the sessions exist. Rejects when onnxruntime-node
+ * cannot be loaded (callers fall back to TypeScript).
  */
 export async function matmulF64Session(): Promise<
-  (a: Float64Array, b: Float64Array, dims: { m: number; k: number; n: number }) => Promise<
-    Float64Array
-  >
+  (
+    a: Float64Array,
+    b: Float64Array,
+    dims: { m: number; k: number; n: number; transA?: boolean },
+  ) => Promise<Float64Array>
 > {
   const ort = await loadOrt();
   const f64 = 11; // TensorProto.DOUBLE
-  const session = await ort.InferenceSession.create(
-    encodeModel(
-      [{ op: "MatMul", inputs: ["A", "B"], outputs: ["Y"] }],
-      [{ name: "A", elemType: f64, dims: ["m", "k"] }, {
-        name: "B",
-        elemType: f64,
-        dims: ["k", "n"],
-      }],
-      [{ name: "Y", elemType: f64, dims: ["m", "n"] }],
-    ),
-    { graphOptimizationLevel: "all", executionMode: "sequential" },
-  );
-  return async (a, b, { m, k, n }) => {
-    const out = await session.run({
-      A: new ort.Tensor("float64", a, [m, k]),
+  const create = (transA: boolean) =>
+    ort.InferenceSession.create(
+      encodeModel(
+        [
+          transA
+            ? { op: "Gemm", inputs: ["A", "B"], outputs: ["Y"], intAttrs: { transA: 1 } }
+            : { op: "MatMul", inputs: ["A", "B"], outputs: ["Y"] },
+        ],
+        [
+          { name: "A", elemType: f64, dims: transA ? ["k", "m"] : ["m", "k"] },
+          { name: "B", elemType: f64, dims: ["k", "n"] },
+        ],
+        [{ name: "Y", elemType: f64, dims: ["m", "n"] }],
+      ),
+      { graphOptimizationLevel: "all", executionMode: "sequential" },
+    );
+  const [plain, transposed] = await Promise.all([create(false), create(true)]);
+  return async (a, b, { m, k, n, transA }) => {
+    const out = await (transA ? transposed : plain).run({
+      A: new ort.Tensor("float64", a, transA ? [k, m] : [m, k]),
       B: new ort.Tensor("float64", b, [k, n]),
     });
     return out.Y.data as Float64Array;

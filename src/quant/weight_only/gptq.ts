@@ -437,11 +437,16 @@ export async function gptqQuantize(
     const Wc = W0 === W.data || perm ? permuteColumns(W0, { rows, cols, perm }) : W0;
     let H = processedHessian(H0, { diag, damp, perm });
     clock.lap("params");
-    let Hinv64: Float64Array;
+    let Hinv: Float32Array;
     try {
-      Hinv64 = cols > BLOCKED_LINALG_MIN
-        ? await upperCholeskyOfInverseBlocked(H, cols, { gemm: await onnxGemmF64() })
-        : upperCholeskyOfInverse(H, cols);
+      // float64 factorization, each entry rounded to float32 on store (as Float32Array.from).
+      Hinv = cols > BLOCKED_LINALG_MIN
+        ? await upperCholeskyOfInverseBlocked(H, cols, {
+          gemm: await onnxGemmF64(),
+          overwrite: true,
+          out: new Float32Array(cols * cols),
+        })
+        : Float32Array.from(upperCholeskyOfInverse(H, cols));
     } catch (e) {
       if (e instanceof NotPositiveDefiniteError) {
         throw notPd(
@@ -454,8 +459,6 @@ export async function gptqQuantize(
       throw e;
     }
     H = new Float64Array(0);
-    const Hinv = Float32Array.from(Hinv64);
-    Hinv64 = new Float64Array(0);
     for (let i = 0; i < cols; i++) {
       const d = Hinv[i * cols + i];
       if (!(d > 0) || !Number.isFinite(d)) {
