@@ -5,14 +5,15 @@
  * scales) on both sides (same construction, different random streams).
  *
  * The peer is `bench/_gptq_torch_cpu.py` (IST-DASLab/gptq `fasterquant`'s steps on Debian's
- * PyTorch CPU, float32 LAPACK `Hinv`), one persistent process, `torch.set_num_threads` = this
- * machine's cores (onnxruntime's default intra-op pool is also one thread per core). The two
+ * PyTorch CPU, float32 LAPACK `Hinv`), one persistent process; both sides use `--threads N`
+ * threads (default 1: `torch.set_num_threads(N)`, onnxruntime's `intraOpNumThreads` through
+ * `QUANTLAB_CPU_THREADS`). The two
  * sides alternate, `--reps` runs each (default 3), and each side's minimum is reported (the
  * machine is shared; the minimum is the least disturbed run). Columns: reference and quantlab
  * seconds, ratio (quantlab / reference, < 1 = faster), each side's `Hinv` share of its total,
  * and quantlab's phases (`GptqTimings`).
  *
- * Run: `deno run -A bench/gptq_bench.ts [--quick] [--large] [--reps N] [--no-peer]`
+ * Run: `deno run -A bench/gptq_bench.ts [--quick] [--large] [--reps N] [--threads N] [--no-peer]`
  * (`--quick`: the three small shapes; `--large`: adds 4096×11008; `--no-peer`: quantlab only).
  * @module
  */
@@ -27,7 +28,10 @@ const quick = args.includes("--quick");
 const large = args.includes("--large");
 const usePeer = !args.includes("--no-peer");
 const reps = args.includes("--reps") ? Number(args[args.indexOf("--reps") + 1]) : 3;
-const threads = navigator.hardwareConcurrency;
+// Same thread count both sides: torch.set_num_threads and onnxruntime's intra-op pool (default
+// 1, PyTorch's default on this machine; `--threads N` for more).
+const threads = args.includes("--threads") ? Number(args[args.indexOf("--threads") + 1]) : 1;
+Deno.env.set("QUANTLAB_CPU_THREADS", String(threads)); // before the first session exists
 
 const shapes: [number, number][] = [[768, 768], [3072, 768], [768, 3072]];
 if (!quick) shapes.push([4096, 4096]);
@@ -111,8 +115,8 @@ const fmt = (x: number, d = 2, w = 7) => (Number.isFinite(x) ? x.toFixed(d) : "-
 console.log(
   `GPTQ 4-bit g128 act-order, blocksize 128; quantlab: CPU backend (${cpuBackend.description}); ` +
     `reference: ${
-      peer ? `PyTorch ${peer.info.torch} CPU, ${peer.info.threads} threads` : "not run"
-    }; ${threads} cores; min of ${reps} alternating runs per side`,
+      peer ? `PyTorch ${peer.info.torch} CPU` : "not run"
+    }, ${threads} threads; ${navigator.hardwareConcurrency} cores; min of ${reps} alternating runs per side`,
 );
 console.log(
   "shape (out×in)    ref s  ours s   ratio  ref Hinv%  our Hinv%   linalg   params    block    trail",

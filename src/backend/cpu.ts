@@ -40,16 +40,35 @@ export function gemmModelBytes(transB: boolean): Uint8Array {
   );
 }
 
-/** A cached session for the given graph kind. Threads: all cores (ORT default). */
+/**
+ * Session options of every CPU-backend session: onnxruntime's intra-op pool is one thread per
+ * core by default; the environment variable `QUANTLAB_CPU_THREADS` (read once, when permitted)
+ * sets another size, e.g. to compare with a peer at the same thread count.
+ */
+export function sessionOptions(): Record<string, unknown> {
+  threadsFromEnv ??= (() => {
+    try {
+      const v = Number(Deno.env.get("QUANTLAB_CPU_THREADS"));
+      return Number.isInteger(v) && v > 0 ? v : 0;
+    } catch {
+      return 0; // no --allow-env
+    }
+  })();
+  return {
+    graphOptimizationLevel: "all",
+    executionMode: "sequential",
+    ...(threadsFromEnv ? { intraOpNumThreads: threadsFromEnv } : {}),
+  };
+}
+let threadsFromEnv: number | undefined;
+
+/** A cached session for the given graph kind (threads: {@linkcode sessionOptions}). */
 export function gemmSession(transB: boolean): Promise<Session> {
   const key = transB ? "gemmT" : "matmul";
   let s = sessions.get(key);
   if (!s) {
     s = loadOrt().then((ort) =>
-      ort.InferenceSession.create(gemmModelBytes(transB), {
-        graphOptimizationLevel: "all",
-        executionMode: "sequential",
-      })
+      ort.InferenceSession.create(gemmModelBytes(transB), sessionOptions())
     );
     sessions.set(key, s);
   }
@@ -85,7 +104,7 @@ export async function matmulF64Session(): Promise<
         ],
         [{ name: "Y", elemType: f64, dims: ["m", "n"] }],
       ),
-      { graphOptimizationLevel: "all", executionMode: "sequential" },
+      sessionOptions(),
     );
   const [plain, transposed] = await Promise.all([create(false), create(true)]);
   return async (a, b, { m, k, n, transA }) => {
@@ -121,7 +140,7 @@ async function runAttention(q: Tensor, kT: Tensor, v: Tensor, mask: Tensor): Pro
   const ort = await loadOrt();
   let s = sessions.get("attn");
   if (!s) {
-    s = ort.InferenceSession.create(attentionModelBytes(), { graphOptimizationLevel: "all" });
+    s = ort.InferenceSession.create(attentionModelBytes(), sessionOptions());
     sessions.set("attn", s!);
   }
   const out = await (await s!).run({
