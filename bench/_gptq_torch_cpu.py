@@ -4,7 +4,8 @@ cholesky_inverse, upper Cholesky; per-group asymmetric min-max grid), timed on t
 with a random SPD Hessian of the same construction. Written independently for timing only.
 Usage: python3 bench/_gptq_torch_cpu.py [--quick] [--threads N] [--serve]
 Prints one line per shape: rows cols total_s hinv_s. With --serve: reads "rows cols" lines on
-stdin and answers each with one JSON line {rows, cols, total_s, hinv_s} (bench/gptq_bench.ts).
+stdin and answers each with one JSON line {rows, cols, total_s, hinv_s, cpu_s} (bench/gptq_bench.ts;
+cpu_s: process CPU seconds, time.process_time).
 """
 import json
 import sys
@@ -73,9 +74,9 @@ def run_shape(rows, cols):
     H = 2 / n * X.T.matmul(X) + 1e-2 * torch.eye(cols)
     W = 0.02 * torch.randn(rows, cols)
     del X
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     _, hinv_s = gptq(W, H)
-    return time.perf_counter() - t, hinv_s
+    return time.perf_counter() - t, hinv_s, time.process_time() - c
 
 
 def main():
@@ -91,15 +92,15 @@ def main():
             if not line.strip():
                 continue
             rows, cols = map(int, line.split())
-            total, hinv_s = run_shape(rows, cols)
-            print(json.dumps({"rows": rows, "cols": cols, "total_s": total, "hinv_s": hinv_s}),
-                  flush=True)
+            total, hinv_s, cpu_s = run_shape(rows, cols)
+            print(json.dumps({"rows": rows, "cols": cols, "total_s": total, "hinv_s": hinv_s,
+                              "cpu_s": cpu_s}), flush=True)
         return
     shapes = [(768, 768), (3072, 768), (768, 3072), (4096, 4096)]
     for rows, cols in shapes:
         if quick and rows * cols > 4e6:
             continue
-        total, hinv_s = run_shape(rows, cols)
+        total, hinv_s, _ = run_shape(rows, cols)
         print(f"{rows}x{cols} total {total:.3f} s, Hinv {hinv_s:.3f} s "
               f"(threads {torch.get_num_threads()})", flush=True)
 

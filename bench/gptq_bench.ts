@@ -11,13 +11,16 @@
  * sides alternate, `--reps` runs each (default 3), and each side's minimum is reported (the
  * machine is shared; the minimum is the least disturbed run). Columns: reference and quantlab
  * seconds, ratio (quantlab / reference, < 1 = faster), each side's `Hinv` share of its total,
- * and quantlab's phases (`GptqTimings`).
+ * quantlab's phases (`GptqTimings`), and each side's minimum process CPU seconds (user + system;
+ * at one thread a load-independent proxy of unloaded wall time, though page faults that the
+ * hypervisor serves are not in it) with their ratio.
  *
  * Run: `deno run -A bench/gptq_bench.ts [--quick] [--large] [--reps N] [--threads N] [--no-peer]`
  * (`--quick`: the three small shapes; `--large`: adds 4096×11008; `--no-peer`: quantlab only).
  * @module
  */
 import { gptqQuantize, type GptqTimings } from "../src/quant/weight_only/gptq.ts";
+import process from "node:process";
 import { cpuBackend } from "../src/backend/cpu.ts";
 import { mulberry32, randn } from "../src/rng.ts";
 
@@ -95,6 +98,7 @@ async function ours(rows: number, cols: number) {
   const rng = mulberry32(rows + cols);
   const W = new Float32Array(rows * cols);
   for (let i = 0; i < W.length; i++) W[i] = 0.02 * randn(rng);
+  const c0 = process.cpuUsage();
   const t0 = performance.now();
   const res = await gptqQuantize({ shape: [rows, cols], data: W }, { H, nsamples: cols + 256 }, {
     bits: 4,
@@ -103,7 +107,8 @@ async function ours(rows: number, cols: number) {
     backend: cpuBackend,
   });
   const total = (performance.now() - t0) / 1000;
-  return { total, t: res.meta.timings as GptqTimings };
+  const c = process.cpuUsage(c0);
+  return { total, cpu: (c.user + c.system) / 1e6, t: res.meta.timings as GptqTimings };
 }
 
 // Warm up onnxruntime (session creation) outside the timings.
@@ -119,18 +124,21 @@ console.log(
     }, ${threads} threads; ${navigator.hardwareConcurrency} cores; min of ${reps} alternating runs per side`,
 );
 console.log(
-  "shape (out×in)    ref s  ours s   ratio  ref Hinv%  our Hinv%   linalg   params    block    trail",
+  "shape (out×in)    ref s  ours s   ratio  ref Hinv%  our Hinv%   linalg   params    block    trail" +
+    "  ref cpu  our cpu cpu ratio",
 );
 for (const [rows, cols] of shapes) {
-  let ref = { total: Infinity, hinv: NaN };
-  let best: { total: number; t: GptqTimings } | undefined;
+  let ref = { total: Infinity, hinv: NaN }, refCpu = Infinity;
+  let best: { total: number; t: GptqTimings } | undefined, cpu = Infinity;
   for (let r = 0; r < reps; r++) {
     if (peer) {
       const p = await peer.run(rows, cols);
       if (p.total_s < ref.total) ref = { total: p.total_s, hinv: p.hinv_s };
+      refCpu = Math.min(refCpu, p.cpu_s);
     }
     const o = await ours(rows, cols);
     if (!best || o.total < best.total) best = o;
+    cpu = Math.min(cpu, o.cpu);
   }
   const { total, t } = best!;
   console.log(
@@ -138,7 +146,7 @@ for (const [rows, cols] of shapes) {
       fmt((100 * ref.hinv) / ref.total, 1, 8)
     }%  ${fmt((100 * t.linalg) / total, 1, 8)}%  ${fmt(t.linalg)}  ${fmt(t.params)}  ${
       fmt(t.inBlock)
-    }  ${fmt(t.trailing)}`,
+    }  ${fmt(t.trailing)}  ${fmt(refCpu)} ${fmt(cpu)} ${fmt(cpu / refCpu)}`,
   );
 }
 await peer?.close();
