@@ -15,8 +15,9 @@
  * at one thread a load-independent proxy of unloaded wall time, though page faults that the
  * hypervisor serves are not in it) with their ratio.
  *
- * Run: `deno run -A bench/gptq_bench.ts [--quick] [--large] [--reps N] [--threads N] [--no-peer]`
- * (`--quick`: the three small shapes; `--large`: adds 4096×11008; `--no-peer`: quantlab only).
+ * Run: `deno run -A bench/gptq_bench.ts [--quick] [--large] [--reps N] [--threads N] [--no-peer]
+ * [--shapes 4096x4096,…]` (`--quick`: the three small shapes; `--large`: adds 4096×11008;
+ * `--shapes`: exactly these `rows x cols`; `--no-peer`: quantlab only).
  * @module
  */
 import { gptqQuantize, type GptqTimings } from "../src/quant/weight_only/gptq.ts";
@@ -36,9 +37,15 @@ const reps = args.includes("--reps") ? Number(args[args.indexOf("--reps") + 1]) 
 const threads = args.includes("--threads") ? Number(args[args.indexOf("--threads") + 1]) : 1;
 Deno.env.set("QUANTLAB_CPU_THREADS", String(threads)); // before the first session exists
 
-const shapes: [number, number][] = [[768, 768], [3072, 768], [768, 3072]];
+let shapes: [number, number][] = [[768, 768], [3072, 768], [768, 3072]];
 if (!quick) shapes.push([4096, 4096]);
 if (large) shapes.push([4096, 11008]);
+if (args.includes("--shapes")) {
+  shapes = args[args.indexOf("--shapes") + 1].split(",").map((s) => {
+    const [r, c] = s.split("x").map(Number);
+    return [r, c];
+  });
+}
 
 /** The persistent PyTorch peer: one JSON line per `rows cols` request. */
 class Peer {
