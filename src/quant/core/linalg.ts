@@ -2,6 +2,10 @@
  * Small dense linear algebra in float64 for the quantizers: Cholesky, triangular inverse, SPD
  * inverse, and the upper Cholesky factor of an inverse that GPTQ needs. Matrices are row-major
  * `Float64Array`s of `n × n`. Plain TypeScript (no npm imports); the loops read rows contiguously.
+ * The blocked variants (`choleskyBlocked`, `invertLowerBlocked`, `upperCholeskyOfInverseBlocked`)
+ * keep the small diagonal blocks in TypeScript and run the `O(n³)` bulk as float64 GEMMs through
+ * a {@linkcode GemmF64} (onnxruntime's MLAS DGEMM via `Backend.matmulF64`), in a panel layout
+ * that needs one `n²` workspace and no large temporaries.
  * @module
  */
 import { NonFiniteError } from "../../errors.ts";
