@@ -2,9 +2,12 @@
 lazy batch updates, as IST-DASLab/gptq `fasterquant` does it (Hinv through float32 Cholesky,
 cholesky_inverse, upper Cholesky; per-group asymmetric min-max grid), timed on the same shapes
 with a random SPD Hessian of the same construction. Written independently for timing only.
-Usage: python3 bench/_gptq_torch_cpu.py [--quick] [--threads N]
-Prints one line per shape: rows cols total_s hinv_s.
+Usage: python3 bench/_gptq_torch_cpu.py [--quick] [--threads N] [--serve]
+Prints one line per shape: rows cols total_s hinv_s. With --serve: reads "rows cols" lines on
+stdin and answers each with one JSON line {rows, cols, total_s, hinv_s, cpu_s} (bench/gptq_bench.ts;
+cpu_s: process CPU seconds, time.process_time).
 """
+import json
 import sys
 import time
 
@@ -65,22 +68,39 @@ def gptq(W, H, bits=4, group=128, block=128, percdamp=0.01):
     return Q[:, torch.argsort(perm)], hinv_s
 
 
+def run_shape(rows, cols):
+    n = cols + 256
+    X = torch.randn(n, cols) * torch.exp(0.5 * torch.randn(cols))
+    H = 2 / n * X.T.matmul(X) + 1e-2 * torch.eye(cols)
+    W = 0.02 * torch.randn(rows, cols)
+    del X
+    t, c = time.perf_counter(), time.process_time()
+    _, hinv_s = gptq(W, H)
+    return time.perf_counter() - t, hinv_s, time.process_time() - c
+
+
 def main():
     quick = "--quick" in sys.argv
     if "--threads" in sys.argv:
         torch.set_num_threads(int(sys.argv[sys.argv.index("--threads") + 1]))
     torch.manual_seed(0)
+    if "--serve" in sys.argv:
+        # One shape per stdin line "rows cols"; one JSON line per shape on stdout.
+        print(json.dumps({"ready": True, "threads": torch.get_num_threads(),
+                          "torch": torch.__version__}), flush=True)
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            rows, cols = map(int, line.split())
+            total, hinv_s, cpu_s = run_shape(rows, cols)
+            print(json.dumps({"rows": rows, "cols": cols, "total_s": total, "hinv_s": hinv_s,
+                              "cpu_s": cpu_s}), flush=True)
+        return
     shapes = [(768, 768), (3072, 768), (768, 3072), (4096, 4096)]
     for rows, cols in shapes:
         if quick and rows * cols > 4e6:
             continue
-        n = cols + 256
-        X = torch.randn(n, cols) * torch.exp(0.5 * torch.randn(cols))
-        H = 2 / n * X.T.matmul(X) + 1e-2 * torch.eye(cols)
-        W = 0.02 * torch.randn(rows, cols)
-        t = time.perf_counter()
-        _, hinv_s = gptq(W, H.clone())
-        total = time.perf_counter() - t
+        total, hinv_s, _ = run_shape(rows, cols)
         print(f"{rows}x{cols} total {total:.3f} s, Hinv {hinv_s:.3f} s "
               f"(threads {torch.get_num_threads()})", flush=True)
 

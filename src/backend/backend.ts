@@ -39,12 +39,15 @@ export interface Backend {
   gptqColumns?(args: GptqColumnsArgs): Promise<GptqColumnsResult | undefined>;
   /**
    * Optional float64 GEMM `C[m,n] = A[m,k] · B[k,n]` over row-major `Float64Array`s (CPU:
-   * onnxruntime's MLAS DGEMM). Quantizers that keep float64 factors (`linalg.ts`'s blocked
-   * Cholesky, QuIP's rotations) use it through this capability instead of naming a backend.
+   * onnxruntime's MLAS DGEMM); with `transA`, `a` holds `Aᵀ` (`k × m`). Quantizers that keep
+   * float64 factors (`linalg.ts`'s blocked Cholesky, QuIP's rotations) use it through this
+   * capability instead of naming a backend.
    */
-  matmulF64?(a: Float64Array, b: Float64Array, dims: { m: number; k: number; n: number }): Promise<
-    Float64Array
-  >;
+  matmulF64?(
+    a: Float64Array,
+    b: Float64Array,
+    dims: { m: number; k: number; n: number; transA?: boolean },
+  ): Promise<Float64Array>;
   /**
    * Optional decode attention over a packed (KIVI-layout) KV cache kept on the device: a cache
    * that finds this capability mirrors its packed groups and full-precision window there (one

@@ -40,16 +40,35 @@ export function gemmModelBytes(transB: boolean): Uint8Array {
   );
 }
 
-/** A cached session for the given graph kind. Threads: all cores (ORT default). */
+/**
+ * Session options of every CPU-backend session: onnxruntime's intra-op pool is one thread per
+ * core by default; the environment variable `QUANTLAB_CPU_THREADS` (read once, when permitted)
+ * sets another size, e.g. to compare with a peer at the same thread count.
+ */
+export function sessionOptions(): Record<string, unknown> {
+  threadsFromEnv ??= (() => {
+    try {
+      const v = Number(Deno.env.get("QUANTLAB_CPU_THREADS"));
+      return Number.isInteger(v) && v > 0 ? v : 0;
+    } catch {
+      return 0; // no --allow-env
+    }
+  })();
+  return {
+    graphOptimizationLevel: "all",
+    executionMode: "sequential",
+    ...(threadsFromEnv ? { intraOpNumThreads: threadsFromEnv } : {}),
+  };
+}
+let threadsFromEnv: number | undefined;
+
+/** A cached session for the given graph kind (threads: {@linkcode sessionOptions}). */
 export function gemmSession(transB: boolean): Promise<Session> {
   const key = transB ? "gemmT" : "matmul";
   let s = sessions.get(key);
   if (!s) {
     s = loadOrt().then((ort) =>
-      ort.InferenceSession.create(gemmModelBytes(transB), {
-        graphOptimizationLevel: "all",
-        executionMode: "sequential",
-      })
+      ort.InferenceSession.create(gemmModelBytes(transB), sessionOptions())
     );
     sessions.set(key, s);
   }
@@ -58,31 +77,39 @@ export function gemmSession(transB: boolean): Promise<Session> {
 
 /**
  * A float64 `Y = A · B` through onnxruntime (`MatMul` on `tensor(double)`, MLAS DGEMM, dynamic
- * shapes): resolves to the product function once the session exists. Rejects when
- * onnxruntime-node cannot be loaded (callers fall back to TypeScript).
+ * shapes), or `Y = Aᵀ · B` with `transA` (`Gemm` with `transA = 1`, `a` stored `k × m`):
+ * resolves to the product function once the sessions exist. Rejects when onnxruntime-node
+ * cannot be loaded (callers fall back to TypeScript).
  */
 export async function matmulF64Session(): Promise<
-  (a: Float64Array, b: Float64Array, dims: { m: number; k: number; n: number }) => Promise<
-    Float64Array
-  >
+  (
+    a: Float64Array,
+    b: Float64Array,
+    dims: { m: number; k: number; n: number; transA?: boolean },
+  ) => Promise<Float64Array>
 > {
   const ort = await loadOrt();
   const f64 = 11; // TensorProto.DOUBLE
-  const session = await ort.InferenceSession.create(
-    encodeModel(
-      [{ op: "MatMul", inputs: ["A", "B"], outputs: ["Y"] }],
-      [{ name: "A", elemType: f64, dims: ["m", "k"] }, {
-        name: "B",
-        elemType: f64,
-        dims: ["k", "n"],
-      }],
-      [{ name: "Y", elemType: f64, dims: ["m", "n"] }],
-    ),
-    { graphOptimizationLevel: "all", executionMode: "sequential" },
-  );
-  return async (a, b, { m, k, n }) => {
-    const out = await session.run({
-      A: new ort.Tensor("float64", a, [m, k]),
+  const create = (transA: boolean) =>
+    ort.InferenceSession.create(
+      encodeModel(
+        [
+          transA
+            ? { op: "Gemm", inputs: ["A", "B"], outputs: ["Y"], intAttrs: { transA: 1 } }
+            : { op: "MatMul", inputs: ["A", "B"], outputs: ["Y"] },
+        ],
+        [
+          { name: "A", elemType: f64, dims: transA ? ["k", "m"] : ["m", "k"] },
+          { name: "B", elemType: f64, dims: ["k", "n"] },
+        ],
+        [{ name: "Y", elemType: f64, dims: ["m", "n"] }],
+      ),
+      sessionOptions(),
+    );
+  const [plain, transposed] = await Promise.all([create(false), create(true)]);
+  return async (a, b, { m, k, n, transA }) => {
+    const out = await (transA ? transposed : plain).run({
+      A: new ort.Tensor("float64", a, transA ? [k, m] : [m, k]),
       B: new ort.Tensor("float64", b, [k, n]),
     });
     return out.Y.data as Float64Array;
@@ -113,7 +140,7 @@ async function runAttention(q: Tensor, kT: Tensor, v: Tensor, mask: Tensor): Pro
   const ort = await loadOrt();
   let s = sessions.get("attn");
   if (!s) {
-    s = ort.InferenceSession.create(attentionModelBytes(), { graphOptimizationLevel: "all" });
+    s = ort.InferenceSession.create(attentionModelBytes(), sessionOptions());
     sessions.set("attn", s!);
   }
   const out = await (await s!).run({

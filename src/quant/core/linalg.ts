@@ -2,6 +2,10 @@
  * Small dense linear algebra in float64 for the quantizers: Cholesky, triangular inverse, SPD
  * inverse, and the upper Cholesky factor of an inverse that GPTQ needs. Matrices are row-major
  * `Float64Array`s of `n × n`. Plain TypeScript (no npm imports); the loops read rows contiguously.
+ * The blocked variants (`choleskyBlocked`, `invertLowerBlocked`, `upperCholeskyOfInverseBlocked`)
+ * keep the small diagonal blocks in TypeScript and run the `O(n³)` bulk as float64 GEMMs through
+ * a {@linkcode GemmF64} (onnxruntime's MLAS DGEMM via `Backend.matmulF64`), in a panel layout
+ * that needs one `n²` workspace and no large temporaries.
  * @module
  */
 import { NonFiniteError } from "../../errors.ts";
@@ -185,23 +189,49 @@ export function upperCholeskyOfInverse(A: Float64Array, n: number): Float64Array
   return reverseBoth(R, n);
 }
 
-// ---- blocked float64 path (GEMM-heavy; for n in the thousands) ------------------------------
+// ---- blocked float64 path (GEMM-heavy; for n in the hundreds and up) ------------------------
+
+/** Dimensions of a {@linkcode GemmF64} product. */
+export interface GemmDims {
+  /** Rows of the product. */
+  m: number;
+  /** The inner dimension. */
+  k: number;
+  /** Columns of the product. */
+  n: number;
+  /**
+   * `a` holds `Aᵀ` (row-major `k × m`) instead of `A` (`m × k`): `C = aᵀ · b`. Only the GEMMs of
+   * {@linkcode gemmF64TS} and {@linkcode onnxGemmF64} honour it; the blocked routines below ask
+   * for it only from those and transpose `a` themselves for any other {@linkcode GemmF64}.
+   */
+  transA?: boolean;
+}
 
 /** A float64 matrix product `C[m,n] = A[m,k] · B[k,n]`, row-major. */
-export type GemmF64 = (
-  a: Float64Array,
-  b: Float64Array,
-  dims: { m: number; k: number; n: number },
-) => Promise<Float64Array>;
+export type GemmF64 = (a: Float64Array, b: Float64Array, dims: GemmDims) => Promise<Float64Array>;
 
-/** Plain TypeScript float64 GEMM (i-k-j loop): the reference and fallback {@linkcode GemmF64}. */
-export function gemmF64TS(
-  a: Float64Array,
-  b: Float64Array,
-  dims: { m: number; k: number; n: number },
-): Promise<Float64Array> {
+/** GEMMs known to honour {@linkcode GemmDims.transA}. */
+const transAGemms = new WeakSet<GemmF64>();
+
+/**
+ * Plain TypeScript float64 GEMM (i-k-j loop, or k-i-j with `transA`): the reference and
+ * fallback {@linkcode GemmF64}.
+ */
+export function gemmF64TS(a: Float64Array, b: Float64Array, dims: GemmDims): Promise<Float64Array> {
   const { m, k, n } = dims;
   const c = new Float64Array(m * n);
+  if (dims.transA) {
+    for (let p = 0; p < k; p++) {
+      const ap = p * m, bp = p * n;
+      for (let i = 0; i < m; i++) {
+        const av = a[ap + i];
+        if (av === 0) continue;
+        const ci = i * n;
+        for (let j = 0; j < n; j++) c[ci + j] += av * b[bp + j];
+      }
+    }
+    return Promise.resolve(c);
+  }
   for (let i = 0; i < m; i++) {
     const ci = i * n;
     for (let p = 0; p < k; p++) {
@@ -213,14 +243,16 @@ export function gemmF64TS(
   }
   return Promise.resolve(c);
 }
+transAGemms.add(gemmF64TS);
 
 let ortGemm: Promise<GemmF64> | undefined;
 
 /**
  * A float64 GEMM through a backend's {@linkcode Backend.matmulF64} capability (default: the CPU
- * backend, onnxruntime-node `MatMul` on `tensor(double)`, MLAS DGEMM; tiny products in
- * TypeScript). Resolves to {@linkcode gemmF64TS} when the backend has no float64 GEMM or
- * onnxruntime cannot be loaded (e.g. without `--allow-ffi`).
+ * backend, onnxruntime-node `MatMul`/`Gemm(transA)` on `tensor(double)`, MLAS DGEMM; tiny
+ * products in TypeScript). Resolves to {@linkcode gemmF64TS} when the backend has no float64
+ * GEMM or onnxruntime cannot be loaded (e.g. without `--allow-ffi`). `transA` is passed on when
+ * a probe shows the backend honours it, else `a` is transposed here first.
  */
 export function onnxGemmF64(backend: Backend = cpuBackend): Promise<GemmF64> {
   if (backend !== cpuBackend) return gemmOf(backend);
@@ -233,37 +265,224 @@ function gemmOf(backend: Backend): Promise<GemmF64> {
     const f64 = backend.matmulF64?.bind(backend);
     if (!f64) return gemmF64TS;
     try {
-      await f64(new Float64Array(1), new Float64Array(1), { m: 1, k: 1, n: 1 }); // loads it
-      return (a, b, { m, k, n }) => {
-        if (m * k * n <= 1 << 15) return gemmF64TS(a, b, { m, k, n });
-        return f64(a, b, { m, k, n });
+      // Loads it, and probes transA: Aᵀ·I for A = [[1, 2], [3, 4]] stored as rows of Aᵀ.
+      const probe = await f64(Float64Array.of(1, 3, 2, 4), Float64Array.of(1, 0, 0, 1), {
+        m: 2,
+        k: 2,
+        n: 2,
+        transA: true,
+      });
+      const honoursTransA = [1, 2, 3, 4].every((v, i) => probe[i] === v);
+      const gemm: GemmF64 = (a, b, dims) => {
+        const { m, k, n } = dims;
+        if (m * k * n <= 1 << 15) return gemmF64TS(a, b, dims);
+        if (dims.transA && !honoursTransA) {
+          return f64(transposeRect(a, k, m), b, { m, k, n });
+        }
+        return f64(a, b, dims.transA ? { m, k, n, transA: true } : { m, k, n });
       };
+      transAGemms.add(gemm);
+      return gemm;
     } catch {
       return gemmF64TS;
     }
   })();
 }
 
-/** Copies the `r × c` block at `(i0, j0)` of the `n`-column matrix `A`. */
-function getBlock(A: Float64Array, n: number, at: [number, number], size: [number, number]) {
-  const [i0, j0] = at, [r, c] = size;
-  const out = new Float64Array(r * c);
-  for (let i = 0; i < r; i++) out.set(A.subarray((i0 + i) * n + j0, (i0 + i) * n + j0 + c), i * c);
-  return out;
+/** Transpose of the row-major `r × c` matrix `a` (a new `c × r` array). */
+function transposeRect(a: Float64Array, r: number, c: number): Float64Array {
+  const t = new Float64Array(r * c);
+  for (let i = 0; i < r; i++) {
+    const ai = i * c;
+    for (let j = 0; j < c; j++) t[j * r + i] = a[ai + j];
+  }
+  return t;
+}
+
+/** `aᵀ · b` for `a` of `k × m`, through `gemm` (transposing `a` here if it ignores transA). */
+function gemmTransA(
+  gemm: GemmF64,
+  a: Float64Array,
+  b: Float64Array,
+  dims: { m: number; k: number; n: number },
+): Promise<Float64Array> {
+  const { m, k, n } = dims;
+  if (transAGemms.has(gemm)) return gemm(a, b, { m, k, n, transA: true });
+  return gemm(transposeRect(a, k, m), b, { m, k, n });
 }
 
 /** Options of the blocked factorizations. */
 export interface BlockedOptions {
   /** The float64 GEMM (default {@linkcode gemmF64TS}). */
   gemm?: GemmF64;
-  /** Block size (default 256). */
+  /** Block size (default {@linkcode DEFAULT_BLOCK}). */
   block?: number;
 }
 
+/** Default block size of the blocked factorizations. */
+export const DEFAULT_BLOCK = 256;
+
+/*
+ * Panel layout. The blocked routines keep an n × n lower factor L in ONE n² buffer as
+ * block-row panels stored transposed: panel i (rows i0..i1 of L, ni = i1 − i0 of them) occupies
+ * [n·i0, n·i1) and holds P_i[k, r] = L[i0 + r, k] (row stride ni). So L[i, 0:k]ᵀ is the
+ * contiguous prefix P_i[0:k], and every product below is `aᵀ · b` over contiguous slices with a
+ * small (ni × nj) result: the GEMMs read long K dimensions and write little, and no n²-sized
+ * temporary is allocated (first touches of fresh pages are expensive on virtual machines).
+ *
+ * The inverse X = L⁻¹ reuses the same buffer as block-column panels: Q_j[k, c] = X[k, j0 + c]
+ * for k ≥ j0 (row stride nj) in [n·j0, n·j1). Q_j's rows ≥ j0 overlap P_j's rows ≥ j0, which
+ * hold the diagonal block (consumed before it is overwritten) and rows L never uses.
+ */
+
+/** Bounds of block `i`: `[i0, i1)` and the buffer offset `n·i0` of its panel. */
+function blockOf(i: number, n: number, b: number) {
+  const i0 = i * b, i1 = Math.min(i0 + b, n);
+  return { i0, i1, ni: i1 - i0, pi: n * i0 };
+}
+
 /**
- * Blocked right-looking lower Cholesky: the diagonal blocks in TypeScript, the panel
- * `L21 = A21 · L11⁻ᵀ` and the trailing update `A22 −= L21 · L21ᵀ` through `gemm` (float64).
- * Same result as {@linkcode cholesky} up to rounding.
+ * Blocked left-looking Cholesky of the row-major SPD matrix in `P` (lower triangle read),
+ * turning `P` into the panel layout of `L` in place. Per block row i, block j ≤ i:
+ * `S = A[i, j] − L[i, :j0] · L[j, :j0]ᵀ` (one GEMM, K = j0), then `L[i, j] = S · L_jj⁻ᵀ` (one
+ * small GEMM with the cached inverse of the diagonal block) or, for j = i, `L_ii = chol(S)` in
+ * TypeScript. Returns the inverses `L_ii⁻¹` (lower, `ni × ni`), which the inverse reuses.
+ */
+async function cholPanels(
+  P: Float64Array,
+  n: number,
+  o: { gemm: GemmF64; b: number },
+): Promise<Float64Array[]> {
+  const { gemm, b } = o;
+  const nblk = Math.ceil(n / b);
+  const T = new Float64Array(Math.min(b, n) * n);
+  const scratch = new Float64Array(Math.min(b, n) ** 2); // reused: fresh pages cost a fault each
+  const diagInv: Float64Array[] = [];
+  for (let i = 0; i < nblk; i++) {
+    const { i0, i1, ni, pi } = blockOf(i, n, b);
+    // Block row i of A (columns 0..i1) before its storage becomes panel i.
+    for (let r = 0; r < ni; r++) T.set(P.subarray(pi + r * n, pi + r * n + i1), r * i1);
+    for (let j = 0; j < i; j++) {
+      const { j0, nj, pj } = { j0: j * b, nj: Math.min(b, n - j * b), pj: n * j * b };
+      // St = (A[i, j] − L[i, :j0]·L[j, :j0]ᵀ)ᵀ, nj × ni.
+      const St = scratch.subarray(0, nj * ni);
+      for (let r = 0; r < ni; r++) {
+        const tr = r * i1 + j0;
+        for (let c = 0; c < nj; c++) St[c * ni + r] = T[tr + c];
+      }
+      if (j0 > 0) {
+        const Ct = await gemmTransA(
+          gemm,
+          P.subarray(pj, pj + j0 * nj),
+          P.subarray(pi, pi + j0 * ni),
+          {
+            m: nj,
+            k: j0,
+            n: ni,
+          },
+        );
+        for (let e = 0; e < St.length; e++) St[e] -= Ct[e];
+      }
+      // L[i, j]ᵀ = L_jj⁻¹ · Sᵀ → panel i, rows j0..j1.
+      P.set(await gemm(diagInv[j], St, { m: nj, k: nj, n: ni }), pi + j0 * ni);
+    }
+    // Diagonal block: S = A[i, i] − L[i, :i0]·L[i, :i0]ᵀ, then L_ii = chol(S) (lower read).
+    const S = new Float64Array(ni * ni); // kept: becomes L_ii⁻¹
+    for (let r = 0; r < ni; r++) S.set(T.subarray(r * i1 + i0, r * i1 + i1), r * ni);
+    if (i0 > 0) {
+      const Pi = P.subarray(pi, pi + i0 * ni);
+      const C = await gemmTransA(gemm, Pi, Pi, { m: ni, k: i0, n: ni });
+      for (let e = 0; e < S.length; e++) S[e] -= C[e];
+    }
+    try {
+      choleskyInPlace(S, ni);
+    } catch (e) {
+      if (e instanceof NotPositiveDefiniteError) {
+        throw new NotPositiveDefiniteError(i0 + e.pivot, e.value);
+      }
+      throw e;
+    }
+    for (let c = 0; c < ni; c++) {
+      const dst = pi + (i0 + c) * ni;
+      for (let r = 0; r < ni; r++) P[dst + r] = S[r * ni + c];
+    }
+    invertLowerInPlace(S, ni);
+    diagInv.push(S);
+  }
+  return diagInv;
+}
+
+/**
+ * Blocked inverse of the lower factor held in panel layout in `P` (with its diagonal blocks'
+ * inverses), in place: per block row i, `X[i, j] = −L_ii⁻¹ · (L[i, j0:i0] · X[j0:i0, j])` for
+ * j < i (two GEMMs, K = i0 − j0 and ni), then `X[i, i] = L_ii⁻¹`. Leaves `X` in the
+ * block-column layout `Q` (see above).
+ */
+async function invertPanels(
+  P: Float64Array,
+  n: number,
+  o: { gemm: GemmF64; b: number; diagInv: Float64Array[] },
+): Promise<void> {
+  const { gemm, b, diagInv } = o;
+  const nblk = Math.ceil(n / b);
+  for (let i = 0; i < nblk; i++) {
+    const { i0, ni, pi } = blockOf(i, n, b);
+    const Xii = diagInv[i];
+    for (let j = 0; j < i; j++) {
+      const { j0, nj, pj } = { j0: j * b, nj: Math.min(b, n - j * b), pj: n * j * b };
+      const C = await gemmTransA(
+        gemm,
+        P.subarray(pi + j0 * ni, pi + i0 * ni),
+        P.subarray(pj + j0 * nj, pj + i0 * nj),
+        { m: ni, k: i0 - j0, n: nj },
+      );
+      const Y = await gemm(Xii, C, { m: ni, k: ni, n: nj });
+      const dst = pj + i0 * nj;
+      for (let e = 0; e < Y.length; e++) P[dst + e] = -Y[e];
+    }
+    P.set(Xii, pi + i0 * ni);
+  }
+}
+
+/** Row-major lower `L` from the panel layout. */
+function panelsToLower(P: Float64Array, n: number, b: number): Float64Array {
+  const L = new Float64Array(n * n);
+  for (let i = 0; i * b < n; i++) {
+    const { i0, i1, ni, pi } = blockOf(i, n, b);
+    for (let r = i0; r < i1; r++) {
+      const lr = r * n, src = pi + (r - i0);
+      for (let c = 0; c <= r; c++) L[lr + c] = P[src + c * ni];
+    }
+  }
+  return L;
+}
+
+/** Row-major lower `X` from the block-column layout. */
+function columnPanelsToLower(P: Float64Array, n: number, b: number): Float64Array {
+  const X = new Float64Array(n * n);
+  for (let j = 0; j * b < n; j++) {
+    const { i0: j0, i1: j1, ni: nj, pi: pj } = blockOf(j, n, b);
+    for (let r = j0; r < n; r++) {
+      const src = pj + r * nj - j0, cmax = Math.min(j1, r + 1);
+      for (let c = j0; c < cmax; c++) X[r * n + c] = P[src + c];
+    }
+  }
+  return X;
+}
+
+function blockSize(options: BlockedOptions): number {
+  const b = options.block ?? DEFAULT_BLOCK;
+  if (!Number.isInteger(b) || b < 1) {
+    throw new RangeError(`block must be a positive integer, got ${b}`);
+  }
+  return b;
+}
+
+/**
+ * Blocked lower Cholesky: diagonal blocks in TypeScript, everything else through `gemm`
+ * (float64), left-looking over block rows in a panel layout (one `n²` workspace). Same result
+ * as {@linkcode cholesky} up to rounding; throws {@linkcode NotPositiveDefiniteError} naming
+ * the failed row.
  */
 export async function choleskyBlocked(
   A: Float64Array,
@@ -271,47 +490,16 @@ export async function choleskyBlocked(
   options: BlockedOptions = {},
 ): Promise<Float64Array> {
   checkSquare(A, n, "choleskyBlocked");
-  const L = A.slice();
-  await choleskyBlockedInPlace(L, n, options);
-  return L;
-}
-
-async function choleskyBlockedInPlace(L: Float64Array, n: number, options: BlockedOptions) {
-  const gemm = options.gemm ?? gemmF64TS, b = options.block ?? 256;
-  for (let k0 = 0; k0 < n; k0 += b) {
-    const k1 = Math.min(k0 + b, n), nb = k1 - k0, m = n - k1;
-    const L11 = getBlock(L, n, [k0, k0], [nb, nb]);
-    try {
-      choleskyInPlace(L11, nb);
-    } catch (e) {
-      if (e instanceof NotPositiveDefiniteError) {
-        throw new NotPositiveDefiniteError(k0 + e.pivot, e.value);
-      }
-      throw e;
-    }
-    for (let i = 0; i < nb; i++) L.set(L11.subarray(i * nb, i * nb + nb), (k0 + i) * n + k0);
-    if (m === 0) continue;
-    invertLowerInPlace(L11, nb);
-    const L11invT = transposeSquare(L11, nb);
-    const A21 = getBlock(L, n, [k1, k0], [m, nb]);
-    const L21 = await gemm(A21, L11invT, { m, k: nb, n: nb });
-    const L21T = new Float64Array(nb * m);
-    for (let i = 0; i < m; i++) {
-      L.set(L21.subarray(i * nb, i * nb + nb), (k1 + i) * n + k0);
-      for (let j = 0; j < nb; j++) L21T[j * m + i] = L21[i * nb + j];
-    }
-    const S = await gemm(L21, L21T, { m, k: nb, n: m });
-    for (let i = 0; i < m; i++) {
-      const ri = (k1 + i) * n + k1, si = i * m;
-      for (let j = 0; j <= i; j++) L[ri + j] -= S[si + j];
-    }
-  }
-  zeroStrictUpper(L, n);
+  const b = blockSize(options);
+  const P = A.slice();
+  await cholPanels(P, n, { gemm: options.gemm ?? gemmF64TS, b });
+  return panelsToLower(P, n, b);
 }
 
 /**
- * Blocked inverse of a lower-triangular matrix: diagonal blocks inverted in TypeScript, then
- * `X[i, :i0] = −X_ii · (L[i, :i0] · X[:i0, :i0])` through `gemm` (float64).
+ * Blocked inverse of a lower-triangular matrix (only the lower triangle is read): diagonal
+ * blocks inverted in TypeScript, `X[i, j] = −X_ii · (L[i, j0:i0] · X[j0:i0, j])` through `gemm`
+ * (float64). Same result as {@linkcode invertTriangular} up to rounding.
  */
 export async function invertLowerBlocked(
   L: Float64Array,
@@ -319,39 +507,76 @@ export async function invertLowerBlocked(
   options: BlockedOptions = {},
 ): Promise<Float64Array> {
   checkSquare(L, n, "invertLowerBlocked");
-  const gemm = options.gemm ?? gemmF64TS, b = options.block ?? 256;
-  const X = new Float64Array(n * n);
-  for (let i0 = 0; i0 < n; i0 += b) {
-    const i1 = Math.min(i0 + b, n), nb = i1 - i0;
-    const Xii = getBlock(L, n, [i0, i0], [nb, nb]);
-    zeroStrictUpper(Xii, nb);
-    invertLowerInPlace(Xii, nb);
-    for (let i = 0; i < nb; i++) X.set(Xii.subarray(i * nb, i * nb + nb), (i0 + i) * n + i0);
-    if (i0 === 0) continue;
-    const Li = getBlock(L, n, [i0, 0], [nb, i0]);
-    const Xprev = getBlock(X, n, [0, 0], [i0, i0]);
-    const T = await gemm(Li, Xprev, { m: nb, k: i0, n: i0 });
-    const Y = await gemm(Xii, T, { m: nb, k: nb, n: i0 });
-    for (let i = 0; i < nb; i++) {
-      const ri = (i0 + i) * n, yi = i * i0;
-      for (let j = 0; j < i0; j++) X[ri + j] = -Y[yi + j];
+  const b = blockSize(options);
+  const P = new Float64Array(n * n);
+  const diagInv: Float64Array[] = [];
+  for (let i = 0; i * b < n; i++) {
+    const { i0, i1, ni, pi } = blockOf(i, n, b);
+    for (let r = i0; r < i1; r++) {
+      const lr = r * n, dst = pi + (r - i0);
+      for (let c = 0; c <= r; c++) P[dst + c * ni] = L[lr + c];
     }
+    const D = new Float64Array(ni * ni);
+    for (let r = 0; r < ni; r++) {
+      for (let c = 0; c <= r; c++) D[r * ni + c] = L[(i0 + r) * n + i0 + c];
+    }
+    invertLowerInPlace(D, ni);
+    diagInv.push(D);
   }
-  return X;
+  await invertPanels(P, n, { gemm: options.gemm ?? gemmF64TS, b, diagInv });
+  return columnPanelsToLower(P, n, b);
+}
+
+/** Options of {@linkcode upperCholeskyOfInverseBlocked}. */
+export interface HinvBlockedOptions extends BlockedOptions {
+  /**
+   * Use `A`'s storage as the workspace, destroying `A` (saves one `n²` float64 allocation).
+   * Default false.
+   */
+  overwrite?: boolean;
+  /**
+   * Where to write `U` (`n × n`, row-major, every entry written). A `Float32Array` rounds each
+   * float64 entry to float32 on store (as `Float32Array.from` would). Default: a new
+   * `Float64Array`.
+   */
+  out?: Float64Array | Float32Array;
 }
 
 /**
  * {@linkcode upperCholeskyOfInverse} with blocked, GEMM-based factorizations (float64
- * throughout). With {@linkcode onnxGemmF64} this takes seconds at n = 4096 where the plain
- * TypeScript loops take tens of seconds.
+ * throughout): `J·A·J = L'·L'ᵀ` by {@linkcode choleskyBlocked}'s algorithm, `L'⁻¹` by
+ * {@linkcode invertLowerBlocked}'s, in one `n²` workspace, and `U = J·L'⁻¹·J` written to
+ * `out`. With {@linkcode onnxGemmF64} the `2n³/3` flops run in MLAS DGEMM.
  */
-export async function upperCholeskyOfInverseBlocked(
+export async function upperCholeskyOfInverseBlocked<
+  O extends Float64Array | Float32Array = Float64Array,
+>(
   A: Float64Array,
   n: number,
-  options: BlockedOptions = {},
-): Promise<Float64Array> {
+  options: HinvBlockedOptions & { out?: O } = {},
+): Promise<O> {
   checkSquare(A, n, "upperCholeskyOfInverseBlocked");
-  const R = reverseBoth(A, n);
-  await choleskyBlockedInPlace(R, n, options);
-  return reverseBoth(await invertLowerBlocked(R, n, options), n);
+  const out = (options.out ?? new Float64Array(n * n)) as O;
+  checkSquare(out, n, "upperCholeskyOfInverseBlocked out");
+  const b = blockSize(options), gemm = options.gemm ?? gemmF64TS;
+  // Only the lower triangle of the reversed matrix is read (= the upper triangle of A).
+  let P: Float64Array;
+  if (options.overwrite) {
+    A.reverse();
+    P = A;
+  } else {
+    P = reverseBoth(A, n);
+  }
+  const diagInv = await cholPanels(P, n, { gemm, b });
+  await invertPanels(P, n, { gemm, b, diagInv });
+  // U[p, q] = X[n−1−p, n−1−q]; X[r, c] = Q_j[r, c − j0] for c ≤ r, 0 above.
+  for (let p = 0; p < n; p++) out.fill(0, p * n, p * n + p);
+  for (let j = 0; j * b < n; j++) {
+    const { i0: j0, i1: j1, ni: nj, pi: pj } = blockOf(j, n, b);
+    for (let r = j0; r < n; r++) {
+      const src = pj + r * nj - j0, dst = (n - 1 - r) * n + n - 1, cmax = Math.min(j1, r + 1);
+      for (let c = j0; c < cmax; c++) out[dst - c] = P[src + c];
+    }
+  }
+  return out;
 }

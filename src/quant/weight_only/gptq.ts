@@ -169,38 +169,85 @@ interface BlockBuffers {
   perm: Int32Array | undefined;
 }
 
+/** Dimensions of {@linkcode quantizeBlock} and {@linkcode quantizeEntry}. */
+interface BlockDims {
+  rows: number;
+  cols: number;
+  ngroups: number;
+  i1: number;
+  i2: number;
+  maxq: number;
+}
+
 /**
- * The column loop of one block, row by row (rows are independent inside a block once the grids
- * are fixed): round, record code and weight at the ORIGINAL column, `err = (w − q)/Hinv_ii`,
- * `W1[r, i+1:] −= err · Hinv[i, i+1:]`. Returns `Σ (w − q)²/Hinv_ii²`.
+ * One entry of {@linkcode quantizeBlock}: rounds `W1[r, i]` on its group's grid, records code
+ * and weight at the ORIGINAL column, stores `err = (w − q)/d` in `Err1[r, i]` and returns the
+ * loss term `(w − q)²/d²` (`d = Hinv_ii`).
  */
-function quantizeBlock(
-  buf: BlockBuffers,
-  dims: { rows: number; cols: number; ngroups: number; i1: number; i2: number; maxq: number },
-): number {
-  const { W1, Err1, Hinv, codes, Q, scales, zeros, colGroup, perm } = buf;
-  const { rows, cols, ngroups, i1, i2, maxq } = dims;
+function quantizeEntry(buf: BlockBuffers, o: BlockDims, r: number, i: number, d: number): number {
+  const { W1, Err1, codes, Q, scales, zeros, colGroup, perm } = buf;
+  const count = o.i2 - o.i1, c = o.i1 + i, wb = r * count;
+  const g = r * o.ngroups + colGroup[c];
+  const s = scales[g], z = zeros[g];
+  const w = W1[wb + i];
+  const t = roundHalfEven(Math.fround(w / s)) + z;
+  const code = t >= 0 ? (t <= o.maxq ? t : o.maxq) : 0;
+  const q = Math.fround(s * (code - z));
+  const oc = r * o.cols + (perm === undefined ? c : perm[c]);
+  codes[oc] = code;
+  Q[oc] = q;
+  const diff = Math.fround(w - q);
+  Err1[wb + i] = Math.fround(diff / d);
+  return (diff * diff) / (d * d);
+}
+
+/**
+ * The column loop of one block (rows are independent inside a block once the grids are fixed):
+ * for each column, {@linkcode quantizeEntry}, then `W1[r, i+1:] −= err · Hinv[i, i+1:]`. Four rows
+ * go through the columns together so each `Hinv` row is read once per four rows; every entry
+ * sees exactly the operations of a row-by-row loop, and the loss terms are summed in row-major
+ * order (rows `r+1..r+3` are buffered), so codes, weights and loss are bit-identical to it.
+ * Returns `Σ (w − q)²/Hinv_ii²`.
+ */
+function quantizeBlock(buf: BlockBuffers, dims: BlockDims): number {
+  const { W1, Err1, Hinv } = buf;
+  const { rows, cols, i1, i2 } = dims;
   const count = i2 - i1;
+  const terms = new Float64Array(3 * count);
   let loss = 0;
-  for (let r = 0; r < rows; r++) {
-    const wb = r * count, wrow = r * cols, prow = r * ngroups;
+  let r = 0;
+  for (; r + 3 < rows; r += 4) {
+    const b0 = r * count, b1 = b0 + count, b2 = b1 + count, b3 = b2 + count;
     for (let i = 0; i < count; i++) {
-      const c = i1 + i;
-      const g = prow + colGroup[c];
-      const s = scales[g], z = zeros[g];
-      const w = W1[wb + i];
-      const t = roundHalfEven(Math.fround(w / s)) + z;
-      const code = t >= 0 ? (t <= maxq ? t : maxq) : 0;
-      const q = Math.fround(s * (code - z));
-      const oc = wrow + (perm === undefined ? c : perm[c]);
-      codes[oc] = code;
-      Q[oc] = q;
-      const hr = c * cols + i1;
+      const hr = (i1 + i) * cols + i1;
       const d = Hinv[hr + i];
-      const diff = Math.fround(w - q);
-      loss += (diff * diff) / (d * d);
-      const err = Math.fround(diff / d);
-      Err1[wb + i] = err;
+      loss += quantizeEntry(buf, dims, r, i, d);
+      terms[i] = quantizeEntry(buf, dims, r + 1, i, d);
+      terms[count + i] = quantizeEntry(buf, dims, r + 2, i, d);
+      terms[2 * count + i] = quantizeEntry(buf, dims, r + 3, i, d);
+      const e0 = Err1[b0 + i], e1 = Err1[b1 + i], e2 = Err1[b2 + i], e3 = Err1[b3 + i];
+      if (e0 !== 0 && e1 !== 0 && e2 !== 0 && e3 !== 0) {
+        for (let j = i + 1; j < count; j++) {
+          const h = Hinv[hr + j];
+          W1[b0 + j] -= e0 * h;
+          W1[b1 + j] -= e1 * h;
+          W1[b2 + j] -= e2 * h;
+          W1[b3 + j] -= e3 * h;
+        }
+      } else {
+        for (const [b, e] of [[b0, e0], [b1, e1], [b2, e2], [b3, e3]]) {
+          if (e !== 0) { for (let j = i + 1; j < count; j++) W1[b + j] -= e * Hinv[hr + j]; }
+        }
+      }
+    }
+    for (let k = 0; k < 3 * count; k++) loss += terms[k];
+  }
+  for (; r < rows; r++) {
+    const wb = r * count;
+    for (let i = 0; i < count; i++) {
+      const hr = (i1 + i) * cols + i1;
+      loss += quantizeEntry(buf, dims, r, i, Hinv[hr + i]);
+      const err = Err1[wb + i];
       if (err !== 0) {
         for (let j = i + 1; j < count; j++) W1[wb + j] -= err * Hinv[hr + j];
       }
@@ -437,11 +484,16 @@ export async function gptqQuantize(
     const Wc = W0 === W.data || perm ? permuteColumns(W0, { rows, cols, perm }) : W0;
     let H = processedHessian(H0, { diag, damp, perm });
     clock.lap("params");
-    let Hinv64: Float64Array;
+    let Hinv: Float32Array;
     try {
-      Hinv64 = cols > BLOCKED_LINALG_MIN
-        ? await upperCholeskyOfInverseBlocked(H, cols, { gemm: await onnxGemmF64() })
-        : upperCholeskyOfInverse(H, cols);
+      // float64 factorization, each entry rounded to float32 on store (as Float32Array.from).
+      Hinv = cols > BLOCKED_LINALG_MIN
+        ? await upperCholeskyOfInverseBlocked(H, cols, {
+          gemm: await onnxGemmF64(),
+          overwrite: true,
+          out: new Float32Array(cols * cols),
+        })
+        : Float32Array.from(upperCholeskyOfInverse(H, cols));
     } catch (e) {
       if (e instanceof NotPositiveDefiniteError) {
         throw notPd(
@@ -454,8 +506,6 @@ export async function gptqQuantize(
       throw e;
     }
     H = new Float64Array(0);
-    const Hinv = Float32Array.from(Hinv64);
-    Hinv64 = new Float64Array(0);
     for (let i = 0; i < cols; i++) {
       const d = Hinv[i * cols + i];
       if (!(d > 0) || !Number.isFinite(d)) {
