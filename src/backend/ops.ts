@@ -65,6 +65,30 @@ export function checkQuantSpec(spec: QuantSpec, where: string, cols?: number): v
       }
     }
   }
+  checkSdrFields(spec, bad);
+}
+
+/** The `grid` and `qrazor` fields of a spec (see `kernels/fake_quant.ts`). */
+function checkSdrFields(spec: QuantSpec, bad: (field: string, msg: string) => never): void {
+  const grid = spec.grid ?? "quarot";
+  if (grid !== "quarot" && grid !== "deepspeed") {
+    bad("grid", `must be "quarot" or "deepspeed", got ${JSON.stringify(spec.grid)}`);
+  }
+  if (grid === "deepspeed") {
+    if (spec.sym === false) bad("sym", 'the "deepspeed" grid is symmetric (sym must not be false)');
+    if (spec.scales) bad("scales", 'the "deepspeed" grid is dynamic (no static scales)');
+  }
+  if (spec.qrazor === undefined) return;
+  const q = spec.qrazor;
+  if (typeof q !== "object" || q === null) bad("qrazor", "must be { bits, group }");
+  if (grid === "deepspeed") bad("qrazor", 'QRazor razors the qllm-infer grid, not "deepspeed"');
+  if (spec.scales) bad("qrazor", "QRazor takes a dynamic base grid (no static scales)");
+  if (!(Number.isInteger(q.bits) && q.bits >= 2 && q.bits <= spec.bits)) {
+    bad("qrazor.bits", `must be an integer in 2..bits (${spec.bits}), got ${q.bits}`);
+  }
+  if (!(Number.isInteger(q.group) && q.group >= 1 && q.group <= 1 << 20)) {
+    bad("qrazor.group", `must be an integer in 1..2^20, got ${q.group}`);
+  }
 }
 
 /**

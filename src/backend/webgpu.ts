@@ -108,7 +108,12 @@ export {
   gpuSoftmax,
   isCausalMask,
 } from "./_webgpu_nn.ts";
-export { type FakeQuantBuffers, fakeQuantDispatch, gpuFakeQuant } from "./_webgpu_fake_quant.ts";
+export {
+  type FakeQuantBuffers,
+  fakeQuantDispatch,
+  fakeQuantDispatches,
+  gpuFakeQuant,
+} from "./_webgpu_fake_quant.ts";
 export {
   type ElementwiseKernel,
   type Fields,

@@ -16,7 +16,7 @@ import {
   dequantGemvDispatch,
   type Dispatch,
   type ElementwiseKernel,
-  fakeQuantDispatch,
+  fakeQuantDispatches,
   type Fields,
   gemvDispatch,
   type GpuPackedWeights,
@@ -441,8 +441,7 @@ export function recordBlock(
   ) => {
     if (!spec) return;
     const scales = a.points!.scales(spec);
-    const dsp = fakeQuantDispatch(r.ctx, { x: src, y, scales }, { spec, rows, cols, where });
-    if (dsp) r.list.push(dsp);
+    r.list.push(...fakeQuantDispatches(r.ctx, { x: src, y, scales }, { spec, rows, cols, where }));
   };
   /** A block linear with its input and output specs. */
   const lin = (Lin: GpuLinear, inp: GPUBuffer, out: GPUBuffer) => {
