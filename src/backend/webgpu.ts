@@ -114,6 +114,7 @@ export {
   fakeQuantDispatches,
   gpuFakeQuant,
 } from "./_webgpu_fake_quant.ts";
+export { type Int8ProductBuffers, int8ProductDispatches, int8Scratch } from "./_webgpu_llm_int8.ts";
 export {
   type ElementwiseKernel,
   type Fields,

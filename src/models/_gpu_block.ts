@@ -8,9 +8,9 @@
 import type { ModelConfig } from "./config.ts";
 import type { Model } from "./model.ts";
 import { ropeInvFreq } from "./decoder.ts";
-import { QuantlabError } from "../errors.ts";
+import { QuantlabError, UnsupportedError } from "../errors.ts";
 import { familyOf } from "./family.ts";
-import { linearSpec, type QuantPoints, type QuantSpec } from "./points.ts";
+import { linearSpec, type ProductSpec, type QuantPoints, type QuantSpec } from "./points.ts";
 import {
   dequantGemmDispatch,
   dequantGemvDispatch,
@@ -20,6 +20,8 @@ import {
   type Fields,
   gemvDispatch,
   type GpuPackedWeights,
+  int8ProductDispatches,
+  int8Scratch,
   kernelDispatch,
   matmulDispatch,
   residentPacked,
@@ -357,6 +359,37 @@ export interface BlockBuffers {
 }
 
 /**
+ * Records LLM.int8()'s operands for `L` under product spec `ps` (`kernels/llm_int8.ts`): the
+ * outlier columns of `x`'s `rows` rows, `X̃` and `W̃` in shared scratch; returns the linear with
+ * `W̃` as its dense weight and the `X̃` buffer, whose plain product is the int8 product.
+ */
+function int8Linear(
+  r: Recorder,
+  L: GpuLinear,
+  x: GPUBuffer,
+  rows: number,
+  ps: ProductSpec,
+): { L: GpuLinear; x: GPUBuffer } {
+  if (!L.dense) {
+    throw new UnsupportedError(
+      `points.linearProduct(${L.name}): LLM.int8() needs the dense f32 weight resident (not packed or split)`,
+    );
+  }
+  const xq = int8Scratch(r.ctx, "x", rows * L.cols * 4);
+  const wq = int8Scratch(r.ctx, "w", L.rows * L.cols * 4);
+  const mask = int8Scratch(r.ctx, "mask", L.cols * 4);
+  r.list.push(
+    ...int8ProductDispatches(r.ctx, { x, w: L.dense, xq, wq, mask }, {
+      spec: ps,
+      rows,
+      out: L.rows,
+      cols: L.cols,
+    }),
+  );
+  return { L: { name: L.name, rows: L.rows, cols: L.cols, dense: wq, bias: L.bias }, x: xq };
+}
+
+/**
  * Allocates the {@linkcode BlockBuffers} of a pass over `rows` rows with `alloc(bytes)` (`h`
  * given, or allocated too; OPT has no up projection and gets a placeholder `u`).
  */
@@ -450,7 +483,11 @@ export function recordBlock(
       fq(si, io.xq!, Lin.cols, `points.linearInput(${Lin.name})`, inp);
       inp = io.xq!;
     }
-    r.lin(Lin, inp, out, rows);
+    const ps = linearSpec(pts?.linearProduct, Lin.name);
+    if (ps) {
+      const o = int8Linear(r, Lin, inp, rows, ps);
+      r.lin(o.L, o.x, out, rows);
+    } else r.lin(Lin, inp, out, rows);
     fq(linearSpec(pts?.linearOutput, Lin.name), out, Lin.rows, `points.linearOutput(${Lin.name})`);
   };
 
