@@ -105,7 +105,7 @@ export async function waCommand(args: string[]): Promise<number> {
   if (c.llm_int8 && !report) {
     const win = await calibrationSet(model, o.dataset, { nsamples: 1, seqlen });
     const r = llmInt8(applied.model, { threshold: c.llm_int8_threshold });
-    await forward(r.model, win.ids[0]);
+    await forward(r.model, win.ids[0], { hooks: r.model.hooks });
     report = r.report;
   }
   const outliers = report
