@@ -77,7 +77,8 @@ const rows: string[] = [];
 let fpCpu = 0;
 for (let v = 0; v < variants.length; v++) {
   const s = await best(async () => {
-    await forward(models[v], ids, { batch: B, backend: cpuBackend });
+    // model.hooks apply only when passed (as the evaluators do)
+    await forward(models[v], ids, { batch: B, backend: cpuBackend, hooks: models[v].hooks });
   });
   const tps = (B * T) / s;
   if (v === 0) fpCpu = tps;

@@ -28,7 +28,7 @@
 import type { Model } from "./model.ts";
 import { QuantlabError, UnsupportedError } from "../errors.ts";
 import { familyOf } from "./family.ts";
-import { checkPoints, type QuantSpec } from "./points.ts";
+import { checkPoints, linearSpec, type QuantSpec } from "./points.ts";
 import type { Backend } from "../backend/backend.ts";
 import { getBackend } from "../backend/device.ts";
 import {
@@ -128,6 +128,11 @@ export function residentUnsupported(
   if (opts.hooks ?? model.hooks) return "forward hooks need host tensors";
   if (model.points?.probs) {
     return "a probs spec (the fused attention kernel never materializes the probabilities)";
+  }
+  const prod = model.points?.linearProduct;
+  const packedInt8 = prod && Object.keys(model.packed ?? {}).find((n) => linearSpec(prod, n));
+  if (packedInt8) {
+    return `an LLM.int8() product spec on packed ${packedInt8} (needs its dense weight)`;
   }
   const why = blockUnsupported(cfg, cap);
   if (why) return why;
