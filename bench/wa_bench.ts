@@ -1,18 +1,26 @@
 /**
- * Fake-quant overhead per forward (issue 14's speed item) on stories260K: host-forward tokens/s
- * of one batch of `--batch` × 512 tokens for FP, W8A8 per-token specs at every linear input
- * (`QuantPoints`), QRazor W4A4KV4 hooks (host), LLM.int8() (int8 product hook) — same run,
- * best of `--reps`. With `--webgpu` (and an adapter) the resident decoder's perplexity windows
- * are timed with and without the W8A8 specs too. Timings are indicative on shared cores.
+ * Fake-quant overhead per forward (issue 14's speed item) on stories260K, with and without
+ * activation specs in the same run: CPU host-forward tokens/s of one batch of `--batch` × 512
+ * tokens, and (when a WebGPU adapter exists, lavapipe included; `--cpu-only` skips it) the
+ * GPU-resident decoder's tokens/s for a 512-token prefill — FP, A8 per-token specs at every
+ * linear input, ZeroQuant's A8 (`grid: "deepspeed"` per token), QRazor A4KV4 g16 (INT16 per-tensor
+ * activations and INT8 per-tensor K/V razored to 4 bits), LLM.int8() (`linearProduct` spec),
+ * and QRazor through the host hooks (the escape hatch: CPU only). Best of `--reps`; each row's
+ * ratio is against FP on the same backend. Timings are indicative on shared cores.
  *
- * Measured (4 × 512 tokens, best of 5, 2 shared cores, indicative): FP32 18,688 tokens/s, W8A8
- * specs 9,447, QRazor A4KV4 hooks 16,807, LLM.int8() 21,094 (stories260K's products are tiny:
- * the JS int8 loop beats the backend call); LKD step of a TinyLlama-shaped block at 64 tokens
- * 6.9 s (forward, backward and Adam; products on the CPU backend). No WebGPU adapter here.
+ * Measured (2 × 512 tokens, best of 3, 2 cores shared with 7 other jobs, lavapipe): CPU FP
+ * 1,855 tokens/s, A8 specs 1,219 (1.52× FP's time), ZeroQuant A8 1,129 (1.64×), QRazor A4KV4
+ * 969 (1.91×), LLM.int8() spec 1,724 (1.08×), QRazor as hooks 799 (2.32×); WebGPU resident FP
+ * 63 tokens/s, A8 specs 58 (1.08×), ZeroQuant A8 48 (1.30×), QRazor A4KV4 55 (1.14×),
+ * LLM.int8() 62 (1.01×); the hooks model is not resident. The CPU overhead is the TypeScript
+ * fake-quant reference itself (~180 ns per element). An earlier revision timed hook models
+ * without their hooks (`forward` applies `model.hooks` only when passed, as evaluators do).
  *
- * `--lkd-tokens N` times one LKD step (forward, backward, Adam) of a TinyLlama-shaped block.
+ * `--lkd-tokens N` times one LKD step (forward, backward, Adam) of a TinyLlama-shaped block
+ * (hidden 2048, 32/4 heads, ff 5632; products on the CPU backend in float32, the rest float64).
+ * Measured at 64 tokens: LKD_MEASURED.
  *
- * Usage: `deno run -A --unstable-webgpu bench/wa_bench.ts [--batch N] [--reps N] [--webgpu]
+ * Usage: `deno run -A --unstable-webgpu bench/wa_bench.ts [--batch N] [--reps N] [--cpu-only]
  * [--lkd-tokens N]`.
  * @module
  */
