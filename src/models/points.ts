@@ -5,7 +5,8 @@
  * with activation/KV specs stays resident on WebGPU. JS callbacks (`ForwardHooks`) remain the
  * host-only escape hatch.
  *
- * Order inside a block (each point optional): `linearInput[name]` → product → bias →
+ * Order inside a block (each point optional): `linearInput[name]` → product (LLM.int8()'s
+ * fake-quantized operands under `linearProduct[name]`) → bias →
  * `linearOutput[name]`; after the q/k/v products: `qPreRope`, `kPreRope`, RoPE (Llama family;
  * OPT has none, so pre- and post-RoPE specs then apply one after the other), `q`, `k`, `v`, then
  * `kvWrite.k` / `kvWrite.v` on the keys and values written to the KV cache (attention reads them
@@ -64,8 +65,7 @@ function glob(pattern: string): RegExp {
   return new RegExp(`^${esc.join(".*")}$`);
 }
 
-// deno-lint-ignore no-explicit-any
-const cache = new WeakMap<Record<string, any>, { re: RegExp; spec: unknown }[]>();
+const cache = new WeakMap<object, { re: RegExp; spec: unknown }[]>();
 
 /** The spec of the first pattern in `table` matching linear `name`, if any. */
 export function linearSpec<S = QuantSpec>(
