@@ -19,8 +19,8 @@
  * `--lkd-tokens N` times one LKD step (forward, backward, Adam) of a TinyLlama-shaped block
  * (hidden 2048, 32/4 heads, ff 5632; products on the CPU backend in float32, the rest float64).
  * Measured at 64 tokens: 73 s per step with the test suite running on the same 2 shared cores
- * (an earlier, quieter revision measured 6.9 s): the block is 2 × 64 × 2048 × 5632-sized
- * products forward plus the backward ones, float64 elementwise in TypeScript.
+ * (an earlier, quieter revision measured 6.9 s), so the number mostly says how loaded the
+ * machine was.
  *
  * Usage: `deno run -A --unstable-webgpu bench/wa_bench.ts [--batch N] [--reps N] [--cpu-only]
  * [--lkd-tokens N]`.
