@@ -30,6 +30,8 @@ import {
 } from "../backend/ops.ts";
 
 export type { ProductSpec, QuantSpec };
+// The host execution of a spec (what the host forward runs at a point), for host-side hooks.
+export { fakeQuant } from "../backend/ops.ts";
 
 /** Quantizer specs attached to the forward's named points (see the module doc). */
 export interface QuantPoints {

@@ -41,7 +41,7 @@ import { familyOf } from "../../models/family.ts";
 import { FormatError, OptionError } from "../../errors.ts";
 import { checkOptions, didYouMean, QLLM_CONFIG_SPECS } from "../core/options.ts";
 import { type QllmUnit, qrazorWeight } from "../weight_activation/qrazor.ts";
-import { fakeQuant } from "../../backend/ops.ts";
+import { fakeQuant } from "../../models/points.ts";
 import type { Recipe } from "../core/recipe.ts";
 import type { WeightQuantizer } from "../core/types.ts";
 import { zeroquantActHooks, zeroquantRecipe } from "../weight_activation/zeroquant.ts";
