@@ -41,6 +41,20 @@ export interface FakeQuantSpec {
   clip?: number;
   /** Static per-channel scales [cols] (symmetric, granularity "channel"): no dynamic fit. */
   scales?: Float32Array;
+  /**
+   * The integer grid (default "quarot", the module doc). "deepspeed": DeepSpeed's
+   * `SymQuantizer` (ZeroQuant's token-wise dynamic activations): symmetric, `scale = absmax /
+   * 2^(bits−1)` (its `2·max|x| / 2^bits`), codes clamped to [−2^(bits−1), 2^(bits−1) − 1].
+   * Runs in `fake_quant_sdr.ts`'s kernel.
+   */
+  grid?: "quarot" | "deepspeed";
+  /**
+   * QRazor's Significant Data Razoring after the base grid (qllm-infer's `Quantizer` + SDR, see
+   * {@linkcode sdrQuantRef}): `bits` kept per value (sign included), `group` values per shift
+   * flag over the flattened [rows, cols] tensor. With it, `bits` 16 is an INT16 base grid,
+   * not "unchanged". Runs in `fake_quant_sdr.ts`'s kernels.
+   */
+  qrazor?: { bits: number; group: number };
 }
 
 /** Threads per workgroup of the fake-quant kernel. */
@@ -185,6 +199,7 @@ export function fakeQuantRef(
   cols: number,
   spec: FakeQuantSpec,
 ): Float32Array {
+  if (spec.qrazor || spec.grid === "deepspeed") return sdrQuantRef(x, rows, cols, spec);
   const y = new Float32Array(x);
   if (spec.bits >= 16) return y;
   const f = Math.fround;
@@ -228,5 +243,92 @@ export function fakeQuantRef(
         : f(scale * (Math.min(Math.max(r + zero, 0), maxq) - zero));
     }
   }
+  return y;
+}
+
+/** The unit of element `i` of a row-major [rows, cols] tensor (see {@linkcode fakeQuantUnits}). */
+export function unitOfElement(i: number, cols: number, gs: number, mode: 0 | 1 | 2): number {
+  return mode === 0 ? 0 : mode === 2 ? i % cols : Math.floor(i / gs);
+}
+
+/**
+ * CPU reference of the two grids beyond QuaRot's (`fake_quant_sdr.ts`'s kernels), f32 at every
+ * step as the WGSL:
+ *
+ * - `grid: "deepspeed"`: per unit `m = max|x|·clip`, `scale = m / 2^(b−1)` (1 where m = 0),
+ *   `y = scale · clamp(round(x / scale), −2^(b−1), 2^(b−1) − 1)`;
+ * - `qrazor` (qllm-infer's `Quantizer` then SDR, `src/quant/weight_activation/qrazor.ts`): the
+ *   QuaRot grid's scale and zero with codes `c = q − zero`, symmetric codes clamped to ±maxq
+ *   (qllm-infer's clamp); then per group of `qrazor.group` consecutive codes of the flattened
+ *   tensor (the last group shorter): `m = max|c|`; when `m ≥ 2^(r−1)` (r = `qrazor.bits`) and
+ *   its leading one `b = ⌊log2 m⌋ + 1 ≤ bits`, every `|c|` becomes `round(|c| / u) · u` with
+ *   `u = 2^(b + 1 − r)` (half to even), except that in a group with `m ≥ 2^b − 2^(b−4)` values
+ *   `≥ ⌊2^b − 2^(b−4)⌋` are floored (`⌊|c| / u⌋ · u`); sign kept; `y = scale · c` (+0, not −0).
+ */
+export function sdrQuantRef(
+  x: Float32Array,
+  rows: number,
+  cols: number,
+  spec: FakeQuantSpec,
+): Float32Array {
+  const f = Math.fround;
+  const n = rows * cols;
+  if (!spec.qrazor && spec.bits >= 16) return new Float32Array(x);
+  const y = new Float32Array(n);
+  const ds = spec.grid === "deepspeed";
+  const sym = ds || (spec.sym ?? true);
+  const bits = spec.bits;
+  const maxq = sym ? 2 ** (bits - 1) - 1 : 2 ** bits - 1;
+  const den = ds ? 2 ** (bits - 1) : maxq;
+  const lower = ds ? -(2 ** (bits - 1)) : -maxq;
+  const clip = f(spec.clip ?? 1);
+  const { units, gs, mode } = fakeQuantUnits(spec, rows, cols);
+  const lo = new Float64Array(units), hi = new Float64Array(units);
+  for (let i = 0; i < n; i++) {
+    const u = unitOfElement(i, cols, gs, mode), v = x[i];
+    if (v < lo[u]) lo[u] = v;
+    if (v > hi[u]) hi[u] = v;
+  }
+  const scale = new Float64Array(units), zero = new Float64Array(units);
+  for (let u = 0; u < units; u++) {
+    let xmin = f(lo[u] * clip), xmax = f(hi[u] * clip);
+    scale[u] = 1;
+    if (sym) {
+      xmax = Math.max(Math.abs(xmin), xmax);
+      if (xmax !== 0) scale[u] = f(xmax / den);
+    } else {
+      if (xmin === 0 && xmax === 0) [xmin, xmax] = [-1, 1];
+      scale[u] = f(f(xmax - xmin) / den);
+      zero[u] = roundEven(f(-xmin / scale[u]));
+    }
+  }
+  const c = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    const u = unitOfElement(i, cols, gs, mode);
+    const r = roundEven(f(x[i] / scale[u]));
+    c[i] = sym
+      ? Math.min(Math.max(r, lower), maxq)
+      : Math.min(Math.max(r + zero[u], 0), maxq) - zero[u];
+  }
+  if (spec.qrazor) {
+    const rb = spec.qrazor.bits, group = spec.qrazor.group;
+    for (let g0 = 0; g0 < n; g0 += group) {
+      const g1 = Math.min(g0 + group, n);
+      let m = 0;
+      for (let i = g0; i < g1; i++) m = Math.max(m, Math.abs(c[i]));
+      if (m < 2 ** (rb - 1)) continue;
+      const b = 32 - Math.clz32(m); // m ∈ [2^(b−1), 2^b)
+      if (b > bits) continue;
+      const unit = 2 ** (b + 1 - rb);
+      const edge = 2 ** b - 2 ** (b - 4);
+      const floorFrom = m >= edge ? Math.floor(edge) : Infinity;
+      for (let i = g0; i < g1; i++) {
+        const a = Math.abs(c[i]);
+        const k = a >= floorFrom ? Math.floor(a / unit) : roundEven(a / unit);
+        c[i] = Math.sign(c[i]) * k * unit;
+      }
+    }
+  }
+  for (let i = 0; i < n; i++) y[i] = f(scale[unitOfElement(i, cols, gs, mode)] * c[i]) + 0;
   return y;
 }

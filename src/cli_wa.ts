@@ -11,7 +11,10 @@
  * Other flags: `--model PATH` (default stories260K), `--dataset NAME` (evaluation and, for
  * SmoothQuant/GPTQ, calibration: default tinystories, since the seed's "pile" is not shipped),
  * `--nsamples N` windows, `--seqlen N` (default `eval_ppl_seqlen` capped at the context),
- * `--workdir DIR` (resume folder of the weight quantization), `--json` (one JSON object), `--help`.
+ * `--workdir DIR` (resume folder of the weight quantization), `--host-hooks` (QRazor / ZeroQuant
+ * activations and LLM.int8() as host JS hooks instead of specs: the escape hatch, host forward
+ * only), `--json` (one JSON object), `--help`. Every knob runs as a quantizer spec by default,
+ * so on WebGPU the evaluation stays GPU-resident (except with `bits_s` / `s_qrazor`).
  * @module
  */
 import { parseArgs } from "node:util";
@@ -29,11 +32,22 @@ import { qrazorEffectiveBits } from "./quant/weight_activation/qrazor.ts";
 import { calibrationSet } from "./quant/pipeline/calibration.ts";
 import { analyzeStats, layerwiseDistance } from "./eval/wa_analysis.ts";
 import { OptionError } from "./errors.ts";
+import { llmInt8 } from "./quant/weight_activation/llm_int8.ts";
+import { forward } from "./models/decoder.ts";
 
-const WA_FLAGS = ["model", "dataset", "nsamples", "seqlen", "json", "help", "workdir"];
+const WA_FLAGS = [
+  "model",
+  "dataset",
+  "nsamples",
+  "seqlen",
+  "json",
+  "help",
+  "workdir",
+  "host-hooks",
+];
 
 const USAGE = `usage: quantlab wa [--config FILE] [--<qllm key> VALUE ...] [--model PATH]
-                   [--dataset NAME] [--nsamples N] [--seqlen N] [--workdir DIR] [--json]
+                   [--dataset NAME] [--nsamples N] [--seqlen N] [--workdir DIR] [--host-hooks] [--json]
 qllm keys (seed 003): ${QLLM_KEYS.join(", ")}`;
 
 /** Runs the `wa` command with `args` (after the command name); returns the exit code. */
@@ -55,6 +69,7 @@ export async function waCommand(args: string[]): Promise<number> {
       seqlen: { type: "string" },
       json: { type: "boolean", default: false },
       workdir: { type: "string" },
+      "host-hooks": { type: "boolean", default: false },
       help: { type: "boolean", default: false },
     },
     allowPositionals: false,
@@ -70,6 +85,7 @@ export async function waCommand(args: string[]): Promise<number> {
     calibDataset: o.dataset,
     log,
     workdir: o.workdir,
+    hostHooks: o["host-hooks"],
   });
   const seqlen = o.seqlen
     ? Number(o.seqlen)
@@ -83,9 +99,18 @@ export async function waCommand(args: string[]): Promise<number> {
     : c.w_qrazor
     ? qrazorEffectiveBits({ qBit: c.bits_w, rBit: c.w_qrazor_bits, group: c.w_qrazor_group })
     : c.bits_w;
-  const outliers = applied.llmInt8
+  // LLM.int8() runs as a product spec: its outlier dimensions come from one host pass with the
+  // reporting hook over the first window of the dataset (the eval's own with --host-hooks).
+  let report = applied.llmInt8;
+  if (c.llm_int8 && !report) {
+    const win = await calibrationSet(model, o.dataset, { nsamples: 1, seqlen });
+    const r = llmInt8(applied.model, { threshold: c.llm_int8_threshold });
+    await forward(r.model, win.ids[0], { hooks: r.model.hooks });
+    report = r.report;
+  }
+  const outliers = report
     ? Object.fromEntries(
-      [...applied.llmInt8.outliers].map(([k, s]) => [k, [...s].sort((a, b) => a - b)]),
+      [...report.outliers].map(([k, s]) => [k, [...s].sort((a, b) => a - b)]),
     )
     : undefined;
   const changed = Object.fromEntries(Object.keys(config).map((k) => [k, c[k as keyof typeof c]]));

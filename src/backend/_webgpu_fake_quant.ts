@@ -22,6 +22,14 @@ import {
   type WebGPUContext,
 } from "./_webgpu_device.ts";
 import { checkQuantSpec } from "./ops.ts";
+import {
+  isSdrSpec,
+  SDR_RAZOR_WG,
+  sdrGridFields,
+  sdrGridWGSL,
+  sdrRazorFields,
+  sdrRazorWGSL,
+} from "../../kernels/fake_quant_sdr.ts";
 
 /** Buffers of {@linkcode fakeQuantDispatch}: `y` written from `x` (in place when `x` is absent). */
 export interface FakeQuantBuffers {
@@ -58,6 +66,63 @@ export function fakeQuantDispatch(
   };
 }
 
+/**
+ * The dispatches fake-quantizing [rows, cols] by any spec (checked; `where` names it in errors):
+ * {@linkcode fakeQuantDispatch}'s one for QuaRot grids, one for the DeepSpeed grid and two for
+ * QRazor (`kernels/fake_quant_sdr.ts`: base grid writing codes and unit scales, then the razor);
+ * none for the identity in place.
+ */
+export function fakeQuantDispatches(
+  ctx: WebGPUContext,
+  bufs: FakeQuantBuffers,
+  o: { spec: FakeQuantSpec; rows: number; cols: number; where?: string },
+): Dispatch[] {
+  if (!isSdrSpec(o.spec)) {
+    const d = fakeQuantDispatch(ctx, bufs, o);
+    return d ? [d] : [];
+  }
+  checkQuantSpec(o.spec, o.where ?? "spec", o.cols);
+  const { spec, rows, cols } = o;
+  if (!spec.qrazor && spec.bits >= 16) {
+    // DeepSpeed at 16 bits is the identity: a copy when out of place (QuaRot's kernel copies).
+    const d = fakeQuantDispatch(ctx, bufs, { ...o, spec: { bits: 16 } });
+    return d ? [d] : [];
+  }
+  const units = fakeQuantUnits(spec, rows, cols).units;
+  const su = unitScales(ctx, units);
+  const p1 = pipeline(ctx, sdrGridWGSL({ inPlace: !bufs.x }));
+  const u1 = uniforms(ctx, sdrGridFields(spec, rows, cols));
+  const out: Dispatch[] = [{
+    pipeline: p1,
+    bindGroup: bindGroup(ctx, p1, bufs.x ? [u1, bufs.x, bufs.y, su] : [u1, bufs.y, su]),
+    workgroups: grid(ctx, units),
+  }];
+  if (spec.qrazor) {
+    const p2 = pipeline(ctx, sdrRazorWGSL());
+    const { fields, groups } = sdrRazorFields(spec, rows, cols);
+    out.push({
+      pipeline: p2,
+      bindGroup: bindGroup(ctx, p2, [uniforms(ctx, fields), bufs.y, su]),
+      workgroups: grid(ctx, Math.ceil(groups / SDR_RAZOR_WG)),
+    });
+  }
+  return out;
+}
+
+const unitScaleBufs = new WeakMap<WebGPUContext, GPUBuffer>();
+/**
+ * The per-unit scales between the two QRazor passes: one grow-only buffer per device, shared
+ * (dispatches of one queue run in order, and each razor pass reads what its grid pass wrote).
+ */
+function unitScales(ctx: WebGPUContext, units: number): GPUBuffer {
+  let b = unitScaleBufs.get(ctx);
+  if (!b || b.size < units * 4) {
+    b = ctx.device.createBuffer({ size: Math.max(256, units * 4), usage: 0x80 | 0x8 | 0x4 });
+    unitScaleBufs.set(ctx, b);
+  }
+  return b;
+}
+
 const placeholders = new WeakMap<WebGPUContext, GPUBuffer>();
 /** A 16-byte storage buffer bound where a spec has no static scales (one per device). */
 function placeholder(ctx: WebGPUContext): GPUBuffer {
@@ -80,8 +145,8 @@ export async function gpuFakeQuant(
   const yb = scratch(ctx, Math.max(16, x.byteLength));
   const sb = spec.scales ? upload(ctx, spec.scales) : undefined;
   try {
-    const d = fakeQuantDispatch(ctx, { x: xb, y: yb, scales: sb }, { spec, ...shape });
-    return new Float32Array(await runAndRead(ctx, d ? [d] : [], yb, x.byteLength));
+    const d = fakeQuantDispatches(ctx, { x: xb, y: yb, scales: sb }, { spec, ...shape });
+    return new Float32Array(await runAndRead(ctx, d, yb, x.byteLength));
   } finally {
     ctx.pool.release(xb, yb, ...(sb ? [sb] : []));
   }

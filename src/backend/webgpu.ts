@@ -112,7 +112,13 @@ export {
   gpuSoftmax,
   isCausalMask,
 } from "./_webgpu_nn.ts";
-export { type FakeQuantBuffers, fakeQuantDispatch, gpuFakeQuant } from "./_webgpu_fake_quant.ts";
+export {
+  type FakeQuantBuffers,
+  fakeQuantDispatch,
+  fakeQuantDispatches,
+  gpuFakeQuant,
+} from "./_webgpu_fake_quant.ts";
+export { type Int8ProductBuffers, int8ProductDispatches, int8Scratch } from "./_webgpu_llm_int8.ts";
 export { gpuPackedKv, type KvAttentionBuffers, kvAttentionDispatch } from "./_webgpu_kv.ts";
 export {
   type ElementwiseKernel,

@@ -11,8 +11,8 @@ import type { ModelConfig } from "./config.ts";
 import type { Model } from "./model.ts";
 import { QuantlabError } from "../errors.ts";
 import { getBackend } from "../backend/device.ts";
-import { erfFit, fakeQuant, type QuantSpec } from "../backend/ops.ts";
-import { checkPoints, linearSpec, type QuantPoints } from "./points.ts";
+import { erfFit, fakeQuant, int8Operands, type QuantSpec } from "../backend/ops.ts";
+import { checkPoints, linearSpec, type ProductSpec, type QuantPoints } from "./points.ts";
 import { familyOf } from "./family.ts";
 
 /** Forward hooks. Each may return a replacement tensor (activation or KV-cache quantizers). */
@@ -141,7 +141,9 @@ export async function linear(
   const W = await model.weights.get(`${name}.weight`);
   // A quantized layer runs from its packed codes where the backend keeps them (WebGPU).
   const meta = be.packedMatmulTransB ? model.packed?.[name] : undefined;
+  const ps = linearSpec(pts?.linearProduct, name);
   let y = (opts.hooks?.linearProduct && (await opts.hooks.linearProduct(name, x, W))) ||
+    (ps && (await int8Product(be, x, W, ps))) ||
     (meta && (await be.packedMatmulTransB!(x, W, meta))) || (await be.matmulTransB(x, W));
   if (model.weights.has(`${name}.bias`)) {
     const b = (await model.weights.get(`${name}.bias`)).data;
@@ -155,6 +157,12 @@ export async function linear(
   }
   if (opts.hooks?.linearOutput) y = (await opts.hooks.linearOutput(name, y)) ?? y;
   return y;
+}
+
+/** `x Wᵀ` under an LLM.int8() product spec: the plain product of its fake-quantized operands. */
+function int8Product(be: Backend, x: Tensor, W: Tensor, spec: ProductSpec): Promise<Tensor> {
+  const o = int8Operands(x, W, spec);
+  return be.matmulTransB(o.x, o.w);
 }
 
 function rmsNorm(x: Tensor, w: Float32Array, eps: number): Tensor {

@@ -5,7 +5,8 @@
  * with activation/KV specs stays resident on WebGPU. JS callbacks (`ForwardHooks`) remain the
  * host-only escape hatch.
  *
- * Order inside a block (each point optional): `linearInput[name]` → product → bias →
+ * Order inside a block (each point optional): `linearInput[name]` → product (LLM.int8()'s
+ * fake-quantized operands under `linearProduct[name]`) → bias →
  * `linearOutput[name]`; after the q/k/v products: `qPreRope`, `kPreRope`, RoPE (Llama family;
  * OPT has none, so pre- and post-RoPE specs then apply one after the other), `q`, `k`, `v`, then
  * `kvWrite.k` / `kvWrite.v` on the keys and values written to the KV cache (attention reads them
@@ -21,9 +22,16 @@
  */
 import type { ModelConfig } from "./config.ts";
 import { OptionError } from "../errors.ts";
-import { checkQuantSpec, type QuantSpec } from "../backend/ops.ts";
+import {
+  checkProductSpec,
+  checkQuantSpec,
+  type ProductSpec,
+  type QuantSpec,
+} from "../backend/ops.ts";
 
-export type { QuantSpec };
+export type { ProductSpec, QuantSpec };
+// The host execution of a spec (what the host forward runs at a point), for host-side hooks.
+export { fakeQuant } from "../backend/ops.ts";
 
 /** Quantizer specs attached to the forward's named points (see the module doc). */
 export interface QuantPoints {
@@ -31,6 +39,11 @@ export interface QuantPoints {
   linearInput?: Record<string, QuantSpec>;
   /** Output rows (after bias) of the block linears whose name matches a pattern. */
   linearOutput?: Record<string, QuantSpec>;
+  /**
+   * The product of the block linears whose name matches a pattern (after the input spec and
+   * hook): LLM.int8() as a fake-quant of both operands, outlier input dimensions exact.
+   */
+  linearProduct?: Record<string, ProductSpec>;
   /** Queries before RoPE, [rows, nH·hd]. */
   qPreRope?: QuantSpec;
   /** Queries after RoPE. */
@@ -54,20 +67,20 @@ function glob(pattern: string): RegExp {
   return new RegExp(`^${esc.join(".*")}$`);
 }
 
-const cache = new WeakMap<Record<string, QuantSpec>, { re: RegExp; spec: QuantSpec }[]>();
+const cache = new WeakMap<object, { re: RegExp; spec: unknown }[]>();
 
 /** The spec of the first pattern in `table` matching linear `name`, if any. */
-export function linearSpec(
-  table: Record<string, QuantSpec> | undefined,
+export function linearSpec<S = QuantSpec>(
+  table: Record<string, S> | undefined,
   name: string,
-): QuantSpec | undefined {
+): S | undefined {
   if (!table) return undefined;
   let list = cache.get(table);
   if (!list) {
     list = Object.entries(table).map(([p, spec]) => ({ re: glob(p), spec }));
     cache.set(table, list);
   }
-  return list.find((e) => e.re.test(name))?.spec;
+  return list.find((e) => e.re.test(name))?.spec as S | undefined;
 }
 
 /**
@@ -79,7 +92,13 @@ export function checkPoints(points: QuantPoints, cfg: ModelConfig): void {
   if (typeof points !== "object" || points === null) {
     throw new OptionError("points", "must be an object of quantizer specs");
   }
-  const known = new Set<string>([...SINGLE, "linearInput", "linearOutput", "kvWrite"]);
+  const known = new Set<string>([
+    ...SINGLE,
+    "linearInput",
+    "linearOutput",
+    "linearProduct",
+    "kvWrite",
+  ]);
   for (const key of Object.keys(points)) {
     if (!known.has(key)) {
       throw new OptionError(`points.${key}`, `unknown point (known: ${[...known].join(", ")})`);
@@ -103,5 +122,8 @@ export function checkPoints(points: QuantPoints, cfg: ModelConfig): void {
   if (points.kvWrite?.v) checkQuantSpec(points.kvWrite.v, "points.kvWrite.v", kw);
   for (const t of ["linearInput", "linearOutput"] as const) {
     for (const [p, s] of Object.entries(points[t] ?? {})) checkQuantSpec(s, `points.${t}[${p}]`);
+  }
+  for (const [p, s] of Object.entries(points.linearProduct ?? {})) {
+    checkProductSpec(s, `points.linearProduct[${p}]`);
   }
 }

@@ -33,6 +33,7 @@ function gpuPoints(points: QuantPoints): GpuPoints {
   return {
     linearInput: (name) => linearSpec(points.linearInput, name),
     linearOutput: (name) => linearSpec(points.linearOutput, name),
+    linearProduct: (name) => linearSpec(points.linearProduct, name),
     qPreRope: points.qPreRope,
     q: points.q,
     kPreRope: points.kPreRope,
@@ -75,6 +76,11 @@ export function residentUnsupported(
   if (opts.hooks ?? model.hooks) return "forward hooks need host tensors";
   if (model.points?.probs) {
     return "a probs spec (the fused attention kernel never materializes the probabilities)";
+  }
+  const prod = model.points?.linearProduct;
+  const packedInt8 = prod && Object.keys(model.packed ?? {}).find((n) => linearSpec(prod, n));
+  if (packedInt8) {
+    return `an LLM.int8() product spec on packed ${packedInt8} (needs its dense weight)`;
   }
   return gpuDecoderUnsupported({ config: model.config, family: familyOf(model.config) }, backend, {
     capacity: opts.capacity,

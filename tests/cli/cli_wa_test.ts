@@ -68,3 +68,53 @@ Deno.test("wa: unknown keys are OptionErrors; --help lists the knobs", async () 
   const { out } = await captured(() => waCommand(["--help"]));
   assert(out[0].includes("k_pre_RoPE_quant") && out[0].includes("w_qrazor_group"));
 });
+
+Deno.test("wa: q_qrazor / s_qrazor flags = the library's perplexity; LLM.int8() lists outliers", async () => {
+  const flags = [
+    "--bits_q=8",
+    "--q_qrazor",
+    "--s_per_tensor=false",
+    "--s_per_token",
+    "--s_qrazor",
+    "--s_qrazor_bits=6",
+  ];
+  const { code, out } = await captured(() =>
+    waCommand([...flags, "--model", MODEL, "--nsamples", "1", "--seqlen", "128", "--json"])
+  );
+  assertEquals(code, 0);
+  const r = JSON.parse(out[0]);
+  assertEquals(r.config.q_qrazor, true);
+  assertEquals(r.config.s_qrazor, true);
+  const m = await loadModel(MODEL);
+  const cfg = {
+    bits_q: 8,
+    q_qrazor: true,
+    s_per_tensor: false,
+    s_per_token: true,
+    s_qrazor: true,
+    s_qrazor_bits: 6,
+  };
+  const a = await applyQllmConfig(m, resolveQllmConfig(cfg));
+  assert(a.model.points?.q?.qrazor && a.model.points.probs?.qrazor);
+  const want = (await perplexity(a.model, "tinystories", { nsamples: 1, seqlen: 128 })).ppl;
+  const fp = (await perplexity(m, "tinystories", { nsamples: 1, seqlen: 128 })).ppl;
+  assertAlmostEquals(r.ppl, want, 1e-9);
+  assert(Math.abs(want - fp) > 1e-4, `Q/S razoring must change the perplexity (${want} vs ${fp})`);
+  // LLM.int8() as a spec: the outlier dimensions come from one host pass with the reporting hook
+  const int8 = await captured(() =>
+    waCommand([
+      "--llm_int8",
+      "--llm_int8_threshold=2",
+      "--model",
+      MODEL,
+      "--nsamples",
+      "1",
+      "--seqlen",
+      "64",
+      "--json",
+    ])
+  );
+  const o = JSON.parse(int8.out[0]).llmInt8Outliers as Record<string, number[]>;
+  assertEquals(Object.keys(o).length, 5 * 7);
+  assert(Object.values(o).some((v) => v.length > 0), "threshold 2 finds outlier dimensions");
+});

@@ -1,8 +1,10 @@
 /**
  * The qllm-infer configuration space (src/quant/pipeline/qllm_config.ts):
  * - the seed's SmoothQuant and QRazor script blocks parse (shell-variable form, comments, the
- *   `k_per_token=true   #true = per-channel quant` line) and map onto points, hooks and weight
- *   quantizers as documented (K per channel under `k_per_token = true`, Q/V per token and head);
+ *   `k_per_token=true   #true = per-channel quant` line) and map onto points and weight
+ *   quantizers as documented (K per channel under `k_per_token = true`, Q/V per token and head;
+ *   QRazor A/Q/K/V/S as `qrazor` specs equal to qllm-infer's transcription `qllmFakeQuant`, the
+ *   `hostHooks` escape hatch giving the same numbers through JS hooks);
  * - the per-token activation spec the plan emits computes exactly qllm-infer's per-token grid
  *   (`qllmFakeQuant`, itself checked against a plain reference in qrazor_test.ts);
  * - unknown keys and impossible combinations are OptionErrors naming the key; a malformed line is
@@ -130,32 +132,87 @@ Deno.test("the seed's SmoothQuant block: W8 per-channel weights, A8 per-token sp
   });
 });
 
-Deno.test("the seed's QRazor block: A and KV through hooks, W8→4 QRazor weights", () => {
+Deno.test("the seed's QRazor block: A and KV as QRazor specs (hooks with hostHooks), W8→4 QRazor weights", async () => {
   const c = resolveQllmConfig(parseQllmShell(QRAZOR_KV));
   const plan = qllmPlan(c, MC);
-  assertEquals(plan.points, undefined);
-  assert(plan.hooks?.linearInput && plan.hooks.attentionKV);
+  const qr = { bits: 4, group: 8 };
+  // K per channel (k_per_token = true), asymmetric 8-bit, razored to 4 bits in g8; V per head.
+  assertEquals(plan.points, {
+    linearInput: { "*": { bits: 8, sym: false, granularity: "token", qrazor: qr } },
+    k: { bits: 8, sym: false, granularity: "channel", qrazor: qr },
+    v: { bits: 8, sym: false, granularity: "token", groupSize: 8, qrazor: qr },
+  });
+  assertEquals(plan.hooks, undefined);
   assertEquals(plan.weight?.name, "qrazor");
   assertEquals(plan.weight?.options.groupSize, 128);
-  // The K hook is per channel (k_per_token = true), asymmetric 8-bit, razored to 4 bits in g8.
+  // The specs compute qllm-infer's transcription; the escape hatch's hooks give the same numbers.
+  const host = qllmPlan(c, MC, { hostHooks: true });
+  assertEquals(host.points, undefined);
+  assert(host.hooks?.linearInput && host.hooks.attentionKV);
   const rng = new Rng(1);
-  const k = rng.normals(12 * 32), v = rng.normals(12 * 32);
-  const out = plan.hooks.attentionKV(0, {
+  const k = rng.normals(12 * 32), v = rng.normals(12 * 32), x = rng.normals(12 * 64);
+  const wantK = qllmFakeQuant(k, 12, 32, { bits: 8, sym: false, unit: "column", qrazor: qr }).y;
+  const wantV =
+    qllmFakeQuant(v, 12, 32, { bits: 8, sym: false, unit: "row", groupSize: 8, qrazor: qr }).y;
+  const wantX = qllmFakeQuant(x, 12, 64, { bits: 8, sym: false, unit: "row", qrazor: qr }).y;
+  assertEquals(fakeQuant({ shape: [12, 32], data: k }, plan.points!.k!).data, wantK);
+  assertEquals(fakeQuant({ shape: [12, 32], data: v }, plan.points!.v!).data, wantV);
+  assertEquals(fakeQuant({ shape: [12, 64], data: x }, plan.points!.linearInput!["*"]).data, wantX);
+  const out = host.hooks.attentionKV(0, {
     k: { shape: [12, 32], data: k },
     v: { shape: [12, 32], data: v },
   }) as { k: { data: Float32Array }; v: { data: Float32Array } };
-  const qr = { bits: 4, group: 8 };
-  assertEquals(
-    out.k.data,
-    qllmFakeQuant(k, 12, 32, { bits: 8, sym: false, unit: "column", qrazor: qr }).y,
-  );
-  assertEquals(
-    out.v.data,
-    qllmFakeQuant(v, 12, 32, { bits: 8, sym: false, unit: "row", groupSize: 8, qrazor: qr }).y,
-  );
+  assertEquals(out.k.data, wantK);
+  assertEquals(out.v.data, wantV);
+  const hx = (await host.hooks.linearInput("l", { shape: [12, 64], data: x })) as {
+    data: Float32Array;
+  };
+  assertEquals(hx.data, wantX);
 });
 
-Deno.test("a_qrazor with bits_a 16: an INT16 per-tensor base grid razored to 8 bits", async () => {
+Deno.test("q_qrazor and s_qrazor: QRazor specs at the Q and attention-probabilities points", () => {
+  const p = qllmPlan(
+    resolveQllmConfig({
+      bits_q: 8,
+      q_per_tensor: false,
+      q_per_token: true,
+      q_qrazor: true,
+      q_qrazor_group: 16,
+      s_per_tensor: false,
+      s_per_token: true,
+      s_qrazor: true,
+      s_qrazor_bits: 6,
+    }),
+    MC,
+  ).points!;
+  assertEquals(p.q, {
+    bits: 8,
+    sym: true,
+    granularity: "token",
+    groupSize: 8,
+    qrazor: { bits: 4, group: 16 },
+  });
+  // bits_s 16 with s_qrazor: an INT16 asymmetric base grid per row, razored to 6 bits in g8
+  assertEquals(p.probs, {
+    bits: 16,
+    sym: false,
+    granularity: "token",
+    qrazor: { bits: 6, group: 8 },
+  });
+  const row = new Float32Array(64);
+  for (let j = 0; j < 40; j++) row[j] = Math.exp(-j / 5) / 5;
+  const got = fakeQuant({ shape: [1, 64], data: row }, p.probs!).data;
+  const want = qllmFakeQuant(row, 1, 64, {
+    bits: 16,
+    sym: false,
+    unit: "row",
+    qrazor: { bits: 6, group: 8 },
+  }).y;
+  assertEquals(got, want);
+  assert(got.some((v, i) => Math.abs(v - row[i]) > 1e-4), "6 kept bits move the probabilities");
+});
+
+Deno.test("a_qrazor with bits_a 16: an INT16 per-tensor base grid razored to 8 bits", () => {
   const c = resolveQllmConfig({
     a_qrazor: true,
     a_qrazor_bits: 8,
@@ -165,9 +222,7 @@ Deno.test("a_qrazor with bits_a 16: an INT16 per-tensor base grid razored to 8 b
   });
   const plan = qllmPlan(c, MC);
   const x = new Rng(4).normals(6 * 64, 2);
-  const y = (await plan.hooks!.linearInput!("l", { shape: [6, 64], data: x })) as {
-    data: Float32Array;
-  };
+  const y = fakeQuant({ shape: [6, 64], data: x }, plan.points!.linearInput!["*"]);
   const want =
     qllmFakeQuant(x, 6, 64, { bits: 16, sym: true, unit: "tensor", qrazor: { bits: 8, group: 16 } })
       .y;
@@ -240,7 +295,7 @@ Deno.test("unknown keys and impossible combinations are OptionErrors naming the 
     [{ bits_s: 8 }, "s_per_token"],
     [{ w_qrazor: true }, "w_qrazor"],
     [{ bits_w: 4, w_qrazor: true, w_qrazor_bits: 6 }, "w_qrazor_bits"],
-    [{ bits_q: 8, q_qrazor: true }, "q_qrazor"],
+    [{ s_qrazor: true }, "s_per_token"],
     [{ bits_k: 8, k_qrazor: true, k_pre_RoPE_quant: true }, "k_qrazor"],
     [{ bits_w: 12 }, "bits_w"],
     [{ bits_w: 4, w_per_channel: false, groupsize_w: 32 }, "groupsize_w"],

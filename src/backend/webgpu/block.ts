@@ -8,17 +8,19 @@
  * @module
  */
 import type { GpuModel, GpuModelConfig, GpuPoints } from "./model.ts";
-import type { QuantSpec } from "../ops.ts";
-import { QuantlabError } from "../../errors.ts";
+import type { ProductSpec, QuantSpec } from "../ops.ts";
+import { QuantlabError, UnsupportedError } from "../../errors.ts";
 import {
   dequantGemmDispatch,
   dequantGemvDispatch,
   type Dispatch,
   type ElementwiseKernel,
-  fakeQuantDispatch,
+  fakeQuantDispatches,
   type Fields,
   gemvDispatch,
   type GpuPackedWeights,
+  int8ProductDispatches,
+  int8Scratch,
   kernelDispatch,
   matmulDispatch,
   residentPacked,
@@ -362,6 +364,37 @@ export interface BlockBuffers {
 }
 
 /**
+ * Records LLM.int8()'s operands for `L` under product spec `ps` (`kernels/llm_int8.ts`): the
+ * outlier columns of `x`'s `rows` rows, `X̃` and `W̃` in shared scratch; returns the linear with
+ * `W̃` as its dense weight and the `X̃` buffer, whose plain product is the int8 product.
+ */
+function int8Linear(
+  r: Recorder,
+  L: GpuLinear,
+  x: GPUBuffer,
+  rows: number,
+  ps: ProductSpec,
+): { L: GpuLinear; x: GPUBuffer } {
+  if (!L.dense) {
+    throw new UnsupportedError(
+      `points.linearProduct(${L.name}): LLM.int8() needs the dense f32 weight resident (not packed or split)`,
+    );
+  }
+  const xq = int8Scratch(r.ctx, "x", rows * L.cols * 4);
+  const wq = int8Scratch(r.ctx, "w", L.rows * L.cols * 4);
+  const mask = int8Scratch(r.ctx, "mask", L.cols * 4);
+  r.list.push(
+    ...int8ProductDispatches(r.ctx, { x, w: L.dense, xq, wq, mask }, {
+      spec: ps,
+      rows,
+      out: L.rows,
+      cols: L.cols,
+    }),
+  );
+  return { L: { name: L.name, rows: L.rows, cols: L.cols, dense: wq, bias: L.bias }, x: xq };
+}
+
+/**
  * Allocates the {@linkcode BlockBuffers} of a pass over `rows` rows with `alloc(bytes)` (`h`
  * given, or allocated too; OPT has no up projection and gets a placeholder `u`).
  */
@@ -447,8 +480,7 @@ export function recordBlock(
   ) => {
     if (!spec) return;
     const scales = a.points!.scales(spec);
-    const dsp = fakeQuantDispatch(r.ctx, { x: src, y, scales }, { spec, rows, cols, where });
-    if (dsp) r.list.push(dsp);
+    r.list.push(...fakeQuantDispatches(r.ctx, { x: src, y, scales }, { spec, rows, cols, where }));
   };
   /** A block linear with its input and output specs. */
   const lin = (Lin: GpuLinear, inp: GPUBuffer, out: GPUBuffer) => {
@@ -457,7 +489,11 @@ export function recordBlock(
       fq(si, io.xq!, Lin.cols, `points.linearInput(${Lin.name})`, inp);
       inp = io.xq!;
     }
-    r.lin(Lin, inp, out, rows);
+    const ps = pts?.linearProduct?.(Lin.name);
+    if (ps) {
+      const o = int8Linear(r, Lin, inp, rows, ps);
+      r.lin(o.L, o.x, out, rows);
+    } else r.lin(Lin, inp, out, rows);
     fq(pts?.linearOutput(Lin.name), out, Lin.rows, `points.linearOutput(${Lin.name})`);
   };
 

@@ -8,7 +8,7 @@
  * @module
  */
 import type { Tensor } from "../../tensor.ts";
-import type { QuantSpec } from "../ops.ts";
+import type { ProductSpec, QuantSpec } from "../ops.ts";
 
 /** The tensor names (no ".weight") of one decoder block. */
 export interface BlockNames {
@@ -91,6 +91,8 @@ export interface GpuPoints {
   linearInput(name: string): QuantSpec | undefined;
   /** The spec of linear `name`'s output rows (after bias), if any. */
   linearOutput(name: string): QuantSpec | undefined;
+  /** The product spec of linear `name` (LLM.int8()'s decomposition), if any. */
+  linearProduct?(name: string): ProductSpec | undefined;
   /** Queries before RoPE. */
   qPreRope?: QuantSpec;
   /** Queries after RoPE. */

@@ -22,10 +22,14 @@
  * Weights: `w_per_channel` one grid per output channel (groups of `groupsize_w` columns), else
  * per tensor; qllm-infer's grid (symmetric: `max|w| / (2^(b−1) − 1)`, clamp ±maxq).
  *
- * Where each knob runs: `a`/`q`/`k`/`v`/`s` without QRazor become {@linkcode QuantPoints} specs
- * (CPU and WebGPU); `a`/`k`/`v` with QRazor become host forward hooks (`linearInput`,
- * `attentionKV`); `q_qrazor` / `s_qrazor` have no point here (OptionError). With `a|k|v_qrazor`,
- * `bits_* = 16` is an INT16 base grid (the seed's activations go INT16 → INT8 / INT4), not "off". Defaults: every
+ * Where each knob runs: every `a`/`q`/`k`/`v`/`s` knob becomes a {@linkcode QuantPoints} spec
+ * executed by both backends (`s`, the attention probabilities, by the host forward only): QRazor
+ * as the spec's `qrazor: { bits, group }` (`q_qrazor` at the post-RoPE Q point, `s_qrazor` at
+ * the probabilities point, razored per row of one query's probabilities), ZeroQuant's
+ * token-wise activations as `grid: "deepspeed"` per token, LLM.int8() as a `linearProduct` spec
+ * on every block linear. `hostHooks` keeps the former JS hooks as a host-only escape hatch.
+ * With `*_qrazor`, `bits_* = 16` is an INT16 base grid (the seed's activations go INT16 → INT8 /
+ * INT4), not "off". Defaults: every
  * tensor off (16 bits), `sym_*` true except `sym_s` false, `a_per_token` / `w_per_channel` true,
  * `q|k|v|s_per_tensor` true (the seed's scripts), QRazor 4 bits in groups of 8.
  * @module
@@ -36,7 +40,8 @@ import type { ForwardHooks } from "../../models/decoder.ts";
 import { familyOf } from "../../models/family.ts";
 import { FormatError, OptionError } from "../../errors.ts";
 import { checkOptions, didYouMean, QLLM_CONFIG_SPECS } from "../core/options.ts";
-import { qllmFakeQuant, type QllmUnit, qrazorWeight } from "../weight_activation/qrazor.ts";
+import { type QllmUnit, qrazorWeight } from "../weight_activation/qrazor.ts";
+import { fakeQuant } from "../../models/points.ts";
 import type { Recipe } from "../core/recipe.ts";
 import type { WeightQuantizer } from "../core/types.ts";
 import { zeroquantActHooks, zeroquantRecipe } from "../weight_activation/zeroquant.ts";
@@ -190,8 +195,8 @@ export function resolveQllmConfig(partial: Record<string, unknown>): QllmConfig 
     if (c[`${x}_qrazor_bits`] > c[`bits_${x}`]) {
       bad(`${x}_qrazor_bits`, `${c[`${x}_qrazor_bits`]} exceeds bits_${x} = ${c[`bits_${x}`]}`);
     }
-    if (x === "q" || x === "s") {
-      bad(`${x}_qrazor`, "QRazor on Q and on the probabilities has no point here");
+    if (x === "s" && !c.s_per_token) {
+      bad("s_per_token", "attention probabilities are razored per row only (s_per_token true)");
     }
     if (x === "k" && c.k_pre_RoPE_quant) {
       bad("k_qrazor", "QRazor on K runs after RoPE (k_pre_RoPE_quant false)");
@@ -295,45 +300,61 @@ function gran(
   return row ? { unit: "row", granularity: "token" } : { unit: "column", granularity: "channel" };
 }
 
+/** Options of {@linkcode qllmPlan}. */
+export interface QllmPlanOptions {
+  /**
+   * The host-only escape hatch: QRazor activations / K / V and ZeroQuant's token-wise
+   * activations as JS forward hooks (`linearInput`, `attentionKV`) instead of specs (the same
+   * numbers; the model then runs on the host forward only). Default false: specs, executed by
+   * both backends. LLM.int8()'s hook is {@linkcode ApplyQllmOptions.hostHooks}.
+   */
+  hostHooks?: boolean;
+}
+
 /**
  * Maps a resolved configuration onto quantization points, hooks and weight quantizers for a
  * model of config `mc` (see the module doc). SmoothQuant, LLM.int8() and GPTQ need calibration
  * or wrap the model: the caller applies them (`src/cli_wa.ts` shows the order: smooth, then
- * weights, then activation specs).
+ * weights, then activation specs). Every activation / Q / K / V / S knob is a spec (QRazor:
+ * `qrazor: { bits, group }`; ZeroQuant's activations: `grid: "deepspeed"` per token), so the
+ * model stays on the GPU-resident path except for `s` (attention probabilities, host forward).
  */
-export function qllmPlan(c: QllmConfig, mc: ModelConfig): QllmPlan {
+export function qllmPlan(c: QllmConfig, mc: ModelConfig, opts: QllmPlanOptions = {}): QllmPlan {
   const plan: QllmPlan = {};
   const points: QuantPoints = {};
   const hooks: ForwardHooks = {};
   const hd = mc.headDim;
   const spec = (x: "a" | "q" | "k" | "v" | "s"): QuantSpec | undefined => {
     const bits = c[`bits_${x}`];
-    if (bits >= 16) return undefined;
+    const qr = c[`${x}_qrazor`];
+    if (bits >= 16 && !qr) return undefined;
     const g = gran(x, c);
     const s: QuantSpec = { bits, sym: c[`sym_${x}`], granularity: g.granularity };
     if (x === "a" && g.granularity === "token" && c.groupsize_a > 0) s.groupSize = c.groupsize_a;
     if (x !== "a" && x !== "s" && g.granularity === "token") s.groupSize = hd; // per head
+    if (qr) s.qrazor = { bits: c[`${x}_qrazor_bits`], group: c[`${x}_qrazor_group`] };
     return s;
   };
+  /** A hook running `s` through the CPU reference (the escape hatch). */
+  const hostQuant = (s: QuantSpec) => (d: Float32Array, rows: number, cols: number) =>
+    fakeQuant({ shape: [rows, cols], data: d }, s, "hostHooks").data;
   // Linear inputs.
   if (c.zeroquant) {
-    if (c.bits_a < 16) hooks.linearInput = zeroquantActHooks(c.bits_a).linearInput;
-  } else if (c.a_qrazor) {
-    const g = gran("a", c);
-    const o = {
-      bits: c.bits_a,
-      sym: c.sym_a,
-      unit: g.unit,
-      groupSize: c.groupsize_a,
-      qrazor: { bits: c.a_qrazor_bits, group: c.a_qrazor_group },
-    };
-    hooks.linearInput = (_name, x) => {
-      const cols = x.shape[x.shape.length - 1];
-      return { shape: [...x.shape], data: qllmFakeQuant(x.data, x.data.length / cols, cols, o).y };
-    };
+    if (c.bits_a < 16) {
+      if (opts.hostHooks) hooks.linearInput = zeroquantActHooks(c.bits_a).linearInput;
+      else {points.linearInput = {
+          "*": { bits: c.bits_a, grid: "deepspeed", granularity: "token" },
+        };}
+    }
   } else {
     const a = spec("a");
-    if (a) points.linearInput = { "*": a };
+    if (a && a.qrazor && opts.hostHooks) {
+      const run = hostQuant(a);
+      hooks.linearInput = (_name, x) => {
+        const cols = x.shape[x.shape.length - 1];
+        return { shape: [...x.shape], data: run(x.data, x.data.length / cols, cols) };
+      };
+    } else if (a) points.linearInput = { "*": a };
   }
   const q = spec("q");
   if (q) points.q = q;
@@ -342,21 +363,11 @@ export function qllmPlan(c: QllmConfig, mc: ModelConfig): QllmPlan {
     v?: typeof kvHook.k;
   } = {};
   for (const x of ["k", "v"] as const) {
-    if (c[`${x}_qrazor`]) {
-      const g = gran(x, c);
-      const o = {
-        bits: c[`bits_${x}`],
-        sym: c[`sym_${x}`],
-        unit: g.unit,
-        groupSize: g.unit === "row" ? hd : undefined,
-        qrazor: { bits: c[`${x}_qrazor_bits`], group: c[`${x}_qrazor_group`] },
-      };
-      kvHook[x] = (d, rows, cols) => qllmFakeQuant(d, rows, cols, o).y;
-    } else {
-      const s = spec(x);
-      if (s && x === "k") points[c.k_pre_RoPE_quant ? "kPreRope" : "k"] = s;
-      if (s && x === "v") points.v = s;
-    }
+    const s = spec(x);
+    if (!s) continue;
+    if (s.qrazor && opts.hostHooks) kvHook[x] = hostQuant(s);
+    else if (x === "k") points[c.k_pre_RoPE_quant ? "kPreRope" : "k"] = s;
+    else points.v = s;
   }
   if (kvHook.k || kvHook.v) {
     hooks.attentionKV = (_l, kv) => {
@@ -368,8 +379,14 @@ export function qllmPlan(c: QllmConfig, mc: ModelConfig): QllmPlan {
       };
     };
   }
+  if (c.llm_int8 && !opts.hostHooks) {
+    points.linearProduct = { "*": { method: "llm_int8", threshold: c.llm_int8_threshold } };
+  }
   const s = spec("s");
-  if (s) points.probs = { bits: s.bits, sym: s.sym, granularity: "token" };
+  if (s) {
+    points.probs = { bits: s.bits, sym: s.sym, granularity: "token" };
+    if (s.qrazor) points.probs.qrazor = s.qrazor;
+  }
   if (Object.keys(points).length) plan.points = points;
   if (Object.keys(hooks).length) plan.hooks = hooks;
   // Weights.
@@ -419,6 +436,13 @@ export interface ApplyQllmOptions {
    * calibration, since the pipeline's run identity sees the model's source, not the smoothing.
    */
   workdir?: string;
+  /**
+   * The host-only escape hatch: QRazor / ZeroQuant activations as JS hooks
+   * ({@linkcode QllmPlanOptions.hostHooks}) and LLM.int8() as the `linearProduct` hook of
+   * `llm_int8.ts` (its exact int32 product, with a live outlier report in
+   * {@linkcode QllmApplied.llmInt8}). Default false: every knob a spec, both backends.
+   */
+  hostHooks?: boolean;
 }
 
 /** What {@linkcode applyQllmConfig} did. */
@@ -431,7 +455,7 @@ export interface QllmApplied {
   smoothquant?: { nsamples: number; seqlen: number; dataset: string; alpha: number };
   /** GPTQ's calibration as used. */
   gptq?: { nsamples: number; seqlen: number; dataset: string };
-  /** LLM.int8()'s live outlier report (filled while the model runs). */
+  /** LLM.int8()'s live outlier report (with `hostHooks`; filled while the model runs). */
   llmInt8?: LlmInt8Report;
 }
 
@@ -446,7 +470,7 @@ export async function applyQllmConfig(
   c: QllmConfig,
   opts: ApplyQllmOptions = {},
 ): Promise<QllmApplied> {
-  const plan = qllmPlan(c, model.config);
+  const plan = qllmPlan(c, model.config, { hostHooks: opts.hostHooks });
   const out: Omit<QllmApplied, "model" | "plan"> = {};
   const ctx = model.config.maxPositions;
   const cap = (n: number) => (opts.capSeqlen === false ? n : Math.min(n, ctx));
@@ -516,7 +540,7 @@ export async function applyQllmConfig(
   }
   if (plan.points) m = { ...m, points: { ...(m.points ?? {}), ...plan.points } };
   if (plan.hooks) m = { ...m, hooks: { ...(m.hooks ?? {}), ...plan.hooks } };
-  if (c.llm_int8) {
+  if (c.llm_int8 && opts.hostHooks) {
     const r = llmInt8(m, { threshold: c.llm_int8_threshold });
     m = r.model;
     out.llmInt8 = r.report;

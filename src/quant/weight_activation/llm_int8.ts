@@ -135,7 +135,9 @@ export interface LlmInt8Report {
 /**
  * The model with every block linear's product replaced by {@linkcode llmInt8Matmul} (a
  * `linearProduct` forward hook, host forward only) and a live report of the outlier dimensions
- * each linear met. Weights are quantized on first use and kept.
+ * each linear met. Weights are quantized on first use and kept. This is the host-only escape
+ * hatch (exact int32 sums); the spec form `points.linearProduct = { "*": { method: "llm_int8" } }`
+ * (`kernels/llm_int8.ts`, what `applyQllmConfig` uses) runs on both backends.
  */
 export function llmInt8(
   model: Model,

@@ -146,7 +146,9 @@ export function zeroquantRecipe(
 
 /**
  * Token-wise dynamic activation quantization of every block linear's input (DeepSpeed's dynamic
- * `SymQuantizer` with one group per token), as a `linearInput` forward hook (host forward).
+ * `SymQuantizer` with one group per token), as a `linearInput` forward hook (host forward: the
+ * escape hatch). The same numbers as a spec on both backends:
+ * `points.linearInput = { "*": { bits, grid: "deepspeed", granularity: "token" } }`.
  */
 export function zeroquantActHooks(bits: number): ForwardHooks {
   if (!(Number.isInteger(bits) && bits >= 2 && bits <= 16)) {
