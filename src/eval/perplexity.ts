@@ -99,6 +99,34 @@ export async function evalTokens(
   dataset: string,
   opts: { root?: string; path?: string } = {},
 ): Promise<{ ids: number[]; source: string }> {
+  // Tokenizing TinyStories' 1,000 validation stories takes ~5 s on a loaded core: the stream is
+  // cached per tokenizer object, dataset and file (a fresh copy of the ids each call).
+  let byKey = tokenCache.get(tok);
+  if (!byKey) tokenCache.set(tok, byKey = new Map());
+  const key = JSON.stringify([dataset, opts.root ?? null, opts.path ?? null]);
+  let p = byKey.get(key);
+  if (!p) {
+    const made = tokenizeEvalText(tok, dataset, opts);
+    p = made;
+    byKey.set(key, made);
+    made.catch(() => {
+      if (byKey.get(key) === made) byKey.delete(key);
+    });
+  }
+  const r = await p;
+  return { ids: r.ids.slice(), source: r.source };
+}
+
+const tokenCache = new WeakMap<
+  Tokenizer,
+  Map<string, Promise<{ ids: number[]; source: string }>>
+>();
+
+async function tokenizeEvalText(
+  tok: Tokenizer,
+  dataset: string,
+  opts: { root?: string; path?: string },
+): Promise<{ ids: number[]; source: string }> {
   const t = await loadEvalText(dataset, opts);
   if (dataset === "tinystories") {
     const ids: number[] = [];
