@@ -90,6 +90,7 @@ for (let r = 0; r < rounds; r++) {
     const res = await perplexity(model, "tinystories", { nsamples, ort });
     const k = ort ? "ort" : "ts";
     if (res.ort !== ort) throw new Error(`expected the ${k} path, got ${res.ortFallback}`);
+    console.log(`  round ${r + 1}, ${k}: ${res.seconds.toFixed(2)} s`);
     times[k] = Math.min(times[k], res.seconds);
     ppl = { ...ppl, [k]: res.ppl };
     tokens = res.windows * res.seqlen;
