@@ -92,7 +92,8 @@ export interface PerplexityResult {
  * "\n\n", `ptb` lines joined with " ", `c4` the first 1,100 validation documents joined with " "
  * (then cut to 256 windows), `tinystories` each story stripped with BOS prepended, concatenated.
  * A tokenizer that adds BOS (Llama, OPT) adds it once at the start of the joined text, as
- * `tokenizer(text)` does in the reference code.
+ * `tokenizer(text)` does in the reference code. The stream is computed once per tokenizer object,
+ * dataset, `root` and `path` in a process and cached; each call returns a fresh copy of the ids.
  */
 export async function evalTokens(
   tok: Tokenizer,
