@@ -111,7 +111,7 @@ export async function buildForwardGraph(
   const embed = g.f32("model.embed_tokens.weight", [V, D], E.data);
   let x = g.node("Gather", [embed, ids], { attrs: { axis: 0 } });
 
-  // Positions 0..S−1; RoPE tables [S, hd] (broadcast over batch and heads), rotate-half.
+  // Positions 0..S−1 and their RoPE angles [S, hd/2] (rotate-half).
   const seqLen = g.node("Shape", [ids], { attrs: { start: 1, end: 2 } });
   const S = g.node("Squeeze", [seqLen, g.i64([0])]);
   const pos = g.node("Range", [g.i64([0], true), S, g.i64([1], true)]);
@@ -122,10 +122,15 @@ export async function buildForwardGraph(
     g.node("Unsqueeze", [g.node("Cast", [pos], { attrs: { to: F } }), g.i64([-1])]),
     g.f32("rope.inv_freq", [half], invFreq),
   ]);
-  const emb = g.node("Concat", [ang, ang], { attrs: { axis: -1 } });
-  // [S, 1, hd]: broadcast over batch and heads of a [B, S, heads, hd] tensor.
-  const cos = g.node("Unsqueeze", [g.node("Cos", [emb]), g.i64([1])]);
-  const sin = g.node("Unsqueeze", [g.node("Sin", [emb]), g.i64([1])]);
+  const mode = opts.attention ?? "matmul";
+  const gqa = mode === "gqa";
+  // "gqa" / "mha": [S, 1, hd] tables, broadcast over batch and heads of a [B, S, heads, hd] tensor.
+  let cos = "", sin = "";
+  if (mode !== "matmul") {
+    const emb = g.node("Concat", [ang, ang], { attrs: { axis: -1 } });
+    cos = g.node("Unsqueeze", [g.node("Cos", [emb]), g.i64([1])]);
+    sin = g.node("Unsqueeze", [g.node("Sin", [emb]), g.i64([1])]);
+  }
   const rope = (t: string) => {
     const t1 = g.node("Slice", [t, g.i64([0]), g.i64([half]), g.i64([3])]);
     const t2 = g.node("Slice", [t, g.i64([half]), g.i64([hd]), g.i64([3])]);
@@ -141,20 +146,13 @@ export async function buildForwardGraph(
       ? t
       : g.node("Expand", [g.node("Unsqueeze", [t, g.i64([3])]), g.i64([1, 1, 1, rep, 1])]);
 
-  const mode = opts.attention ?? "matmul";
-  const gqa = mode === "gqa";
   // "matmul": cos/sin tables [S, heads·hd], the causal mask [S, S] (−∞ above the diagonal) and
   // the query blocks' bounds, shared by every layer.
   let mask: string | undefined, cosQ: string | undefined, sinQ: string | undefined;
   let cosK: string | undefined, sinK: string | undefined;
   const blocks: { start: string; end: string; mask: string }[] = [];
   if (mode === "matmul") {
-    const posF = g.node("Cast", [pos], { attrs: { to: F } });
-    const angH = g.node("Mul", [
-      g.node("Unsqueeze", [posF, g.i64([-1])]),
-      g.f32("rope.inv_freq_half", [half], invFreq),
-    ]);
-    const c2 = g.node("Cos", [angH]), s2 = g.node("Sin", [angH]);
+    const c2 = g.node("Cos", [ang]), s2 = g.node("Sin", [ang]);
     const cosHd = g.node("Concat", [c2, c2], { attrs: { axis: -1 } });
     const sinHd = g.node("Concat", [s2, s2], { attrs: { axis: -1 } });
     cosQ = g.node("Tile", [cosHd, g.i64([1, H])]);
