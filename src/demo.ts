@@ -271,13 +271,14 @@ if (!flags["no-table"]) {
     const fpKv = await perplexity(model, "tinystories", { nsamples: kvN });
     const fpBytes = cacheBytes(c, { method: "fp" }, n) / n;
     rows.push({
-      method: "[KV] fp32 cache",
+      method: "[KV] fp32",
       bits: 32,
       group: "-",
       bitsPerWeight: 32,
       ppl: fpKv.ppl,
       seconds: undefined,
-      setup: `issue 21: the KV rows' reference, first ${kvN} windows; ${fpBytes} B/token`,
+      setup:
+        `issue 21: the KV rows' reference, first ${kvN} windows; fp32 cache ${fpBytes} B/token`,
     });
     const specs: KVSpec[] = [
       { method: "kivi", bits: 4, vGroupSize: hd },
