@@ -277,8 +277,7 @@ if (!flags["no-table"]) {
       bitsPerWeight: 32,
       ppl: fpKv.ppl,
       seconds: undefined,
-      setup:
-        `issue 21: the KV rows' reference, first ${kvN} windows; fp32 cache ${fpBytes} B/token`,
+      setup: `issue 21: reference of the KV rows, first ${kvN} windows; ${fpBytes} B/token`,
     });
     const specs: KVSpec[] = [
       { method: "kivi", bits: 4, vGroupSize: hd },
