@@ -4,6 +4,11 @@
  * GPTQ at 4/3/2 bits, per-channel and group 32, then QuantEase, QuIP (incoherence processing) and
  * FrameQuant (r = 1.1) at 4/3/2 bits per-channel and BCQ 4-bit g128, calibrated on 128 × 256
  * TinyStories train tokens — with TinyStories perplexity, bits/weight and seconds, and the run's peak memory.
+ * Then rows marked `[W-A]` (issue 14: W8A8 SmoothQuant α 0.5, W8A8 LLM.int8(), ZeroQuant W4/8A8,
+ * QRazor W4A4 g16, qllm-infer configurations as `tools/wa_table.ts`; their bits/weight is the
+ * effective weight bits) and `[KV]` (issue 21: KIVI-4 and KIVI-2 caches token by token on the
+ * first `--kv-windows` windows, default 4, next to the FP32 model on those windows; bytes per
+ * token in the setup column). `--no-wa-kv` leaves those rows out.
  *
  * Flags: `--windows N` evaluates on the first N windows of 512 tokens (default 64, about 33k
  * tokens, the same default as `deno task cli ppl` / `quantize --windows`; `--windows all` uses all
@@ -29,15 +34,28 @@ import { bcq } from "./quant/weight_only/bcq.ts";
 import { oa } from "./quant/weight_only/oa.ts";
 import { spqr } from "./quant/weight_only/spqr.ts";
 import type { WeightQuantizer } from "./quant/core/types.ts";
+import { applyQllmConfig, resolveQllmConfig } from "./quant/pipeline/qllm_config.ts";
+import { qrazorEffectiveBits } from "./quant/weight_activation/qrazor.ts";
+import { cacheBytes, kvLabel, type KVSpec } from "./quant/kv/cache.ts";
 import { type ResultRow, resultsTable } from "./viz/table.ts";
 
 const { values: flags } = parseArgs({
   args: Deno.args,
-  options: { windows: { type: "string" }, "no-table": { type: "boolean", default: false } },
+  options: {
+    windows: { type: "string" },
+    "no-table": { type: "boolean", default: false },
+    "no-wa-kv": { type: "boolean", default: false },
+    "kv-windows": { type: "string", default: "4" },
+  },
 });
 const nsamples = flags.windows === "all" ? undefined : Number(flags.windows ?? 64);
 if (nsamples !== undefined && !(Number.isInteger(nsamples) && nsamples >= 1)) {
   console.error(`--windows: expected a positive integer or "all", got "${flags.windows}"`);
+  Deno.exit(2);
+}
+const kvWindows = Number(flags["kv-windows"]);
+if (!(Number.isInteger(kvWindows) && kvWindows >= 1)) {
+  console.error(`--kv-windows: expected a positive integer, got "${flags["kv-windows"]}"`);
   Deno.exit(2);
 }
 
@@ -150,6 +168,135 @@ if (!flags["no-table"]) {
       setup: setups[name]?.(bits, groupSize) ?? "",
     });
     console.error(`  ${name} ${bits}-bit g${groupSize}: ppl ${r.ppl.toFixed(3)}`);
+  }
+  if (!flags["no-wa-kv"]) {
+    // Issue 14's weight-activation rows: qllm-infer configurations (the seed's keys, as
+    // tools/wa_table.ts runs them) applied by applyQllmConfig; activation quantizers and
+    // LLM.int8() run as host forward hooks (the TypeScript forward), on the same windows. The
+    // bits/weight column holds the effective weight bits of tools/wa_table.ts (scales not
+    // counted; ZeroQuant W4/8: the parameter-weighted mean of 4-bit MLP and 8-bit attention).
+    const D = c.hiddenSize, hd = c.headDim;
+    const attn = D * (c.numHeads + c.numKvHeads) * hd * 2, mlp = 3 * D * c.intermediateSize;
+    const qr16 = qrazorEffectiveBits({ qBit: 8, rBit: 4, group: 16 }, { roundUp: true });
+    const wa: {
+      method: string;
+      bits: number;
+      group: string;
+      eff: number;
+      cfg: Record<string, unknown>;
+      setup: string;
+    }[] = [
+      {
+        method: "[W-A] W8A8 smoothquant",
+        bits: 8,
+        group: "channel",
+        eff: 8,
+        cfg: {
+          bits_w: 8,
+          bits_a: 8,
+          smoothquant: true,
+          smoothquant_alpha: 0.5,
+          smoothquant_nsamples: 128,
+          smoothquant_seqlen: 256,
+        },
+        setup: "issue 14: α 0.5, 128 × 256 calib tokens; W per-channel, A per-token",
+      },
+      {
+        method: "[W-A] W8A8 llm.int8()",
+        bits: 8,
+        group: "channel",
+        eff: 8,
+        cfg: { llm_int8: true },
+        setup: "issue 14: threshold 6, outlier input dims in FP (not counted)",
+      },
+      {
+        method: "[W-A] W4/8A8 zeroquant",
+        bits: 4,
+        group: "channel",
+        eff: (4 * mlp + 8 * attn) / (mlp + attn),
+        cfg: { zeroquant: true, bits_w: 8, zeroquant_ffn_bits: 4, bits_a: 8 },
+        setup: "issue 14: 4-bit MLP / 8-bit attention (mean bits), A8 per-token",
+      },
+      {
+        method: "[W-A] W4A4 qrazor",
+        bits: 4,
+        group: "16",
+        eff: qr16,
+        cfg: {
+          bits_w: 8,
+          sym_w: true,
+          w_qrazor: true,
+          w_qrazor_bits: 4,
+          w_qrazor_group: 16,
+          bits_a: 16,
+          sym_a: true,
+          a_per_tensor: true,
+          a_per_token: false,
+          a_qrazor: true,
+          a_qrazor_bits: 4,
+          a_qrazor_group: 16,
+        },
+        setup: "issue 14: W INT8→4, A INT16 per-tensor→4, SDR groups of 16",
+      },
+    ];
+    for (const r of wa) {
+      const t0 = performance.now();
+      const applied = await applyQllmConfig(
+        model,
+        resolveQllmConfig(r.cfg),
+        {
+          calibDataset: "tinystories",
+        },
+      );
+      const seconds = (performance.now() - t0) / 1000;
+      const res = await perplexity(applied.model, "tinystories", { nsamples });
+      rows.push({
+        method: r.method,
+        bits: r.bits,
+        group: r.group,
+        bitsPerWeight: r.eff,
+        ppl: res.ppl,
+        seconds,
+        setup: r.setup,
+      });
+      console.error(`  ${r.method}: ppl ${res.ppl.toFixed(3)}`);
+    }
+    // Issue 21's KV-cache rows: KIVI (the reference's group 32 / residual 128 for K, V groups of
+    // the head size) through the `kv` option of perplexity, token by token (every prediction a
+    // decode step reading the quantized cache, as tools/kv_table.ts), on the first `--kv-windows`
+    // windows only (~1.5 s of CPU per window), with the FP32 model on those windows as their
+    // reference. Cache bytes per token at the model's context, all layers, float32 for FP.
+    const n = c.maxPositions;
+    const kvN = nsamples === undefined ? kvWindows : Math.min(kvWindows, nsamples);
+    const fpKv = await perplexity(model, "tinystories", { nsamples: kvN });
+    const fpBytes = cacheBytes(c, { method: "fp" }, n) / n;
+    rows.push({
+      method: "[KV] fp32",
+      bits: 32,
+      group: "-",
+      bitsPerWeight: 32,
+      ppl: fpKv.ppl,
+      seconds: undefined,
+      setup: `issue 21: reference of the KV rows, first ${kvN} windows; ${fpBytes} B/token`,
+    });
+    const specs: KVSpec[] = [
+      { method: "kivi", bits: 4, vGroupSize: hd },
+      { method: "kivi", bits: 2, vGroupSize: hd },
+    ];
+    for (const kv of specs) {
+      const res = await perplexity(model, "tinystories", { nsamples: kvN, kv });
+      const b = cacheBytes(c, kv, n) / n;
+      rows.push({
+        method: `[KV] kivi-${(kv as { bits: number }).bits} g32 r128`,
+        bits: (kv as { bits: number }).bits,
+        group: "32",
+        bitsPerWeight: 32,
+        ppl: res.ppl,
+        seconds: undefined,
+        setup: `issue 21: KV cache token by token, first ${kvN} windows; ${b} B/token`,
+      });
+      console.error(`  ${kvLabel(kv)}: ppl ${res.ppl.toFixed(3)}`);
+    }
   }
   console.log(
     resultsTable(rows, {

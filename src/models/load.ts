@@ -212,9 +212,12 @@ async function loadGptqModel(dir: string, path: string, opts: LoadOptions): Prom
 }
 
 const tokenizers = new WeakMap<object, Promise<Tokenizer>>();
+/** Tokenizers by file and load options, shared by the models that read the same file. */
+const tokenizerFiles = new Map<string, Promise<Tokenizer>>();
 
 /**
- * The model's tokenizer (loaded once per weight store and cached). Checks that its vocabulary
+ * The model's tokenizer (loaded once per file and load options, so a quantized copy of a model
+ * shares its tokenizer object, and checked once per weight store). Checks that its vocabulary
  * fits the embedding. Throws when the model has no tokenizer path.
  */
 export function getTokenizer(model: Model): Promise<Tokenizer> {
@@ -228,10 +231,22 @@ export function getTokenizer(model: Model): Promise<Tokenizer> {
         ),
       );
     }
-    t = loadTokenizer(model.tokenizerPath, {
-      vocabSize: model.tokenizerPath.endsWith(".bin") ? model.config.vocabSize : undefined,
+    const path = model.tokenizerPath;
+    const opts = {
+      vocabSize: path.endsWith(".bin") ? model.config.vocabSize : undefined,
       bos: model.config.family === "opt" ? "</s>" : undefined,
-    }).then((tok) => {
+    };
+    const key = JSON.stringify([path, opts.vocabSize, opts.bos]);
+    let file = tokenizerFiles.get(key);
+    if (!file) {
+      const p = loadTokenizer(path, opts);
+      file = p;
+      tokenizerFiles.set(key, p);
+      p.catch(() => {
+        if (tokenizerFiles.get(key) === p) tokenizerFiles.delete(key);
+      });
+    }
+    t = file.then((tok) => {
       checkVocabFits(tok, model.config.vocabSize, model.source);
       return tok;
     });
