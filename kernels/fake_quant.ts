@@ -85,24 +85,15 @@ export function fakeQuantUnits(
 }
 
 /**
- * WGSL of the fake-quant kernel (see the module doc); `inPlace` reads and writes one buffer.
+ * WGSL shared by the fake-quant kernels (this file's and `fake_quant_sdr.ts`'s): `decls` declares
+ * the workgroup min/max arrays and `index(u, e)` (element `e` of unit `u` for the tensor / group /
+ * channel modes of the uniform `p`); `reduce` opens `main`'s body: unit `u`, thread `tid`, and the
+ * unit's minimum and maximum (with 0 included) in `rmin[0]` / `rmax[0]`. Needs `p`, `xin(i)` and
+ * the builtins `wid`, `lid`, `nwg` in scope, and `W` threads per workgroup (a power of two).
  */
-export function fakeQuantWGSL(opts: { inPlace?: boolean } = {}): string {
-  const W = FAKE_QUANT_WG;
-  const io = opts.inPlace
-    ? `@group(0) @binding(1) var<storage, read_write> y: array<f32>;
-@group(0) @binding(2) var<storage, read> sv: array<f32>;
-fn xin(i: u32) -> f32 { return y[i]; }`
-    : `@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@group(0) @binding(3) var<storage, read> sv: array<f32>;
-fn xin(i: u32) -> f32 { return x[i]; }`;
-  return `
-struct P { units: u32, count: u32, cols: u32, gs: u32, mode: u32, maxq: f32, sym: u32, clip: f32,
-           stat: u32, rows: u32, p0: u32, p1: u32 };
-@group(0) @binding(0) var<uniform> p: P;
-${io}
-var<workgroup> rmin: array<f32, ${W}>;
+export function unitRangeWGSL(W: number): { decls: string; reduce: string } {
+  return {
+    decls: `var<workgroup> rmin: array<f32, ${W}>;
 var<workgroup> rmax: array<f32, ${W}>;
 
 fn index(u: u32, e: u32) -> u32 {
@@ -111,11 +102,8 @@ fn index(u: u32, e: u32) -> u32 {
   let gpr = p.cols / p.gs;
   return (u / gpr) * p.cols + (u % gpr) * p.gs + e;
 }
-
-@compute @workgroup_size(${W}, 1, 1)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-        @builtin(num_workgroups) nwg: vec3<u32>) {
-  let u = wid.x + wid.y * nwg.x;
+`,
+    reduce: `  let u = wid.x + wid.y * nwg.x;
   let tid = lid.x;
   if (u >= p.units) { return; }
   var lo = 0.0;
@@ -135,7 +123,33 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     workgroupBarrier();
   }
-  var xmin = rmin[0] * p.clip;
+`,
+  };
+}
+
+/**
+ * WGSL of the fake-quant kernel (see the module doc); `inPlace` reads and writes one buffer.
+ */
+export function fakeQuantWGSL(opts: { inPlace?: boolean } = {}): string {
+  const W = FAKE_QUANT_WG;
+  const io = opts.inPlace
+    ? `@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read> sv: array<f32>;
+fn xin(i: u32) -> f32 { return y[i]; }`
+    : `@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read> sv: array<f32>;
+fn xin(i: u32) -> f32 { return x[i]; }`;
+  return `
+struct P { units: u32, count: u32, cols: u32, gs: u32, mode: u32, maxq: f32, sym: u32, clip: f32,
+           stat: u32, rows: u32, p0: u32, p1: u32 };
+@group(0) @binding(0) var<uniform> p: P;
+${io}
+${unitRangeWGSL(W).decls}
+@compute @workgroup_size(${W}, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+${unitRangeWGSL(W).reduce}  var xmin = rmin[0] * p.clip;
   var xmax = rmax[0] * p.clip;
   var scale = 1.0;
   var zero = 0.0;

@@ -17,7 +17,13 @@
  *    Dispatch: ⌈ngroups / 64⌉ workgroups as an (x, y) grid.
  * @module
  */
-import { FAKE_QUANT_WG, type FakeQuantSpec, fakeQuantUnits, maxqOf } from "./fake_quant.ts";
+import {
+  FAKE_QUANT_WG,
+  type FakeQuantSpec,
+  fakeQuantUnits,
+  maxqOf,
+  unitRangeWGSL,
+} from "./fake_quant.ts";
 
 export { sdrQuantRef } from "./fake_quant.ts";
 
@@ -45,40 +51,11 @@ struct P { units: u32, count: u32, cols: u32, gs: u32, mode: u32, maxq: f32, sym
            codes: u32, rows: u32, den: f32, lower: f32 };
 @group(0) @binding(0) var<uniform> p: P;
 ${io}
-var<workgroup> rmin: array<f32, ${W}>;
-var<workgroup> rmax: array<f32, ${W}>;
-
-fn index(u: u32, e: u32) -> u32 {
-  if (p.mode == 0u) { return e; }
-  if (p.mode == 2u) { return e * p.cols + u; }
-  let gpr = p.cols / p.gs;
-  return (u / gpr) * p.cols + (u % gpr) * p.gs + e;
-}
-
+${unitRangeWGSL(W).decls}
 @compute @workgroup_size(${W}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
-  let u = wid.x + wid.y * nwg.x;
-  let tid = lid.x;
-  if (u >= p.units) { return; }
-  var lo = 0.0;
-  var hi = 0.0;
-  for (var e = tid; e < p.count; e = e + ${W}u) {
-    let v = xin(index(u, e));
-    lo = min(lo, v);
-    hi = max(hi, v);
-  }
-  rmin[tid] = lo;
-  rmax[tid] = hi;
-  workgroupBarrier();
-  for (var s = ${W / 2}u; s > 0u; s = s >> 1u) {
-    if (tid < s) {
-      rmin[tid] = min(rmin[tid], rmin[tid + s]);
-      rmax[tid] = max(rmax[tid], rmax[tid + s]);
-    }
-    workgroupBarrier();
-  }
-  var xmin = rmin[0] * p.clip;
+${unitRangeWGSL(W).reduce}  var xmin = rmin[0] * p.clip;
   var xmax = rmax[0] * p.clip;
   var scale = 1.0;
   var zero = 0.0;
