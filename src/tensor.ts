@@ -45,9 +45,19 @@ export function clone(t: Tensor): Tensor {
 export function transpose2d(t: Tensor): Tensor {
   const [r, c] = t.shape;
   const out = new Float32Array(r * c);
-  for (let i = 0; i < r; i++) {
-    const row = i * c;
-    for (let j = 0; j < c; j++) out[j * r + i] = t.data[row + j];
+  const d = t.data;
+  // Tiles of 32 × 32: both the reads and the strided writes stay in cache (the plain double loop
+  // wrote one cache line per element for tall inputs, e.g. 2048 × 64 calibration rows).
+  const B = 32;
+  for (let i0 = 0; i0 < r; i0 += B) {
+    const i1 = Math.min(r, i0 + B);
+    for (let j0 = 0; j0 < c; j0 += B) {
+      const j1 = Math.min(c, j0 + B);
+      for (let j = j0; j < j1; j++) {
+        const o = j * r;
+        for (let i = i0; i < i1; i++) out[o + i] = d[i * c + j];
+      }
+    }
   }
   return { shape: [c, r], data: out };
 }

@@ -108,6 +108,35 @@ export interface RunOptions {
    * Host forward only; must not modify `x`.
    */
   observe?: Observer;
+  /**
+   * Results of an earlier {@linkcode block} pass over the same input tensor to reuse (see
+   * {@linkcode BlockReuse}); ignored with a cache, an observer or hooks other than `linearInput`.
+   */
+  reuse?: BlockReuse;
+}
+
+/**
+ * A memo of {@linkcode block} passes over one input tensor (`RunOptions.reuse`), for callers that
+ * run the same block over the same hidden states several times while changing later weights (the
+ * quantization pipeline's true-sequential re-captures): a pass records the attention output (the
+ * output projection's input) and the MLP's activation (its last linear's input) with the residual
+ * beside it, each with the weight tensors it was computed from; a later pass over the same input
+ * object, batch and quantization points whose earlier weights are still the same tensor objects
+ * starts from the latest valid record, so the results are the same numbers as a full pass. The
+ * skipped linears' `linearInput` hooks are not called: a caller's hook must not replace the
+ * inputs of linears whose weights it does not change. Start with `{}` per (block, input).
+ */
+export interface BlockReuse {
+  /** The input the records belong to (a pass over another input clears them). */
+  h?: Tensor;
+  /** Batch of the recorded passes. */
+  batch?: number;
+  /** Quantization points of the recorded passes. */
+  points?: QuantPoints;
+  /** The attention output [rows, heads·hd] and the tensors it was computed from. */
+  attn?: { deps: Tensor[]; data: Float32Array };
+  /** The residual after attention, the MLP activation, and the tensors they came from. */
+  mlp?: { deps: Tensor[]; h2: Tensor; act: Tensor };
 }
 
 /** See {@linkcode RunOptions.observe}. */
@@ -508,108 +537,145 @@ export async function block(
   const { attnNorm, mlpNorm } = names;
   const preLN = fam.norm === "rms" || cfg.doLayerNormBefore;
 
-  // --- attention ---
-  const x = preLN ? await norm(model, attnNorm, h) : h;
-  let q = await lin(names.q, x);
-  let k = await lin(names.k, x);
-  let v = await lin(names.v, x);
-  observe?.("qPreRope", `${i}`, q);
-  observe?.("kPreRope", `${i}`, k);
-  if (points) {
-    q = at(q, points.qPreRope, "points.qPreRope");
-    k = at(k, points.kPreRope, "points.kPreRope");
+  const reuse = opts.reuse && !cache && !observe && !hooks?.linearOutput &&
+      !hooks?.linearProduct && !hooks?.attentionKV
+    ? opts.reuse
+    : undefined;
+  if (reuse && (reuse.h !== h || reuse.batch !== batch || reuse.points !== points)) {
+    Object.assign(reuse, { h, batch, points, attn: undefined, mlp: undefined });
   }
-  const kPreRope = cache?.attend ? k.data.slice() : k.data;
-  if (fam.positions === "rope") {
-    const inv = ropeInvFreq(cfg);
-    applyRope(q.data, nH, hd, inv, (r) => (r % T) + off);
-    applyRope(k.data, nKV, hd, inv, (r) => (r % T) + off);
-  }
-  observe?.("q", `${i}`, q);
-  observe?.("k", `${i}`, k);
-  observe?.("v", `${i}`, v);
-  if (points) {
-    q = at(q, points.q, "points.q");
-    k = at(at(k, points.k, "points.k"), points.kvWrite?.k, "points.kvWrite.k");
-    v = at(at(v, points.v, "points.v"), points.kvWrite?.v, "points.kvWrite.v");
-  }
-  if (hooks?.attentionKV) {
-    const r = await hooks.attentionKV(i, { k, v });
-    if (r) ({ k, v } = r);
-  }
-  const qw = nH * hd;
-  const kw = nKV * hd;
-  const scale = 1 / Math.sqrt(hd);
-  let attn: Float32Array;
-  if (cache?.attend) {
-    const dims = { B: 1, T, S: off + T, nH, nKV, hd, scale, window: cfg.slidingWindow };
-    attn = await cache.attend(i, {
-      q: q.data,
-      k: k.data,
-      kPreRope,
-      v: v.data,
-      off,
-      dims: { ...dims, probs: points?.probs },
-      backend,
-    });
-  } else if (cache) {
-    cache.k[i].set(k.data, off * kw);
-    cache.v[i].set(v.data, off * kw);
-    const S = off + T;
-    attn = await attention(
-      q.data,
-      cache.k[i].subarray(0, S * kw),
-      cache.v[i].subarray(0, S * kw),
-      { B: 1, T, S, nH, nKV, hd, scale, window: cfg.slidingWindow, probs: points?.probs },
-      backend,
-    );
-  } else {
-    attn = await attention(
-      q.data,
-      k.data,
-      v.data,
-      {
-        B: batch,
-        T,
-        S: T,
-        nH,
-        nKV,
-        hd,
-        scale,
-        window: cfg.slidingWindow,
-        probs: points?.probs,
-      },
-      backend,
-    );
-  }
-  const a = await lin(names.o, { shape: [rows, qw], data: attn });
-  let h2 = add(h, a);
-  if (!preLN) h2 = await norm(model, attnNorm, h2);
-
-  // --- MLP ---
-  const y = preLN ? await norm(model, mlpNorm, h2) : h2;
-  let m: Tensor;
-  if (fam.mlp === "fc") {
-    const f1 = await lin(names.mlp[0], y);
-    const d = f1.data;
-    if (cfg.activation === "relu") {
-      for (let j = 0; j < d.length; j++) {
-        d[j] = d[j] > 0 ? d[j] : 0;
+  const mlpLinears = names.mlp.slice(0, -1);
+  const attnDepNames = [attnNorm, names.q, names.k, names.v];
+  const mlpDepNames = [...attnDepNames, names.o, mlpNorm, ...mlpLinears];
+  const deps = async (prefixes: string[]): Promise<Tensor[]> => {
+    const out: Tensor[] = [];
+    for (const p of prefixes) {
+      for (const n of [`${p}.weight`, `${p}.bias`]) {
+        if (model.weights.has(n)) out.push(await model.weights.get(n));
       }
-    } else if (cfg.activation === "gelu") {
-      for (let j = 0; j < d.length; j++) d[j] = 0.5 * d[j] * (1 + erfFit(d[j] / Math.SQRT2));
-    } else throw new QuantlabError(`OPT activation "${cfg.activation}" is not supported`);
-    m = await lin(names.mlp[1], f1);
-  } else {
-    const g = await lin(names.mlp[0], y);
-    const u = await lin(names.mlp[1], y);
-    const gd = g.data;
-    for (let j = 0; j < gd.length; j++) gd[j] = (gd[j] / (1 + Math.exp(-gd[j]))) * u.data[j];
-    m = await lin(names.mlp[2], g);
+    }
+    return out;
+  };
+  const same = (a: Tensor[], b: Tensor[]) => a.length === b.length && a.every((t, j) => t === b[j]);
+  let h2: Tensor;
+  let act: Tensor;
+  const mlpDeps = reuse ? await deps(mlpDepNames) : undefined;
+  if (reuse?.mlp && same(reuse.mlp.deps, mlpDeps!)) ({ h2, act } = reuse.mlp);
+  else {
+    const attnDeps = reuse ? await deps(attnDepNames) : undefined;
+    let attn: Float32Array;
+    if (reuse?.attn && same(reuse.attn.deps, attnDeps!)) attn = reuse.attn.data;
+    else {
+      attn = await attentionPart();
+      if (reuse) reuse.attn = { deps: attnDeps!, data: attn };
+    }
+    const a = await lin(names.o, { shape: [rows, nH * hd], data: attn });
+    h2 = add(h, a);
+    if (!preLN) h2 = await norm(model, attnNorm, h2);
+
+    // --- MLP up to its last linear ---
+    const y = preLN ? await norm(model, mlpNorm, h2) : h2;
+    if (fam.mlp === "fc") {
+      act = await lin(names.mlp[0], y);
+      const d = act.data;
+      if (cfg.activation === "relu") {
+        for (let j = 0; j < d.length; j++) {
+          d[j] = d[j] > 0 ? d[j] : 0;
+        }
+      } else if (cfg.activation === "gelu") {
+        for (let j = 0; j < d.length; j++) d[j] = 0.5 * d[j] * (1 + erfFit(d[j] / Math.SQRT2));
+      } else throw new QuantlabError(`OPT activation "${cfg.activation}" is not supported`);
+    } else {
+      act = await lin(names.mlp[0], y);
+      const u = await lin(names.mlp[1], y);
+      const gd = act.data;
+      for (let j = 0; j < gd.length; j++) gd[j] = (gd[j] / (1 + Math.exp(-gd[j]))) * u.data[j];
+    }
+    if (reuse) reuse.mlp = { deps: mlpDeps!, h2, act };
   }
+  const m = await lin(names.mlp[names.mlp.length - 1], act);
   let out = add(h2, m);
   if (!preLN) out = await norm(model, mlpNorm, out);
   return out;
+
+  /** Norm, q/k/v, RoPE and attention: the output projection's input [rows, heads·hd]. */
+  async function attentionPart(): Promise<Float32Array> {
+    // --- attention ---
+    const x = preLN ? await norm(model, attnNorm, h) : h;
+    let q = await lin(names.q, x);
+    let k = await lin(names.k, x);
+    let v = await lin(names.v, x);
+    observe?.("qPreRope", `${i}`, q);
+    observe?.("kPreRope", `${i}`, k);
+    if (points) {
+      q = at(q, points.qPreRope, "points.qPreRope");
+      k = at(k, points.kPreRope, "points.kPreRope");
+    }
+    const kPreRope = cache?.attend ? k.data.slice() : k.data;
+    if (fam.positions === "rope") {
+      const inv = ropeInvFreq(cfg);
+      applyRope(q.data, nH, hd, inv, (r) => (r % T) + off);
+      applyRope(k.data, nKV, hd, inv, (r) => (r % T) + off);
+    }
+    observe?.("q", `${i}`, q);
+    observe?.("k", `${i}`, k);
+    observe?.("v", `${i}`, v);
+    if (points) {
+      q = at(q, points.q, "points.q");
+      k = at(at(k, points.k, "points.k"), points.kvWrite?.k, "points.kvWrite.k");
+      v = at(at(v, points.v, "points.v"), points.kvWrite?.v, "points.kvWrite.v");
+    }
+    if (hooks?.attentionKV) {
+      const r = await hooks.attentionKV(i, { k, v });
+      if (r) ({ k, v } = r);
+    }
+    const qw = nH * hd;
+    const kw = nKV * hd;
+    const scale = 1 / Math.sqrt(hd);
+    let attn: Float32Array;
+    if (cache?.attend) {
+      const dims = { B: 1, T, S: off + T, nH, nKV, hd, scale, window: cfg.slidingWindow };
+      attn = await cache.attend(i, {
+        q: q.data,
+        k: k.data,
+        kPreRope,
+        v: v.data,
+        off,
+        dims: { ...dims, probs: points?.probs },
+        backend,
+      });
+    } else if (cache) {
+      cache.k[i].set(k.data, off * kw);
+      cache.v[i].set(v.data, off * kw);
+      const S = off + T;
+      attn = await attention(
+        q.data,
+        cache.k[i].subarray(0, S * kw),
+        cache.v[i].subarray(0, S * kw),
+        { B: 1, T, S, nH, nKV, hd, scale, window: cfg.slidingWindow, probs: points?.probs },
+        backend,
+      );
+    } else {
+      attn = await attention(
+        q.data,
+        k.data,
+        v.data,
+        {
+          B: batch,
+          T,
+          S: T,
+          nH,
+          nKV,
+          hd,
+          scale,
+          window: cfg.slidingWindow,
+          probs: points?.probs,
+        },
+        backend,
+      );
+    }
+    return attn;
+  }
 }
 
 /** Final norm (and OPT project_out) then the LM head: logits [rows, vocab]. */

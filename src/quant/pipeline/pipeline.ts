@@ -9,7 +9,7 @@ import type { Backend } from "../../backend/backend.ts";
 import { getBackend } from "../../backend/device.ts";
 import { OptionError, QuantlabError, ResumeError } from "../../errors.ts";
 import { cleanStaleTemps, fileIfPresent, writeFileAtomic } from "../../io/fs.ts";
-import { block, embed } from "../../models/decoder.ts";
+import { block, type BlockReuse, embed } from "../../models/decoder.ts";
 import {
   type DeviceRows,
   type InputStats,
@@ -173,7 +173,12 @@ async function accumulate(
 async function gatherHost(
   qmodel: Model,
   i: number,
-  c: { hs: Tensor[]; chunkSizes: number[]; want: ReadonlySet<string> },
+  c: {
+    hs: Tensor[];
+    chunkSizes: number[];
+    want: ReadonlySet<string>;
+    reuse?: BlockReuse[];
+  },
   be: Backend,
 ): Promise<Map<string, InputStats>> {
   const acc = new Map<string, InputStats>();
@@ -199,7 +204,12 @@ async function gatherHost(
       },
     };
     try {
-      await block(qmodel, i, c.hs[k], { batch: c.chunkSizes[k], hooks, backend: be });
+      await block(qmodel, i, c.hs[k], {
+        batch: c.chunkSizes[k],
+        hooks,
+        backend: be,
+        reuse: c.reuse?.[k],
+      });
     } catch (e) {
       if (e !== STOP) throw e;
     }
@@ -218,6 +228,17 @@ async function gatherResident(
     await runner.run(hs[c], { batch: chunkSizes[c], collect: want });
   }
   return await runner.take();
+}
+
+/** Most bytes of block intermediates {@linkcode quantize} keeps between true-sequential passes. */
+const REUSE_BYTES = 256 * 2 ** 20;
+
+/** Bytes of one block's {@linkcode BlockReuse} records over every calibration chunk. */
+function reuseBytes(model: Model, hs: Tensor[]): number {
+  const c = model.config;
+  let rows = 0;
+  for (const h of hs) rows += h.shape[0];
+  return 4 * rows * (c.numHeads * c.headDim + c.hiddenSize + c.intermediateSize);
 }
 
 /** The backend type `models/resident_block.ts` runs blocks on. */
@@ -407,6 +428,12 @@ export async function quantize(
     const runner = resident
       ? await residentBlockRunner(current(), i, resident, { seqLen: T, keepInputs: keepHidden })
       : undefined;
+    // Host blocks: each chunk's attention output and MLP activation carry over from one
+    // true-sequential pass to the next while the weights they come from are unchanged (the
+    // same numbers as recomputing them), when they fit REUSE_BYTES.
+    const reuse = !runner && hs.length && reuseBytes(model, hs) <= REUSE_BYTES
+      ? hs.map((): BlockReuse => ({}))
+      : undefined;
     try {
       for (const group of groups) {
         const targets = group.filter((n) => assigned.has(n));
@@ -418,7 +445,7 @@ export async function quantize(
           ? new Map<string, InputStats>()
           : runner
           ? await gatherResident(runner, dev ?? hs, chunkSizes, want)
-          : await gatherHost(current(), i, { hs, chunkSizes, want }, be);
+          : await gatherHost(current(), i, { hs, chunkSizes, want, reuse }, be);
         peak = Math.max(peak, Deno.memoryUsage().rss);
         for (const name of targets) {
           const { quantizer, pattern } = assigned.get(name)!;
@@ -477,7 +504,11 @@ export async function quantize(
           next.push(
             runner
               ? (await runner.run(hs[c], { batch: chunkSizes[c], output: true }))!
-              : await block(qmodel, i, hs[c], { batch: chunkSizes[c], backend: be }),
+              : await block(qmodel, i, hs[c], {
+                batch: chunkSizes[c],
+                backend: be,
+                reuse: reuse?.[c],
+              }),
           );
         }
         hs = next;
