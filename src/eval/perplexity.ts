@@ -10,7 +10,7 @@ import type { Tokenizer } from "../io/tokenizer.ts";
 import { block, embed, forward, type ForwardHooks, head } from "../models/decoder.ts";
 import { getTokenizer } from "../models/load.ts";
 import { residentFor } from "../models/resident.ts";
-import { ortForwardLse, ortForwardSession, ortForwardUnsupported } from "../models/ort_forward.ts";
+import { ortForwardNext, ortForwardSession, ortForwardUnsupported } from "../models/ort_forward.ts";
 import { getBackend } from "../backend/device.ts";
 import type { Model } from "../models/model.ts";
 import type { Tensor } from "../tensor.ts";
@@ -304,11 +304,11 @@ export async function perplexity(
         count += r.count;
       } else if (useOrt) {
         // The graph's float32 log-sum-exp per row: NLL = lse − logit of the next token.
-        const { logits, lse } = await ortForwardLse(model, chunk, { batch: nb });
-        const V = cfg.vocabSize, L = logits.data;
+        // (and the next token's logit, gathered in the graph: no logits leave the session).
+        const { lse, next } = await ortForwardNext(model, chunk, { batch: nb });
         for (let r = 0; r < chunk.length; r++) {
           if ((r + 1) % seqlen === 0) continue;
-          sum += lse[r] - L[r * V + chunk[r + 1]];
+          sum += lse[r] - next[r];
           count++;
         }
       } else {

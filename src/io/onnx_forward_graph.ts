@@ -82,7 +82,9 @@ export function forwardGraphUnsupported(cfg: ForwardGraphConfig): string | null 
 
 /**
  * The ModelProto bytes of `cfg`'s forward (outputs `logits` [batch, sequence, vocab] and `lse`
- * [batch, sequence], the float32 log-sum-exp of each logits row) with the tensors `get` returns (HF names:
+ * [batch, sequence], the float32 log-sum-exp of each logits row, and `next_logit` [batch, sequence],
+ * each row's logit of the next input token, token 0 at the last position) with the tensors `get`
+ * returns (HF names:
  * `model.embed_tokens.weight`, `model.layers.{l}.self_attn.q_proj.weight`, …; `lm_head.weight`
  * when `hasHead`, else the tied embedding). `attention`: "matmul" (default), "gqa" or "mha", the
  * attention layout, and `chunks` the query blocks of "matmul" (default 8; 1: one block) — see the
@@ -260,6 +262,20 @@ export async function buildForwardGraph(
   });
   g.node("Squeeze", [g.node("Add", [mx, g.node("Log", [se])]), g.i64([-1])], { outputs: ["lse"] });
   g.output("lse", F, ["batch_size", "sequence_length"]);
+  // The logit of each position's next token (input_ids shifted left by one; the last position
+  // reads token 0 and predicts nothing), so an evaluator fetching `lse` and `next_logit` copies
+  // two floats per token out of the session instead of the [batch, sequence, vocab] logits.
+  const next = g.node("Concat", [
+    g.node("Slice", [ids, g.i64([1]), g.i64([2 ** 53]), g.i64([1])]),
+    g.node("Slice", [g.node("Mul", [ids, g.i64([0], true)]), g.i64([0]), g.i64([1]), g.i64([1])]),
+  ], { attrs: { axis: 1 } });
+  g.node("Squeeze", [
+    g.node("GatherElements", ["logits", g.node("Unsqueeze", [next, g.i64([-1])])], {
+      attrs: { axis: -1 },
+    }),
+    g.i64([-1]),
+  ], { outputs: ["next_logit"] });
+  g.output("next_logit", F, ["batch_size", "sequence_length"]);
   return g.encode("quantlab-forward");
 }
 

@@ -164,10 +164,33 @@ export async function ortForwardLse(
   const session = await ortForwardSession(model);
   const ort = await loadOrt();
   const input = new ort.Tensor("int64", BigInt64Array.from(ids, (v) => BigInt(v)), [batch, T]);
-  const out = await session.run({ input_ids: input });
+  const out = await session.run({ input_ids: input }, ["logits", "lse"]);
   const V = model.config.vocabSize;
   return {
     logits: { shape: [ids.length, V], data: out.logits.data as Float32Array },
     lse: out.lse.data as Float32Array,
   };
+}
+
+/**
+ * Per row of `ids` (`opts.batch` sequences of equal length, concatenated) through `model`'s
+ * onnxruntime forward graph: the float32 log-sum-exp of its logits and its logit of the next
+ * token of the same sequence (token 0 at a sequence's last row), both computed in the graph, so
+ * only two floats per token leave the session: a row's NLL of its next token is
+ * `lse − next`, the same float32 values {@linkcode ortForwardLse} returns.
+ */
+export async function ortForwardNext(
+  model: Model,
+  ids: number[],
+  opts: { batch?: number } = {},
+): Promise<{ lse: Float32Array; next: Float32Array }> {
+  const batch = opts.batch ?? 1;
+  const session = await ortForwardSession(model);
+  const ort = await loadOrt();
+  const input = new ort.Tensor("int64", BigInt64Array.from(ids, (v) => BigInt(v)), [
+    batch,
+    ids.length / batch,
+  ]);
+  const out = await session.run({ input_ids: input }, ["lse", "next_logit"]);
+  return { lse: out.lse.data as Float32Array, next: out.next_logit.data as Float32Array };
 }
