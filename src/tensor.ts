@@ -46,17 +46,15 @@ export function transpose2d(t: Tensor): Tensor {
   const [r, c] = t.shape;
   const out = new Float32Array(r * c);
   const d = t.data;
-  // Tiles of 32 × 32: both the reads and the strided writes stay in cache (the plain double loop
-  // wrote one cache line per element for tall inputs, e.g. 2048 × 64 calibration rows).
-  const B = 32;
+  // Bands of 8 rows: each column's 8 values are written contiguously while the band's rows stay
+  // in cache (the plain double loop wrote one cache line per element for tall inputs such as
+  // 2048 × 64 calibration rows, ~10× slower).
+  const B = 8;
   for (let i0 = 0; i0 < r; i0 += B) {
     const i1 = Math.min(r, i0 + B);
-    for (let j0 = 0; j0 < c; j0 += B) {
-      const j1 = Math.min(c, j0 + B);
-      for (let j = j0; j < j1; j++) {
-        const o = j * r;
-        for (let i = i0; i < i1; i++) out[o + i] = d[i * c + j];
-      }
+    for (let j = 0; j < c; j++) {
+      const o = j * r;
+      for (let i = i0; i < i1; i++) out[o + i] = d[i * c + j];
     }
   }
   return { shape: [c, r], data: out };

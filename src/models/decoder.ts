@@ -270,18 +270,27 @@ export function applyRope(
   const half = hd / 2;
   const w = nHeads * hd;
   const rows = x.length / w;
-  const cos = new Float64Array(half);
-  const sin = new Float64Array(half);
+  // cos/sin of each position once per call (rows of a batch repeat the positions).
+  const tables = new Map<number, Float64Array>();
+  let cos: Float64Array = new Float64Array(half);
+  let sin: Float64Array = cos;
   let lastPos = -1;
   for (let r = 0; r < rows; r++) {
     const p = pos(r);
     if (p !== lastPos) {
-      for (let i = 0; i < half; i++) {
-        // As HF computes them: the angle in float32, then cos/sin rounded to float32.
-        const af = Math.fround(Math.fround(p) * Math.fround(inv[i]));
-        cos[i] = Math.fround(Math.cos(af));
-        sin[i] = Math.fround(Math.sin(af));
+      let cs = tables.get(p);
+      if (!cs) {
+        cs = new Float64Array(2 * half);
+        for (let i = 0; i < half; i++) {
+          // As HF computes them: the angle in float32, then cos/sin rounded to float32.
+          const af = Math.fround(Math.fround(p) * Math.fround(inv[i]));
+          cs[i] = Math.fround(Math.cos(af));
+          cs[half + i] = Math.fround(Math.sin(af));
+        }
+        tables.set(p, cs);
       }
+      cos = cs;
+      sin = cs.subarray(half);
       lastPos = p;
     }
     for (let h = 0; h < nHeads; h++) {
