@@ -3,7 +3,8 @@
  * graph in the same run (ratio ≥ 0.9 is the target), and stories260K forward tokens/s; then
  * stories260K TinyStories perplexity tokens/s through the whole-decoder onnxruntime graph
  * (`src/models/ort_forward.ts`) against the TypeScript forward, alternating in the same run (a
- * subset of windows, 3 rounds; `--full`: all of them, 1 round; `--rounds N`: N rounds).
+ * subset of windows, 3 rounds; `--full`: all of them, 1 round; `--rounds N`: N rounds), wall and
+ * process CPU seconds (user + system) of each path, best of the rounds.
  * `--ppl-only` skips the GEMM and forward sections.
  * @module
  */

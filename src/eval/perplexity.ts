@@ -55,8 +55,9 @@ export interface PerplexityOptions {
    * decoder graph (`src/models/ort_forward.ts`) when the model allows it (default true); false:
    * the TypeScript forward. Models the graph cannot express fall back to the TypeScript forward
    * and say why in the result's `ortFallback`. The graph also returns each row's log-sum-exp
-   * (float32), so the per-token NLL skips the float64 pass over the vocabulary (on stories260K,
-   * 762 windows: ~2 s of ~17 s; the perplexity agrees with the float64 path to ~1e-6 relative).
+   * (float32) and its next token's logit, so the per-token NLL skips the float64 pass over the
+   * vocabulary (on stories260K, 762 windows: ~2 s of ~17 s; the perplexity agrees with the
+   * float64 path to ~1e-6 relative) and no logits are copied out of the session.
    */
   ort?: boolean;
   /**
