@@ -468,6 +468,11 @@ export async function quantize(
               `${quantizer.name}: ${name}: returned a weight of the wrong size`,
             );
           }
+          // A quantizer that hands back the weight object itself may have changed it in place:
+          // the block records computed from it are not reused.
+          if (res.Wq === W) {
+            reuse?.forEach((r) => Object.assign(r, { attn: undefined, mlp: undefined }));
+          }
           overrides.set(`${name}.weight`, res.Wq);
           blockWeights.set(`${name}.weight`, res.Wq);
           runner?.setWeight(name, res.Wq);
