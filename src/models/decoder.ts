@@ -638,7 +638,6 @@ export async function block(
       const r = await hooks.attentionKV(i, { k, v });
       if (r) ({ k, v } = r);
     }
-    const qw = nH * hd;
     const kw = nKV * hd;
     const scale = 1 / Math.sqrt(hd);
     let attn: Float32Array;
