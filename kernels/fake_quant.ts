@@ -221,21 +221,23 @@ export function fakeQuantRef(
   const sym = spec.sym ?? true;
   const clip = f(spec.clip ?? 1);
   const { units, count, gs, mode } = fakeQuantUnits(spec, rows, cols);
-  const gpr = cols / gs;
-  const index = (u: number, e: number) =>
-    mode === 0 ? e : mode === 2 ? e * cols + u : Math.floor(u / gpr) * cols + (u % gpr) * gs + e;
+  // Element e of unit u sits at base(u) + e·step: the tensor (mode 0) and a row's groups
+  // (mode 1: ⌊u / groups per row⌋·cols + (u mod groups per row)·gs = u·gs) are contiguous, a
+  // channel (mode 2) steps by cols.
+  const step = mode === 2 ? cols : 1;
+  const end = count * step;
   for (let u = 0; u < units; u++) {
+    const base = mode === 0 ? 0 : mode === 2 ? u : u * gs;
     if (spec.scales) {
-      for (let e = 0; e < count; e++) {
-        const i = index(u, e);
+      for (let i = base; i < base + end; i += step) {
         const s = spec.scales[i % cols];
         y[i] = f(s * Math.min(Math.max(roundEven(f(x[i] / s)), -(maxq + 1)), maxq));
       }
       continue;
     }
     let lo = 0, hi = 0;
-    for (let e = 0; e < count; e++) {
-      const v = x[index(u, e)];
+    for (let i = base; i < base + end; i += step) {
+      const v = x[i];
       if (v < lo) lo = v;
       if (v > hi) hi = v;
     }
@@ -249,8 +251,7 @@ export function fakeQuantRef(
       scale = f(f(xmax - xmin) / maxq);
       zero = roundEven(f(-xmin / scale));
     }
-    for (let e = 0; e < count; e++) {
-      const i = index(u, e);
+    for (let i = base; i < base + end; i += step) {
       const r = roundEven(f(x[i] / scale));
       y[i] = sym
         ? f(scale * Math.min(Math.max(r, -(maxq + 1)), maxq))
