@@ -63,6 +63,29 @@ export interface Backend {
    * backend's type.
    */
   readonly residentBlocks?: boolean;
+  /**
+   * Optional `C[m,n] = A[m,k] · B[k,n]` with `B` a {@linkcode DeviceMatrix} this backend holds
+   * (a layer Hessian built on its device): `A` goes up, `C` comes back, `B` does not cross the
+   * bus. The pipeline's relErr measurement uses it. Same kernel and tiling as `matmul`, so the
+   * result is bit for bit `matmul(a, { data: await b.read() })`.
+   */
+  matmulDeviceB?(a: Tensor, b: DeviceMatrix): Promise<Tensor>;
+}
+
+/**
+ * A square float32 matrix held on a backend's device (a layer Hessian `H = 2/n · Σ XᵀX` that the
+ * resident pipeline accumulated there): consumers that run on the device (the backend's
+ * `gptqColumns`, `matmulDeviceB`) take it as is; the host reads back only what it needs.
+ */
+export interface DeviceMatrix {
+  /** Rows (= columns). */
+  readonly size: number;
+  /** The diagonal, `size` floats read back (dead inputs, act-order and damping need only it). */
+  diagonal(): Promise<Float32Array>;
+  /** The whole matrix, `size²` floats read back (consumers without a device path). */
+  read(): Promise<Float32Array>;
+  /** Frees the device buffers (the object must not be used afterwards). */
+  release(): void;
 }
 
 /** Geometry of a packed KV cache on the device ({@linkcode Backend.packedKvAttention}). */
@@ -152,6 +175,11 @@ export interface GptqColumnsArgs {
    * `NonFiniteError` naming the pivot when `H` is not positive definite.
    */
   H?: Float32Array;
+  /**
+   * Instead of `Hinv` or `H`: `H` already on this backend's device, in the original order (with
+   * `perm` and `diagonal` as for `H`); not modified (the device works on a copy).
+   */
+  Hdevice?: DeviceMatrix;
   /**
    * Act-order on the device: processed column c is original column `perm[c]`; W and H are given
    * in the original order, and `codes`/`Q` come back in the original order.
