@@ -12,7 +12,8 @@
  *   uploaded by GPTQ and by the relErr product): the same weights, metas and relErr bit for bit,
  *   and per block the byte counters differ by exactly the n² terms: read back
  *   `Σ_groups 4·(d² − d)` less (the diagonal, d floats, replaces the d² sums) and uploaded
- *   `Σ_linears 2 · 4·d²` less (GPTQ's H and the relErr product's B).
+ *   `Σ_linears 2 · 4·d²` less (GPTQ's H and the relErr product's B); with RTN (no Hessian, only
+ *   relErr reads it) `Σ_groups 4·d²` and `Σ_linears 4·d²` less.
  */
 import { assert, assertEquals } from "@std/assert";
 import {
@@ -27,6 +28,8 @@ import { loadModel } from "../../src/models/load.ts";
 import { calibrationSet } from "../../src/quant/pipeline/calibration.ts";
 import { quantize } from "../../src/quant/pipeline/pipeline.ts";
 import { gptq, gptqQuantize } from "../../src/quant/weight_only/gptq.ts";
+import { rtn } from "../../src/quant/weight_only/rtn.ts";
+import type { WeightQuantizer } from "../../src/quant/core/types.ts";
 import { blockLinearGroups } from "../../src/models/config.ts";
 import { residentBlockRunner } from "../../src/models/resident_block.ts";
 import { embed } from "../../src/models/decoder.ts";
@@ -176,7 +179,7 @@ Deno.test({
     const model = await loadModel("../shared/data/models/stories260K-hf");
     const calib = await calibrationSet(model, "tinystories", { nsamples: 3, seqlen: 32, seed: 4 });
     const cfg = model.config, L = cfg.numLayers;
-    const run = async (deviceHessian: boolean, q: ReturnType<typeof gptq>) => {
+    const run = async (deviceHessian: boolean, q: WeightQuantizer) => {
       const per: { up: number; back: number }[] = [];
       let last = be.transfer();
       const m = await quantize(model, q, {
@@ -199,6 +202,7 @@ Deno.test({
       const q of [
         gptq({ bits: 4, groupSize: 32, actOrder: true, partialGroups: true }),
         gptq({ bits: 3 }),
+        rtn({ bits: 4 }),
       ]
     ) {
       const bus = await run(false, q);
@@ -217,14 +221,19 @@ Deno.test({
         let dUp = 0, dBack = 0;
         for (const g of blockLinearGroups(cfg, i)) {
           const d = g[0].endsWith("down_proj") ? cfg.intermediateSize : cfg.hiddenSize;
-          dBack += 4 * (d * d - d);
-          dUp += g.length * 2 * 4 * d * d;
+          // GPTQ: the sums' readback becomes the diagonal's, and neither GPTQ nor the relErr
+          // product uploads H. RTN (no Hessian): only the relErr product's upload goes.
+          const gptqRun = q.name === "gptq";
+          dBack += gptqRun ? 4 * (d * d - d) : 4 * d * d;
+          dUp += g.length * (gptqRun ? 2 : 1) * 4 * d * d;
         }
         assertEquals(bus.per[i].up - onDev.per[i].up, dUp, `block ${i} upload`);
         assertEquals(bus.per[i].back - onDev.per[i].back, dBack, `block ${i} readback`);
       }
       console.log(
-        `  per block up+back: H over the bus ${bus.per.map((p) => p.up + p.back)} B, ` +
+        `  ${q.name} ${JSON.stringify(q.options)}:\n  per block up+back: H over the bus ${
+          bus.per.map((p) => p.up + p.back)
+        } B, ` +
           `H on the device ${onDev.per.map((p) => p.up + p.back)} B`,
       );
     }

@@ -14,11 +14,11 @@
  */
 import type { Tensor } from "../../tensor.ts";
 import type { DeviceMatrix } from "../backend.ts";
-import { gpuHessianFromSums } from "../_webgpu_hessian.ts";
 import type { GpuModel } from "./model.ts";
 import { QuantlabError } from "../../errors.ts";
 import {
   type Dispatch,
+  gpuHessianFromSums,
   readback,
   runAndRead,
   runDispatches,

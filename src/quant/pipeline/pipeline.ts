@@ -444,7 +444,10 @@ export async function quantize(
           ? await gatherResident(runner, { hs: dev ?? hs, chunkSizes, want }, keepH)
           : await gatherHost(current(), i, { hs, chunkSizes, want }, be);
         peak = Math.max(peak, Deno.memoryUsage().rss);
-        /** Device Hessians read back for quantizers without a device path (once per group). */
+        /**
+         * Device Hessians read back for quantizers that need H and have no device path (once per
+         * group); a quantizer without `needsHessian` gets none (only relErr reads H, there).
+         */
         const readBack = new Map<DeviceMatrix, Float32Array>();
         try {
           for (const name of targets) {
@@ -455,7 +458,7 @@ export async function quantize(
             let Hdevice: DeviceMatrix | undefined;
             if (a && "H" in a) {
               if (quantizer.acceptsDeviceHessian) Hdevice = a.H;
-              else {
+              else if (quantizer.needsHessian) {
                 H = readBack.get(a.H);
                 if (!H) readBack.set(a.H, H = await a.H.read());
               }
