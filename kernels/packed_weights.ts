@@ -197,3 +197,52 @@ export function codeExprWGSL(bits: number, j: number): string {
   if (sh + bits <= 32) return `((w${w} >> ${sh}u) & ${mask}u)`;
   return `(((w${w} >> ${sh}u) | (w${w + 1} << ${32 - sh}u)) & ${mask}u)`;
 }
+
+/**
+ * The quantizer's own packed words (`grid.ts` `packCodes`: the codes of W [rows, cols] in
+ * row-major order as one LSB-first bit stream, code i at bits [i·bits, (i+1)·bits)) read as
+ * {@linkcode PackedWeights}, without repacking, when the layout is the identity: `cols % 32 == 0`
+ * and the groups of `gIdx` are runs of whole 32-column chunks in increasing order (no act-order
+ * permutation that interleaves groups, no padding). Then row r's chunk c starts at stream bit
+ * `(r·cols + 32c)·bits = (r·chunks + c)·bits·32`, which is exactly the kernels' `qweight` word
+ * `(r·chunks + c)·bits`, and code j of the chunk at bit `j·bits` of it: the stream *is* the
+ * layout. `qweight` is `stream` itself (no copy). Returns `undefined` for any other layout (the
+ * caller repacks with {@linkcode packWeights}).
+ */
+export function streamWeights(stream: Uint32Array, opts: PackOptions): PackedWeights | undefined {
+  const { rows, cols, bits } = opts;
+  if (![2, 3, 4, 8].includes(bits) || cols % 32 !== 0) return undefined;
+  const chunks = cols / 32;
+  if (stream.length !== rows * chunks * bits) return undefined;
+  const gs = opts.groupSize ?? cols;
+  const gOf = (c: number) => (opts.gIdx ? opts.gIdx[c] : Math.floor(c / gs));
+  const chunkGroup = new Uint32Array(chunks);
+  let groups = 0;
+  for (let k = 0; k < chunks; k++) {
+    const g = gOf(32 * k);
+    if (!(Number.isInteger(g) && g >= 0) || (k > 0 && g < chunkGroup[k - 1])) return undefined;
+    for (let j = 1; j < 32; j++) if (gOf(32 * k + j) !== g) return undefined;
+    chunkGroup[k] = g;
+    groups = Math.max(groups, g + 1);
+  }
+  if (opts.scales.length !== rows * groups || opts.zeros.length !== rows * groups) {
+    return undefined;
+  }
+  const scaleZero = new Float32Array(rows * groups * 2);
+  for (let i = 0; i < rows * groups; i++) {
+    scaleZero[2 * i] = opts.scales[i];
+    scaleZero[2 * i + 1] = opts.zeros[i];
+  }
+  return {
+    bits,
+    rows,
+    cols,
+    chunks,
+    groups,
+    qweight: stream,
+    scaleZero,
+    chunkGroup,
+    colIndex: Uint32Array.from({ length: cols }, (_, p) => p),
+    identity: true,
+  };
+}

@@ -7,7 +7,13 @@
  */
 import type { Tensor } from "../tensor.ts";
 import { unpackBits } from "../bitstream.ts";
-import { type PackedBits, type PackedWeights, packWeights } from "../../kernels/packed_weights.ts";
+import {
+  type PackedBits,
+  type PackedWeights,
+  packWeights,
+  streamWeights,
+} from "../../kernels/packed_weights.ts";
+import { isRecordedDecode } from "./backend.ts";
 import { dequantGemvWGSL, GEMV_ROWS_PER_WORKGROUP } from "../../kernels/dequant_gemv.ts";
 import { dequantGemmWGSL } from "../../kernels/dequant_gemm.ts";
 import {
@@ -143,6 +149,12 @@ export interface QuantMetaLike {
  * serve it (bits outside 2/3/4/8, missing fields, inconsistent groups) or, given `w`, when the
  * meta does not dequantize (`scale · (code − zero)` in float32) to `w` exactly, so a product from
  * the packed weights always stands for the same weight as the dense product.
+ *
+ * When `w` is the very array the quantizer returned with this meta (`recordDecoded` in
+ * `backend.ts`: grid methods, whose `Wq` is the meta's decode by contract), there is no host
+ * check; and when the layout is the identity (no act-order interleaving, `cols % 32 == 0`,
+ * groups of whole 32-column chunks) the quantizer's packed words (`meta.packed`, `grid.ts`
+ * `packCodes`) are the kernels' `qweight` as they are (`streamWeights`): no unpack, no repack.
  */
 export function packQuantMeta(meta: unknown, w?: Tensor): PackedWeights | undefined {
   if (!meta || typeof meta !== "object") return undefined;
@@ -158,12 +170,6 @@ export function packQuantMeta(meta: unknown, w?: Tensor): PackedWeights | undefi
   if (!Number.isInteger(ngroups) || ngroups < 1 || zeros.length !== scales.length) {
     return undefined;
   }
-  let codes = m.codes;
-  if (!(codes instanceof Uint8Array)) {
-    if (!(m.packed instanceof Uint32Array)) return undefined;
-    codes = unpackBits(m.packed, { bits, out: new Uint8Array(rows * cols) });
-  }
-  if (codes.length !== rows * cols) return undefined;
   const gs = m.groupSize ?? -1;
   const gIdx = new Int32Array(cols);
   for (let j = 0; j < cols; j++) {
@@ -171,8 +177,19 @@ export function packQuantMeta(meta: unknown, w?: Tensor): PackedWeights | undefi
     if (!(g >= 0 && g < ngroups)) return undefined;
     gIdx[j] = g;
   }
-  if (w) {
-    const d = w.data;
+  const trusted = !w || isRecordedDecode(meta, w.data as Float32Array);
+  if (trusted && m.packed instanceof Uint32Array) {
+    const pw = streamWeights(m.packed, { rows, cols, bits, scales, zeros, gIdx });
+    if (pw) return pw;
+  }
+  let codes = m.codes;
+  if (!(codes instanceof Uint8Array)) {
+    if (!(m.packed instanceof Uint32Array)) return undefined;
+    codes = unpackBits(m.packed, { bits, out: new Uint8Array(rows * cols) });
+  }
+  if (codes.length !== rows * cols) return undefined;
+  if (!trusted) {
+    const d = w!.data;
     const f = new Float32Array(1);
     for (let r = 0; r < rows; r++) {
       const pr = r * ngroups, wr = r * cols;

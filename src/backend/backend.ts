@@ -88,6 +88,42 @@ export interface DeviceMatrix {
   release(): void;
 }
 
+const gridMethods = new Set<string>();
+
+/**
+ * Declares that the metas of quantization method `method` decode as the plain grid: `w[r, c] =
+ * scale[r, g] · (code[r, c] − zero[r, g])` in float32 with `g = gIdx[c]` (or `c / groupSize`),
+ * the codes in `packed` (`grid.ts` `packCodes`) and `codes`. The quant layer's grid formats
+ * (`grid.ts` `gridFormat`) declare themselves; with {@linkcode recordDecoded} a backend then
+ * serves such a meta from its packed words without checking it against the dense weight.
+ */
+export function declareGridMethod(method: string): void {
+  gridMethods.add(method);
+}
+
+/** Whether {@linkcode declareGridMethod} declared `method`. */
+export function isGridMethod(method: unknown): boolean {
+  return typeof method === "string" && gridMethods.has(method);
+}
+
+const decodedBy = new WeakMap<object, Float32Array>();
+
+/**
+ * Records that `meta` (a quantizer's packed description of a declared grid method, see
+ * {@linkcode declareGridMethod}) decodes to exactly `data` (the quantizer's `Wq`, which its
+ * contract makes the meta's decode bit for bit). A backend serving `meta` for a weight whose data
+ * is this very array then uploads the packed words without a host check; any other array is
+ * checked entry by entry. Metas of undeclared methods are ignored.
+ */
+export function recordDecoded(meta: object & { method?: unknown }, data: Float32Array): void {
+  if (isGridMethod(meta.method)) decodedBy.set(meta, data);
+}
+
+/** Whether {@linkcode recordDecoded} recorded `meta` as decoding to this `data` array. */
+export function isRecordedDecode(meta: object, data: Float32Array): boolean {
+  return decodedBy.get(meta) === data;
+}
+
 /** Geometry of a packed KV cache on the device ({@linkcode Backend.packedKvAttention}). */
 export interface PackedKvLayout {
   /** Decoder layers (one packed cache each). */

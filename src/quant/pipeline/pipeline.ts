@@ -5,7 +5,7 @@
  * write the dequantized weights back, and re-run the block to feed the next one.
  * @module
  */
-import type { Backend, DeviceMatrix } from "../../backend/backend.ts";
+import { type Backend, type DeviceMatrix, recordDecoded } from "../../backend/backend.ts";
 import { getBackend } from "../../backend/device.ts";
 import { OptionError, QuantlabError, ResumeError } from "../../errors.ts";
 import { cleanStaleTemps, fileIfPresent, writeFileAtomic } from "../../io/fs.ts";
@@ -480,6 +480,9 @@ export async function quantize(
                 `${quantizer.name}: ${name}: returned a weight of the wrong size`,
               );
             }
+            // The meta decodes to this very Wq (the quantizer's contract): a backend serving the
+            // layer from packed words needs no host check of this pair.
+            recordDecoded(res.meta, res.Wq.data);
             overrides.set(`${name}.weight`, res.Wq);
             blockWeights.set(`${name}.weight`, res.Wq);
             runner?.setWeight(name, res.Wq);
