@@ -364,6 +364,11 @@ function notPd(layer: string, percdamp: number, detail: string, cause?: unknown)
  *    declines (a layer over the binding limit), or for `mse`, the CPU path runs. To force the
  *    CPU path with device products, pass `{ ...backend, gptqColumns: undefined }`.
  *
+ * `stats.Hdevice` instead of `stats.H` (the resident pipeline's H on the backend's device): with
+ * the backend's column pass only `diag(H)` is read back (steps 2, 4, 5 need nothing else; the
+ * checks are the diagonal's: finite, ≥ 0) and the device works on a copy of H; otherwise H is read
+ * back whole and everything runs as with `stats.H`. Same results either way.
+ *
  * `loss` is the reference's `Σ Losses = Σ (w − q)² / Hinv_ii² / 2`.
  */
 export async function gptqQuantize(
