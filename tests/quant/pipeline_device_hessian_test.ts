@@ -162,6 +162,18 @@ Deno.test({
         const cpu = await gptqQuantize(W, { H, nsamples: n }, { ...o, backend: cpuBe });
         assertEquals(fb.Wq.data, cpu.Wq.data);
         assertEquals(fb.meta.codes, cpu.meta.codes);
+        // The device declines the pass itself (H over a small binding limit): GPTQ reads H back
+        // whole and runs the CPU loop, as with the host H on the same backend.
+        const small = await webgpuBackend({ allowFallback: true, maxBindingBytes: 4096 });
+        const sd = await gptqQuantize(W, { Hdevice: matrix, nsamples: n }, {
+          ...o,
+          backend: small,
+        });
+        const sh = await gptqQuantize(W, { H, nsamples: n }, { ...o, backend: small });
+        assertEquals((sd.meta.timings as { columnPass: string }).columnPass, "cpu");
+        assertEquals(sd.Wq.data, sh.Wq.data);
+        assertEquals(sd.meta.codes, sh.meta.codes);
+        assertEquals(sd.loss, sh.loss);
       }
     } finally {
       matrix.release();
