@@ -65,7 +65,10 @@ export function dequantGemvDispatch(
   io: { x: GPUBuffer; y: GPUBuffer },
 ): Dispatch {
   const m = gw.meta;
-  const pipe = pipeline(ctx, dequantGemvWGSL({ bits: m.bits, identity: m.identity }));
+  const pipe = pipeline(
+    ctx,
+    dequantGemvWGSL({ bits: m.bits, identity: m.identity, stream: m.stream }),
+  );
   const u = uniforms(ctx, [m.rows, m.cols, m.chunks, m.groups]);
   const bufs = [u, io.x, gw.qweight, gw.scaleZero, gw.chunkGroup, io.y];
   if (!m.identity) bufs.push(gw.colIndex);
@@ -83,7 +86,10 @@ export function dequantGemmDispatch(
   io: { x: GPUBuffer; y: GPUBuffer; m: number },
 ): Dispatch {
   const w = gw.meta;
-  const pipe = pipeline(ctx, dequantGemmWGSL({ bits: w.bits, identity: w.identity }));
+  const pipe = pipeline(
+    ctx,
+    dequantGemmWGSL({ bits: w.bits, identity: w.identity, stream: w.stream }),
+  );
   const u = uniforms(ctx, [io.m, w.rows, w.cols, w.chunks, w.groups, 0, 0, 0]);
   const bufs = [u, io.x, gw.qweight, gw.scaleZero, gw.chunkGroup, io.y];
   if (!w.identity) bufs.push(gw.colIndex);
@@ -152,9 +158,10 @@ export interface QuantMetaLike {
  *
  * When `w` is the very array the quantizer returned with this meta (`recordDecoded` in
  * `backend.ts`: grid methods, whose `Wq` is the meta's decode by contract), there is no host
- * check; and when the layout is the identity (no act-order interleaving, `cols % 32 == 0`,
- * groups of whole 32-column chunks) the quantizer's packed words (`meta.packed`, `grid.ts`
- * `packCodes`) are the kernels' `qweight` as they are (`streamWeights`): no unpack, no repack.
+ * check. The quantizer's packed words (`meta.packed`, `grid.ts` `packCodes`) are the kernels'
+ * `qweight` as they are (`streamWeights`: no unpack, no repack; on the identity layout they are
+ * the chunk words, otherwise the kernels read them through `colIndex`); a meta with only `codes`
+ * is packed into chunk words.
  */
 export function packQuantMeta(meta: unknown, w?: Tensor): PackedWeights | undefined {
   if (!meta || typeof meta !== "object") return undefined;
@@ -178,17 +185,12 @@ export function packQuantMeta(meta: unknown, w?: Tensor): PackedWeights | undefi
     gIdx[j] = g;
   }
   const trusted = !w || isRecordedDecode(meta, w.data as Float32Array);
-  if (trusted && m.packed instanceof Uint32Array) {
-    const pw = streamWeights(m.packed, { rows, cols, bits, scales, zeros, gIdx });
-    if (pw) return pw;
-  }
-  let codes = m.codes;
-  if (!(codes instanceof Uint8Array)) {
-    if (!(m.packed instanceof Uint32Array)) return undefined;
-    codes = unpackBits(m.packed, { bits, out: new Uint8Array(rows * cols) });
-  }
-  if (codes.length !== rows * cols) return undefined;
+  let codes = m.codes instanceof Uint8Array ? m.codes : undefined;
   if (!trusted) {
+    if (!codes && m.packed instanceof Uint32Array) {
+      codes = unpackBits(m.packed, { bits, out: new Uint8Array(rows * cols) });
+    }
+    if (!codes || codes.length !== rows * cols) return undefined;
     const d = w!.data;
     const f = new Float32Array(1);
     for (let r = 0; r < rows; r++) {
@@ -200,6 +202,11 @@ export function packQuantMeta(meta: unknown, w?: Tensor): PackedWeights | undefi
       }
     }
   }
+  // The quantizer's packed words as they are (no repack), in any group layout.
+  if (m.packed instanceof Uint32Array) {
+    return streamWeights(m.packed, { rows, cols, bits, scales, zeros, gIdx });
+  }
+  if (!codes || codes.length !== rows * cols) return undefined;
   try {
     return packWeights(codes, { rows, cols, bits: bits as PackedBits, scales, zeros, gIdx });
   } catch {

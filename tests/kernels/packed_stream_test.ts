@@ -1,17 +1,17 @@
 /**
  * The quantizer's packed words are the GPU layout (issue 12 item 3): `grid.ts` `packCodes` (one
- * LSB-first stream of the row-major codes) read by the dequant kernels as is when the layout is
- * the identity (`streamWeights`), checked against independent oracles:
- * - the stream equals `packWeights(codes)`'s `qweight` word for word, and `streamWeights` hands
- *   the quantizer's own array over (no copy);
+ * LSB-first stream of the row-major codes) read by the dequant kernels as is (`streamWeights`),
+ * checked against independent oracles:
+ * - `streamWeights` hands the quantizer's own array over (no copy); on the identity layout it
+ *   equals `packWeights(codes)`'s chunk words word for word, otherwise (act-order, padding) the
+ *   kernels read it through `colIndex` (`stream: true`) and the CPU decode is still Wq;
  * - the kernels reading those words give the quantizer's `Wq` bit for bit: the GEMM with X = I
  *   returns Wqᵀ, the GEMV with one-hot x returns Wq's columns (each output is one
  *   `scale·(code − zero)`, no sum that could round);
  * - a layer served by the backend from a recorded (meta, Wq) pair uploads exactly the packed
  *   words, scales and chunk tables (no repacked copy), while a weight that is not the recorded
- *   array still goes through the host check and is refused when it differs;
- * - act-order metas (interleaved groups) are not the identity layout: `streamWeights` declines
- *   and the repacked path serves them.
+ *   array still goes through the host check (then the same words) and is refused when it differs;
+ * - on random activations the stream layout's outputs equal the repacked chunk words' bit for bit.
  */
 import { assert, assertEquals, assertStrictEquals } from "@std/assert";
 import {
@@ -50,8 +50,11 @@ for (let i = 0; i < cols; i++) {
   }
 }
 
-/** GPTQ and RTN results on the identity layout: 2/3/4/8 bits, per-row and 32/96-column groups. */
-async function identityCases(): Promise<{ label: string; q: QuantResult }[]> {
+/**
+ * GPTQ and RTN results: 2/3/4/8 bits, per-row and 32/96-column groups (identity layout), GPTQ
+ * act-order (interleaved groups) and RTN on 100 columns in groups of 25 (padded chunks).
+ */
+async function cases(): Promise<{ label: string; q: QuantResult }[]> {
   const out: { label: string; q: QuantResult }[] = [];
   for (const bits of [2, 3, 4, 8]) {
     for (const groupSize of [-1, 32, 96]) {
@@ -62,51 +65,67 @@ async function identityCases(): Promise<{ label: string; q: QuantResult }[]> {
       });
       out.push({ label: `rtn ${JSON.stringify(o)}`, q: rtnQuantize(W, o) });
     }
+    const act = { bits, groupSize: 32, actOrder: true };
+    out.push({
+      label: `gptq ${JSON.stringify(act)}`,
+      q: await gptqQuantize(W, { H, nsamples: 9 }, { ...act, backend: cpuBackend }),
+    });
+    const W100 = {
+      shape: [rows, 100] as [number, number],
+      data: randomArray(rows * 100, { seed: 7 }),
+    };
+    out.push({ label: `rtn 100 cols g25 ${bits}b`, q: rtnQuantize(W100, { bits, groupSize: 25 }) });
   }
   return out;
 }
 
 function streamOf(q: QuantResult) {
   const m = q.meta;
+  const c = m.shape[1];
   return streamWeights(m.packed!, {
     rows,
-    cols,
+    cols: c,
     bits: m.bits as PackedBits,
     scales: m.scales,
     zeros: m.zeros,
     gIdx: m.gIdx,
-    groupSize: m.groupSize > 0 ? m.groupSize : cols,
+    groupSize: m.groupSize > 0 ? m.groupSize : c,
   });
 }
 
-Deno.test("streamWeights: the quantizer's packed words are packWeights' qweight, uncopied", async () => {
-  for (const { label, q } of await identityCases()) {
+function repacked(q: QuantResult) {
+  const m = q.meta;
+  const c = m.shape[1];
+  return packWeights(m.codes!, {
+    rows,
+    cols: c,
+    bits: m.bits as PackedBits,
+    scales: m.scales,
+    zeros: m.zeros,
+    gIdx: m.gIdx,
+    groupSize: m.groupSize > 0 ? m.groupSize : c,
+  });
+}
+
+Deno.test("streamWeights: the quantizer's own packed words, uncopied; decode = Wq", async () => {
+  let identities = 0, streams = 0;
+  for (const { label, q } of await cases()) {
     const pw = streamOf(q);
-    assert(pw, `${label}: identity layout`);
+    assert(pw, label);
     assertStrictEquals(pw.qweight, q.meta.packed, `${label}: the quantizer's own array`);
-    const ref = packWeights(q.meta.codes!, {
-      rows,
-      cols,
-      bits: q.meta.bits as PackedBits,
-      scales: q.meta.scales,
-      zeros: q.meta.zeros,
-      groupSize: q.meta.groupSize > 0 ? q.meta.groupSize : cols,
-    });
-    assert(ref.identity);
-    assertEquals(pw.qweight, ref.qweight, label);
+    const ref = repacked(q);
+    assertEquals(pw.identity, ref.identity, label);
+    assertEquals(pw.stream === true, !ref.identity, label);
     assertEquals(pw.scaleZero, ref.scaleZero, label);
     assertEquals(pw.chunkGroup, ref.chunkGroup, label);
     assertEquals(pw.colIndex, ref.colIndex, label);
+    if (ref.identity) {
+      assertEquals(pw.qweight, ref.qweight, `${label}: the stream is the chunk words`);
+      identities++;
+    } else streams++;
     assertEquals(dequantRef(pw), q.Wq.data, `${label}: CPU decode of the stream = Wq`);
   }
-  // Act-order interleaves groups: not the identity layout.
-  const act = await gptqQuantize(W, { H, nsamples: 9 }, {
-    bits: 4,
-    groupSize: 32,
-    actOrder: true,
-    backend: cpuBackend,
-  });
-  assertEquals(streamOf(act), undefined);
+  assertEquals([identities, streams], [24, 8]);
 });
 
 Deno.test({
@@ -114,27 +133,31 @@ Deno.test({
   name: "dequant kernels reading the quantizer's own packed words give its Wq bit for bit",
   fn: async () => {
     const ctx = await getWebGPU({ allowFallback: true });
-    const I = new Float32Array(cols * cols);
-    for (let i = 0; i < cols; i++) I[i * cols + i] = 1;
-    const Wt = (d: Float32Array) => {
-      const t = new Float32Array(cols * rows);
+    for (const { label, q } of await cases()) {
+      const cols = q.meta.shape[1];
+      const I = new Float32Array(cols * cols);
+      for (let i = 0; i < cols; i++) I[i * cols + i] = 1;
+      const Wt = new Float32Array(cols * rows);
       for (let r = 0; r < rows; r++) {
-        for (let c = 0; c < cols; c++) t[c * rows + r] = d[r * cols + c];
+        for (let c = 0; c < cols; c++) Wt[c * rows + r] = q.Wq.data[r * cols + c];
       }
-      return t;
-    };
-    for (const { label, q } of await identityCases()) {
       const pw = streamOf(q)!;
       const y = await gpuDequantMatmul(ctx, I, pw, { m: cols, gemm: true });
-      assertEquals(y, Wt(q.Wq.data), `${label}: GEMM(I) = Wqᵀ`);
+      assertEquals(y, Wt, `${label}: GEMM(I) = Wqᵀ`);
       for (const c of [0, 37, cols - 1]) {
         const x = new Float32Array(cols);
         x[c] = 1;
         const v = await gpuDequantMatmul(ctx, x, pw, { m: 1 });
+        assertEquals(v, Wt.subarray(c * rows, (c + 1) * rows), `${label}: GEMV col ${c}`);
+      }
+      // Random activations: the stream layout = the repacked chunk words, bit for bit.
+      const ref = repacked(q);
+      for (const m of [1, 5]) {
+        const x = randomArray(m * cols, { seed: 40 + m });
         assertEquals(
-          v,
-          Wt(q.Wq.data).subarray(c * rows, (c + 1) * rows),
-          `${label}: GEMV col ${c}`,
+          await gpuDequantMatmul(ctx, x, pw, { m }),
+          await gpuDequantMatmul(ctx, x, ref, { m }),
+          `${label}: m=${m}`,
         );
       }
     }
@@ -159,11 +182,10 @@ Deno.test({
     const expect = q.meta.packed!.byteLength + rows * groups * 8 + groups * 4 + cols * 4 +
       x.data.byteLength;
     assertEquals(t1.uploaded - t0.uploaded, expect, "bytes up: stream + scales + tables + x");
-    // Same layer from an equal weight in another array: the host check runs, and passes.
+    // Same layer from an equal weight in another array: the host check runs and passes, and the
+    // stream is still uploaded as is.
     const copy = { ...q.Wq, data: q.Wq.data.slice() };
-    const pc = packQuantMeta(q.meta, copy)!;
-    assert(pc.qweight !== q.meta.packed, "checked path repacks");
-    assertEquals(pc.qweight, pw.qweight);
+    assertStrictEquals(packQuantMeta(q.meta, copy)!.qweight, q.meta.packed);
     // A weight the meta does not give: refused.
     copy.data[7] += 1e-3;
     assertEquals(packQuantMeta(q.meta, copy), undefined);
