@@ -92,9 +92,18 @@ const ratio = (b: Bytes, a: Bytes) =>
   `${((b.uploaded + b.readBack) / (a.uploaded + a.readBack)).toFixed(2)}×`;
 
 async function compare(label: string, model: Model, calib: CalibrationSet) {
-  const before = await measure(model, calib, { deviceHidden: false, deviceHessian: false });
-  const hidden = await measure(model, calib, { deviceHidden: true, deviceHessian: false });
-  const after = await measure(model, calib, { deviceHidden: true, deviceHessian: true });
+  const run = async (name: string, o: { deviceHidden: boolean; deviceHessian: boolean }) => {
+    const r = await measure(model, calib, o);
+    const t = r.total;
+    console.error(
+      `  ${label}, ${name}: ${mib(t.uploaded)} MiB up / ${mib(t.readBack)} MiB back, ` +
+        `${r.seconds.toFixed(1)} s`,
+    );
+    return r;
+  };
+  const before = await run("before", { deviceHidden: false, deviceHessian: false });
+  const hidden = await run("hidden", { deviceHidden: true, deviceHessian: false });
+  const after = await run("H too", { deviceHidden: true, deviceHessian: true });
   // same quantized weights
   let same = true;
   for (const r of after.q.report!.layers) {
