@@ -32,6 +32,8 @@ import { argmaxRef } from "../kernels/argmax.ts";
 import { addRef, swigluRef } from "../kernels/elementwise.ts";
 import { fakeQuantRef, type FakeQuantSpec } from "../kernels/fake_quant.ts";
 import { lutGemvRef } from "../kernels/lut_gemv.ts";
+import { hessianScaleRef } from "../kernels/xtx.ts";
+import { hessianScaleDispatch } from "../src/backend/_webgpu_hessian.ts";
 import { gemvRef } from "../kernels/gemv.ts";
 import { lutGemvDispatch, releaseLut, uploadLut } from "../src/backend/_webgpu_lut.ts";
 import { gemvDispatch } from "../src/backend/_webgpu_matmul.ts";
@@ -185,6 +187,25 @@ export const KERNEL_UNITS: KernelUnit[] = [
       });
       ctx.pool.release(xb, ib, tb);
       return { size: `d=${d}`, bytes: x.byteLength, ...m };
+    },
+  },
+  {
+    kernel: "hessian scale (2/n·ΣXᵀX, exact)",
+    file: "xtx.ts",
+    async run(ctx, big) {
+      const [d, n] = big ? [5632, 2048 * 128] : [768, 128 * 2048 - 1];
+      const S = randomArray(d * d, { seed: 33, lo: -50, hi: 400 });
+      const sb = upload(ctx, S), hb = scratch(ctx, S.byteLength), db = scratch(ctx, d * F);
+      const make = () => [hessianScaleDispatch(ctx, { s: sb, h: hb, diag: db }, { d, n })];
+      const m = await measure(ctx, make, async () => {
+        // err: entries not bit-equal to the host's fround(S · 2/n) (must be 0).
+        const got = await readF32(ctx, hb, d * d), ref = hessianScaleRef(S, { d, n }).H;
+        let bad = 0;
+        for (let i = 0; i < ref.length; i++) if (!Object.is(got[i], ref[i])) bad++;
+        return { err: bad, tol: 0 };
+      });
+      ctx.pool.release(sb, hb, db);
+      return { size: `${d}² n=${n}`, bytes: 2 * S.byteLength, ...m };
     },
   },
   {

@@ -2,16 +2,18 @@
  * Bytes moved between host and device per block by the GPTQ pipeline on WebGPU, counted by the
  * backend (`WebGPUBackend.transfer()`: data uploaded, read back, uniforms), for stories260K (real
  * checkpoint, TinyStories calibration) and one TinyLlama-1.1B-shaped block (a synthetic
- * checkpoint from `tools/synthetic_checkpoint.ts`, random token ids). Two runs of the same
+ * checkpoint from `tools/synthetic_checkpoint.ts`, random token ids). Three runs of the same
  * `quantize` call in the same process, same backend:
- * - before: `deviceHidden: false` (the default) — every true-sequential group uploads the
- *   calibration hidden states again and each block's output is read back and re-uploaded (the
- *   pipeline before the device-resident hidden states);
- * - after: `deviceHidden: true` — hidden states uploaded once (the embeddings) and passed from
- *   block to block on the device.
- * The quantized weights of both runs are compared (they must be equal bit for bit) and the ratio
- * before/after is printed. H (`Σ XᵀX`) is still read back once per input group and uploaded by
- * GPTQ and the relErr product: those bytes are in both columns.
+ * - before: `deviceHidden: false, deviceHessian: false` — every true-sequential group uploads
+ *   the calibration hidden states again, each block's output is read back and re-uploaded, and
+ *   H (`Σ XᵀX`) is read back once per input group and uploaded again by GPTQ and by the relErr
+ *   product (the pipeline before issue 12's device items);
+ * - hidden: `deviceHidden: true, deviceHessian: false` — hidden states uploaded once (the
+ *   embeddings) and passed from block to block on the device; H still crosses the bus;
+ * - H too: `deviceHidden: true, deviceHessian: true` — H formed, used by GPTQ and by relErr on
+ *   the device; only its diagonal (d floats per input group) is read back.
+ * The quantized weights of all runs are compared (they must be equal bit for bit) and the ratio
+ * before / H-too is printed.
  *
  * ```sh
  * nice -n 5 deno run -A --unstable-webgpu bench/gpu_pipeline_bench.ts [--nsamples 8] [--seqlen 128]
@@ -45,7 +47,11 @@ interface Bytes {
 }
 
 /** Per-block transfer deltas of one `quantize` run, and the quantized weights. */
-async function measure(model: Model, calib: CalibrationSet, deviceHidden: boolean) {
+async function measure(
+  model: Model,
+  calib: CalibrationSet,
+  o: { deviceHidden: boolean; deviceHessian: boolean },
+) {
   const perBlock: Bytes[] = [];
   let last = be.transfer();
   const start = last;
@@ -56,7 +62,7 @@ async function measure(model: Model, calib: CalibrationSet, deviceHidden: boolea
     {
       calib,
       backend: be,
-      deviceHidden,
+      ...o,
       onProgress: (p) => {
         if (p.stage !== "block") return;
         const now = be.transfer();
@@ -81,40 +87,54 @@ async function measure(model: Model, calib: CalibrationSet, deviceHidden: boolea
 }
 
 const mib = (b: number) => (b / 2 ** 20).toFixed(3);
+const cell = (b: Bytes) => `${mib(b.uploaded).padStart(9)} / ${mib(b.readBack).padStart(8)}`;
+const ratio = (b: Bytes, a: Bytes) =>
+  `${((b.uploaded + b.readBack) / (a.uploaded + a.readBack)).toFixed(2)}×`;
 
 async function compare(label: string, model: Model, calib: CalibrationSet) {
-  const before = await measure(model, calib, false);
-  const after = await measure(model, calib, true);
+  const run = async (name: string, o: { deviceHidden: boolean; deviceHessian: boolean }) => {
+    const r = await measure(model, calib, o);
+    const t = r.total;
+    console.error(
+      `  ${label}, ${name}: ${mib(t.uploaded)} MiB up / ${mib(t.readBack)} MiB back, ` +
+        `${r.seconds.toFixed(1)} s`,
+    );
+    return r;
+  };
+  const before = await run("before", { deviceHidden: false, deviceHessian: false });
+  const hidden = await run("hidden", { deviceHidden: true, deviceHessian: false });
+  const after = await run("H too", { deviceHidden: true, deviceHessian: true });
   // same quantized weights
   let same = true;
   for (const r of after.q.report!.layers) {
     const a = await after.q.weights.get(`${r.name}.weight`);
-    const b = await before.q.weights.get(`${r.name}.weight`);
-    for (let j = 0; j < a.data.length; j++) if (a.data[j] !== b.data[j]) same = false;
+    for (const other of [before, hidden]) {
+      const b = await other.q.weights.get(`${r.name}.weight`);
+      for (let j = 0; j < a.data.length; j++) if (a.data[j] !== b.data[j]) same = false;
+    }
   }
   console.log(
     `\n${label}: ${calib.ids.length} × ${calib.seqlen} calibration tokens, GPTQ 4-bit g32 act-order`,
   );
-  console.log("block | before up / back MiB | after up / back MiB | up+back ratio");
+  console.log(
+    "block | before up / back MiB | hidden on device up / back | H too up / back | " +
+      "before ÷ H too",
+  );
   for (let i = 0; i < after.perBlock.length; i++) {
-    const b = before.perBlock[i], a = after.perBlock[i];
+    const b = before.perBlock[i], h = hidden.perBlock[i], a = after.perBlock[i];
     console.log(
-      `${String(i).padStart(5)} | ${mib(b.uploaded).padStart(9)} / ${
-        mib(b.readBack).padStart(8)
-      } | ` +
-        `${mib(a.uploaded).padStart(9)} / ${mib(a.readBack).padStart(8)} | ` +
-        `${((b.uploaded + b.readBack) / (a.uploaded + a.readBack)).toFixed(2)}×`,
+      `${String(i).padStart(5)} | ${cell(b)} | ${cell(h)} | ${cell(a)} | ${ratio(b, a)}`,
     );
   }
-  const B = before.total, A = after.total;
+  const B = before.total, H = hidden.total, A = after.total;
+  console.log(`total | ${cell(B)} | ${cell(H)} | ${cell(A)} | ${ratio(B, A)}`);
   console.log(
-    `total | ${mib(B.uploaded)} / ${mib(B.readBack)} | ${mib(A.uploaded)} / ${mib(A.readBack)} | ` +
-      `${((B.uploaded + B.readBack) / (A.uploaded + A.readBack)).toFixed(2)}× ` +
-      `(uniforms ${mib(B.uniforms)} vs ${mib(A.uniforms)} MiB; ` +
-      `${before.seconds.toFixed(1)} s vs ${after.seconds.toFixed(1)} s; ` +
-      `weights ${same ? "bit-identical" : "DIFFER"})`,
+    `uniforms ${mib(B.uniforms)} / ${mib(H.uniforms)} / ${mib(A.uniforms)} MiB; ` +
+      `${before.seconds.toFixed(1)} s / ${hidden.seconds.toFixed(1)} s / ` +
+      `${after.seconds.toFixed(1)} s (same loaded machine, same process: ratios only); ` +
+      `weights ${same ? "bit-identical" : "DIFFER"}`,
   );
-  if (!same) throw new Error(`${label}: the two runs quantized differently`);
+  if (!same) throw new Error(`${label}: the runs quantized differently`);
 }
 
 if (stories260K) {

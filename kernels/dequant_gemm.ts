@@ -8,15 +8,24 @@
  * Binding layout: 0 = uniforms {M, N = rows, K = cols, chunks, groups}, 1 = X f32 [M, cols],
  * 2 = qweight (u32), 3 = scaleZero (vec2<f32>), 4 = chunkGroup, 5 = Y f32 [M, rows],
  * 6 = colIndex (only when not `identity`).
+ * With `stream` (not `identity`), qweight is the quantizer's own code stream (`PackedWeights.stream`)
+ * and the code of packed position `pos` is read at `row·cols + colIndex[pos]`; the same values
+ * reach the tile, so outputs equal the chunk-word layout's bit for bit.
  * Dispatch: (ceil(rows / 128), ceil(M / 128), 1).
  * @module
  */
 import { gemmTileBody, gemmTileShared } from "./_gemm_tile.ts";
-import { NO_COL, type PackedBits } from "./packed_weights.ts";
+import { NO_COL, type PackedBits, streamCodeWGSL } from "./packed_weights.ts";
 
-/** WGSL of the dequant GEMM for `bits`; `identity` skips the column gather. */
-export function dequantGemmWGSL(opts: { bits: PackedBits; identity: boolean }): string {
+/**
+ * WGSL of the dequant GEMM for `bits`; `identity` skips the column gather; `stream` reads codes
+ * from the quantizer's stream (with `identity` false).
+ */
+export function dequantGemmWGSL(
+  opts: { bits: PackedBits; identity: boolean; stream?: boolean },
+): string {
   const { bits, identity } = opts;
+  const stream = !identity && opts.stream === true;
   const BK = 16;
   const mask = (1 << bits) - 1;
   const stage: string[] = [];
@@ -39,7 +48,9 @@ export function dequantGemmWGSL(opts: { bits: PackedBits; identity: boolean }): 
       }
 ${
     Array.from({ length: 8 }, (_, jj) =>
-      `      { var v = 0.0; if (ok) { v = sc * (f32(code_at(base, j0 + ${jj}u)) - ze); }
+      `      { var v = 0.0; if (ok) { v = sc * (f32(${
+        stream ? `scode(row, pos + ${jj}u)` : `code_at(base, j0 + ${jj}u)`
+      }) - ze); }
         let s = (half * 8u + ${jj}u) * 128u + n; Bs[s >> 2u][s & 3u] = v; }`).join("\n")
   }
     }`);
@@ -70,6 +81,16 @@ fn code_at(base: u32, j: u32) -> u32 {
 ${bits === 3 ? "  if (sh > 29u) { v = v | (QW[base + wi + 1u] << (32u - sh)); }" : ""}
   return v & ${mask}u;
 }
+${
+    stream
+      ? `${streamCodeWGSL(bits, "p.K")}
+fn scode(row: u32, pos: u32) -> u32 {
+  let ci = CI[pos];
+  if (ci == ${NO_COL}u) { return 0u; }
+  return stream_code(row, ci);
+}`
+      : ""
+  }
 fn store(r: u32, c: u32, v: f32) {
   if (r < p.M && c < p.N) { Y[r * p.N + c] = v; }
 }

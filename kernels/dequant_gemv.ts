@@ -12,10 +12,13 @@
  * Binding layout: 0 = uniforms {rows, cols, chunks, groups}, 1 = x (f32 [cols]; read as vec4 when
  * `identity`), 2 = qweight, 3 = scaleZero (vec2<f32>), 4 = chunkGroup, 5 = y (f32 [rows]),
  * 6 = colIndex (only when not `identity`).
+ * With `stream` (not `identity`), qweight is the quantizer's own code stream (`PackedWeights.stream`,
+ * u32 words) and each code is read at `row·cols + colIndex[p]`; same arithmetic otherwise, so the
+ * outputs equal the chunk-word layout's bit for bit.
  * Dispatch: ceil(rows / GEMV_ROWS_PER_WORKGROUP) workgroups, as an (x, y) grid.
  * @module
  */
-import { codeExprWGSL, NO_COL, type PackedBits } from "./packed_weights.ts";
+import { codeExprWGSL, NO_COL, type PackedBits, streamCodeWGSL } from "./packed_weights.ts";
 
 /** Lanes (threads along the input dimension) per row group. */
 export const GEMV_LANES = 64;
@@ -26,13 +29,26 @@ export const GEMV_ROWS_PER_THREAD = 2;
 /** Rows per workgroup. */
 export const GEMV_ROWS_PER_WORKGROUP = GEMV_ROW_GROUPS * GEMV_ROWS_PER_THREAD;
 
-/** WGSL of the dequant GEMV for `bits`; `identity` skips the column gather. */
-export function dequantGemvWGSL(opts: { bits: PackedBits; identity: boolean }): string {
+/**
+ * WGSL of the dequant GEMV for `bits`; `identity` skips the column gather; `stream` reads codes
+ * from the quantizer's stream (with `identity` false).
+ */
+export function dequantGemvWGSL(
+  opts: { bits: PackedBits; identity: boolean; stream?: boolean },
+): string {
   const { bits, identity } = opts;
+  const stream = !identity && opts.stream === true;
   const TPR = GEMV_LANES, RG = GEMV_ROW_GROUPS, RPT = GEMV_ROWS_PER_THREAD;
-  const qwType = bits === 4 || bits === 8 ? "vec4<u32>" : bits === 2 ? "vec2<u32>" : "u32";
+  const qwType = stream
+    ? "u32"
+    : bits === 4 || bits === 8
+    ? "vec4<u32>"
+    : bits === 2
+    ? "vec2<u32>"
+    : "u32";
   const words: string[] = [];
-  if (bits === 4) {
+  if (stream) words.push("// codes from the stream (stream_code)");
+  else if (bits === 4) {
     words.push("let wv = QW[q];", "let w0 = wv.x; let w1 = wv.y; let w2 = wv.z; let w3 = wv.w;");
   } else if (bits === 8) {
     words.push(
@@ -44,7 +60,9 @@ export function dequantGemvWGSL(opts: { bits: PackedBits; identity: boolean }): 
   else words.push("let w0 = QW[3u * q]; let w1 = QW[3u * q + 1u]; let w2 = QW[3u * q + 2u];");
   const dots: string[] = [];
   for (let v = 0; v < 8; v++) {
-    const cs = [0, 1, 2, 3].map((i) => codeExprWGSL(bits, 4 * v + i));
+    const cs = [0, 1, 2, 3].map((i) =>
+      stream ? `scode(row, cb + ${4 * v + i}u)` : codeExprWGSL(bits, 4 * v + i)
+    );
     dots.push(`dot(vec4<f32>(vec4<u32>(${cs.join(", ")})), x${v})`);
   }
   const xload = identity
@@ -97,6 +115,16 @@ fn xg(i: u32) -> f32 {
   if (ci == ${NO_COL}u) { return 0.0; }
   return X[ci];
 }`
+  }
+${
+    stream
+      ? `${streamCodeWGSL(bits, "p.cols")}
+fn scode(row: u32, pos: u32) -> u32 {
+  let ci = CI[pos];
+  if (ci == ${NO_COL}u) { return 0u; }
+  return stream_code(row, ci);
+}`
+      : ""
   }
 
 @compute @workgroup_size(${TPR}, ${RG}, 1)

@@ -53,6 +53,14 @@ export interface PackedWeights {
   colIndex: Uint32Array;
   /** True when `colIndex[p] === p` for every p (no reordering, no padding). */
   identity: boolean;
+  /**
+   * True when `qweight` is not chunk words but the quantizer's own stream (`grid.ts`
+   * `packCodes`: the codes of W row-major in the ORIGINAL column order, LSB-first, code `i` at
+   * bits [i·bits, (i+1)·bits)): the kernels read packed position p's code at `row·cols +
+   * colIndex[p]` (see {@linkcode streamWeights}). Only with `identity` false (on the identity
+   * layout the stream is the chunk words).
+   */
+  stream?: boolean;
 }
 
 /** Options of {@linkcode packWeights}. */
@@ -80,6 +88,48 @@ export function packWeights(codes: ArrayLike<number>, opts: PackOptions): Packed
   if (codes.length !== rows * cols) {
     throw new Error(`packWeights: ${codes.length} codes for [${rows}, ${cols}]`);
   }
+  const { chunks, groups, chunkGroup, colIndex, identity } = chunkLayout(opts);
+  const mask = (1 << bits) - 1;
+  const qweight = new Uint32Array(rows * chunks * bits);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < chunks; c++) {
+      const base = (r * chunks + c) * bits;
+      for (let j = 0; j < 32; j++) {
+        const col = colIndex[c * 32 + j];
+        if (col === NO_COL) continue;
+        const v = codes[r * cols + col];
+        if (v < 0 || v > mask || !Number.isInteger(v)) {
+          throw new Error(`packWeights: code ${v} at [${r}, ${col}] out of range for ${bits} bits`);
+        }
+        const bit = j * bits, w = bit >> 5, sh = bit & 31;
+        qweight[base + w] |= (v << sh) >>> 0;
+        if (sh + bits > 32) qweight[base + w + 1] |= v >>> (32 - sh);
+      }
+    }
+  }
+  return {
+    bits,
+    rows,
+    cols,
+    chunks,
+    groups,
+    qweight,
+    scaleZero: interleaveScaleZero(opts.scales, opts.zeros),
+    chunkGroup,
+    colIndex,
+    identity,
+  };
+}
+
+/** The group-sorted chunk layout of {@linkcode PackOptions} (the module doc), without codes. */
+function chunkLayout(opts: PackOptions): {
+  chunks: number;
+  groups: number;
+  chunkGroup: Uint32Array;
+  colIndex: Uint32Array;
+  identity: boolean;
+} {
+  const { rows, cols } = opts;
   let gIdx = opts.gIdx;
   if (!gIdx) {
     const gs = opts.groupSize ?? cols;
@@ -101,49 +151,37 @@ export function packWeights(codes: ArrayLike<number>, opts: PackOptions): Packed
     for (let i = 0; i < padded; i++) colList.push(i < cs.length ? cs[i] : NO_COL);
     for (let i = 0; i < padded / 32; i++) chunkGroup.push(g);
   }
-  const chunks = chunkGroup.length;
   const colIndex = Uint32Array.from(colList);
   let identity = colIndex.length === cols;
   for (let p = 0; identity && p < cols; p++) identity = colIndex[p] === p;
-  const mask = (1 << bits) - 1;
-  const qweight = new Uint32Array(rows * chunks * bits);
-  for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < chunks; c++) {
-      const base = (r * chunks + c) * bits;
-      for (let j = 0; j < 32; j++) {
-        const col = colIndex[c * 32 + j];
-        if (col === NO_COL) continue;
-        const v = codes[r * cols + col];
-        if (v < 0 || v > mask || !Number.isInteger(v)) {
-          throw new Error(`packWeights: code ${v} at [${r}, ${col}] out of range for ${bits} bits`);
-        }
-        const bit = j * bits, w = bit >> 5, sh = bit & 31;
-        qweight[base + w] |= (v << sh) >>> 0;
-        if (sh + bits > 32) qweight[base + w + 1] |= v >>> (32 - sh);
-      }
-    }
-  }
-  const scaleZero = new Float32Array(rows * groups * 2);
-  for (let i = 0; i < rows * groups; i++) {
-    scaleZero[2 * i] = opts.scales[i];
-    scaleZero[2 * i + 1] = opts.zeros[i];
-  }
   return {
-    bits,
-    rows,
-    cols,
-    chunks,
+    chunks: chunkGroup.length,
     groups,
-    qweight,
-    scaleZero,
     chunkGroup: Uint32Array.from(chunkGroup),
     colIndex,
     identity,
   };
 }
 
+function interleaveScaleZero(scales: Float32Array, zeros: Float32Array): Float32Array {
+  const scaleZero = new Float32Array(scales.length * 2);
+  for (let i = 0; i < scales.length; i++) {
+    scaleZero[2 * i] = scales[i];
+    scaleZero[2 * i + 1] = zeros[i];
+  }
+  return scaleZero;
+}
+
 /** The code at packed position (row r, chunk c, slot j). */
 export function packedCode(pw: PackedWeights, r: number, c: number, j: number): number {
+  if (pw.stream) {
+    const col = pw.colIndex[c * 32 + j];
+    if (col === NO_COL) return 0;
+    const bit = (r * pw.cols + col) * pw.bits, w = Math.floor(bit / 32), sh = bit % 32;
+    let v = pw.qweight[w] >>> sh;
+    if (sh + pw.bits > 32) v |= pw.qweight[w + 1] << (32 - sh);
+    return v & ((1 << pw.bits) - 1);
+  }
   const base = (r * pw.chunks + c) * pw.bits;
   const bit = j * pw.bits, w = bit >> 5, sh = bit & 31;
   let v = pw.qweight[base + w] >>> sh;
@@ -196,4 +234,57 @@ export function codeExprWGSL(bits: number, j: number): string {
   const bit = j * bits, w = bit >> 5, sh = bit & 31, mask = (1 << bits) - 1;
   if (sh + bits <= 32) return `((w${w} >> ${sh}u) & ${mask}u)`;
   return `(((w${w} >> ${sh}u) | (w${w + 1} << ${32 - sh}u)) & ${mask}u)`;
+}
+
+/**
+ * The quantizer's own packed words (`grid.ts` `packCodes`: the codes of W [rows, cols] in
+ * row-major order as one LSB-first bit stream, code i at bits [i·bits, (i+1)·bits)) as
+ * {@linkcode PackedWeights}, without repacking: `qweight` is `stream` itself (no copy). On the
+ * identity layout (`cols % 32 == 0`, groups of whole 32-column chunks in order) the stream IS the
+ * chunk words: row r's chunk c starts at stream bit `(r·cols + 32c)·bits`, i.e. word
+ * `(r·chunks + c)·bits`, code j of it at bit `j·bits`. Any other layout (act-order's interleaved
+ * groups, padding) keeps the group-sorted chunk tables (`chunkGroup`, `colIndex`) and marks
+ * `stream: true`: the kernels read position p's code at `row·cols + colIndex[p]` of the stream.
+ * Returns `undefined` when `stream` is not `rows·cols` codes of `bits` bits or the groups do not
+ * match the scales (as {@linkcode packWeights} would throw).
+ */
+export function streamWeights(stream: Uint32Array, opts: PackOptions): PackedWeights | undefined {
+  const { rows, cols, bits } = opts;
+  if (![2, 3, 4, 8].includes(bits)) return undefined;
+  if (stream.length !== Math.ceil((rows * cols * bits) / 32)) return undefined;
+  let layout;
+  try {
+    layout = chunkLayout(opts);
+  } catch {
+    return undefined;
+  }
+  return {
+    bits,
+    rows,
+    cols,
+    ...layout,
+    qweight: stream,
+    scaleZero: interleaveScaleZero(opts.scales, opts.zeros),
+    ...(layout.identity ? {} : { stream: true }),
+  };
+}
+
+/**
+ * WGSL function `stream_code(row: u32, col: u32) -> u32`: the code of W[row, col] in a
+ * {@linkcode PackedWeights.stream} `qweight` bound as `QW: array<u32>` (`K` = cols, a WGSL
+ * expression). The word index is formed without the `(row·cols + col)·bits` product (32 codes
+ * take exactly `bits` words), so it stays in u32 for any matrix that fits a binding.
+ */
+export function streamCodeWGSL(bits: number, K: string): string {
+  const mask = (1 << bits) - 1;
+  return `
+fn stream_code(row: u32, col: u32) -> u32 {
+  let idx = row * ${K} + col;
+  let bit = (idx & 31u) * ${bits}u;
+  let wi = (idx >> 5u) * ${bits}u + (bit >> 5u);
+  let sh = bit & 31u;
+  var v = QW[wi] >> sh;
+  if (sh + ${bits}u > 32u) { v = v | (QW[wi + 1u] << (32u - sh)); }
+  return v & ${mask}u;
+}`;
 }

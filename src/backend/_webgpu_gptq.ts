@@ -34,8 +34,10 @@ import {
   type WebGPUContext,
 } from "./_webgpu_device.ts";
 import { matmulDispatch } from "./_webgpu_matmul.ts";
+import { gpuMatrixBuffer } from "./_webgpu_hessian.ts";
 import {
   checkCholeskyStatus,
+  copyDispatch,
   decodeCholeskyStatus,
   upperCholeskyOfInverseDispatches,
   type UpperCholeskyOfInversePlan,
@@ -209,6 +211,8 @@ interface Problem {
    * gathers rows/columns by `perm`, then sets the diagonal to `diagonal`.
    */
   h?: Float32Array;
+  /** Instead of `h`: H on the device, original order (read only: the pass works on a copy). */
+  hBuf?: GPUBuffer;
   /** Processed column c is original column `perm[c]`: W and H are gathered, Q/codes scattered. */
   perm?: Int32Array;
   /** The damped diagonal of H in processed order (with `h`). */
@@ -257,8 +261,15 @@ async function runGptq(
     };
     const hinv = keep(p.hinv ? upload(ctx, p.hinv) : scratch(ctx, cols * cols * 4));
     if (!p.hinv) {
-      let h = keep(upload(ctx, p.h!));
-      if (idx) h = gather(h, cols, true);
+      let h: GPUBuffer;
+      if (p.hBuf && idx) h = gather(p.hBuf, cols, true);
+      else if (p.hBuf) {
+        h = keep(scratch(ctx, cols * cols * 4));
+        list.push(copyDispatch(ctx, p.hBuf, h, cols * cols));
+      } else {
+        h = keep(upload(ctx, p.h!));
+        if (idx) h = gather(h, cols, true);
+      }
       if (p.diagonal) {
         const pipe = pipeline(ctx, setDiagonalWGSL());
         const db = keep(upload(ctx, p.diagonal));
@@ -365,11 +376,16 @@ export async function gpuGptqColumns(
   if (!gptqFits(ctx, { rows, cols, blockSize: bs, maxBindingBytes: opts.maxBindingBytes })) {
     return undefined;
   }
-  const hm = a.Hinv ?? a.H;
-  if ((a.Hinv === undefined) === (a.H === undefined)) {
-    throw new UnsupportedError("webgpu gptq: pass exactly one of Hinv and H");
+  const given = [a.Hinv, a.H, a.Hdevice].filter((x) => x !== undefined).length;
+  if (given !== 1) {
+    throw new UnsupportedError("webgpu gptq: pass exactly one of Hinv, H and Hdevice");
   }
-  if (a.W.length !== rows * cols || hm!.length !== cols * cols || a.colGroup.length !== cols) {
+  const hBuf = a.Hdevice ? gpuMatrixBuffer(ctx, a.Hdevice) : undefined;
+  if (a.Hdevice && !hBuf) {
+    throw new UnsupportedError("webgpu gptq: Hdevice is not a live matrix of this device");
+  }
+  const hLen = a.Hdevice ? a.Hdevice.size ** 2 : (a.Hinv ?? a.H)!.length;
+  if (a.W.length !== rows * cols || hLen !== cols * cols || a.colGroup.length !== cols) {
     throw new UnsupportedError(`webgpu gptq: operand sizes do not match [${rows}, ${cols}]`);
   }
   const fit = a.fitGroups && a.groupSize > 0 ? { groupSize: a.groupSize, sym: a.sym } : undefined;
@@ -379,6 +395,7 @@ export async function gpuGptqColumns(
     w: a.W,
     hinv: a.Hinv,
     h: a.H,
+    hBuf,
     perm: a.perm,
     diagonal: a.diagonal,
     blockSize: bs,

@@ -142,7 +142,13 @@ function checkOrder(ctx: WebGPUContext, n: number): void {
   }
 }
 
-function copyDispatch(ctx: WebGPUContext, src: GPUBuffer, dst: GPUBuffer, count: number) {
+/** A dispatch copying `count` f32 of `src` into `dst` (`matrixCopyWGSL`). */
+export function copyDispatch(
+  ctx: WebGPUContext,
+  src: GPUBuffer,
+  dst: GPUBuffer,
+  count: number,
+): Dispatch {
   const pipe = pipeline(ctx, matrixCopyWGSL());
   const u = uniforms(ctx, [count, 0, 0, 0]);
   return {

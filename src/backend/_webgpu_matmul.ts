@@ -140,6 +140,11 @@ export interface GpuMatmulOptions {
    * B (resident weights for decoding). The caller owns the buffers (see `ResidentB`).
    */
   residentB?: ResidentB;
+  /**
+   * B already on the device, whole (`b` is then not read): no upload of B. The product must not
+   * need a column split (B within the binding limit), else an `UnsupportedError`.
+   */
+  bDevice?: GPUBuffer;
 }
 
 /** A cache of uploaded B blocks (resident dense weights), keyed by the host array. */
@@ -177,6 +182,12 @@ export async function gpuMatmul(
   // Row blocks also stay under maxBlockBytes (A, C and C's readback copy are live per block).
   const rowLimit = Math.min(limit, opts.maxBlockBytes ?? 64 * 2 ** 20);
   const rowsPer = Math.max(1, Math.min(m, Math.floor(rowLimit / (4 * Math.max(k, colsPer)))));
+  if (opts.bDevice && colsPer < n) {
+    throw new UnsupportedError(
+      `webgpu matmul: a device-resident B [${transB ? [n, k] : [k, n]}] exceeds the binding ` +
+        `limit ${limit} B`,
+    );
+  }
   const out = new Float32Array(m * n);
   for (let c0 = 0; c0 < n; c0 += colsPer) {
     const nn = Math.min(colsPer, n - c0);
@@ -188,7 +199,7 @@ export async function gpuMatmul(
         for (let p = 0; p < k; p++) bBlock.set(b.subarray(p * n + c0, p * n + c0 + nn), p * nn);
       }
     }
-    let bb = opts.residentB?.get(b, c0, nn);
+    let bb = opts.bDevice ?? opts.residentB?.get(b, c0, nn);
     const keep = bb !== undefined || opts.residentB !== undefined;
     if (!bb) {
       bb = upload(ctx, bBlock);

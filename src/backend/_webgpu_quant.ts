@@ -7,7 +7,13 @@
  */
 import type { Tensor } from "../tensor.ts";
 import { unpackBits } from "../bitstream.ts";
-import { type PackedBits, type PackedWeights, packWeights } from "../../kernels/packed_weights.ts";
+import {
+  type PackedBits,
+  type PackedWeights,
+  packWeights,
+  streamWeights,
+} from "../../kernels/packed_weights.ts";
+import { isRecordedDecode } from "./backend.ts";
 import { dequantGemvWGSL, GEMV_ROWS_PER_WORKGROUP } from "../../kernels/dequant_gemv.ts";
 import { dequantGemmWGSL } from "../../kernels/dequant_gemm.ts";
 import {
@@ -59,7 +65,10 @@ export function dequantGemvDispatch(
   io: { x: GPUBuffer; y: GPUBuffer },
 ): Dispatch {
   const m = gw.meta;
-  const pipe = pipeline(ctx, dequantGemvWGSL({ bits: m.bits, identity: m.identity }));
+  const pipe = pipeline(
+    ctx,
+    dequantGemvWGSL({ bits: m.bits, identity: m.identity, stream: m.stream }),
+  );
   const u = uniforms(ctx, [m.rows, m.cols, m.chunks, m.groups]);
   const bufs = [u, io.x, gw.qweight, gw.scaleZero, gw.chunkGroup, io.y];
   if (!m.identity) bufs.push(gw.colIndex);
@@ -77,7 +86,10 @@ export function dequantGemmDispatch(
   io: { x: GPUBuffer; y: GPUBuffer; m: number },
 ): Dispatch {
   const w = gw.meta;
-  const pipe = pipeline(ctx, dequantGemmWGSL({ bits: w.bits, identity: w.identity }));
+  const pipe = pipeline(
+    ctx,
+    dequantGemmWGSL({ bits: w.bits, identity: w.identity, stream: w.stream }),
+  );
   const u = uniforms(ctx, [io.m, w.rows, w.cols, w.chunks, w.groups, 0, 0, 0]);
   const bufs = [u, io.x, gw.qweight, gw.scaleZero, gw.chunkGroup, io.y];
   if (!w.identity) bufs.push(gw.colIndex);
@@ -143,6 +155,13 @@ export interface QuantMetaLike {
  * serve it (bits outside 2/3/4/8, missing fields, inconsistent groups) or, given `w`, when the
  * meta does not dequantize (`scale · (code − zero)` in float32) to `w` exactly, so a product from
  * the packed weights always stands for the same weight as the dense product.
+ *
+ * When `w` is the very array the quantizer returned with this meta (`recordDecoded` in
+ * `backend.ts`: grid methods, whose `Wq` is the meta's decode by contract), there is no host
+ * check. The quantizer's packed words (`meta.packed`, `grid.ts` `packCodes`) are the kernels'
+ * `qweight` as they are (`streamWeights`: no unpack, no repack; on the identity layout they are
+ * the chunk words, otherwise the kernels read them through `colIndex`); a meta with only `codes`
+ * is packed into chunk words.
  */
 export function packQuantMeta(meta: unknown, w?: Tensor): PackedWeights | undefined {
   if (!meta || typeof meta !== "object") return undefined;
@@ -158,12 +177,6 @@ export function packQuantMeta(meta: unknown, w?: Tensor): PackedWeights | undefi
   if (!Number.isInteger(ngroups) || ngroups < 1 || zeros.length !== scales.length) {
     return undefined;
   }
-  let codes = m.codes;
-  if (!(codes instanceof Uint8Array)) {
-    if (!(m.packed instanceof Uint32Array)) return undefined;
-    codes = unpackBits(m.packed, { bits, out: new Uint8Array(rows * cols) });
-  }
-  if (codes.length !== rows * cols) return undefined;
   const gs = m.groupSize ?? -1;
   const gIdx = new Int32Array(cols);
   for (let j = 0; j < cols; j++) {
@@ -171,8 +184,14 @@ export function packQuantMeta(meta: unknown, w?: Tensor): PackedWeights | undefi
     if (!(g >= 0 && g < ngroups)) return undefined;
     gIdx[j] = g;
   }
-  if (w) {
-    const d = w.data;
+  const trusted = !w || isRecordedDecode(meta, w.data as Float32Array);
+  let codes = m.codes instanceof Uint8Array ? m.codes : undefined;
+  if (!trusted) {
+    if (!codes && m.packed instanceof Uint32Array) {
+      codes = unpackBits(m.packed, { bits, out: new Uint8Array(rows * cols) });
+    }
+    if (!codes || codes.length !== rows * cols) return undefined;
+    const d = w!.data;
     const f = new Float32Array(1);
     for (let r = 0; r < rows; r++) {
       const pr = r * ngroups, wr = r * cols;
@@ -183,6 +202,11 @@ export function packQuantMeta(meta: unknown, w?: Tensor): PackedWeights | undefi
       }
     }
   }
+  // The quantizer's packed words as they are (no repack), in any group layout.
+  if (m.packed instanceof Uint32Array) {
+    return streamWeights(m.packed, { rows, cols, bits, scales, zeros, gIdx });
+  }
+  if (!codes || codes.length !== rows * cols) return undefined;
   try {
     return packWeights(codes, { rows, cols, bits: bits as PackedBits, scales, zeros, gIdx });
   } catch {

@@ -63,6 +63,65 @@ export interface Backend {
    * backend's type.
    */
   readonly residentBlocks?: boolean;
+  /**
+   * Optional `C[m,n] = A[m,k] · B[k,n]` with `B` a {@linkcode DeviceMatrix} this backend holds
+   * (a layer Hessian built on its device): `A` goes up, `C` comes back, `B` does not cross the
+   * bus. The pipeline's relErr measurement uses it. Same kernel and tiling as `matmul`, so the
+   * result is bit for bit `matmul(a, { data: await b.read() })`.
+   */
+  matmulDeviceB?(a: Tensor, b: DeviceMatrix): Promise<Tensor>;
+}
+
+/**
+ * A square float32 matrix held on a backend's device (a layer Hessian `H = 2/n · Σ XᵀX` that the
+ * resident pipeline accumulated there): consumers that run on the device (the backend's
+ * `gptqColumns`, `matmulDeviceB`) take it as is; the host reads back only what it needs.
+ */
+export interface DeviceMatrix {
+  /** Rows (= columns). */
+  readonly size: number;
+  /** The diagonal, `size` floats read back (dead inputs, act-order and damping need only it). */
+  diagonal(): Promise<Float32Array>;
+  /** The whole matrix, `size²` floats read back (consumers without a device path). */
+  read(): Promise<Float32Array>;
+  /** Frees the device buffers (the object must not be used afterwards). */
+  release(): void;
+}
+
+const gridMethods = new Set<string>();
+
+/**
+ * Declares that the metas of quantization method `method` decode as the plain grid: `w[r, c] =
+ * scale[r, g] · (code[r, c] − zero[r, g])` in float32 with `g = gIdx[c]` (or `c / groupSize`),
+ * the codes in `packed` (`grid.ts` `packCodes`) and `codes`. The quant layer's grid formats
+ * (`grid.ts` `gridFormat`) declare themselves; with {@linkcode recordDecoded} a backend then
+ * serves such a meta from its packed words without checking it against the dense weight.
+ */
+export function declareGridMethod(method: string): void {
+  gridMethods.add(method);
+}
+
+/** Whether {@linkcode declareGridMethod} declared `method`. */
+export function isGridMethod(method: unknown): boolean {
+  return typeof method === "string" && gridMethods.has(method);
+}
+
+const decodedBy = new WeakMap<object, Float32Array>();
+
+/**
+ * Records that `meta` (a quantizer's packed description of a declared grid method, see
+ * {@linkcode declareGridMethod}) decodes to exactly `data` (the quantizer's `Wq`, which its
+ * contract makes the meta's decode bit for bit). A backend serving `meta` for a weight whose data
+ * is this very array then uploads the packed words without a host check; any other array is
+ * checked entry by entry. Metas of undeclared methods are ignored.
+ */
+export function recordDecoded(meta: object & { method?: unknown }, data: Float32Array): void {
+  if (isGridMethod(meta.method)) decodedBy.set(meta, data);
+}
+
+/** Whether {@linkcode recordDecoded} recorded `meta` as decoding to this `data` array. */
+export function isRecordedDecode(meta: object, data: Float32Array): boolean {
+  return decodedBy.get(meta) === data;
 }
 
 /** Geometry of a packed KV cache on the device ({@linkcode Backend.packedKvAttention}). */
@@ -152,6 +211,11 @@ export interface GptqColumnsArgs {
    * `NonFiniteError` naming the pivot when `H` is not positive definite.
    */
   H?: Float32Array;
+  /**
+   * Instead of `Hinv` or `H`: `H` already on this backend's device, in the original order (with
+   * `perm` and `diagonal` as for `H`); not modified (the device works on a copy).
+   */
+  Hdevice?: DeviceMatrix;
   /**
    * Act-order on the device: processed column c is original column `perm[c]`; W and H are given
    * in the original order, and `codes`/`Q` come back in the original order.

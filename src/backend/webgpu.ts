@@ -20,6 +20,8 @@ import {
 } from "./_webgpu_device.ts";
 import { gpuMatmul, type ResidentB } from "./_webgpu_matmul.ts";
 import { gpuGptqColumns } from "./_webgpu_gptq.ts";
+import { gpuMatrixBuffer } from "./_webgpu_hessian.ts";
+import { UnsupportedError } from "../errors.ts";
 import { gpuBatchedAttention } from "./_webgpu_nn.ts";
 import { gpuPackedKv } from "./_webgpu_kv.ts";
 import {
@@ -78,6 +80,7 @@ export {
   gpuGptqColumns,
   type GpuGptqOptions,
 } from "./_webgpu_gptq.ts";
+export { gpuHessianFromSums, gpuMatrixBuffer, hessianScaleDispatch } from "./_webgpu_hessian.ts";
 export {
   checkCholeskyStatus,
   CholeskyPivotError,
@@ -311,6 +314,19 @@ export async function webgpuBackend(opts: WebGPUBackendOptions = {}): Promise<We
       return y ? { shape: [G, T, d], data: y } : attentionTS(q, kT, v, mask);
     },
     ...(opts.packed === false ? {} : { packedMatmulTransB: packed }),
+    matmulDeviceB: async (a, b) => {
+      const buf = gpuMatrixBuffer(ctx, b);
+      if (!buf) throw new UnsupportedError("webgpu matmulDeviceB: B is not a live matrix here");
+      const [m, k, n] = gemmDims(a, { shape: [b.size, b.size], data: new Float32Array(0) }, false);
+      const data = await gpuMatmul(ctx, a.data, new Float32Array(0), {
+        m,
+        k,
+        n,
+        maxBindingBytes: opts.maxBindingBytes,
+        bDevice: buf,
+      });
+      return { shape: [m, n], data };
+    },
     gptqColumns: (args) => gpuGptqColumns(ctx, args, { maxBindingBytes: opts.maxBindingBytes }),
     packedKvAttention: (layout) =>
       gpuPackedKv(ctx, layout, { maxBindingBytes: opts.maxBindingBytes }),

@@ -13,9 +13,12 @@
  * @module
  */
 import type { Tensor } from "../../tensor.ts";
+import type { DeviceMatrix } from "../backend.ts";
 import type { GpuModel } from "./model.ts";
 import { QuantlabError } from "../../errors.ts";
 import {
+  type Dispatch,
+  gpuHessianFromSums,
   readback,
   runAndRead,
   runDispatches,
@@ -89,6 +92,13 @@ export interface ResidentBlockRunner {
    * q/k/v, gate/up — share one object), and clears them.
    */
   take(): Promise<Map<string, InputStats>>;
+  /**
+   * As {@linkcode ResidentBlockRunner.take}, but the statistics stay on the device: per linear,
+   * `H = 2/n · Σ XᵀX` formed there (`kernels/xtx.ts` `hessianScaleWGSL`, one submission for all
+   * groups) as a {@linkcode DeviceMatrix} the caller releases (linears sharing an input share
+   * one object), and `n`. Nothing is read back.
+   */
+  takeHessians(): Promise<Map<string, { H: DeviceMatrix; n: number }>>;
   /** Replaces linear `name`'s weight (its quantized version) for later runs. */
   setWeight(name: string, W: Tensor): void;
   /** Frees the block's weights and statistics. */
@@ -295,6 +305,28 @@ export async function gpuBlockRunner(
         ctx.pool.release(acc.buf);
       }
       sums.clear();
+      return m;
+    },
+    async takeHessians() {
+      const m = new Map<string, { H: DeviceMatrix; n: number }>();
+      const list: Dispatch[] = [];
+      const made: DeviceMatrix[] = [];
+      try {
+        for (const acc of sums.values()) {
+          const { dispatch, matrix } = gpuHessianFromSums(ctx, acc.buf, { d: acc.dim, n: acc.n });
+          made.push(matrix);
+          list.push(dispatch);
+          const st = { H: matrix, n: acc.n };
+          for (const nm of acc.names) m.set(nm, st);
+        }
+        await runDispatches(ctx, list);
+      } catch (e) {
+        made.forEach((h) => h.release());
+        throw e;
+      } finally {
+        for (const acc of sums.values()) ctx.pool.release(acc.buf);
+        sums.clear();
+      }
       return m;
     },
     setWeight(name, W) {

@@ -12,6 +12,7 @@ import type { Tensor } from "../../tensor.ts";
 import { OptionError, QuantlabError } from "../../errors.ts";
 import { packBits, unpackBits } from "../../bitstream.ts";
 import type { QuantFormat, QuantMeta } from "./types.ts";
+import { declareGridMethod } from "../../backend/backend.ts";
 
 /** The MSE clipping search of the reference `Quantizer(mse=True)`. */
 export interface MseOptions {
@@ -357,6 +358,7 @@ export function bitsPerWeight(meta: QuantMeta, accounting: BitsAccounting = {}):
  * a grid (RTN, GPTQ, GGUF imports) register it under their own name with {@linkcode gridFormat}.
  */
 export function gridFormat(method: string): QuantFormat {
+  declareGridMethod(method);
   return {
     method,
     dequantize,

@@ -21,10 +21,21 @@ export interface DeadInputs {
 
 /** Reads `diag(H)` (`cols × cols`, row-major) and marks dead inputs (`H_ii = 0` → 1). */
 export function deadInputs(H: ArrayLike<number>, cols: number): DeadInputs {
+  const d = new Float64Array(cols);
+  for (let i = 0; i < cols; i++) d[i] = H[i * cols + i];
+  return deadInputsOfDiagonal(d);
+}
+
+/**
+ * {@linkcode deadInputs} from `diag(H)` alone (e.g. read back from a device that holds H): the
+ * same result as `deadInputs(H, d.length)`.
+ */
+export function deadInputsOfDiagonal(d: ArrayLike<number>): DeadInputs {
+  const cols = d.length;
   const diag = new Float64Array(cols);
   const dead: number[] = [];
   for (let i = 0; i < cols; i++) {
-    diag[i] = H[i * cols + i];
+    diag[i] = d[i];
     if (diag[i] === 0) {
       diag[i] = 1;
       dead.push(i);

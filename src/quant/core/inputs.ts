@@ -118,3 +118,42 @@ export function checkLayerInputs(
   checkHessian(method, H, cols, layer);
   return { rows, cols, H };
 }
+
+/**
+ * The checks of {@linkcode checkLayerInputs} that need only `diag(H)`, for an H held on the
+ * backend's device (`stats.Hdevice`, whose diagonal `diag` was read back): `size` matches the
+ * weight's columns, every diagonal entry finite (`NonFiniteError`, with `hint`) and ≥ 0
+ * (`HessianError`). The device builds H as `Σ XᵀX` (symmetric by construction), and a non-finite
+ * off-diagonal entry with a finite diagonal fails the device's Cholesky, which reports the pivot.
+ */
+export function checkDeviceHessian(
+  method: string,
+  W: Tensor,
+  H: { size: number; diag: Float32Array },
+  opts: { layer: string; hint?: string },
+): { rows: number; cols: number } {
+  const { layer } = opts;
+  const [rows, cols] = checkWeight(method, W, layer);
+  if (H.size !== cols || H.diag.length !== cols) {
+    throw new QuantlabError(
+      `${method}: ${layer}: H is ${H.size}×${H.size}, expected ${cols}×${cols} for [${W.shape}]`,
+    );
+  }
+  for (let i = 0; i < cols; i++) {
+    const d = H.diag[i];
+    if (!Number.isFinite(d)) {
+      throw new NonFiniteError(
+        `${method}: ${layer}: H has a non-finite value ${d} at (${i}, ${i})${
+          opts.hint ? `; ${opts.hint}` : ""
+        }`,
+      );
+    }
+    if (d < 0) {
+      throw new HessianError(
+        `${method}: ${layer}: H has a negative diagonal entry ${d} at (${i}, ${i}); a Hessian ` +
+          `Σ XᵀX is positive semidefinite`,
+      );
+    }
+  }
+  return { rows, cols };
+}

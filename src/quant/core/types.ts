@@ -5,12 +5,17 @@
  * @module
  */
 import type { Tensor } from "../../tensor.ts";
-import type { Backend } from "../../backend/backend.ts";
+import type { Backend, DeviceMatrix } from "../../backend/backend.ts";
 
 /** Statistics of one linear layer's inputs, gathered over the calibration set. */
 export interface LayerStats {
   /** Hessian proxy `H = 2/n · Σ XᵀX`, `cols × cols` row-major (cols = input features). */
   H?: Float64Array | Float32Array;
+  /**
+   * Instead of `H`: the same matrix held on the backend's device (the resident pipeline passes it
+   * to quantizers with `acceptsDeviceHessian`; they read back what they need, e.g. the diagonal).
+   */
+  Hdevice?: DeviceMatrix;
   /** Number of calibration rows (tokens) accumulated into `H`. */
   nsamples: number;
   /** Optional max |x| per input channel. */
@@ -80,6 +85,11 @@ export interface WeightQuantizer {
   name: string;
   /** Whether `stats.H` is required. */
   needsHessian: boolean;
+  /**
+   * Whether `quantizeWeight` takes `stats.Hdevice` (a Hessian on the backend's device) in place
+   * of `stats.H`; absent or false: the pipeline reads H back and passes `stats.H`.
+   */
+  acceptsDeviceHessian?: boolean;
   /** The resolved options (for reports). */
   options: Record<string, unknown>;
   /** Quantizes a `[rows, cols]` weight; does not modify `W`. */

@@ -5,7 +5,7 @@
  * write the dequantized weights back, and re-run the block to feed the next one.
  * @module
  */
-import type { Backend } from "../../backend/backend.ts";
+import { type Backend, type DeviceMatrix, recordDecoded } from "../../backend/backend.ts";
 import { getBackend } from "../../backend/device.ts";
 import { OptionError, QuantlabError, ResumeError } from "../../errors.ts";
 import { cleanStaleTemps, fileIfPresent, writeFileAtomic } from "../../io/fs.ts";
@@ -138,6 +138,15 @@ export interface QuantizeOptions {
    * and each block's output is read back; at most one block's data is live at once).
    */
   deviceHidden?: boolean;
+  /**
+   * With resident blocks on a backend that offers `matmulDeviceB`, keep each input group's
+   * Hessian `H = 2/n · Σ XᵀX` on the device (default true): it is formed there from the sums,
+   * consumed there by quantizers that take a device Hessian (`acceptsDeviceHessian`: GPTQ's
+   * device column pass reads back only `diag(H)`) and by the relErr product, and never crosses
+   * the bus (a quantizer without a device path gets it read back once per group). False: H is
+   * read back per group and uploaded again by GPTQ and by the relErr product.
+   */
+  deviceHessian?: boolean;
   /** Progress callback. */
   onProgress?: (p: PipelineProgress) => void;
 }
@@ -217,17 +226,22 @@ async function gatherHost(
   return acc;
 }
 
-/** {@linkcode gatherHost} through a GPU-resident block (one submission per chunk). */
+/** Per linear: host sums `S` over `n` rows, or `H = 2/n · S` held on the device. */
+type GroupStats = InputStats | { H: DeviceMatrix; n: number };
+
+/**
+ * {@linkcode gatherHost} through a GPU-resident block (one submission per chunk); `onDevice`:
+ * the Hessians stay on the device (`takeHessians`), else the sums are read back (`take`).
+ */
 async function gatherResident(
   runner: ResidentBlockRunner,
-  hs: (Tensor | DeviceRows)[],
-  chunkSizes: number[],
-  want: ReadonlySet<string>,
-): Promise<Map<string, InputStats>> {
-  for (let c = 0; c < hs.length; c++) {
-    await runner.run(hs[c], { batch: chunkSizes[c], collect: want });
+  c: { hs: (Tensor | DeviceRows)[]; chunkSizes: number[]; want: ReadonlySet<string> },
+  onDevice: boolean,
+): Promise<Map<string, GroupStats>> {
+  for (let k = 0; k < c.hs.length; k++) {
+    await runner.run(c.hs[k], { batch: c.chunkSizes[k], collect: c.want });
   }
-  return await runner.take();
+  return onDevice ? await runner.takeHessians() : await runner.take();
 }
 
 /** Most bytes of block intermediates {@linkcode quantize} keeps between true-sequential passes. */
@@ -244,16 +258,24 @@ function reuseBytes(model: Model, hs: Tensor[]): number {
 /** The backend type `models/resident_block.ts` runs blocks on. */
 type ResidentBackend = Parameters<typeof residentBlockRunner>[2];
 
-/** √(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)) with one product through the backend. */
-async function relativeError(W: Tensor, Wq: Tensor, H: Float32Array, be: Backend): Promise<number> {
+/**
+ * √(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)) with one product through the backend (`matmulDeviceB` when H is
+ * on its device: the same kernel, H not uploaded).
+ */
+async function relativeError(
+  W: Tensor,
+  Wq: Tensor,
+  H: Float32Array | DeviceMatrix,
+  be: Backend,
+): Promise<number> {
   const [rows, cols] = W.shape;
   const both = new Float32Array(2 * rows * cols);
   for (let j = 0; j < rows * cols; j++) both[j] = W.data[j] - Wq.data[j];
   both.set(W.data, rows * cols);
-  const P = await be.matmul({ shape: [2 * rows, cols], data: both }, {
-    shape: [cols, cols],
-    data: H,
-  });
+  const A: Tensor = { shape: [2 * rows, cols], data: both };
+  const P = H instanceof Float32Array
+    ? await be.matmul(A, { shape: [cols, cols], data: H })
+    : await be.matmulDeviceB!(A, H);
   let num = 0, den = 0;
   for (let j = 0; j < rows * cols; j++) num += P.data[j] * both[j];
   for (let j = rows * cols; j < 2 * rows * cols; j++) den += P.data[j] * both[j];
@@ -387,6 +409,8 @@ export async function quantize(
   // the next (`hs` keeps the chunk count; its rows are read back only for a checkpoint).
   let dev: DeviceRows[] | undefined;
   const keepHidden = opts.deviceHidden ?? false;
+  const keepH = resident !== undefined && (opts.deviceHessian ?? true) &&
+    be.matmulDeviceB !== undefined;
   const dropDev = () => {
     dev?.forEach((r) => r.release());
     dev = undefined;
@@ -441,55 +465,76 @@ export async function quantize(
         // With calibration data every target's H is gathered: quantizers that need it get it, and
         // the report's relErr is measured for all (RTN included).
         const want = new Set(hs.length ? targets : []);
-        const acc = !want.size
-          ? new Map<string, InputStats>()
+        const acc: Map<string, GroupStats> = !want.size
+          ? new Map()
           : runner
-          ? await gatherResident(runner, dev ?? hs, chunkSizes, want)
+          ? await gatherResident(runner, { hs: dev ?? hs, chunkSizes, want }, keepH)
           : await gatherHost(current(), i, { hs, chunkSizes, want, reuse }, be);
         peak = Math.max(peak, Deno.memoryUsage().rss);
-        for (const name of targets) {
-          const { quantizer, pattern } = assigned.get(name)!;
-          const W = await model.weights.get(`${name}.weight`);
-          const a = acc.get(name);
-          let H: Float32Array | undefined;
-          if (a) {
-            H = new Float32Array(a.S.length);
-            const f = 2 / a.n;
-            for (let j = 0; j < H.length; j++) H[j] = a.S[j] * f;
+        /**
+         * Device Hessians read back for quantizers that need H and have no device path (once per
+         * group); a quantizer without `needsHessian` gets none (only relErr reads H, there).
+         */
+        const readBack = new Map<DeviceMatrix, Float32Array>();
+        try {
+          for (const name of targets) {
+            const { quantizer, pattern } = assigned.get(name)!;
+            const W = await model.weights.get(`${name}.weight`);
+            const a = acc.get(name);
+            let H: Float32Array | undefined;
+            let Hdevice: DeviceMatrix | undefined;
+            if (a && "H" in a) {
+              if (quantizer.acceptsDeviceHessian) Hdevice = a.H;
+              else if (quantizer.needsHessian) {
+                H = readBack.get(a.H);
+                if (!H) readBack.set(a.H, H = await a.H.read());
+              }
+            } else if (a) {
+              H = new Float32Array(a.S.length);
+              const f = 2 / a.n;
+              for (let j = 0; j < H.length; j++) H[j] = a.S[j] * f;
+            }
+            // relErr on the device when H is there, whichever form the quantizer took.
+            const Hrel = a && "H" in a ? a.H : H;
+            const tq = performance.now();
+            const res = await quantizer.quantizeWeight(W, { H, Hdevice, nsamples: a?.n ?? 0 }, {
+              backend: be,
+              layer: name,
+            });
+            const seconds = (performance.now() - tq) / 1000;
+            if (res.Wq.data.length !== W.data.length) {
+              throw new QuantlabError(
+                `${quantizer.name}: ${name}: returned a weight of the wrong size`,
+              );
+            }
+            // A quantizer that hands back the weight object itself may have changed it in place:
+            // the block records computed from it are not reused.
+            if (res.Wq === W) {
+              reuse?.forEach((r) => Object.assign(r, { attn: undefined, mlp: undefined }));
+            }
+            // The meta decodes to this very Wq (the quantizer's contract): a backend serving the
+            // layer from packed words needs no host check of this pair.
+            recordDecoded(res.meta, res.Wq.data);
+            overrides.set(`${name}.weight`, res.Wq);
+            blockWeights.set(`${name}.weight`, res.Wq);
+            runner?.setWeight(name, res.Wq);
+            blockMetas[name] = res.meta;
+            const rep: LayerReport = {
+              name,
+              block: i,
+              method: quantizer.name,
+              pattern,
+              shape: [W.shape[0], W.shape[1]],
+              loss: res.loss,
+              relErr: Hrel ? await relativeError(W, res.Wq, Hrel, be) : NaN,
+              bitsPerWeight: res.bitsPerWeight,
+              seconds,
+            };
+            blockReports.push(rep);
+            opts.onProgress?.({ stage: "layer", done: i, total: L, info: name });
           }
-          const tq = performance.now();
-          const res = await quantizer.quantizeWeight(W, { H, nsamples: a?.n ?? 0 }, {
-            backend: be,
-            layer: name,
-          });
-          const seconds = (performance.now() - tq) / 1000;
-          if (res.Wq.data.length !== W.data.length) {
-            throw new QuantlabError(
-              `${quantizer.name}: ${name}: returned a weight of the wrong size`,
-            );
-          }
-          // A quantizer that hands back the weight object itself may have changed it in place:
-          // the block records computed from it are not reused.
-          if (res.Wq === W) {
-            reuse?.forEach((r) => Object.assign(r, { attn: undefined, mlp: undefined }));
-          }
-          overrides.set(`${name}.weight`, res.Wq);
-          blockWeights.set(`${name}.weight`, res.Wq);
-          runner?.setWeight(name, res.Wq);
-          blockMetas[name] = res.meta;
-          const rep: LayerReport = {
-            name,
-            block: i,
-            method: quantizer.name,
-            pattern,
-            shape: [W.shape[0], W.shape[1]],
-            loss: res.loss,
-            relErr: H ? await relativeError(W, res.Wq, H, be) : NaN,
-            bitsPerWeight: res.bitsPerWeight,
-            seconds,
-          };
-          blockReports.push(rep);
-          opts.onProgress?.({ stage: "layer", done: i, total: L, info: name });
+        } finally {
+          for (const a of new Set(acc.values())) if ("H" in a) a.H.release();
         }
         peak = Math.max(peak, Deno.memoryUsage().rss);
       }

@@ -11,11 +11,13 @@
  * act-order's sort is stable; `groupSize` must divide the columns.
  * @module
  */
-import { checkLayerInputs } from "../core/inputs.ts";
+import { checkDeviceHessian, checkLayerInputs } from "../core/inputs.ts";
 import {
   actOrderPermutation,
   dampening,
+  type DeadInputs,
   deadInputs,
+  deadInputsOfDiagonal,
   permuteColumns,
   processedHessian,
   stopwatch,
@@ -362,6 +364,11 @@ function notPd(layer: string, percdamp: number, detail: string, cause?: unknown)
  *    declines (a layer over the binding limit), or for `mse`, the CPU path runs. To force the
  *    CPU path with device products, pass `{ ...backend, gptqColumns: undefined }`.
  *
+ * `stats.Hdevice` instead of `stats.H` (the resident pipeline's H on the backend's device): with
+ * the backend's column pass only `diag(H)` is read back (steps 2, 4, 5 need nothing else; the
+ * checks are the diagonal's: finite, ≥ 0) and the device works on a copy of H; otherwise H is read
+ * back whole and everything runs as with `stats.H`. Same results either way.
+ *
  * `loss` is the reference's `Σ Losses = Σ (w − q)² / Hinv_ii² / 2`.
  */
 export async function gptqQuantize(
@@ -373,10 +380,23 @@ export async function gptqQuantize(
   const layer = options.layer ?? "weight";
   const backend = options.backend ?? cpuBackend;
   const fit = options.fitGrid;
-  const { rows, cols, H: H0 } = checkLayerInputs("gptq", W, stats, {
-    layer,
-    hint: dampHint(o.percdamp),
-  });
+  const hint = dampHint(o.percdamp);
+  // H on the backend's device (the resident pipeline): when the column pass runs there too, only
+  // diag(H) is read back (dead inputs, act-order, damping need nothing else); otherwise H is
+  // read back whole and checked as a host H.
+  const devicePass = !o.mse && !fit && backend.gptqColumns !== undefined;
+  const Hdev = stats.H === undefined ? stats.Hdevice : undefined;
+  let H0: Float32Array | Float64Array | undefined;
+  let rows: number, cols: number, di: DeadInputs;
+  if (Hdev && devicePass) {
+    const diag = await Hdev.diagonal();
+    ({ rows, cols } = checkDeviceHessian("gptq", W, { size: Hdev.size, diag }, { layer, hint }));
+    di = deadInputsOfDiagonal(diag);
+  } else {
+    const st = Hdev ? { ...stats, H: await Hdev.read() } : stats;
+    ({ rows, cols, H: H0 } = checkLayerInputs("gptq", W, st, { layer, hint }));
+    di = deadInputs(H0, cols);
+  }
   const gs = o.groupSize;
   checkGroupColumns(cols, { ...o, layer });
   const timings: GptqTimings = {
@@ -403,7 +423,7 @@ export async function gptqQuantize(
   // 1. per-channel grid on the original weight (the reference's `quantizer.find_params(W)`).
   if (gs === -1) setGroup(0, fit ? fit(W, {}) : findParams(W, grid));
   // 2. dead inputs: H_ii = 1 (in `diag`, applied to H below) and zero weight columns.
-  const { diag, dead } = deadInputs(H0, cols);
+  const { diag, dead } = di;
   const W0 = zeroDeadColumns(W.data, { rows, cols, dead }); // original column order
   // 3. static groups, original order.
   const isStatic = o.staticGroups && gs > 0;
@@ -439,13 +459,15 @@ export async function gptqQuantize(
   // computes Hinv in float32 (as the reference does on the GPU), runs every block and writes
   // codes/Q back in the original order, in one submission.
   let dev: GptqColumnsResult | undefined;
-  if (!o.mse && !fit && backend.gptqColumns) {
+  if (devicePass) {
     clock.restart();
     try {
-      dev = await backend.gptqColumns({
+      dev = await backend.gptqColumns!({
         ...dims,
         W: W0,
-        H: H0 instanceof Float32Array ? H0 : Float32Array.from(H0),
+        ...(H0 === undefined
+          ? { Hdevice: Hdev }
+          : { H: H0 instanceof Float32Array ? H0 : Float32Array.from(H0) }),
         perm,
         diagonal: Float32Array.from({ length: cols }, (_, i) => diag[perm ? perm[i] : i] + damp),
         bits: o.bits,
@@ -481,6 +503,8 @@ export async function gptqQuantize(
     // The CPU path: W and H in processed order (float64 H), Hinv = chol(H⁻¹)ᵀ-upper in
     // float64, then the column loop.
     clock.restart();
+    // The device declined the pass (a layer over its binding limit): H comes back whole.
+    H0 ??= checkLayerInputs("gptq", W, { ...stats, H: await Hdev!.read() }, { layer, hint }).H;
     const Wc = W0 === W.data || perm ? permuteColumns(W0, { rows, cols, perm }) : W0;
     let H = processedHessian(H0, { diag, damp, perm });
     clock.lap("params");
@@ -584,6 +608,7 @@ export function gptq(options: GptqOptions): WeightQuantizer {
   return {
     name: "gptq",
     needsHessian: true,
+    acceptsDeviceHessian: true,
     options: { ...o },
     checkColumns: (cols, layer) => checkGroupColumns(cols, { ...o, layer }),
     quantizeWeight: (W, stats, ctx) => gptqQuantize(W, stats, { ...o, ...ctx }),
