@@ -82,7 +82,6 @@ import type {
   PackedKvTraffic,
 } from "../../backend/backend.ts";
 import {
-  applyRope,
   attention,
   type CacheAttendInput,
   forward,
@@ -378,6 +377,7 @@ export class KvQuantCache implements KVCache {
   #q: LayerQ[] = [];
   #kw: number;
   #rope: Float64Array | undefined;
+  #ropeTab: Float32Array | undefined;
   /** The device copy: undefined = not decided yet, null = none (host path). */
   #device: KvQuantDevice | null | undefined;
   #deviceBackend: Backend | undefined;
@@ -471,19 +471,7 @@ export class KvQuantCache implements KVCache {
     if (layer !== 0 || n !== 0 || !backend.kvquantAttention || s.bits === 16) return undefined;
     const cfg = this.config;
     const kw = this.#kw;
-    let rope: Float32Array | undefined;
-    if (s.preRope && this.#rope) {
-      // cos/sin per position as applyRope rounds them (angle in f32, then cos/sin to f32).
-      const inv = this.#rope, half = inv.length;
-      rope = new Float32Array(this.capacity * half * 2);
-      for (let p = 0; p < this.capacity; p++) {
-        for (let i = 0; i < half; i++) {
-          const af = f(f(p) * f(inv[i]));
-          rope[(p * half + i) * 2] = Math.cos(af);
-          rope[(p * half + i) * 2 + 1] = Math.sin(af);
-        }
-      }
-    }
+    const rope = s.preRope ? this.#ropeTable(this.capacity) : undefined;
     this.#deviceBackend = backend;
     this.#device = backend.kvquantAttention({
       layers: cfg.numLayers,
@@ -501,6 +489,27 @@ export class KvQuantCache implements KVCache {
       capacity: this.capacity,
     }) ?? null;
     return this.#device ?? undefined;
+  }
+
+  /**
+   * The RoPE table [≥ n positions, hd/2, 2] of (cos, sin), rounded as `applyRope` rounds them
+   * (angle in f32, then cos/sin to f32); built once and grown on demand. Undefined without RoPE.
+   */
+  #ropeTable(n: number): Float32Array | undefined {
+    const inv = this.#rope;
+    if (!inv) return undefined;
+    const half = inv.length;
+    if (this.#ropeTab && this.#ropeTab.length >= n * half * 2) return this.#ropeTab;
+    const m = Math.max(n, this.capacity);
+    const t = new Float32Array(m * half * 2);
+    for (let p = 0; p < m; p++) {
+      for (let i = 0; i < half; i++) {
+        const af = f(f(p) * f(inv[i]));
+        t[(p * half + i) * 2] = Math.cos(af);
+        t[(p * half + i) * 2 + 1] = Math.sin(af);
+      }
+    }
+    return this.#ropeTab = t;
   }
 
   /** Uploads the tokens of `layer` stored since the last upload (each once, at its place). */
@@ -644,9 +653,24 @@ export class KvQuantCache implements KVCache {
         }
       }
     }
-    if (rotate && this.#rope) {
+    const tab = rotate ? this.#ropeTable(upto) : undefined;
+    if (tab) {
+      // applyRope's rotation (rotate-half, row p at position p) from the cached table.
       const { numKvHeads, headDim } = this.config;
-      applyRope(K.subarray(0, upto * kw), numKvHeads, headDim, this.#rope, (r) => r);
+      const half = headDim / 2;
+      for (let p = 0; p < upto; p++) {
+        const t0 = p * half * 2;
+        for (let h = 0; h < numKvHeads; h++) {
+          const o = p * kw + h * headDim;
+          for (let i = 0; i < half; i++) {
+            const cs = tab[t0 + 2 * i], sn = tab[t0 + 2 * i + 1];
+            const x1 = K[o + i];
+            const x2 = K[o + i + half];
+            K[o + i] = x1 * cs - x2 * sn;
+            K[o + i + half] = x2 * cs + x1 * sn;
+          }
+        }
+      }
     }
   }
 
