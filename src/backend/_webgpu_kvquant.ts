@@ -11,7 +11,7 @@
  * records what crosses the bus.
  * @module
  */
-import type { KvQuantDevice, KvQuantLayout, KvQuantToken, PackedKvTraffic } from "./backend.ts";
+import type { KvQuantDevice, KvQuantLayout, PackedKvTraffic } from "./backend.ts";
 import {
   checkKvQuantAttention,
   type KvQuantAttentionOptions,
