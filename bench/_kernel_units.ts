@@ -39,6 +39,8 @@ import { lutGemvDispatch, releaseLut, uploadLut } from "../src/backend/_webgpu_l
 import { gemvDispatch } from "../src/backend/_webgpu_matmul.ts";
 import { kvAttentionDispatch } from "../src/backend/_webgpu_kv.ts";
 import { kvAttentionRef, kvGroupWords } from "../kernels/kv_attention.ts";
+import { kvquantAttentionDispatch } from "../src/backend/_webgpu_kvquant.ts";
+import { kvquantAttentionRef, kvquantTokenWords } from "../kernels/kvquant_attention.ts";
 
 /** What one table entry measured. */
 export interface UnitResult {
@@ -345,6 +347,77 @@ export const KERNEL_UNITS: KernelUnit[] = [
       }));
       const read = w.byteLength + cache.kPar.byteLength + cache.vPar.byteLength +
         (pos + 1 - qk + pos + 1 - qv) * kw * F;
+      ctx.pool.release(...Object.values(bufs));
+      return { size: `S=${S} H=${nH}/${nKV} hd=${hd}`, bytes: read + 2 * q.byteLength, ...m };
+    },
+  },
+  {
+    kernel: "KVQuant decode attention 2b-1% pre-RoPE",
+    file: "kvquant_attention.ts",
+    async run(ctx, big) {
+      // One decode query over a KVQuant-2bit cache with ~1% sparse outliers per K and V row and
+      // one attention-sink row: Llama-2-7B's heads at 4096 tokens, or 512.
+      const [nH, nKV, hd, S] = big ? [32, 32, 128, 4096] : [8, 2, 64, 512];
+      const bits = 2, nc = 4, kw = nKV * hd, wpr = Math.ceil(kw / 16);
+      const ts = kvquantTokenWords(kw, bits);
+      const r = randomArray(S * ts, { seed: 43, lo: 0, hi: 1 });
+      const tok = Uint32Array.from(r, (v) => Math.floor(v * 2 ** 32) >>> 0);
+      const tf = new Float32Array(tok.buffer);
+      const nOut = Math.max(1, Math.round(kw / 100));
+      const sp = new Uint32Array(S * 2 * nOut * 2);
+      const spf = new Float32Array(sp.buffer);
+      for (let s = 0; s < S; s++) {
+        tf[s * ts + 2 * wpr] = 0.1 * ((s % 7) - 3);
+        tf[s * ts + 2 * wpr + 1] = 0.5 + (s % 5) / 10;
+        tok[s * ts + 2 * wpr + 2] = s * 2 * nOut;
+        tok[s * ts + 2 * wpr + 3] = nOut | (nOut << 16);
+        for (let j = 0; j < 2 * nOut; j++) {
+          const e = s * 2 * nOut + j;
+          sp[2 * e] = ((j % nOut) * 97 + s * 13) % kw; // distinct (97·j < kw); sorted below
+          spf[2 * e + 1] = 4 * Math.sin(e);
+        }
+        for (const [a, b] of [[0, nOut], [nOut, 2 * nOut]]) {
+          const chans = new Set<number>();
+          for (let j = a; j < b; j++) chans.add(sp[2 * (s * 2 * nOut + j)]);
+          const sorted = [...chans].sort((x, y) => x - y);
+          if (sorted.length !== b - a) throw new Error("kvquant unit: duplicate outlier channels");
+          for (let j = a; j < b; j++) sp[2 * (s * 2 * nOut + j)] = sorted[j - a];
+        }
+      }
+      const par = randomArray(2 * kw + 2 * nc, { seed: 44, lo: -1, hi: 1 });
+      const rope = new Float32Array(S * hd);
+      for (let i = 0; i < rope.length; i += 2) {
+        rope[i] = Math.cos(i / 97);
+        rope[i + 1] = Math.sin(i / 97);
+      }
+      const cache = { tok, sp, par, raw: randomArray(2 * kw, { seed: 45 }), rope };
+      const q = randomArray(nH * hd, { seed: 46 });
+      const o = {
+        nH,
+        nKV,
+        headDim: hd,
+        pos: S - 1,
+        nraw: 1,
+        bits,
+        perChannel: false,
+        rotate: true,
+      };
+      const bufs = {
+        q: upload(ctx, q),
+        tok: upload(ctx, tok),
+        sp: upload(ctx, sp),
+        par: upload(ctx, par),
+        raw: upload(ctx, cache.raw),
+        rope: upload(ctx, rope),
+        o: scratch(ctx, q.byteLength),
+      };
+      const make = () => [kvquantAttentionDispatch(ctx, bufs, o)];
+      const m = await measure(ctx, make, async () => ({
+        err: scaledErr(await readF32(ctx, bufs.o, q.length), kvquantAttentionRef(q, cache, o)),
+        tol: 1e-4,
+      }));
+      const read = tok.byteLength + sp.byteLength + par.byteLength + cache.raw.byteLength +
+        rope.byteLength;
       ctx.pool.release(...Object.values(bufs));
       return { size: `S=${S} H=${nH}/${nKV} hd=${hd}`, bytes: read + 2 * q.byteLength, ...m };
     },

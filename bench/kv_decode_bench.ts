@@ -3,9 +3,11 @@
  *
  * 1. stories260K greedy decode at context 512 (a prompt of 512 − steps tokens, then `steps`
  *    decode tokens, timed) through the host forward on the CPU backend and on the WebGPU backend:
- *    f32 cache vs KIVI-2 / KIVI-4 (groupSize 32, vGroupSize 8, R 128). On WebGPU the KIVI cache
- *    keeps its packed copy on the device and attends there (`kernels/kv_attention.ts`); the f32
- *    cache attends on the host. The GPU-resident f32 decoder (`generate`'s default on WebGPU) is
+ *    f32 cache vs KIVI-2 / KIVI-4 (groupSize 32, vGroupSize 8, R 128) and KVQuant-4/3/2bit-1%
+ *    (pre-RoPE keys, k-means codebooks calibrated here on 4 TinyStories windows of 256 tokens).
+ *    On WebGPU the KIVI and KVQuant caches keep their packed copies on the device and attend
+ *    there (`kernels/kv_attention.ts`, `kernels/kvquant_attention.ts`); the f32 cache attends on
+ *    the host. The GPU-resident f32 decoder (`generate`'s default on WebGPU) is
  *    printed as a further peer. Ratios are tokens/s of packed over f32 on the same backend.
  * 2. The attention kernels alone, one decode query per layer: the packed-KV kernel over a KIVI-2
  *    cache vs the f32 flash kernel (`kernels/attention.ts`) over the same shapes (7B-like heads:
@@ -34,6 +36,8 @@ import { createKVCache, forward, type KVCache } from "../src/models/decoder.ts";
 import { loadModel } from "../src/models/load.ts";
 import type { Model } from "../src/models/model.ts";
 import { KiviCache } from "../src/quant/kv/kivi.ts";
+import { KvQuantCache, type KvQuantizer } from "../src/quant/kv/kvquant.ts";
+import { calibrateKvQuant } from "../src/quant/pipeline/kv_calibration.ts";
 import { generate } from "../src/eval/generate.ts";
 import { mulberry32 } from "../src/rng.ts";
 
@@ -74,17 +78,36 @@ async function endToEnd(gpu: Backend | undefined): Promise<void> {
   console.log(
     `## stories260K greedy decode: prompt ${prompt.length} + ${steps} steps = context ${ctxLen}`,
   );
+  const quantizers: [number, KvQuantizer][] = [];
+  for (const bits of [4, 3, 2]) {
+    const qz = await calibrateKvQuant(m, {
+      dataset: "tinystories",
+      nsamples: 4,
+      seqlen: 256,
+      bits,
+    });
+    quantizers.push([bits, qz]);
+  }
   const backends: [string, Backend][] = [["cpu", cpuBackend]];
   if (gpu) backends.push([gpu.description, gpu]);
   for (const [name, be] of backends) {
     const f32 = await decodeRate(m, be, createKVCache(m.config, ctxLen), prompt);
     const row = [`${name}: f32 cache ${fmt(f32.tps)} tok/s`];
-    for (const bits of [2, 4]) {
-      const cache = new KiviCache(m.config, { bits, vGroupSize: 8 }, ctxLen);
+    const caches: [string, KiviCache | KvQuantCache][] = [
+      ...[2, 4].map((bits): [string, KiviCache] => [
+        `KIVI-${bits}`,
+        new KiviCache(m.config, { bits, vGroupSize: 8 }, ctxLen),
+      ]),
+      ...quantizers.map(([bits, quantizer]): [string, KvQuantCache] => [
+        `KVQuant-${bits}bit-1%`,
+        new KvQuantCache(m.config, { quantizer }, ctxLen),
+      ]),
+    ];
+    for (const [label, cache] of caches) {
       const k = await decodeRate(m, be, cache, prompt);
       const t = cache.deviceTraffic();
       row.push(
-        `KIVI-${bits} ${fmt(k.tps)} tok/s (×${(k.tps / f32.tps).toFixed(2)} of f32)` +
+        `${label} ${fmt(k.tps)} tok/s (×${(k.tps / f32.tps).toFixed(2)} of f32)` +
           (t
             ? `, bus ${(t.up / 1024).toFixed(0)} KiB up / ${(t.down / 1024).toFixed(0)} KiB ` +
               `down, device copy ${(t.resident / 1024).toFixed(0)} KiB`
@@ -92,7 +115,7 @@ async function endToEnd(gpu: Backend | undefined): Promise<void> {
       );
       cache.release();
     }
-    console.log(`- ${row.join("; ")}`);
+    console.log(`- ${row.join(";\n  ")}`);
     if (be !== cpuBackend) {
       setBackend(be);
       const res = await generate(m, prompt, { maxNewTokens: steps, stopAtEos: false });

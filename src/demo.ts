@@ -6,9 +6,12 @@
  * TinyStories train tokens — with TinyStories perplexity, bits/weight and seconds, and the run's peak memory.
  * Then rows marked `[W-A]` (issue 14: W8A8 SmoothQuant α 0.5, W8A8 LLM.int8(), ZeroQuant W4/8A8,
  * QRazor W4A4 g16, qllm-infer configurations as `tools/wa_table.ts`; their bits/weight is the
- * effective weight bits) and `[KV]` (issue 21: KIVI-4 and KIVI-2 caches token by token on the
- * first `--kv-windows` windows, default 4, next to the FP32 model on those windows; bytes per
- * token in the setup column). `--no-wa-kv` leaves those rows out.
+ * effective weight bits) and `[KV]` (issue 21: KIVI-4 and KIVI-2 caches, then KVQuant-4/3/2bit-1%
+ * calibrated on 4 × 256 TinyStories tokens, token by token on the first `--kv-windows` windows,
+ * default 4, next to the FP32 model on those windows; bytes per token in the setup column), and a
+ * small needle-in-a-haystack grid (2 context lengths × 3 depths × the seed's 5 needles: FP vs
+ * KIVI-2 vs KVQuant-2, mean answer log-probability and exact match). `--no-wa-kv` leaves those
+ * rows out.
  *
  * Flags: `--windows N` evaluates on the first N windows of 512 tokens (default 64, about 33k
  * tokens, the same default as `deno task cli ppl` / `quantize --windows`; `--windows all` uses all
@@ -37,6 +40,8 @@ import type { WeightQuantizer } from "./quant/core/types.ts";
 import { applyQllmConfig, resolveQllmConfig } from "./quant/pipeline/qllm_config.ts";
 import { qrazorEffectiveBits } from "./quant/weight_activation/qrazor.ts";
 import { cacheBytes, kvLabel, type KVSpec } from "./quant/kv/cache.ts";
+import { calibrateKvQuant } from "./quant/pipeline/kv_calibration.ts";
+import { needleEval } from "./eval/needle.ts";
 import { type ResultRow, resultsTable } from "./viz/table.ts";
 
 const { values: flags } = parseArgs({
@@ -297,6 +302,7 @@ if (!flags["no-table"]) {
       });
       console.error(`  ${kvLabel(kv)}: ppl ${res.ppl.toFixed(3)}`);
     }
+    rows.push(...await kvquantAndNeedle(kvN));
   }
   console.log(
     resultsTable(rows, {
@@ -306,3 +312,70 @@ if (!flags["no-table"]) {
 }
 peak = Math.max(peak, Deno.memoryUsage().rss / 2 ** 20);
 console.log(`peak resident memory: ${peak.toFixed(0)} MiB`);
+
+/**
+ * Issue 21's KVQuant rows and needle grid (appended after the KIVI rows): KVQuant-4/3/2bit-1%
+ * (pre-RoPE keys, k-means codebooks calibrated on 4 × 256 TinyStories train tokens), perplexity
+ * token by token on the first `kvN` windows with `prefill_with_quant` false, as the KIVI rows;
+ * then the needle grid (context 256 and 512 × depth 0, 0.5, 1 × the seed's five needles) for FP,
+ * KIVI-2 and KVQuant-2, with `prefillWithQuant` true as `tools/kv_table.ts` runs it (the prompt's
+ * own K/V, needle included, are read back quantized). Prints the grid and how long this took.
+ */
+async function kvquantAndNeedle(kvN: number): Promise<ResultRow[]> {
+  const t0 = performance.now();
+  const n = c.maxPositions;
+  const rows: ResultRow[] = [];
+  const kvq: Record<number, KVSpec> = {};
+  for (const bits of [4, 3, 2]) {
+    const quantizer = await calibrateKvQuant(model, {
+      dataset: "tinystories",
+      nsamples: 4,
+      seqlen: 256,
+      bits,
+    });
+    const kv: KVSpec = { method: "kvquant", quantizer };
+    kvq[bits] = kv;
+    const res = await perplexity(model, "tinystories", { nsamples: kvN, kv });
+    const b = cacheBytes(c, kv, n) / n;
+    rows.push({
+      method: `[KV] kvquant-${bits}bit-1%`,
+      bits,
+      group: "-",
+      bitsPerWeight: 32,
+      ppl: res.ppl,
+      seconds: undefined,
+      setup: `issue 21: nuq, pre-RoPE K, 1 sink token; token by token, first ${kvN} windows; ` +
+        `${b.toFixed(1)} B/token (expected outliers)`,
+    });
+    console.error(`  ${kvLabel(kv)}: ppl ${res.ppl.toFixed(3)}`);
+  }
+  const t1 = performance.now();
+  const grid = { contextLengths: [256, 512].filter((x) => x <= n), depths: [0, 0.5, 1] };
+  const lines = [
+    `needle in a haystack (stories260K, seed's 5 needles; mean answer log-prob | exact match), ` +
+    `depths ${grid.depths.join(" / ")}:`,
+  ];
+  const caches: KVSpec[] = [
+    { method: "fp" },
+    { method: "kivi", bits: 2, vGroupSize: c.headDim, prefillWithQuant: true },
+    { ...kvq[2], prefillWithQuant: true } as KVSpec,
+  ];
+  for (const kv of caches) {
+    const r = await needleEval(model, { ...grid, kv: kv.method === "fp" ? undefined : kv });
+    r.contextLengths.forEach((len, i) =>
+      lines.push(
+        `  ${kvLabel(kv).padEnd(22)} ctx ${String(len).padStart(3)}: logp ${
+          r.logProb[i].map((x) => x.toFixed(3)).join(" ")
+        } | exact ${r.accuracy[i].map((x) => x.toFixed(1)).join(" ")}`,
+      )
+    );
+  }
+  const t2 = performance.now();
+  lines.push(
+    `(KVQuant rows ${((t1 - t0) / 1000).toFixed(1)} s incl. calibration, needle grid ${
+      ((t2 - t1) / 1000).toFixed(1)
+    } s)`,
+  );
+  console.log(lines.join("\n"));
+  return rows;
+}

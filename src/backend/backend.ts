@@ -58,6 +58,15 @@ export interface Backend {
    */
   packedKvAttention?(layout: PackedKvLayout): PackedKvDevice | undefined;
   /**
+   * Optional decode attention over a KVQuant cache kept on the device (`kernels/kvquant_attention.ts`):
+   * a KVQuant cache that finds this capability uploads each token once as it is quantized (its
+   * codebook indices, V's offset and range, its sparse outliers; the first-few rows unquantized)
+   * and runs each one-token decode attention from the codes, dequantizing through the codebooks,
+   * patching the outliers and applying RoPE to pre-RoPE keys on the fly. Returns `undefined` when
+   * the backend cannot hold `layout`; the cache then attends on the host.
+   */
+  kvquantAttention?(layout: KvQuantLayout): KvQuantDevice | undefined;
+  /**
    * True when the backend can run a whole decoder block resident on its device
    * (`src/backend/webgpu/block_runner.ts`); the quantization pipeline asks this instead of testing the
    * backend's type.
@@ -184,6 +193,72 @@ export interface PackedKvDevice {
     q: Float32Array,
     at: { pos: number; qk: number; qv: number; scale: number },
   ): Promise<Float32Array>;
+  /** Bytes moved so far and held now. */
+  traffic(): PackedKvTraffic;
+  /** Frees the device buffers (the object must not be used afterwards). */
+  release(): void;
+}
+
+/** Per-layer quantizer arrays of a {@linkcode KvQuantLayout}. */
+export interface KvQuantLayerParams {
+  /** Per key channel offset `(upper + lower) / 2` [kw]. */
+  kOff: Float32Array;
+  /** Per key channel range `(upper − lower) / 2` [kw]. */
+  kRng: Float32Array;
+  /** Key codebook [2^bits] (per layer) or [kw · 2^bits] (per channel). */
+  kLut: Float32Array;
+  /** Value codebook [2^bits]. */
+  vLut: Float32Array;
+}
+
+/** Geometry of a KVQuant cache on the device ({@linkcode Backend.kvquantAttention}). */
+export interface KvQuantLayout {
+  /** Decoder layers. */
+  layers: number;
+  /** Query heads. */
+  nH: number;
+  /** KV heads (divides nH). */
+  nKV: number;
+  /** Head dimension. */
+  hd: number;
+  /** Bits per code (2..5). */
+  bits: number;
+  /** Leading tokens stored unquantized (`firstFewFp16`). */
+  firstFew: number;
+  /** One key codebook per channel. */
+  perChannel: boolean;
+  /** RoPE table [capacity, hd/2, 2] of (cos, sin) when keys are stored before RoPE. */
+  rope?: Float32Array;
+  /** Per layer thresholds-derived offsets/ranges and codebooks. */
+  params: KvQuantLayerParams[];
+  /** Expected outliers per token (K + V), to size the outlier pool (it grows if exceeded). */
+  outliersPerToken: number;
+  /** Tokens the cache holds at most. */
+  capacity: number;
+}
+
+/** One quantized KVQuant token as the host stores it (`kvquant.ts`). */
+export interface KvQuantToken {
+  /** K codes then V codes, `⌈kw / ⌊32/bits⌋⌉` words each. */
+  codes: Uint32Array;
+  /** V offset and range. */
+  vp: Float32Array;
+  /** Outlier counts of K and V (absent: none). */
+  nnz?: Uint16Array;
+  /** Outlier channels, K's then V's, each ascending. */
+  idx?: Uint16Array;
+  /** Outlier values. */
+  val?: Float32Array;
+}
+
+/** A KVQuant cache living on the device (see {@linkcode Backend.kvquantAttention}). */
+export interface KvQuantDevice {
+  /** Writes the unquantized K and V rows of first-few position `pos` (the next position). */
+  writeRaw(layer: number, pos: number, k: Float32Array, v: Float32Array): void;
+  /** Uploads quantized token `pos` (the next position) of `layer`, in place. */
+  appendToken(layer: number, pos: number, t: KvQuantToken): void;
+  /** Attention of one query `q` [nH·hd] at `at.pos` over tokens 0..pos. Returns [nH·hd]. */
+  attend(layer: number, q: Float32Array, at: { pos: number; scale: number }): Promise<Float32Array>;
   /** Bytes moved so far and held now. */
   traffic(): PackedKvTraffic;
   /** Frees the device buffers (the object must not be used afterwards). */

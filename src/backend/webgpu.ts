@@ -24,6 +24,7 @@ import { gpuMatrixBuffer } from "./_webgpu_hessian.ts";
 import { UnsupportedError } from "../errors.ts";
 import { gpuBatchedAttention } from "./_webgpu_nn.ts";
 import { gpuPackedKv } from "./_webgpu_kv.ts";
+import { gpuKvQuant } from "./_webgpu_kvquant.ts";
 import {
   gpuPackedMatmul,
   releaseResidentPacked,
@@ -123,6 +124,11 @@ export {
 } from "./_webgpu_fake_quant.ts";
 export { type Int8ProductBuffers, int8ProductDispatches, int8Scratch } from "./_webgpu_llm_int8.ts";
 export { gpuPackedKv, type KvAttentionBuffers, kvAttentionDispatch } from "./_webgpu_kv.ts";
+export {
+  gpuKvQuant,
+  type KvQuantAttentionBuffers,
+  kvquantAttentionDispatch,
+} from "./_webgpu_kvquant.ts";
 export {
   type ElementwiseKernel,
   type Fields,
@@ -330,6 +336,8 @@ export async function webgpuBackend(opts: WebGPUBackendOptions = {}): Promise<We
     gptqColumns: (args) => gpuGptqColumns(ctx, args, { maxBindingBytes: opts.maxBindingBytes }),
     packedKvAttention: (layout) =>
       gpuPackedKv(ctx, layout, { maxBindingBytes: opts.maxBindingBytes }),
+    kvquantAttention: (layout) =>
+      gpuKvQuant(ctx, layout, { maxBindingBytes: opts.maxBindingBytes }),
     residentBlocks: true,
     memory: () => {
       const r = residentPackedStats();

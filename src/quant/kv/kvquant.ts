@@ -54,6 +54,15 @@
  * and the outliers as u16 index + f32 value. The quantizer's thresholds and codebooks are counted
  * once per layer. `bits` 16 stores every row unquantized (logits = full precision exactly).
  *
+ * On a backend with `kvquantAttention` (WebGPU) the cache also keeps a device copy, made at the
+ * first token and kept in step: each token is uploaded once, when the host quantizes it, at its
+ * final place (its codebook indices, V's offset and range, its outliers; the first-few rows
+ * unquantized). A one-token step (decode) then attends there, from the codes
+ * (`kernels/kvquant_attention.ts`: codebook lookup, outliers patched in, RoPE applied to pre-RoPE
+ * keys after dequantizing); chunks of several tokens, a `probs` spec and a sliding window that
+ * cuts the keys attend on the host. `deviceTraffic()` counts the bytes that crossed the bus;
+ * `release()` frees the device copy (`generate` calls it).
+ *
  * Deviations, measured or by construction: (1) the reference keeps the first `first_few_fp16`
  * rows of every call in fp16, which during cached decoding is every new token; here it is the
  * first tokens of the sequence (the attention sinks the paper means). (2) k-means starts from the
@@ -66,8 +75,13 @@
  */
 import type { ModelConfig } from "../../models/config.ts";
 import type { Model } from "../../models/model.ts";
+import type {
+  Backend,
+  KvQuantDevice,
+  KvQuantToken,
+  PackedKvTraffic,
+} from "../../backend/backend.ts";
 import {
-  applyRope,
   attention,
   type CacheAttendInput,
   forward,
@@ -363,6 +377,12 @@ export class KvQuantCache implements KVCache {
   #q: LayerQ[] = [];
   #kw: number;
   #rope: Float64Array | undefined;
+  #ropeTab: Float32Array | undefined;
+  /** The device copy: undefined = not decided yet, null = none (host path). */
+  #device: KvQuantDevice | null | undefined;
+  #deviceBackend: Backend | undefined;
+  /** Per layer: tokens already uploaded to the device copy. */
+  #uploaded: number[];
 
   /** An empty cache for `capacity` tokens (default the model's context). */
   constructor(cfg: ModelConfig, opts: KvQuantOptions = {}, capacity = cfg.maxPositions) {
@@ -371,6 +391,7 @@ export class KvQuantCache implements KVCache {
     this.capacity = capacity;
     this.#kw = cfg.numKvHeads * cfg.headDim;
     this.#toks = Array.from({ length: cfg.numLayers }, () => []);
+    this.#uploaded = new Array(cfg.numLayers).fill(0);
     this.#rope = familyOf(cfg).positions === "rope" ? ropeInvFreq(cfg) : undefined;
     if (this.settings.bits !== 16) {
       const qz = opts.quantizer;
@@ -394,7 +415,7 @@ export class KvQuantCache implements KVCache {
   }
 
   /** The decoder's hook: stores the new rows of `layer` and attends (see the module doc). */
-  attend = (layer: number, x: CacheAttendInput): Promise<Float32Array> => {
+  attend = async (layer: number, x: CacheAttendInput): Promise<Float32Array> => {
     const { q, k, kPreRope, v, off: n, dims, backend } = x;
     const T = dims.T;
     const kw = this.#kw;
@@ -415,6 +436,16 @@ export class KvQuantCache implements KVCache {
         ),
       );
     }
+    const dev = this.#deviceFor(backend, layer, n);
+    if (dev) {
+      this.#upload(layer, dev);
+      if (
+        T === 1 && !(dims.probs && dims.probs.bits < 16) &&
+        (dims.window == null || n < dims.window)
+      ) {
+        return await dev.attend(layer, q, { pos: n, scale: dims.scale });
+      }
+    }
     if (n === 0 && T > 1 && !this.settings.prefillWithQuant) {
       return attention(q, k, v, dims, backend);
     }
@@ -424,6 +455,88 @@ export class KvQuantCache implements KVCache {
     this.#read(layer, S, K, V, this.settings.preRope);
     return attention(q, K, V, { ...dims, S }, backend);
   };
+
+  /**
+   * The device copy of this cache when `backend` has `kvquantAttention` (codes of 2..5 bits):
+   * made at the first token of layer 0, so it mirrors the cache from the start; a cache first
+   * filled elsewhere stays on the host path, and one used with another backend drops its copy.
+   */
+  #deviceFor(backend: Backend, layer: number, n: number): KvQuantDevice | undefined {
+    if (this.#device !== undefined) {
+      // Another backend attends on the host without updating the copy: drop it for good.
+      if (this.#device && this.#deviceBackend !== backend) this.release();
+      return this.#device ?? undefined;
+    }
+    const s = this.settings;
+    if (layer !== 0 || n !== 0 || !backend.kvquantAttention || s.bits === 16) return undefined;
+    const cfg = this.config;
+    const kw = this.#kw;
+    const rope = s.preRope ? this.#ropeTable(this.capacity) : undefined;
+    this.#deviceBackend = backend;
+    this.#device = backend.kvquantAttention({
+      layers: cfg.numLayers,
+      nH: cfg.numHeads,
+      nKV: cfg.numKvHeads,
+      hd: cfg.headDim,
+      bits: s.bits,
+      firstFew: s.firstFewFp16,
+      perChannel: s.kCodebook === "channel",
+      rope,
+      params: this.#q.map((L) => ({ kOff: L.kOff, kRng: L.kRng, kLut: L.kLut, vLut: L.vLut })),
+      outliersPerToken: s.includeSparse
+        ? (1 - s.sparsityThreshold) * kw + vOutliersPerRow(kw, s.sparsityThreshold)
+        : 0,
+      capacity: this.capacity,
+    }) ?? null;
+    return this.#device ?? undefined;
+  }
+
+  /**
+   * The RoPE table [≥ n positions, hd/2, 2] of (cos, sin), rounded as `applyRope` rounds them
+   * (angle in f32, then cos/sin to f32); built once and grown on demand. Undefined without RoPE.
+   */
+  #ropeTable(n: number): Float32Array | undefined {
+    const inv = this.#rope;
+    if (!inv) return undefined;
+    const half = inv.length;
+    if (this.#ropeTab && this.#ropeTab.length >= n * half * 2) return this.#ropeTab;
+    const m = Math.max(n, this.capacity);
+    const t = new Float32Array(m * half * 2);
+    for (let p = 0; p < m; p++) {
+      for (let i = 0; i < half; i++) {
+        const af = f(f(p) * f(inv[i]));
+        t[(p * half + i) * 2] = Math.cos(af);
+        t[(p * half + i) * 2 + 1] = Math.sin(af);
+      }
+    }
+    return this.#ropeTab = t;
+  }
+
+  /** Uploads the tokens of `layer` stored since the last upload (each once, at its place). */
+  #upload(layer: number, dev: KvQuantDevice): void {
+    const toks = this.#toks[layer];
+    const kw = this.#kw;
+    for (; this.#uploaded[layer] < toks.length; this.#uploaded[layer]++) {
+      const p = this.#uploaded[layer];
+      const t = toks[p];
+      if (t.raw) dev.writeRaw(layer, p, t.raw.subarray(0, kw), t.raw.subarray(kw));
+      else dev.appendToken(layer, p, t as KvQuantToken);
+    }
+  }
+
+  /**
+   * Bytes this cache moved to and from the device and holds there (`undefined` when it runs on
+   * the host: no `kvquantAttention` on the backend, or 16 bits).
+   */
+  deviceTraffic(): PackedKvTraffic | undefined {
+    return this.#device?.traffic();
+  }
+
+  /** Frees the device copy (the cache then attends on the host if used again). */
+  release(): void {
+    this.#device?.release();
+    if (this.#device) this.#device = null;
+  }
 
   #encode(layer: number, kRow: Float32Array, vRow: Float32Array, pos: number): Tok {
     const s = this.settings;
@@ -540,9 +653,24 @@ export class KvQuantCache implements KVCache {
         }
       }
     }
-    if (rotate && this.#rope) {
+    const tab = rotate ? this.#ropeTable(upto) : undefined;
+    if (tab) {
+      // applyRope's rotation (rotate-half, row p at position p) from the cached table.
       const { numKvHeads, headDim } = this.config;
-      applyRope(K.subarray(0, upto * kw), numKvHeads, headDim, this.#rope, (r) => r);
+      const half = headDim / 2;
+      for (let p = 0; p < upto; p++) {
+        const t0 = p * half * 2;
+        for (let h = 0; h < numKvHeads; h++) {
+          const o = p * kw + h * headDim;
+          for (let i = 0; i < half; i++) {
+            const cs = tab[t0 + 2 * i], sn = tab[t0 + 2 * i + 1];
+            const x1 = K[o + i];
+            const x2 = K[o + i + half];
+            K[o + i] = x1 * cs - x2 * sn;
+            K[o + i + half] = x2 * cs + x1 * sn;
+          }
+        }
+      }
     }
   }
 
