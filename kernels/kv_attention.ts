@@ -34,7 +34,7 @@
  * attention in float64.
  * @module
  */
-import { reduceWGSL } from "./_reduce.ts";
+import { decodeAttentionWGSL } from "./_decode_attention.ts";
 
 /** Threads per workgroup of the packed-KV attention kernel. */
 export const KV_ATTENTION_WG = 256;
@@ -42,57 +42,24 @@ export const KV_ATTENTION_WG = 256;
 /** WGSL of the packed-KV decode attention for head dimension `headDim`. */
 export function kvAttentionWGSL(opts: { headDim: number }): string {
   const HD = opts.headDim;
-  if (!Number.isInteger(HD) || HD < 1 || HD > 256) {
-    throw new Error(`kvAttentionWGSL: headDim ${HD} must be an integer in 1..256`);
-  }
-  const L = Math.floor(256 / HD);
-  return `
-struct P {
-  nH: u32, nKV: u32, pos: u32, qk: u32, qv: u32, R: u32, G: u32, Gv: u32,
-  bits: u32, wpgK: u32, wpgV: u32, scale: f32,
-};
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> Q: array<f32>;
-@group(0) @binding(2) var<storage, read> kCodes: array<u32>;
+  return decodeAttentionWGSL("kvAttentionWGSL", {
+    headDim: HD,
+    uniforms: `qk: u32, qv: u32, R: u32, G: u32, Gv: u32,
+  bits: u32, wpgK: u32, wpgV: u32,`,
+    bindings: `@group(0) @binding(2) var<storage, read> kCodes: array<u32>;
 @group(0) @binding(3) var<storage, read> kPar: array<vec2<f32>>;
 @group(0) @binding(4) var<storage, read> vCodes: array<u32>;
 @group(0) @binding(5) var<storage, read> vPar: array<vec2<f32>>;
-@group(0) @binding(6) var<storage, read> res: array<f32>;
-@group(0) @binding(7) var<storage, read_write> O: array<f32>;
-var<workgroup> qs: array<f32, ${HD}>;
-var<workgroup> prob: array<f32, 256>;
-var<workgroup> lane: array<f32, ${L * HD}>;
-${reduceWGSL()}
-
-@compute @workgroup_size(256, 1, 1)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  let h = wid.x;
-  if (h >= p.nH) { return; }
-  let tid = lid.x;
-  let kw = p.nKV * ${HD}u;
-  let c0 = (h / (p.nH / p.nKV)) * ${HD}u;
-  let nvis = p.pos + 1u;
-  for (var i = tid; i < ${HD}u; i = i + 256u) { qs[i] = Q[h * ${HD}u + i]; }
-  workgroupBarrier();
-  let ln = tid / ${HD}u;
-  let d = tid % ${HD}u;
-  let per = 32u / p.bits;
-  let msk = (1u << p.bits) - 1u;
-  let ng = p.R / p.G;
+@group(0) @binding(6) var<storage, read> res: array<f32>;`,
+    functions: "",
+    setup: `  let ng = p.R / p.G;
   // This thread's V channel: its group, word and shift are the same for every token.
   let cv = c0 + d;
   let ngv = kw / p.Gv;
   let vg = cv / p.Gv;
   let vw = (cv % p.Gv) / per;
-  let vsh = ((cv % p.Gv) % per) * p.bits;
-  var mrun = -3.0e38;
-  var lrun = 0.0;
-  var acc = 0.0;
-  for (var b = 0u; b < nvis; b = b + 256u) {
-    let s = b + tid;
-    var score = -3.0e38;
-    if (s < nvis) {
-      var dot = 0.0;
+  let vsh = ((cv % p.Gv) % per) * p.bits;`,
+    key: `      var dot = 0.0;
       if (s < p.qk) {
         // Key s: block s / R, group (s mod R) / G, code s mod G; channel c0 + i is group
         // id0 + i·ng (the groups of one block are channel-major).
@@ -112,43 +79,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       } else {
         let r = (s % p.R) * kw + c0;
         for (var i = 0u; i < ${HD}u; i = i + 1u) { dot = dot + qs[i] * res[r + i]; }
-      }
-      score = dot * p.scale;
-    }
-    let mnew = max(mrun, wg_max(score, tid));
-    var e = 0.0;
-    if (s < nvis) { e = exp(score - mnew); }
-    prob[tid] = e;
-    let alpha = exp(mrun - mnew);
-    lrun = lrun * alpha + wg_sum(e, tid);
-    mrun = mnew;
-    acc = acc * alpha;
-    if (ln < ${L}u) {
-      let nb = min(256u, nvis - b);
-      for (var j = ln; j < nb; j = j + ${L}u) {
-        let sj = b + j;
-        var val = 0.0;
-        if (sj < p.qv) {
+      }`,
+    value: `        if (sj < p.qv) {
           let id = sj * ngv + vg;
           let sm = vPar[id];
           val = f32((vCodes[id * p.wpgV + vw] >> vsh) & msk) * sm.x + sm.y;
         } else {
           val = res[(p.R + sj % (p.R + 1u)) * kw + cv];
-        }
-        acc = acc + prob[j] * val;
-      }
-    }
-    workgroupBarrier();
-  }
-  if (ln < ${L}u) { lane[tid] = acc; }
-  workgroupBarrier();
-  for (var i = tid; i < ${HD}u; i = i + 256u) {
-    var tot = 0.0;
-    for (var l = 0u; l < ${L}u; l = l + 1u) { tot = tot + lane[l * ${HD}u + i]; }
-    O[h * ${HD}u + i] = tot / lrun;
-  }
-}
-`;
+        }`,
+  });
 }
 
 /** Shape and state of one packed-KV attention call (see the module doc for the layout). */

@@ -36,35 +36,22 @@
  * float64.
  * @module
  */
-import { reduceWGSL } from "./_reduce.ts";
+import { decodeAttentionWGSL } from "./_decode_attention.ts";
 
 /** WGSL of the KVQuant decode attention for head dimension `headDim`. */
 export function kvquantAttentionWGSL(opts: { headDim: number }): string {
   const HD = opts.headDim;
-  if (!Number.isInteger(HD) || HD < 1 || HD > 256) {
-    throw new Error(`kvquantAttentionWGSL: headDim ${HD} must be an integer in 1..256`);
-  }
-  const L = Math.floor(256 / HD);
   const HALF = Math.floor(HD / 2);
-  return `
-struct P {
-  nH: u32, nKV: u32, pos: u32, nraw: u32, bits: u32, wpr: u32, nc: u32, perCh: u32,
-  rotate: u32, scale: f32,
-};
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> Q: array<f32>;
-@group(0) @binding(2) var<storage, read> tok: array<u32>;
+  return decodeAttentionWGSL("kvquantAttentionWGSL", {
+    headDim: HD,
+    uniforms: `nraw: u32, bits: u32, wpr: u32, nc: u32, perCh: u32,
+  rotate: u32,`,
+    bindings: `@group(0) @binding(2) var<storage, read> tok: array<u32>;
 @group(0) @binding(3) var<storage, read> sp: array<u32>;
 @group(0) @binding(4) var<storage, read> par: array<f32>;
 @group(0) @binding(5) var<storage, read> raw: array<f32>;
-@group(0) @binding(6) var<storage, read> rope: array<f32>;
-@group(0) @binding(7) var<storage, read_write> O: array<f32>;
-var<workgroup> qs: array<f32, ${HD}>;
-var<workgroup> prob: array<f32, 256>;
-var<workgroup> lane: array<f32, ${L * HD}>;
-${reduceWGSL()}
-
-// First outlier entry in [a, b) whose channel is >= c (entries sorted by channel).
+@group(0) @binding(6) var<storage, read> rope: array<f32>;`,
+    functions: `// First outlier entry in [a, b) whose channel is >= c (entries sorted by channel).
 fn lower_bound(a: u32, b: u32, c: u32) -> u32 {
   var lo = a;
   var hi = b;
@@ -76,35 +63,15 @@ fn lower_bound(a: u32, b: u32, c: u32) -> u32 {
   return lo;
 }
 
-@compute @workgroup_size(256, 1, 1)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  let h = wid.x;
-  if (h >= p.nH) { return; }
-  let tid = lid.x;
-  let kw = p.nKV * ${HD}u;
-  let c0 = (h / (p.nH / p.nKV)) * ${HD}u;
-  let nvis = p.pos + 1u;
-  for (var i = tid; i < ${HD}u; i = i + 256u) { qs[i] = Q[h * ${HD}u + i]; }
-  workgroupBarrier();
-  let ln = tid / ${HD}u;
-  let d = tid % ${HD}u;
-  let per = 32u / p.bits;
-  let msk = (1u << p.bits) - 1u;
-  let ts = 2u * p.wpr + 4u;
+`,
+    setup: `  let ts = 2u * p.wpr + 4u;
   let vLut0 = 2u * kw;
   let kLut0 = 2u * kw + p.nc;
   // This thread's V channel: its word and shift are the same for every token.
   let cv = c0 + d;
   let vw = p.wpr + cv / per;
-  let vsh = (cv % per) * p.bits;
-  var mrun = -3.0e38;
-  var lrun = 0.0;
-  var acc = 0.0;
-  for (var b = 0u; b < nvis; b = b + 256u) {
-    let s = b + tid;
-    var score = -3.0e38;
-    if (s < nvis) {
-      var kk: array<f32, ${HD}>;
+  let vsh = (cv % per) * p.bits;`,
+    key: `      var kk: array<f32, ${HD}>;
       if (s < p.nraw) {
         let r = s * 2u * kw + c0;
         for (var i = 0u; i < ${HD}u; i = i + 1u) { kk[i] = raw[r + i]; }
@@ -140,23 +107,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
       } else {
         for (var i = 0u; i < ${HD}u; i = i + 1u) { dot = dot + qs[i] * kk[i]; }
-      }
-      score = dot * p.scale;
-    }
-    let mnew = max(mrun, wg_max(score, tid));
-    var e = 0.0;
-    if (s < nvis) { e = exp(score - mnew); }
-    prob[tid] = e;
-    let alpha = exp(mrun - mnew);
-    lrun = lrun * alpha + wg_sum(e, tid);
-    mrun = mnew;
-    acc = acc * alpha;
-    if (ln < ${L}u) {
-      let nb = min(256u, nvis - b);
-      for (var j = ln; j < nb; j = j + ${L}u) {
-        let sj = b + j;
-        var val = 0.0;
-        if (sj < p.nraw) {
+      }`,
+    value: `        if (sj < p.nraw) {
           val = raw[sj * 2u * kw + kw + cv];
         } else {
           let base = sj * ts;
@@ -169,21 +121,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
           let e2 = a + (cnt >> 16u);
           let o = lower_bound(a, e2, cv);
           if (o < e2 && sp[2u * o] == cv) { val = bitcast<f32>(sp[2u * o + 1u]); }
-        }
-        acc = acc + prob[j] * val;
-      }
-    }
-    workgroupBarrier();
-  }
-  if (ln < ${L}u) { lane[tid] = acc; }
-  workgroupBarrier();
-  for (var i = tid; i < ${HD}u; i = i + 256u) {
-    var tot = 0.0;
-    for (var l = 0u; l < ${L}u; l = l + 1u) { tot = tot + lane[l * ${HD}u + i]; }
-    O[h * ${HD}u + i] = tot / lrun;
-  }
-}
-`;
+        }`,
+  });
 }
 
 /** Shape and state of one KVQuant attention call (see the module doc for the layout). */
