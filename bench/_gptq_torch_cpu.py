@@ -79,6 +79,15 @@ def run_shape(rows, cols):
     return time.perf_counter() - t, hinv_s, time.process_time() - c
 
 
+def blas_library():
+    """The BLAS shared object torch loaded (Debian's torch links libblas.so.3, an alternative:
+    the reference BLAS, or OpenBLAS when libopenblas0-pthread is installed)."""
+    torch.ones(2, 2) @ torch.ones(2, 2)
+    with open("/proc/self/maps") as f:
+        libs = {line.split()[-1] for line in f if "blas" in line.lower()}
+    return ", ".join(sorted(libs)) or "unknown"
+
+
 def main():
     quick = "--quick" in sys.argv
     if "--threads" in sys.argv:
@@ -87,7 +96,7 @@ def main():
     if "--serve" in sys.argv:
         # One shape per stdin line "rows cols"; one JSON line per shape on stdout.
         print(json.dumps({"ready": True, "threads": torch.get_num_threads(),
-                          "torch": torch.__version__}), flush=True)
+                          "torch": torch.__version__, "blas": blas_library()}), flush=True)
         for line in sys.stdin:
             if not line.strip():
                 continue

@@ -15,12 +15,19 @@
  * at one thread a load-independent proxy of unloaded wall time, though page faults that the
  * hypervisor serves are not in it) with their ratio.
  *
+ * The peer's BLAS is printed: Debian's torch links `libblas.so.3`, which is the reference
+ * (netlib) BLAS unless `libopenblas0-pthread` is installed (`apt-get install
+ * libopenblas0-pthread`: OpenBLAS, the fair peer; its threads are pinned to `--threads` too).
+ * The last column says which lazy batch update quantlab's CPU column pass used ("left": the
+ * onnxruntime Scan, "right": trailing products; `--block-update right|left|auto`, default auto).
+ *
  * Run: `deno run -A bench/gptq_bench.ts [--quick] [--large] [--reps N] [--threads N] [--no-peer]
- * [--shapes 4096x4096,…]` (`--quick`: the three small shapes; `--large`: adds 4096×11008;
- * `--shapes`: exactly these `rows x cols`; `--no-peer`: quantlab only).
+ * [--shapes 4096x4096,…] [--block-update auto|left|right]` (`--quick`: the three small shapes;
+ * `--large`: adds 4096×11008; `--shapes`: exactly these `rows x cols`; `--no-peer`: quantlab
+ * only).
  * @module
  */
-import { gptqQuantize, type GptqTimings } from "../src/quant/weight_only/gptq.ts";
+import { type BlockUpdate, gptqQuantize, type GptqTimings } from "../src/quant/weight_only/gptq.ts";
 import process from "node:process";
 import { cpuBackend } from "../src/backend/cpu.ts";
 import { mulberry32, randn } from "../src/rng.ts";
@@ -34,6 +41,13 @@ const usePeer = !args.includes("--no-peer");
 const reps = args.includes("--reps") ? Number(args[args.indexOf("--reps") + 1]) : 3;
 // Same thread count both sides: torch.set_num_threads and onnxruntime's intra-op pool (default
 // 1, PyTorch's default on this machine; `--threads N` for more).
+const blockUpdate =
+  (args.includes("--block-update")
+    ? args[args.indexOf("--block-update") + 1]
+    : "auto") as BlockUpdate;
+if (!["auto", "left", "right"].includes(blockUpdate)) {
+  throw new Error(`--block-update: expected auto, left or right, got ${blockUpdate}`);
+}
 const threads = args.includes("--threads") ? Number(args[args.indexOf("--threads") + 1]) : 1;
 Deno.env.set("QUANTLAB_CPU_THREADS", String(threads)); // before the first session exists
 
@@ -61,6 +75,13 @@ class Peer {
         "--threads",
         String(threads),
       ],
+      // BLAS threads pinned too: OpenBLAS (Debian's libopenblas0-pthread) starts one thread per
+      // core unless told, whatever torch.set_num_threads says.
+      env: {
+        OPENBLAS_NUM_THREADS: String(threads),
+        OMP_NUM_THREADS: String(threads),
+        MKL_NUM_THREADS: String(threads),
+      },
       stdin: "piped",
       stdout: "piped",
       stderr: "inherit",
@@ -112,6 +133,7 @@ async function ours(rows: number, cols: number) {
     groupSize: 128,
     actOrder: true,
     backend: cpuBackend,
+    blockUpdate,
   });
   const total = (performance.now() - t0) / 1000;
   const c = process.cpuUsage(c0);
@@ -127,12 +149,12 @@ const fmt = (x: number, d = 2, w = 7) => (Number.isFinite(x) ? x.toFixed(d) : "-
 console.log(
   `GPTQ 4-bit g128 act-order, blocksize 128; quantlab: CPU backend (${cpuBackend.description}); ` +
     `reference: ${
-      peer ? `PyTorch ${peer.info.torch} CPU` : "not run"
+      peer ? `PyTorch ${peer.info.torch} CPU, BLAS ${peer.info.blas}` : "not run"
     }, ${threads} threads; ${navigator.hardwareConcurrency} cores; min of ${reps} alternating runs per side`,
 );
 console.log(
   "shape (out×in)    ref s  ours s   ratio  ref Hinv%  our Hinv%   linalg   params    block    trail" +
-    "  ref cpu  our cpu cpu ratio",
+    "  ref cpu  our cpu cpu ratio  update",
 );
 for (const [rows, cols] of shapes) {
   let ref = { total: Infinity, hinv: NaN }, refCpu = Infinity;
@@ -153,7 +175,9 @@ for (const [rows, cols] of shapes) {
       fmt((100 * ref.hinv) / ref.total, 1, 8)
     }%  ${fmt((100 * t.linalg) / total, 1, 8)}%  ${fmt(t.linalg)}  ${fmt(t.params)}  ${
       fmt(t.inBlock)
-    }  ${fmt(t.trailing)}  ${fmt(refCpu)} ${fmt(cpu)} ${fmt(cpu / refCpu)}`,
+    }  ${fmt(t.trailing)}  ${fmt(refCpu)} ${fmt(cpu)} ${fmt(cpu / refCpu)}  ${
+      t.blockUpdate ?? t.columnPass
+    }`,
   );
 }
 await peer?.close();

@@ -1,6 +1,6 @@
 /**
- * A minimal ONNX protobuf encoder: just enough to build one-node graphs (MatMul, Gemm) with
- * dynamic shapes, so no .onnx file ships and no protobuf package is needed.
+ * A minimal ONNX protobuf encoder: just enough to build small graphs (MatMul, Gemm, a Scan with
+ * its body) with dynamic shapes, so no .onnx file ships and no protobuf package is needed.
  * @module
  */
 
@@ -60,7 +60,17 @@ export interface ValueInfo {
   dims: Dim[];
 }
 
-/** One graph node. Integer and float attributes only. */
+/** A subgraph (a Scan or Loop body): its nodes, inputs and outputs. */
+export interface GraphSpec {
+  /** Nodes in order. */
+  nodes: NodeSpec[];
+  /** Graph inputs. */
+  inputs: ValueInfo[];
+  /** Graph outputs. */
+  outputs: ValueInfo[];
+}
+
+/** One graph node. Integer and subgraph attributes only. */
 export interface NodeSpec {
   /** Operator type, e.g. "MatMul". */
   op: string;
@@ -70,6 +80,8 @@ export interface NodeSpec {
   outputs: string[];
   /** Integer attributes. */
   intAttrs?: Record<string, number>;
+  /** Graph attributes (AttributeProto type GRAPH), e.g. Scan's `body`. */
+  graphAttrs?: Record<string, GraphSpec>;
 }
 
 function valueInfo(field: number, v: ValueInfo): Field {
@@ -79,28 +91,37 @@ function valueInfo(field: number, v: ValueInfo): Field {
   return msg(field, [str(1, v.name), msg(2, [tensorType])]);
 }
 
+/** GraphProto fields (nodes 1, name 2, inputs 11, outputs 12) of `g`, wrapped as `field`. */
+function graphProto(field: number, name: string, g: GraphSpec): Field {
+  const nodeFields = g.nodes.map((n, i) =>
+    msg(1, [
+      ...n.inputs.map((s) => str(1, s)),
+      ...n.outputs.map((s) => str(2, s)),
+      str(3, name === "g" ? `n${i}` : `${name}_n${i}`),
+      str(4, n.op),
+      // AttributeProto: name 1, i 3, g 6, type 20 (INT 2, GRAPH 5).
+      ...Object.entries(n.intAttrs ?? {}).map(([k, v]) =>
+        msg(5, [str(1, k), int(3, v), int(20, 2)])
+      ),
+      ...Object.entries(n.graphAttrs ?? {}).map(([k, sub]) =>
+        msg(5, [str(1, k), graphProto(6, `${name}_${k}${i}`, sub), int(20, 5)])
+      ),
+    ])
+  );
+  return msg(field, [
+    ...nodeFields,
+    str(2, name),
+    ...g.inputs.map((v) => valueInfo(11, v)),
+    ...g.outputs.map((v) => valueInfo(12, v)),
+  ]);
+}
+
 /** Encodes a ModelProto (IR 8, default opset 17) holding the given nodes. */
 export function encodeModel(
   nodes: NodeSpec[],
   inputs: ValueInfo[],
   outputs: ValueInfo[],
 ): Uint8Array {
-  const nodeFields = nodes.map((n, i) =>
-    msg(1, [
-      ...n.inputs.map((s) => str(1, s)),
-      ...n.outputs.map((s) => str(2, s)),
-      str(3, `n${i}`),
-      str(4, n.op),
-      ...Object.entries(n.intAttrs ?? {}).map(([k, v]) =>
-        msg(5, [str(1, k), int(3, v), int(20, 2)])
-      ),
-    ])
-  );
-  const graph = msg(7, [
-    ...nodeFields,
-    str(2, "g"),
-    ...inputs.map((v) => valueInfo(11, v)),
-    ...outputs.map((v) => valueInfo(12, v)),
-  ]);
+  const graph = graphProto(7, "g", { nodes, inputs, outputs });
   return concat([int(1, 8), str(2, "quantlab"), graph, msg(8, [str(1, ""), int(2, 17)])]);
 }

@@ -152,6 +152,81 @@ async function runAttention(q: Tensor, kT: Tensor, v: Tensor, mask: Tensor): Pro
   return { shape: [...q.shape], data: out.Y.data as Float32Array };
 }
 
+/**
+ * The ONNX bytes of a left-looking block update: `Scan` over the earlier blocks b (in order) of
+ * `W ← W − E_b · H_b` (float32 `MatMul`, then `Sub`), from `W0` [rows, count], `E` [nb, rows, k]
+ * and `H` [nb, k, count] to `W` [rows, count].
+ */
+export function blockUpdateModelBytes(): Uint8Array {
+  const f = 1;
+  return encodeModel(
+    [{
+      op: "Scan",
+      inputs: ["W0", "E", "H"],
+      outputs: ["W"],
+      intAttrs: { num_scan_inputs: 2 },
+      graphAttrs: {
+        body: {
+          nodes: [
+            { op: "MatMul", inputs: ["e", "h"], outputs: ["p"] },
+            { op: "Sub", inputs: ["w_in", "p"], outputs: ["w_out"] },
+          ],
+          inputs: [
+            { name: "w_in", elemType: f, dims: ["rows", "count"] },
+            { name: "e", elemType: f, dims: ["rows", "k"] },
+            { name: "h", elemType: f, dims: ["k", "count"] },
+          ],
+          outputs: [{ name: "w_out", elemType: f, dims: ["rows", "count"] }],
+        },
+      },
+    }],
+    [
+      { name: "W0", elemType: f, dims: ["rows", "count"] },
+      { name: "E", elemType: f, dims: ["nb", "rows", "k"] },
+      { name: "H", elemType: f, dims: ["nb", "k", "count"] },
+    ],
+    [{ name: "W", elemType: f, dims: ["rows", "count"] }],
+  );
+}
+
+/**
+ * GPTQ's lazy batch update of one block, left-looking: `W1 − E_0·H_0 − E_1·H_1 − …` over the
+ * `nb` earlier blocks in order, each product a float32 MatMul rounded on its own and each
+ * subtraction rounded in turn (one onnxruntime `Scan`, {@linkcode blockUpdateModelBytes}). Those
+ * are the operations the right-looking `W[:, i2:] −= Err1 · Hinv[i1:i2, i2:]` applies to these
+ * columns, block after block, and onnxruntime's MatMul gives each column of a product the same
+ * bits whatever the width of the right-hand side (`tests/quant/gptq_left_looking_test.ts`), so
+ * the result is bit-identical; but only `[rows, count]` floats leave the session per block
+ * instead of `[rows, cols − i2]`. (Large fresh outputs are what made the right-looking update
+ * slow here: onnxruntime-node copies each output into a new ArrayBuffer, and first-touch page
+ * faults in this VM cut a 4096×128×2048 product from ~90 to ~16 GFLOP/s.) `E` holds the earlier
+ * blocks' `Err1` stacked [nb, rows, k], `H` the matching `Hinv` tiles [nb, k, count].
+ */
+export async function blockUpdateSession(): Promise<
+  (
+    W1: Float32Array,
+    stacks: { E: Float32Array; H: Float32Array },
+    dims: { rows: number; count: number; k: number; nb: number },
+  ) => Promise<Float32Array>
+> {
+  const ort = await loadOrt();
+  let s = sessions.get("blockUpdate");
+  if (!s) {
+    s = ort.InferenceSession.create(blockUpdateModelBytes(), sessionOptions());
+    sessions.set("blockUpdate", s!);
+  }
+  const session = await s!;
+  return async (W1, { E, H }, { rows, count, k, nb }) => {
+    if (nb === 0) return W1;
+    const out = await session.run({
+      W0: new ort.Tensor("float32", W1, [rows, count]),
+      E: new ort.Tensor("float32", E.subarray(0, nb * rows * k), [nb, rows, k]),
+      H: new ort.Tensor("float32", H.subarray(0, nb * k * count), [nb, k, count]),
+    });
+    return out.W.data as Float32Array;
+  };
+}
+
 /** Below this many multiply-adds, TypeScript loops win over a native call. */
 export const TS_THRESHOLD = 1 << 15;
 

@@ -26,7 +26,7 @@ import {
 import type { Tensor } from "../../tensor.ts";
 import { NonFiniteError } from "../../errors.ts";
 import { checkOptions as checkStrict, GPTQ_SPECS } from "../core/options.ts";
-import { cpuBackend } from "../../backend/cpu.ts";
+import { blockUpdateSession, cpuBackend } from "../../backend/cpu.ts";
 import type { Backend, GptqColumnsResult } from "../../backend/backend.ts";
 import type {
   LayerStats,
@@ -124,8 +124,9 @@ export interface GptqTimings {
    */
   inBlock: number;
   /**
-   * Trailing updates `W[:, i2:] −= Err1 · Hinv[i1:i2, i2:]` (backend matmul + subtraction); 0
-   * with the backend's column pass (counted in `inBlock`).
+   * Trailing updates `W[:, i2:] −= Err1 · Hinv[i1:i2, i2:]` (backend matmul + subtraction; the
+   * left-looking Scan with its tile copies); 0 with the backend's column pass (counted in
+   * `inBlock`).
    */
   trailing: number;
   /** Floating point operations of the trailing matmuls (`Σ 2·rows·count·(cols − i2)`). */
@@ -134,6 +135,8 @@ export interface GptqTimings {
   inBlockFlops: number;
   /** Where step 6 ran: "cpu" (the TypeScript loop) or the backend's name (`gptqColumns`). */
   columnPass: string;
+  /** The CPU column pass's lazy batch update, "right" or "left" ({@linkcode BlockUpdate}). */
+  blockUpdate?: "right" | "left";
 }
 
 type Resolved = Required<Omit<GptqOptions, "mse">> & { mse?: boolean | MseOptions };
@@ -272,30 +275,91 @@ function subtractTrailing(
 }
 
 /**
- * Step 6 on the CPU: per block, fit the dynamic groups starting in it (`findParams` on `Wc` as the
- * lazy scheme holds it), run {@linkcode quantizeBlock} (TypeScript), then `Wc[:, i2:] −= Err1 ·
- * Hinv[i1:i2, i2:]` through `backend.matmul`. Writes codes/Q at the original columns; returns
- * `Σ (w − q)²/Hinv_ii²`.
+ * How step 6 applies the lazy batch updates on the CPU: "right" (the reference's order of
+ * work: after each block, `W[:, i2:] −= Err1 · Hinv[i1:i2, i2:]` through `backend.matmul`),
+ * "left" (before each block, the same products of every earlier block, subtracted in the same
+ * order, one onnxruntime Scan: {@linkcode blockUpdateSession}; bit-identical, and far fewer bytes
+ * leave onnxruntime), or "auto" (default: "left" on the CPU backend for layers of at least
+ * {@linkcode LEFT_LOOKING_MIN} weights, else "right"). "left" needs more than one block and
+ * dynamic groups that never cross a block (a group's grid fit reads columns that, left-looking,
+ * have not received the earlier blocks' updates yet); otherwise "right" runs. The update used is
+ * in `meta.timings.blockUpdate`. Internal (an option of `gptqQuantize`, not of the quantizer):
+ * it changes where the time goes; results match bit for bit wherever the right-looking products
+ * run on onnxruntime too (above the CPU backend's TypeScript threshold;
+ * `tests/quant/gptq_left_looking_test.ts`).
+ */
+export type BlockUpdate = "auto" | "right" | "left";
+
+/** Below this many weights (rows × cols) "auto" keeps the right-looking update. */
+export const LEFT_LOOKING_MIN = 1 << 18;
+
+/**
+ * Whether the left-looking update applies: more than one block, and no dynamic group that
+ * starts in one block and ends in another (its grid fit reads columns the later block has not
+ * received its updates for yet).
+ */
+function leftLookingApplies(
+  o: { cols: number; blocksize: number; gs: number; fitGroups: boolean },
+): boolean {
+  if (o.cols <= o.blocksize) return false;
+  return !o.fitGroups || (o.gs <= o.blocksize && o.blocksize % o.gs === 0);
+}
+
+/** Options of {@linkcode cpuColumns}. */
+interface ColumnOptions {
+  rows: number;
+  cols: number;
+  ngroups: number;
+  maxq: number;
+  blocksize: number;
+  gs: number;
+  fitGroups: boolean;
+  grid: { bits: number; sym: boolean; mse?: boolean | MseOptions };
+  backend: Backend;
+  timings: GptqTimings;
+  setGroup: (g: number, p: { scale: Float32Array; zero: Float32Array }) => void;
+  fit?: GridFitter;
+  blockUpdate?: BlockUpdate;
+}
+
+/**
+ * Step 6 on the CPU: per block, fit the dynamic groups starting in it (`findParams` on the
+ * columns as the lazy scheme holds them), run {@linkcode quantizeBlock} (TypeScript), with the
+ * earlier blocks' updates applied right- or left-looking ({@linkcode BlockUpdate}). Writes
+ * codes/Q at the original columns; returns `Σ (w − q)²/Hinv_ii²`.
  */
 async function cpuColumns(
   buf: Omit<BlockBuffers, "W1" | "Err1"> & { Wc: Float32Array },
-  o: {
-    rows: number;
-    cols: number;
-    ngroups: number;
-    maxq: number;
-    blocksize: number;
-    gs: number;
-    fitGroups: boolean;
-    grid: { bits: number; sym: boolean; mse?: boolean | MseOptions };
-    backend: Backend;
-    timings: GptqTimings;
-    setGroup: (g: number, p: { scale: Float32Array; zero: Float32Array }) => void;
-    fit?: GridFitter;
-  },
+  o: ColumnOptions,
+): Promise<number> {
+  const mode = o.blockUpdate ?? "auto";
+  const left = mode !== "right" && leftLookingApplies(o) &&
+    (mode === "left" || (o.backend === cpuBackend && o.rows * o.cols >= LEFT_LOOKING_MIN));
+  o.timings.blockUpdate = left ? "left" : "right";
+  return left ? await leftLookingColumns(buf, o) : await rightLookingColumns(buf, o);
+}
+
+/** Fits the dynamic groups that start in columns [i1, i2) of `Wt` (`colStart` offset by `c0`). */
+function fitBlockGroups(
+  Wt: Tensor,
+  o: ColumnOptions,
+  block: { i1: number; i2: number; c0: number },
+) {
+  for (let c = block.i1; c < block.i2; c++) {
+    if (c % o.gs === 0) {
+      const range = { colStart: c - block.c0, colEnd: Math.min(c + o.gs, o.cols) - block.c0 };
+      o.setGroup(c / o.gs, o.fit ? o.fit(Wt, range) : findParams(Wt, { ...o.grid, ...range }));
+    }
+  }
+}
+
+/** {@linkcode cpuColumns}, right-looking: the trailing product after each block. */
+async function rightLookingColumns(
+  buf: Omit<BlockBuffers, "W1" | "Err1"> & { Wc: Float32Array },
+  o: ColumnOptions,
 ): Promise<number> {
   const { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm } = buf;
-  const { rows, cols, ngroups, maxq, gs, timings } = o;
+  const { rows, cols, ngroups, maxq, timings } = o;
   const Wt: Tensor = { shape: [rows, cols], data: Wc };
   const clock = stopwatch<TimedStep>(timings);
   let loss = 0;
@@ -303,12 +367,7 @@ async function cpuColumns(
     const i2 = Math.min(i1 + o.blocksize, cols), count = i2 - i1;
     clock.restart();
     if (o.fitGroups) {
-      for (let c = i1; c < i2; c++) {
-        if (c % gs === 0) {
-          const range = { colStart: c, colEnd: Math.min(c + gs, cols) };
-          o.setGroup(c / gs, o.fit ? o.fit(Wt, range) : findParams(Wt, { ...o.grid, ...range }));
-        }
-      }
+      fitBlockGroups(Wt, o, { i1, i2, c0: 0 });
       clock.lap("params");
     }
     const W1 = new Float32Array(rows * count);
@@ -332,6 +391,47 @@ async function cpuColumns(
       subtractTrailing(Wc, R, { rows, cols, i2 });
       clock.lap("trailing");
     }
+  }
+  return loss;
+}
+
+/**
+ * {@linkcode cpuColumns}, left-looking: before block b, its columns receive `−E_b'·H_b'` of
+ * every earlier block b' in order (one Scan, {@linkcode blockUpdateSession}); the earlier
+ * blocks' `Err1` are kept stacked. `Wc` is only read.
+ */
+async function leftLookingColumns(
+  buf: Omit<BlockBuffers, "W1" | "Err1"> & { Wc: Float32Array },
+  o: ColumnOptions,
+): Promise<number> {
+  const { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm } = buf;
+  const { rows, cols, ngroups, maxq, timings } = o;
+  const bs = o.blocksize, nblocks = Math.ceil(cols / bs);
+  const clock = stopwatch<TimedStep>(timings);
+  const update = await blockUpdateSession();
+  // Err1 of blocks 0..nblocks−2 ([nb, rows, bs]) and the Hinv tiles above the current block.
+  const E = new Float32Array((nblocks - 1) * rows * bs);
+  const Ht = new Float32Array((nblocks - 1) * bs * bs);
+  let loss = 0;
+  for (let b = 0; b < nblocks; b++) {
+    const i1 = b * bs, i2 = Math.min(i1 + bs, cols), count = i2 - i1;
+    clock.restart();
+    let W1: Float32Array = new Float32Array(rows * count);
+    for (let r = 0; r < rows; r++) W1.set(Wc.subarray(r * cols + i1, r * cols + i2), r * count);
+    for (let k = 0; k < i1; k++) Ht.set(Hinv.subarray(k * cols + i1, k * cols + i2), k * count);
+    W1 = await update(W1, { E, H: Ht }, { rows, count, k: bs, nb: b });
+    clock.lap("trailing");
+    if (o.fitGroups) {
+      fitBlockGroups({ shape: [rows, count], data: W1 }, o, { i1, i2, c0: i1 });
+      clock.lap("params");
+    }
+    const Err1 = new Float32Array(rows * count);
+    loss += quantizeBlock(
+      { W1, Err1, Hinv, codes, Q, scales, zeros, colGroup, perm },
+      { rows, cols, ngroups, i1, i2, maxq },
+    );
+    if (b < nblocks - 1) E.set(Err1, b * rows * bs);
+    clock.lap("inBlock");
   }
   return loss;
 }
@@ -374,7 +474,7 @@ function notPd(layer: string, percdamp: number, detail: string, cause?: unknown)
 export async function gptqQuantize(
   W: Tensor,
   stats: LayerStats,
-  options: GptqOptions & QuantContext & { fitGrid?: GridFitter },
+  options: GptqOptions & QuantContext & { fitGrid?: GridFitter; blockUpdate?: BlockUpdate },
 ): Promise<QuantResult> {
   const o = resolveOptions(options);
   const layer = options.layer ?? "weight";
@@ -541,7 +641,17 @@ export async function gptqQuantize(
     Q = new Float32Array(rows * cols);
     loss = await cpuColumns(
       { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm },
-      { ...dims, grid, fitGroups, gs, backend, timings, setGroup, fit },
+      {
+        ...dims,
+        grid,
+        fitGroups,
+        gs,
+        backend,
+        timings,
+        setGroup,
+        fit,
+        blockUpdate: options.blockUpdate,
+      },
     );
   }
 
