@@ -168,6 +168,9 @@ interface BlockBuffers {
   Hinv: Float32Array;
   codes: Uint8Array;
   Q: Float32Array;
+  /** Scratch of at least rows × count: the block's codes and weights in processed order. */
+  codes1: Uint8Array;
+  Q1: Float32Array;
   scales: Float32Array;
   zeros: Float32Array;
   colGroup: Int32Array;
@@ -186,11 +189,11 @@ interface BlockDims {
 
 /**
  * One entry of {@linkcode quantizeBlock}: rounds `W1[r, i]` on its group's grid, records code
- * and weight at the ORIGINAL column, stores `err = (w − q)/d` in `Err1[r, i]` and returns the
- * loss term `(w − q)²/d²` (`d = Hinv_ii`).
+ * and weight in the block's scratch (`codes1`, `Q1` at `[r, i]`), stores `err = (w − q)/d` in
+ * `Err1[r, i]` and returns the loss term `(w − q)²/d²` (`d = Hinv_ii`).
  */
 function quantizeEntry(buf: BlockBuffers, o: BlockDims, r: number, i: number, d: number): number {
-  const { W1, Err1, codes, Q, scales, zeros, colGroup, perm } = buf;
+  const { W1, Err1, codes1, Q1, scales, zeros, colGroup } = buf;
   const count = o.i2 - o.i1, c = o.i1 + i, wb = r * count;
   const g = r * o.ngroups + colGroup[c];
   const s = scales[g], z = zeros[g];
@@ -198,9 +201,8 @@ function quantizeEntry(buf: BlockBuffers, o: BlockDims, r: number, i: number, d:
   const t = roundHalfEven(Math.fround(w / s)) + z;
   const code = t >= 0 ? (t <= o.maxq ? t : o.maxq) : 0;
   const q = Math.fround(s * (code - z));
-  const oc = r * o.cols + (perm === undefined ? c : perm[c]);
-  codes[oc] = code;
-  Q[oc] = q;
+  codes1[wb + i] = code;
+  Q1[wb + i] = q;
   const diff = Math.fround(w - q);
   Err1[wb + i] = Math.fround(diff / d);
   return (diff * diff) / (d * d);
@@ -256,6 +258,17 @@ function quantizeBlock(buf: BlockBuffers, dims: BlockDims): number {
       if (err !== 0) {
         for (let j = i + 1; j < count; j++) W1[wb + j] -= err * Hinv[hr + j];
       }
+    }
+  }
+  // Codes and weights to their ORIGINAL columns, row by row (a column-wise scatter into the
+  // row-major [rows, cols] outputs missed the cache on every entry).
+  const { codes, Q, codes1, Q1, perm } = buf;
+  for (let r = 0; r < rows; r++) {
+    const wb = r * count, ob = r * cols;
+    for (let i = 0; i < count; i++) {
+      const oc = ob + (perm === undefined ? i1 + i : perm[i1 + i]);
+      codes[oc] = codes1[wb + i];
+      Q[oc] = Q1[wb + i];
     }
   }
   return loss;
@@ -329,7 +342,7 @@ interface ColumnOptions {
  * codes/Q at the original columns; returns `Σ (w − q)²/Hinv_ii²`.
  */
 async function cpuColumns(
-  buf: Omit<BlockBuffers, "W1" | "Err1"> & { Wc: Float32Array },
+  buf: Omit<BlockBuffers, "W1" | "Err1" | "codes1" | "Q1"> & { Wc: Float32Array },
   o: ColumnOptions,
 ): Promise<number> {
   const mode = o.blockUpdate ?? "auto";
@@ -355,13 +368,17 @@ function fitBlockGroups(
 
 /** {@linkcode cpuColumns}, right-looking: the trailing product after each block. */
 async function rightLookingColumns(
-  buf: Omit<BlockBuffers, "W1" | "Err1"> & { Wc: Float32Array },
+  buf: Omit<BlockBuffers, "W1" | "Err1" | "codes1" | "Q1"> & { Wc: Float32Array },
   o: ColumnOptions,
 ): Promise<number> {
   const { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm } = buf;
   const { rows, cols, ngroups, maxq, timings } = o;
   const Wt: Tensor = { shape: [rows, cols], data: Wc };
   const clock = stopwatch<TimedStep>(timings);
+  // Block scratch, allocated once: first touches of fresh pages are slow on virtual machines.
+  const bs = Math.min(o.blocksize, cols);
+  const W1s = new Float32Array(rows * bs), Err1s = new Float32Array(rows * bs);
+  const codes1 = new Uint8Array(rows * bs), Q1 = new Float32Array(rows * bs);
   let loss = 0;
   for (let i1 = 0; i1 < cols; i1 += o.blocksize) {
     const i2 = Math.min(i1 + o.blocksize, cols), count = i2 - i1;
@@ -370,11 +387,11 @@ async function rightLookingColumns(
       fitBlockGroups(Wt, o, { i1, i2, c0: 0 });
       clock.lap("params");
     }
-    const W1 = new Float32Array(rows * count);
+    const W1 = W1s.subarray(0, rows * count);
     for (let r = 0; r < rows; r++) W1.set(Wc.subarray(r * cols + i1, r * cols + i2), r * count);
-    const Err1 = new Float32Array(rows * count);
+    const Err1 = Err1s.subarray(0, rows * count); // every entry written by quantizeEntry
     loss += quantizeBlock(
-      { W1, Err1, Hinv, codes, Q, scales, zeros, colGroup, perm },
+      { W1, Err1, Hinv, codes, Q, codes1, Q1, scales, zeros, colGroup, perm },
       { rows, cols, ngroups, i1, i2, maxq },
     );
     clock.lap("inBlock");
@@ -401,7 +418,7 @@ async function rightLookingColumns(
  * blocks' `Err1` are kept stacked. `Wc` is only read.
  */
 async function leftLookingColumns(
-  buf: Omit<BlockBuffers, "W1" | "Err1"> & { Wc: Float32Array },
+  buf: Omit<BlockBuffers, "W1" | "Err1" | "codes1" | "Q1"> & { Wc: Float32Array },
   o: ColumnOptions,
 ): Promise<number> {
   const { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm } = buf;
@@ -412,11 +429,14 @@ async function leftLookingColumns(
   // Err1 of blocks 0..nblocks−2 ([nb, rows, bs]) and the Hinv tiles above the current block.
   const E = new Float32Array((nblocks - 1) * rows * bs);
   const Ht = new Float32Array((nblocks - 1) * bs * bs);
+  // Block scratch, allocated once: first touches of fresh pages are slow on virtual machines.
+  const W1s = new Float32Array(rows * bs), lastErr = new Float32Array(rows * bs);
+  const codes1 = new Uint8Array(rows * bs), Q1 = new Float32Array(rows * bs);
   let loss = 0;
   for (let b = 0; b < nblocks; b++) {
     const i1 = b * bs, i2 = Math.min(i1 + bs, cols), count = i2 - i1;
     clock.restart();
-    let W1: Float32Array = new Float32Array(rows * count);
+    let W1: Float32Array = W1s.subarray(0, rows * count);
     for (let r = 0; r < rows; r++) W1.set(Wc.subarray(r * cols + i1, r * cols + i2), r * count);
     for (let k = 0; k < i1; k++) Ht.set(Hinv.subarray(k * cols + i1, k * cols + i2), k * count);
     W1 = await update(W1, { E, H: Ht }, { rows, count, k: bs, nb: b });
@@ -425,12 +445,14 @@ async function leftLookingColumns(
       fitBlockGroups({ shape: [rows, count], data: W1 }, o, { i1, i2, c0: i1 });
       clock.lap("params");
     }
-    const Err1 = new Float32Array(rows * count);
+    // Err1 straight into its slot of the stack (the last block's is never read again).
+    const Err1 = b < nblocks - 1
+      ? E.subarray(b * rows * bs, (b + 1) * rows * bs)
+      : lastErr.subarray(0, rows * count);
     loss += quantizeBlock(
-      { W1, Err1, Hinv, codes, Q, scales, zeros, colGroup, perm },
+      { W1, Err1, Hinv, codes, Q, codes1, Q1, scales, zeros, colGroup, perm },
       { rows, cols, ngroups, i1, i2, maxq },
     );
-    if (b < nblocks - 1) E.set(Err1, b * rows * bs);
     clock.lap("inBlock");
   }
   return loss;
