@@ -146,7 +146,9 @@ Deno.test("blocked Cholesky / triangular inverse / Hinv agree with the unblocked
     onnxGemmF64,
   } = await import("../../src/quant/core/linalg.ts");
   const ort = await onnxGemmF64();
-  for (const [n, block] of [[1, 4], [7, 3], [40, 16], [129, 32], [300, 64]]) {
+  // [300, 200]: diagonal blocks over 96 wide are factored blocked themselves with a native gemm
+  // (sub-blocks of 64, the last one 8 wide).
+  for (const [n, block] of [[1, 4], [7, 3], [40, 16], [129, 32], [300, 64], [300, 200]]) {
     const A = randomSpd(rng, n, { k: Math.max(1, n >> 1) });
     for (const gemm of [gemmF64TS, ort]) {
       const L = await choleskyBlocked(A, n, { gemm, block });
@@ -167,6 +169,15 @@ Deno.test("blocked Cholesky / triangular inverse / Hinv agree with the unblocked
     NotPositiveDefiniteError,
   );
   assertEquals(e.pivot, 9);
+  // The failed row is named the same when it lies in a recursively factored diagonal block.
+  const nb = 300, bad2 = new Float64Array(nb * nb);
+  for (let i = 0; i < nb; i++) bad2[i * nb + i] = 1;
+  bad2[211 * nb + 211] = -1;
+  const e2 = await assertRejects(
+    () => choleskyBlocked(bad2, nb, { gemm: ort, block: 200 }),
+    NotPositiveDefiniteError,
+  );
+  assertEquals(e2.pivot, 211);
 });
 
 /** SPD with condition number about `cond`: Q·diag(σ)·Qᵀ, Q from Gram–Schmidt, σ log-spaced. */

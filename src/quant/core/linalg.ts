@@ -335,6 +335,11 @@ export const DEFAULT_BLOCK = 256;
  * hold the diagonal block (consumed before it is overwritten) and rows L never uses.
  */
 
+/** Diagonal blocks wider than this are factored blocked themselves (with a native gemm). */
+const DIAG_RECURSE = 96;
+/** The sub-block size of a recursively factored diagonal block. */
+const DIAG_BLOCK = 64;
+
 /** Bounds of block `i`: `[i0, i1)` and the buffer offset `n·i0` of its panel. */
 function blockOf(i: number, n: number, b: number) {
   const i0 = i * b, i1 = Math.min(i0 + b, n);
@@ -394,7 +399,23 @@ async function cholPanels(
       const C = await gemmTransA(gemm, Pi, Pi, { m: ni, k: i0, n: ni });
       for (let e = 0; e < S.length; e++) S[e] -= C[e];
     }
+    // Diagonal blocks above DIAG_RECURSE with a native gemm: the same blocked algorithm on
+    // DIAG_BLOCK-sized sub-blocks (TypeScript O(b³) loops were most of the time at n ≈ 768).
+    const recurse = ni > DIAG_RECURSE && gemm !== gemmF64TS;
     try {
+      if (recurse) {
+        const Pd = S.slice();
+        const inner = await cholPanels(Pd, ni, { gemm, b: DIAG_BLOCK });
+        S.set(panelsToLower(Pd, ni, DIAG_BLOCK));
+        for (let c = 0; c < ni; c++) {
+          const dst = pi + (i0 + c) * ni;
+          for (let r = 0; r < ni; r++) P[dst + r] = S[r * ni + c];
+        }
+        // L_ii⁻¹ in place of the sub-blocks' panels, with their diagonal inverses.
+        await invertPanels(Pd, ni, { gemm, b: DIAG_BLOCK, diagInv: inner });
+        diagInv.push(columnPanelsToLower(Pd, ni, DIAG_BLOCK));
+        continue;
+      }
       choleskyInPlace(S, ni);
     } catch (e) {
       if (e instanceof NotPositiveDefiniteError) {
