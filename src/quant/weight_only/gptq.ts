@@ -27,6 +27,7 @@ import type { Tensor } from "../../tensor.ts";
 import { NonFiniteError } from "../../errors.ts";
 import { checkOptions as checkStrict, GPTQ_SPECS } from "../core/options.ts";
 import { blockUpdateSession, cpuBackend } from "../../backend/cpu.ts";
+import { type GptqWasm, gptqWasm } from "../core/_gptq_wasm.ts";
 import type { Backend, GptqColumnsResult } from "../../backend/backend.ts";
 import type {
   LayerStats,
@@ -47,7 +48,6 @@ import {
   resolveGroupSize,
   resolveMse,
   resolvePercdamp,
-  roundHalfEven,
   validateBits,
 } from "../core/grid.ts";
 import {
@@ -137,6 +137,8 @@ export interface GptqTimings {
   columnPass: string;
   /** The CPU column pass's lazy batch update, "right" or "left" ({@linkcode BlockUpdate}). */
   blockUpdate?: "right" | "left";
+  /** The CPU column pass's four-row update, "wasm" or "ts" ({@linkcode InBlockKernel}). */
+  inBlockKernel?: "wasm" | "ts";
 }
 
 type Resolved = Required<Omit<GptqOptions, "mse">> & { mse?: boolean | MseOptions };
@@ -171,6 +173,11 @@ interface BlockBuffers {
   /** Scratch of at least rows × count: the block's codes and weights in processed order. */
   codes1: Uint8Array;
   Q1: Float32Array;
+  /**
+   * The WebAssembly four-row update, with `W1` at byte `w1` of its memory and the block's
+   * `Hinv[i1:i2, i1:i2]` (row-major, `count` wide) at byte `h` (see {@linkcode blockScratch}).
+   */
+  wasm?: { k: GptqWasm; w1: number; h: number };
   scales: Float32Array;
   zeros: Float32Array;
   colGroup: Int32Array;
@@ -198,7 +205,11 @@ function quantizeEntry(buf: BlockBuffers, o: BlockDims, r: number, i: number, d:
   const g = r * o.ngroups + colGroup[c];
   const s = scales[g], z = zeros[g];
   const w = W1[wb + i];
-  const t = roundHalfEven(Math.fround(w / s)) + z;
+  // roundHalfEven(x) + z, written out (a call per entry was ~10 % of the column loop).
+  const x = Math.fround(w / s);
+  let t = Math.round(x);
+  if (t - x === 0.5 && t % 2 !== 0) t -= 1;
+  t += z;
   const code = t >= 0 ? (t <= o.maxq ? t : o.maxq) : 0;
   const q = Math.fround(s * (code - z));
   codes1[wb + i] = code;
@@ -214,12 +225,14 @@ function quantizeEntry(buf: BlockBuffers, o: BlockDims, r: number, i: number, d:
  * go through the columns together so each `Hinv` row is read once per four rows; every entry
  * sees exactly the operations of a row-by-row loop, and the loss terms are summed in row-major
  * order (rows `r+1..r+3` are buffered), so codes, weights and loss are bit-identical to it.
- * Returns `Σ (w − q)²/Hinv_ii²`.
+ * With `buf.wasm` the four-row update runs in the WebAssembly kernel (`_gptq_wasm.ts`, the same
+ * float operations). Returns `Σ (w − q)²/Hinv_ii²`.
  */
 function quantizeBlock(buf: BlockBuffers, dims: BlockDims): number {
-  const { W1, Err1, Hinv } = buf;
+  const { W1, Err1, Hinv, wasm } = buf;
   const { rows, cols, i1, i2 } = dims;
   const count = i2 - i1;
+  const hw = wasm ? wasm.h : 0;
   const terms = new Float64Array(3 * count);
   let loss = 0;
   let r = 0;
@@ -233,7 +246,21 @@ function quantizeBlock(buf: BlockBuffers, dims: BlockDims): number {
       terms[count + i] = quantizeEntry(buf, dims, r + 2, i, d);
       terms[2 * count + i] = quantizeEntry(buf, dims, r + 3, i, d);
       const e0 = Err1[b0 + i], e1 = Err1[b1 + i], e2 = Err1[b2 + i], e3 = Err1[b3 + i];
-      if (e0 !== 0 && e1 !== 0 && e2 !== 0 && e3 !== 0) {
+      if (wasm && e0 !== 0 && e1 !== 0 && e2 !== 0 && e3 !== 0) {
+        const o = wasm.w1 + 4 * (b0 + i + 1), rb = 4 * count;
+        wasm.k.upd4(
+          o,
+          o + rb,
+          o + 2 * rb,
+          o + 3 * rb,
+          hw + 4 * (i * count + i + 1),
+          count - i - 1,
+          e0,
+          e1,
+          e2,
+          e3,
+        );
+      } else if (e0 !== 0 && e1 !== 0 && e2 !== 0 && e3 !== 0) {
         for (let j = i + 1; j < count; j++) {
           const h = Hinv[hr + j];
           W1[b0 + j] -= e0 * h;
@@ -333,7 +360,16 @@ interface ColumnOptions {
   setGroup: (g: number, p: { scale: Float32Array; zero: Float32Array }) => void;
   fit?: GridFitter;
   blockUpdate?: BlockUpdate;
+  inBlockKernel?: InBlockKernel;
 }
+
+/**
+ * The CPU column pass's four-row update: "auto" (default: the WebAssembly SIMD kernel of
+ * `_gptq_wasm.ts` where WebAssembly SIMD exists) or "ts" (the TypeScript loop). Same float
+ * operations, same bits; internal, like {@linkcode BlockUpdate}. The one used is in
+ * `meta.timings.inBlockKernel`.
+ */
+export type InBlockKernel = "auto" | "ts";
 
 /**
  * Step 6 on the CPU: per block, fit the dynamic groups starting in it (`findParams` on the
@@ -349,6 +385,7 @@ async function cpuColumns(
   const left = mode !== "right" && leftLookingApplies(o) &&
     (mode === "left" || (o.backend === cpuBackend && o.rows * o.cols >= LEFT_LOOKING_MIN));
   o.timings.blockUpdate = left ? "left" : "right";
+  o.timings.inBlockKernel = o.inBlockKernel !== "ts" && gptqWasm() ? "wasm" : "ts";
   return left ? await leftLookingColumns(buf, o) : await rightLookingColumns(buf, o);
 }
 
@@ -364,6 +401,35 @@ function fitBlockGroups(
       o.setGroup(c / o.gs, o.fit ? o.fit(Wt, range) : findParams(Wt, { ...o.grid, ...range }));
     }
   }
+}
+
+/**
+ * The block's `W1` view `[rows, count]` and, with the WebAssembly kernel, the kernel's memory
+ * holding `W1` and the tile `Hinv[i1:i2, i1:i2]` (copied here). Views are made per block, in the
+ * same synchronous stretch as the block's column loop: the memory is shared and may grow (and
+ * be rewritten) during another layer's awaits. Without the kernel, `W1` is `fallback`.
+ */
+function blockScratch(
+  Hinv: Float32Array,
+  o: {
+    rows: number;
+    cols: number;
+    i1: number;
+    i2: number;
+    fallback: Float32Array;
+    kernel?: InBlockKernel;
+  },
+): { W1: Float32Array; wasm?: { k: GptqWasm; w1: number; h: number } } {
+  const { rows, cols, i1, i2 } = o, count = i2 - i1;
+  const k = o.kernel === "ts" ? null : gptqWasm();
+  if (!k) return { W1: o.fallback.subarray(0, rows * count) };
+  const buffer = k.memory(4 * (rows * count + count * count));
+  const h = 4 * rows * count;
+  const tile = new Float32Array(buffer, h, count * count);
+  for (let i = 0; i < count; i++) {
+    tile.set(Hinv.subarray((i1 + i) * cols + i1, (i1 + i) * cols + i2), i * count);
+  }
+  return { W1: new Float32Array(buffer, 0, rows * count), wasm: { k, w1: 0, h } };
 }
 
 /** {@linkcode cpuColumns}, right-looking: the trailing product after each block. */
@@ -387,11 +453,18 @@ async function rightLookingColumns(
       fitBlockGroups(Wt, o, { i1, i2, c0: 0 });
       clock.lap("params");
     }
-    const W1 = W1s.subarray(0, rows * count);
+    const { W1, wasm } = blockScratch(Hinv, {
+      rows,
+      cols,
+      i1,
+      i2,
+      fallback: W1s,
+      kernel: o.inBlockKernel,
+    });
     for (let r = 0; r < rows; r++) W1.set(Wc.subarray(r * cols + i1, r * cols + i2), r * count);
     const Err1 = Err1s.subarray(0, rows * count); // every entry written by quantizeEntry
     loss += quantizeBlock(
-      { W1, Err1, Hinv, codes, Q, codes1, Q1, scales, zeros, colGroup, perm },
+      { W1, Err1, Hinv, codes, Q, codes1, Q1, scales, zeros, colGroup, perm, wasm },
       { rows, cols, ngroups, i1, i2, maxq },
     );
     clock.lap("inBlock");
@@ -449,8 +522,32 @@ async function leftLookingColumns(
     const Err1 = b < nblocks - 1
       ? E.subarray(b * rows * bs, (b + 1) * rows * bs)
       : lastErr.subarray(0, rows * count);
+    // The block's weights into the kernel's memory, in the loop's synchronous stretch.
+    const scratch = blockScratch(Hinv, {
+      rows,
+      cols,
+      i1,
+      i2,
+      fallback: W1,
+      kernel: o.inBlockKernel,
+    });
+    if (scratch.W1 !== W1) scratch.W1.set(W1);
     loss += quantizeBlock(
-      { W1, Err1, Hinv, codes, Q, codes1, Q1, scales, zeros, colGroup, perm },
+      // The same key order as the right-looking call: one object shape for the column loop.
+      {
+        W1: scratch.W1,
+        Err1,
+        Hinv,
+        codes,
+        Q,
+        codes1,
+        Q1,
+        scales,
+        zeros,
+        colGroup,
+        perm,
+        wasm: scratch.wasm,
+      },
       { rows, cols, ngroups, i1, i2, maxq },
     );
     clock.lap("inBlock");
@@ -496,7 +593,11 @@ function notPd(layer: string, percdamp: number, detail: string, cause?: unknown)
 export async function gptqQuantize(
   W: Tensor,
   stats: LayerStats,
-  options: GptqOptions & QuantContext & { fitGrid?: GridFitter; blockUpdate?: BlockUpdate },
+  options: GptqOptions & QuantContext & {
+    fitGrid?: GridFitter;
+    blockUpdate?: BlockUpdate;
+    inBlockKernel?: InBlockKernel;
+  },
 ): Promise<QuantResult> {
   const o = resolveOptions(options);
   const layer = options.layer ?? "weight";
@@ -673,6 +774,7 @@ export async function gptqQuantize(
         setGroup,
         fit,
         blockUpdate: options.blockUpdate,
+        inBlockKernel: options.inBlockKernel,
       },
     );
   }
