@@ -1,12 +1,12 @@
 /**
- * The WebAssembly SIMD four-row update of GPTQ's column loop (`src/quant/core/_gptq_wasm.ts`)
+ * The WebAssembly SIMD four-row update of GPTQ's column loop (`src/quant/weight_only/_gptq_wasm.ts`)
  * against the TypeScript statement it replaces (`W1[k] -= e * h` on Float32Arrays), bit for bit:
  * the kernel alone on random data (odd and even lengths, tiny and huge magnitudes), and whole
  * `gptqQuantize` runs with the kernel and with the TypeScript loop (right- and left-looking
  * updates, rows not a multiple of four).
  */
 import { assert, assertEquals } from "@std/assert";
-import { gptqWasm, gptqWasmBytes } from "../../src/quant/core/_gptq_wasm.ts";
+import { gptqWasm, gptqWasmBytes } from "../../src/quant/weight_only/_gptq_wasm.ts";
 import {
   gptqQuantize,
   type GptqTimings,

@@ -27,7 +27,7 @@ import type { Tensor } from "../../tensor.ts";
 import { NonFiniteError } from "../../errors.ts";
 import { checkOptions as checkStrict, GPTQ_SPECS } from "../core/options.ts";
 import { blockUpdateSession, cpuBackend } from "../../backend/cpu.ts";
-import { type GptqWasm, gptqWasm } from "../core/_gptq_wasm.ts";
+import { type GptqWasm, gptqWasm } from "./_gptq_wasm.ts";
 import type { Backend, GptqColumnsResult } from "../../backend/backend.ts";
 import type {
   LayerStats,
