@@ -10,7 +10,13 @@ import type { Tokenizer } from "../io/tokenizer.ts";
 import { block, embed, forward, type ForwardHooks, head } from "../models/decoder.ts";
 import { getTokenizer } from "../models/load.ts";
 import { residentFor } from "../models/resident.ts";
-import { ortForwardNext, ortForwardSession, ortForwardUnsupported } from "../models/ort_forward.ts";
+import {
+  ortForwardGraph,
+  ortForwardNext,
+  ortForwardSession,
+  ortForwardUnsupported,
+} from "../models/ort_forward.ts";
+import { checkWorkers, OrtForwardPool, type OrtForwardRows } from "../models/ort_pool.ts";
 import { getBackend } from "../backend/device.ts";
 import type { Model } from "../models/model.ts";
 import type { Tensor } from "../tensor.ts";
@@ -61,6 +67,20 @@ export interface PerplexityOptions {
    */
   ort?: boolean;
   /**
+   * Onnxruntime path only: how many Deno Workers run the batches, each with its own session of
+   * the graph (`src/models/ort_pool.ts`; onnxruntime-node runs one process's sessions one call at
+   * a time, so parallel windows need workers). An integer ≥ 1, else an `OptionError`; 1: the
+   * in-process session only. Default ("auto"): `navigator.hardwareConcurrency` capped at the
+   * number of batches, and 1 when the run has fewer than {@linkcode POOL_MIN_WINDOWS} windows
+   * (a worker's start, ~0.25–0.5 s on stories260K, would not pay for itself) or the float32 graph
+   * is larger than {@linkcode POOL_MAX_GRAPH_BYTES} (every worker holds a full copy of the
+   * weights). While the workers start, the in-process session takes batches; a worker that cannot
+   * start leaves its batches to the others (all of them: to the in-process session), reported in
+   * the result's `workersFallback`. The NLL is summed in window order, so the perplexity is the
+   * same number whatever the worker count. Workers are terminated before `perplexity` returns.
+   */
+  workers?: number;
+  /**
    * Run the windows block by block instead of window batch by window batch (default false): embed
    * every window, then for each decoder block run it over all windows' hidden states (in batches
    * of `batch`) and drop the cached weights (`Weights.evict`) before the next block, then the
@@ -96,7 +116,23 @@ export interface PerplexityResult {
   ort: boolean;
   /** Why the onnxruntime forward graph was not used on the CPU backend (absent when it was). */
   ortFallback?: string;
+  /**
+   * Onnxruntime path: the workers that ran batches with their own session (1: the in-process
+   * session alone, no pool); 1 on the other paths.
+   */
+  workers: number;
+  /** Why fewer workers ran than were chosen (a worker could not start); absent otherwise. */
+  workersFallback?: string;
 }
+
+/**
+ * Runs with fewer windows take the in-process session under `workers` "auto": on stories260K
+ * (2 loaded cores) ... TODO measured.
+ */
+export const POOL_MIN_WINDOWS = 64;
+
+/** Graphs larger than this run in-process under `workers` "auto" (each worker holds a copy). */
+export const POOL_MAX_GRAPH_BYTES = 256 * 2 ** 20;
 
 /**
  * The token stream of an evaluation dataset under the GPTQ protocol: `wikitext2` rows joined with
@@ -224,6 +260,7 @@ export async function perplexity(
       `${seqlen} is outside 2..${cfg.maxPositions} (the model's context)`,
     );
   }
+  if (opts.workers !== undefined) checkWorkers(opts.workers);
   const tok = await getTokenizer(model);
   const { ids, source } = await evalTokens(tok, dataset, opts);
   const windows = windowCount(ids.length, seqlen, {
@@ -255,12 +292,15 @@ export async function perplexity(
       seconds: (performance.now() - t0) / 1000,
       resident: false,
       ort: false,
+      workers: 1,
     };
   }
   const resident = opts.kv ? false : opts.resident;
   const dec = await residentFor(model, { capacity: seqlen, hooks, resident });
   let useOrt = false;
   let ortFallback: string | undefined;
+  let pool: OrtForwardPool | undefined;
+  let workersFallback: string | undefined;
   if (!dec && getBackend().name === "cpu") {
     ortFallback = opts.ort === false
       ? "ort: false"
@@ -269,9 +309,25 @@ export async function perplexity(
       : ortForwardUnsupported(model, opts.hooks) ?? undefined;
     if (!ortFallback) {
       try {
+        // The graph first, so the workers start while the in-process session is built.
+        const bytes = await ortForwardGraph(model);
+        const n = opts.workers ??
+          autoWorkers(bytes.byteLength, windows, Math.ceil(windows / batch));
+        if (n > 1) {
+          try {
+            pool = new OrtForwardPool(bytes, {
+              workers: n,
+              local: (x, b) => ortForwardNext(model, x, { batch: b }),
+            });
+          } catch (e) {
+            workersFallback = `the worker pool could not start: ${(e as Error).message}`;
+          }
+        }
         await ortForwardSession(model);
         useOrt = true;
       } catch (e) {
+        pool?.close();
+        pool = undefined;
         if (e instanceof OptionError || e instanceof FormatError) throw e;
         ortFallback = `the onnxruntime graph could not be built: ${(e as Error).message}`;
       }
@@ -279,6 +335,16 @@ export async function perplexity(
   }
   try {
     const step = dec || opts.kv ? 1 : batch;
+    // Pooled: every batch queued at once; the rows are read back below in window order.
+    const pooled: Promise<OrtForwardRows>[] = [];
+    if (useOrt && pool) {
+      for (let w = 0; w < windows; w += step) {
+        const nb = Math.min(step, windows - w);
+        const p = pool.run(ids.slice(w * seqlen, (w + nb) * seqlen), { batch: nb });
+        p.catch(() => {}); // read (and thrown) in order below; never unhandled meanwhile
+        pooled.push(p);
+      }
+    }
     for (let w = 0; w < windows; w += step) {
       const nb = Math.min(step, windows - w);
       const chunk = ids.slice(w * seqlen, (w + nb) * seqlen);
@@ -306,7 +372,9 @@ export async function perplexity(
       } else if (useOrt) {
         // The graph's float32 log-sum-exp per row: NLL = lse − logit of the next token.
         // (and the next token's logit, gathered in the graph: no logits leave the session).
-        const { lse, next } = await ortForwardNext(model, chunk, { batch: nb });
+        const { lse, next } = pool
+          ? await pooled[w / step]
+          : await ortForwardNext(model, chunk, { batch: nb });
         for (let r = 0; r < chunk.length; r++) {
           if ((r + 1) % seqlen === 0) continue;
           sum += lse[r] - next[r];
@@ -320,8 +388,21 @@ export async function perplexity(
       }
       opts.onProgress?.(w + nb, windows);
     }
+    if (pool) {
+      // Every worker started or failed (bounded by a worker's start: only a run shorter than that
+      // waits here), so the count and the failures are final.
+      await pool.ready;
+      if (pool.failures.length > 0) {
+        workersFallback =
+          `${pool.failures.length} of ${pool.failures.length + pool.started} workers failed: ${
+            [...new Set(pool.failures)].join("; ")
+          }` +
+          (pool.started === 0 ? " (the in-process session ran every batch)" : "");
+      }
+    }
   } finally {
     dec?.release();
+    pool?.close();
   }
   const nll = sum / count;
   return {
@@ -336,7 +417,19 @@ export async function perplexity(
     resident: dec !== undefined,
     ort: useOrt,
     ...(ortFallback !== undefined ? { ortFallback } : {}),
+    workers: pool ? Math.max(1, pool.started) : 1,
+    ...(workersFallback !== undefined ? { workersFallback } : {}),
   };
+}
+
+/**
+ * The `workers` "auto" count of the onnxruntime path: `navigator.hardwareConcurrency` capped at
+ * the batches, 1 for short runs and large graphs (see {@linkcode PerplexityOptions.workers}).
+ */
+function autoWorkers(graphBytes: number, windows: number, batches: number): number {
+  if (graphBytes > POOL_MAX_GRAPH_BYTES || windows < POOL_MIN_WINDOWS) return 1;
+  const cores = typeof navigator !== "undefined" ? navigator.hardwareConcurrency ?? 1 : 1;
+  return Math.max(1, Math.min(cores, batches));
 }
 
 /** The block-by-block pass of {@linkcode perplexity} (`layerwise`): NLL sum and token count. */
