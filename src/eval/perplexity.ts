@@ -71,13 +71,15 @@ export interface PerplexityOptions {
    * the graph (`src/models/ort_pool.ts`; onnxruntime-node runs one process's sessions one call at
    * a time, so parallel windows need workers). An integer ≥ 1, else an `OptionError`; 1: the
    * in-process session only. Default ("auto"): `navigator.hardwareConcurrency` capped at the
-   * number of batches, and 1 when the run has fewer than {@linkcode POOL_MIN_WINDOWS} windows
-   * (a worker's start, ~0.25–0.5 s on stories260K, would not pay for itself) or the float32 graph
-   * is larger than {@linkcode POOL_MAX_GRAPH_BYTES} (every worker holds a full copy of the
-   * weights). While the workers start, the in-process session takes batches; a worker that cannot
-   * start leaves its batches to the others (all of them: to the in-process session), reported in
-   * the result's `workersFallback`. The NLL is summed in window order, so the perplexity is the
-   * same number whatever the worker count. Workers are terminated before `perplexity` returns.
+   * number of batches, and 1 when the run has fewer than {@linkcode POOL_MIN_TOKENS} tokens
+   * (128 windows of 512: below that, starting the workers, ~0.2 CPU-s each on stories260K, does
+   * not pay for itself) or the float32 graph is larger than {@linkcode POOL_MAX_GRAPH_BYTES}
+   * (every worker holds a full copy of the weights). While the workers start, the in-process
+   * session takes batches; a worker that cannot start leaves its batches to the others (all of
+   * them: to the in-process session), reported in the result's `workersFallback`. The NLL is
+   * summed in window order, so the perplexity is the same number whatever the worker count
+   * (workers and the in-process session compute the same float32 rows). Workers are terminated
+   * before `perplexity` returns, also when it throws.
    */
   workers?: number;
   /**
@@ -117,8 +119,9 @@ export interface PerplexityResult {
   /** Why the onnxruntime forward graph was not used on the CPU backend (absent when it was). */
   ortFallback?: string;
   /**
-   * Onnxruntime path: the workers that ran batches with their own session (1: the in-process
-   * session alone, no pool); 1 on the other paths.
+   * Onnxruntime path: the pool's workers that started their session (the in-process session may
+   * have taken batches too while they started), or 1: the in-process session alone, no pool (also
+   * when no worker started: see `workersFallback`); 1 on the other paths.
    */
   workers: number;
   /** Why fewer workers ran than were chosen (a worker could not start); absent otherwise. */
@@ -126,10 +129,15 @@ export interface PerplexityResult {
 }
 
 /**
- * Runs with fewer windows take the in-process session under `workers` "auto": on stories260K
- * (2 loaded cores) ... TODO measured.
+ * Runs of fewer tokens (windows × seqlen) take the in-process session under `workers` "auto":
+ * 128 windows of 512. Measured on stories260K (2 cores, another process running; best of 3,
+ * alternating): a pool of 2 workers is ready in ~0.21 s wall for ~0.38 CPU-s (spawn, onnxruntime
+ * import, session: ~0.19 CPU-s per worker); with the in-process session taking batches
+ * meanwhile, 2 workers against 1 took 0.57 vs 0.49 s at 64 windows, 0.73 vs 0.76 s at 96, 0.82
+ * vs 1.01 s at 128. A larger model costs more per window than per worker start, so the
+ * threshold errs on the safe side for those.
  */
-export const POOL_MIN_WINDOWS = 64;
+export const POOL_MIN_TOKENS = 128 * 512;
 
 /** Graphs larger than this run in-process under `workers` "auto" (each worker holds a copy). */
 export const POOL_MAX_GRAPH_BYTES = 256 * 2 ** 20;
@@ -312,7 +320,7 @@ export async function perplexity(
         // The graph first, so the workers start while the in-process session is built.
         const bytes = await ortForwardGraph(model);
         const n = opts.workers ??
-          autoWorkers(bytes.byteLength, windows, Math.ceil(windows / batch));
+          autoWorkers(bytes.byteLength, windows * seqlen, Math.ceil(windows / batch));
         if (n > 1) {
           try {
             pool = new OrtForwardPool(bytes, {
@@ -426,8 +434,8 @@ export async function perplexity(
  * The `workers` "auto" count of the onnxruntime path: `navigator.hardwareConcurrency` capped at
  * the batches, 1 for short runs and large graphs (see {@linkcode PerplexityOptions.workers}).
  */
-function autoWorkers(graphBytes: number, windows: number, batches: number): number {
-  if (graphBytes > POOL_MAX_GRAPH_BYTES || windows < POOL_MIN_WINDOWS) return 1;
+function autoWorkers(graphBytes: number, tokens: number, batches: number): number {
+  if (graphBytes > POOL_MAX_GRAPH_BYTES || tokens < POOL_MIN_TOKENS) return 1;
   const cores = typeof navigator !== "undefined" ? navigator.hardwareConcurrency ?? 1 : 1;
   return Math.max(1, Math.min(cores, batches));
 }
