@@ -10,6 +10,8 @@ import { perplexity } from "../../src/eval/perplexity.ts";
 import { loadModel } from "../../src/models/load.ts";
 import { ortForwardGraph, ortForwardNext } from "../../src/models/ort_forward.ts";
 import { OrtForwardPool } from "../../src/models/ort_pool.ts";
+import { quantize } from "../../src/quant/pipeline/pipeline.ts";
+import { rtn } from "../../src/quant/weight_only/rtn.ts";
 
 const DATA = new URL("../../../shared/data/", import.meta.url).pathname;
 const MODEL = `${DATA}models/stories260K-hf`;
@@ -38,6 +40,13 @@ Deno.test("perplexity (ort): two workers give the same ppl as the in-process ses
   const ref = await perplexity(m, "tinystories", { nsamples: 7, batch: 2, workers: 1 });
   assertEquals(three.workers, 3, three.workersFallback);
   assertStrictEquals(three.ppl, ref.ppl);
+  // A quantized model: its fake-quant graph on the workers, the same number as in-process.
+  const q = await quantize(m, rtn({ bits: 4, groupSize: 4 }));
+  const q1 = await perplexity(q, "tinystories", { nsamples: 6, batch: 2, workers: 1 });
+  const q2 = await perplexity(q, "tinystories", { nsamples: 6, batch: 2, workers: 2 });
+  assertEquals(q2.workers, 2, q2.workersFallback);
+  assertStrictEquals(q2.ppl, q1.ppl);
+  assert(q1.ppl !== (await perplexity(m, "tinystories", { nsamples: 6, batch: 2 })).ppl);
   // "auto" on a short run: the in-process session, no pool.
   const auto = await perplexity(m, "tinystories", { nsamples: 4 });
   assertEquals(auto.workers, 1);
