@@ -74,10 +74,11 @@ export interface PerplexityOptions {
    * number of batches, and 1 when the run has fewer than {@linkcode POOL_MIN_TOKENS} tokens
    * (128 windows of 512: below that, starting the workers, ~0.2 CPU-s each on stories260K, does
    * not pay for itself) or the float32 graph is larger than {@linkcode POOL_MAX_GRAPH_BYTES}
-   * (every worker holds a full copy of the weights). While the workers start, the in-process
-   * session takes batches; a worker that cannot start leaves its batches to the others (all of
-   * them: to the in-process session), reported in the result's `workersFallback`. The NLL is
-   * summed in window order, so the perplexity is the same number whatever the worker count
+   * (every worker holds a full copy of the weights; the count is also capped at
+   * {@linkcode POOL_MAX_TOTAL_GRAPH_BYTES} of graphs in all). While the workers start, the
+   * in-process session takes batches; a worker that cannot start leaves its batches to the others
+   * (all of them: to the in-process session), reported in the result's `workersFallback`. The NLL
+   * is summed in window order, so the perplexity is the same number whatever the worker count
    * (workers and the in-process session compute the same float32 rows). Workers are terminated
    * before `perplexity` returns, also when it throws.
    */
@@ -141,6 +142,15 @@ export const POOL_MIN_TOKENS = 128 * 512;
 
 /** Graphs larger than this run in-process under `workers` "auto" (each worker holds a copy). */
 export const POOL_MAX_GRAPH_BYTES = 256 * 2 ** 20;
+
+/**
+ * Under `workers` "auto", the workers' graphs together stay within this (the count is capped at
+ * ⌊2 GiB / graph bytes⌋: 8 workers for a 256 MiB graph, whatever the core count).
+ */
+export const POOL_MAX_TOTAL_GRAPH_BYTES = 2 ** 31;
+
+/** How long `perplexity` waits, after its last batch, for pool workers still starting. */
+const POOL_START_WAIT_MS = 60_000;
 
 /**
  * The token stream of an evaluation dataset under the GPTQ protocol: `wikitext2` rows joined with
@@ -309,6 +319,7 @@ export async function perplexity(
   let ortFallback: string | undefined;
   let pool: OrtForwardPool | undefined;
   let workersFallback: string | undefined;
+  let chosenWorkers = 1;
   if (!dec && getBackend().name === "cpu") {
     ortFallback = opts.ort === false
       ? "ort: false"
@@ -321,6 +332,7 @@ export async function perplexity(
         const bytes = await ortForwardGraph(model);
         const n = opts.workers ??
           autoWorkers(bytes.byteLength, windows * seqlen, Math.ceil(windows / batch));
+        chosenWorkers = n;
         if (n > 1) {
           try {
             pool = new OrtForwardPool(bytes, {
@@ -397,14 +409,21 @@ export async function perplexity(
       opts.onProgress?.(w + nb, windows);
     }
     if (pool) {
-      // Every worker started or failed (bounded by a worker's start: only a run shorter than that
-      // waits here), so the count and the failures are final.
-      await pool.ready;
-      if (pool.failures.length > 0) {
-        workersFallback =
-          `${pool.failures.length} of ${pool.failures.length + pool.started} workers failed: ${
-            [...new Set(pool.failures)].join("; ")
-          }` +
+      // Every worker started or failed (only a run shorter than a worker's start waits here), so
+      // the count and the failures are final; a worker still starting after a minute is dropped.
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const late = new Promise<void>((r) => timer = setTimeout(r, POOL_START_WAIT_MS));
+      await Promise.race([pool.ready, late]);
+      clearTimeout(timer);
+      const missing = chosenWorkers - pool.started;
+      if (missing > 0) {
+        const why = [...new Set(pool.failures)];
+        if (pool.failures.length < missing) {
+          why.push(
+            `${missing - pool.failures.length} still starting after ${POOL_START_WAIT_MS / 1000} s`,
+          );
+        }
+        workersFallback = `${missing} of ${chosenWorkers} workers did not run: ${why.join("; ")}` +
           (pool.started === 0 ? " (the in-process session ran every batch)" : "");
       }
     }
@@ -432,12 +451,14 @@ export async function perplexity(
 
 /**
  * The `workers` "auto" count of the onnxruntime path: `navigator.hardwareConcurrency` capped at
- * the batches, 1 for short runs and large graphs (see {@linkcode PerplexityOptions.workers}).
+ * the batches and at {@linkcode POOL_MAX_TOTAL_GRAPH_BYTES} of graphs, 1 for short runs and large
+ * graphs (see {@linkcode PerplexityOptions.workers}).
  */
 function autoWorkers(graphBytes: number, tokens: number, batches: number): number {
   if (graphBytes > POOL_MAX_GRAPH_BYTES || tokens < POOL_MIN_TOKENS) return 1;
   const cores = typeof navigator !== "undefined" ? navigator.hardwareConcurrency ?? 1 : 1;
-  return Math.max(1, Math.min(cores, batches));
+  const fit = Math.floor(POOL_MAX_TOTAL_GRAPH_BYTES / Math.max(1, graphBytes));
+  return Math.max(1, Math.min(cores, batches, fit));
 }
 
 /** The block-by-block pass of {@linkcode perplexity} (`layerwise`): NLL sum and token count. */
