@@ -56,6 +56,29 @@ Deno.test("perplexity (ort): two workers give the same ppl as the in-process ses
   );
 });
 
+Deno.test("perplexity (ort): auto workers on a long run; a throwing callback still ends the pool", async () => {
+  const m = await loadModel(MODEL);
+  const auto = await perplexity(m, "tinystories", { nsamples: 128, batch: 8 });
+  const cores = navigator.hardwareConcurrency;
+  assertEquals(auto.workers, Math.min(cores, 16), auto.workersFallback);
+  const one = await perplexity(m, "tinystories", { nsamples: 128, batch: 8, workers: 1 });
+  assertStrictEquals(auto.ppl, one.ppl);
+  // The error surfaces and the workers are terminated (the sanitizers see no leak).
+  await assertRejects(
+    () =>
+      perplexity(m, "tinystories", {
+        nsamples: 8,
+        batch: 2,
+        workers: 2,
+        onProgress: (d) => {
+          if (d === 4) throw new Error("stop at 4");
+        },
+      }),
+    Error,
+    "stop at 4",
+  );
+});
+
 Deno.test("perplexity: a bad workers value is an OptionError naming it", async () => {
   const m = await loadModel(MODEL);
   for (const workers of [0, -1, 1.5, NaN, Infinity]) {
