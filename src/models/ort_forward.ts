@@ -28,10 +28,11 @@ interface Entry {
 const sessions = new WeakMap<Model, Entry>();
 
 /**
- * Graphs up to this size stay cached beside the session (a worker pool,
- * `ort_pool.ts`, sends them to its workers on every evaluation); larger ones are rebuilt.
+ * Graphs up to this size stay cached beside the session (a worker pool, `ort_pool.ts`, sends them
+ * to its workers on every evaluation); larger ones are rebuilt when asked for, so a large model
+ * does not hold a second copy of its weights for its lifetime.
  */
-const KEEP_GRAPH_BYTES = 256 * 2 ** 20;
+const KEEP_GRAPH_BYTES = 64 * 2 ** 20;
 
 /** `model`'s cache entry, a fresh one when its weights or override tensors changed. */
 function entryOf(model: Model): Entry {
@@ -92,7 +93,7 @@ export function invalidateOrtForward(model: Model): void {
  * quantized model, its fake-quant weights): what {@linkcode ortForwardSession} and an
  * `OrtForwardPool` (`ort_pool.ts`) run. Checks each tensor's size against the config
  * (`FormatError`). Without `opts.chunks` the bytes are cached beside the session (same
- * invalidation) while they are at most 256 MiB: callers must not modify them. `opts.chunks`: the
+ * invalidation) while they are at most 64 MiB: callers must not modify them. `opts.chunks`: the
  * graph's query blocks (`buildForwardGraph`, default 8), built anew on each call.
  */
 export function ortForwardGraph(
