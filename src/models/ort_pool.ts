@@ -7,13 +7,20 @@
  * 762 TinyStories windows); one session per worker did the same windows in ~3.5 s with two
  * workers against ~6.7 s with one.
  *
- * The graph bytes are copied once into a `SharedArrayBuffer` that every worker reads (each
- * session then holds its own copy of the weights: memory grows with the worker count). Workers
- * start in the background (spawn, onnxruntime import, session: ~0.25 s of CPU each for
- * stories260K); requests queue and go to the first idle worker that has its session, and an
- * optional in-process runner (`local`) takes queued requests while no worker is ready yet — and
- * all of them when no worker could start. Results come back per request, so the caller decides
- * the order in which it combines them. {@linkcode OrtForwardPool.close} terminates every worker.
+ * The graph bytes are copied once into a `SharedArrayBuffer` that every worker reads;
+ * onnxruntime-node takes no shared buffer, so each worker copies it for its session and drops the copy (each
+ * session then holds its own weights: memory grows with the worker count). Workers start in the
+ * background (spawn, onnxruntime import, session: ~0.19 CPU-s each for stories260K; two are ready
+ * in ~0.21 s on 2 cores); requests queue and go to the first idle worker that has its session.
+ * An optional in-process runner (`local`) takes queued requests while no worker is ready yet, and
+ * all of them when no worker could start; it stops once a worker is ready: a main-thread session
+ * that kept taking batches beside two workers (three runners on 2 cores) made 762 windows take
+ * ~6.0 s instead of ~3.5 s. A worker's rows (one intra-op thread) have equalled the in-process
+ * session's (onnxruntime's default threads) bit for bit in every test and bench run (the
+ * perplexity tests check it); results come back per request and the caller decides the order in
+ * which it combines them. Under load, when the process gets
+ * about one core in all, the pool gains nothing and costs its start and ~10 % more CPU time.
+ * {@linkcode OrtForwardPool.close} terminates every worker.
  * @module
  */
 import { OptionError, UnsupportedError } from "../errors.ts";
