@@ -1,17 +1,20 @@
 /**
  * CPU benchmark (`deno task bench`): our GEMM path against a raw onnxruntime session over the same
  * graph in the same run (ratio ≥ 0.9 is the target), and stories260K forward tokens/s; then
- * stories260K TinyStories perplexity tokens/s through the whole-decoder onnxruntime graph
- * (`src/models/ort_forward.ts`) against the TypeScript forward, alternating in the same run (a
- * subset of windows, 3 rounds; `--full`: all of them, 1 round; `--rounds N`: N rounds), wall and
- * process CPU seconds (user + system) of each path, best of the rounds.
+ * stories260K TinyStories perplexity tokens/s, alternating three paths in the same run: the
+ * whole-decoder onnxruntime graph (`src/models/ort_forward.ts`) on a pool of workers with the
+ * "auto" count (`src/models/ort_pool.ts`, `PerplexityOptions.workers`), the same graph on the
+ * in-process session alone (`workers: 1`), and the TypeScript forward (a subset of windows, 3
+ * rounds; `--full`: all of them, 1 round; `--rounds N`: N rounds). Wall and process CPU seconds
+ * (user + system, worker threads included) of each path, best of the rounds; the perplexity of
+ * the pool and of `workers: 1` must be the same number; speedups are over the TypeScript forward.
  * `--ppl-only` skips the GEMM and forward sections.
  * @module
  */
 import { cpuBackend, gemmModelBytes, loadOrt } from "../src/backend/cpu.ts";
 import { forward } from "../src/models/decoder.ts";
 import { ortForward } from "../src/models/ort_forward.ts";
-import { perplexity } from "../src/eval/perplexity.ts";
+import { perplexity, type PerplexityOptions } from "../src/eval/perplexity.ts";
 import { loadModel } from "../src/models/load.ts";
 import { mulberry32, randnArray } from "../src/rng.ts";
 import process from "node:process";
@@ -90,36 +93,55 @@ const cpuSeconds = () => {
   const u = process.cpuUsage();
   return (u.user + u.system) / 1e6;
 };
-const times = { ort: Infinity, ts: Infinity };
-const cpuTimes = { ort: Infinity, ts: Infinity };
-let ppl = { ort: 0, ts: 0 };
+type Path = "pool" | "ort1" | "ts";
+const paths: { key: Path; label: string; opts: PerplexityOptions }[] = [
+  { key: "pool", label: "onnxruntime, auto workers", opts: {} },
+  { key: "ort1", label: "onnxruntime, workers: 1", opts: { workers: 1 } },
+  { key: "ts", label: "TypeScript forward", opts: { ort: false } },
+];
+const times: Record<Path, number> = { pool: Infinity, ort1: Infinity, ts: Infinity };
+const cpuTimes: Record<Path, number> = { pool: Infinity, ort1: Infinity, ts: Infinity };
+const ppl: Record<Path, number> = { pool: 0, ort1: 0, ts: 0 };
+const workers: Record<Path, number> = { pool: 0, ort1: 0, ts: 0 };
 let tokens = 0;
 for (let r = 0; r < rounds; r++) {
-  for (const ort of [true, false]) {
+  for (const p of paths) {
     const c0 = cpuSeconds();
-    const res = await perplexity(model, "tinystories", { nsamples, ort });
+    const res = await perplexity(model, "tinystories", { nsamples, ...p.opts });
     const cpu = cpuSeconds() - c0;
-    const k = ort ? "ort" : "ts";
-    if (res.ort !== ort) throw new Error(`expected the ${k} path, got ${res.ortFallback}`);
-    console.log(`  round ${r + 1}, ${k}: ${res.seconds.toFixed(2)} s (CPU ${cpu.toFixed(2)} s)`);
-    times[k] = Math.min(times[k], res.seconds);
-    cpuTimes[k] = Math.min(cpuTimes[k], cpu);
-    ppl = { ...ppl, [k]: res.ppl };
+    if (res.ort !== (p.key !== "ts")) {
+      throw new Error(`expected the ${p.key} path, got ${res.ortFallback}`);
+    }
+    console.log(
+      `  round ${r + 1}, ${p.label}: ${res.seconds.toFixed(2)} s (CPU ${cpu.toFixed(2)} s, ` +
+        `${res.workers} worker${res.workers === 1 ? "" : "s"}${
+          res.workersFallback ? `; ${res.workersFallback}` : ""
+        })`,
+    );
+    times[p.key] = Math.min(times[p.key], res.seconds);
+    cpuTimes[p.key] = Math.min(cpuTimes[p.key], cpu);
+    ppl[p.key] = res.ppl;
+    workers[p.key] = res.workers;
     tokens = res.windows * res.seqlen;
   }
 }
-console.log("path                 seconds   tokens/s   CPU s   ppl");
-for (const k of ["ort", "ts"] as const) {
+console.log("path                        workers   seconds   tokens/s   CPU s   ppl");
+for (const p of paths) {
   console.log(
-    `${(k === "ort" ? "onnxruntime graph" : "TypeScript forward").padEnd(20)} ${
-      times[k].toFixed(2).padStart(7)
-    } ${(tokens / times[k]).toFixed(0).padStart(10)} ${cpuTimes[k].toFixed(2).padStart(7)}   ${
-      ppl[k].toFixed(4)
-    }`,
+    `${p.label.padEnd(27)} ${String(workers[p.key]).padStart(7)} ${
+      times[p.key].toFixed(2).padStart(9)
+    } ${(tokens / times[p.key]).toFixed(0).padStart(10)} ${
+      cpuTimes[p.key].toFixed(2).padStart(7)
+    }   ${ppl[p.key].toFixed(6)}`,
   );
 }
 console.log(
-  `speedup: ${(times.ts / times.ort).toFixed(1)}× wall, ${
-    (cpuTimes.ts / cpuTimes.ort).toFixed(1)
-  }× CPU time`,
+  `ppl: pool ${ppl.pool === ppl.ort1 ? "===" : "!=="} workers: 1 (${ppl.pool} vs ${ppl.ort1})`,
 );
+for (const k of ["pool", "ort1"] as const) {
+  console.log(
+    `speedup of ${paths.find((p) => p.key === k)!.label} over the TypeScript forward: ${
+      (times.ts / times[k]).toFixed(1)
+    }× wall, ${(cpuTimes.ts / cpuTimes[k]).toFixed(1)}× CPU time`,
+  );
+}

@@ -17,13 +17,32 @@ import type { Model } from "./model.ts";
 type Session = any;
 
 interface Entry {
-  /** The weights object and its override tensors when the session was built. */
+  /** The weights object and its override tensors when the entry was made. */
   weights: unknown;
   overrides: Tensor[];
-  session: Promise<Session>;
+  /** The graph bytes, kept while at most {@linkcode KEEP_GRAPH_BYTES}. */
+  bytes?: Promise<Uint8Array>;
+  session?: Promise<Session>;
 }
 
 const sessions = new WeakMap<Model, Entry>();
+
+/**
+ * Graphs up to this size stay cached beside the session (a worker pool, `ort_pool.ts`, sends them
+ * to its workers on every evaluation); larger ones are rebuilt when asked for, so a large model
+ * does not hold a second copy of its weights for its lifetime.
+ */
+const KEEP_GRAPH_BYTES = 64 * 2 ** 20;
+
+/** `model`'s cache entry, a fresh one when its weights or override tensors changed. */
+function entryOf(model: Model): Entry {
+  const overrides = overridesOf(model);
+  const have = sessions.get(model);
+  if (have && have.weights === model.weights && same(have.overrides, overrides)) return have;
+  const e: Entry = { weights: model.weights, overrides };
+  sessions.set(model, e);
+  return e;
+}
 
 /** Protobuf's 2 GiB message limit, less room for the graph itself. */
 const MAX_GRAPH_BYTES = 2 ** 31 - 2 ** 24;
@@ -64,9 +83,81 @@ function same(a: Tensor[], b: Tensor[]): boolean {
   return a.length === b.length && a.every((t, i) => t === b[i]);
 }
 
-/** Drops `model`'s cached session (call after changing a weight tensor in place). */
+/** Drops `model`'s cached session and graph (call after changing a weight tensor in place). */
 export function invalidateOrtForward(model: Model): void {
   sessions.delete(model);
+}
+
+/**
+ * The ONNX bytes of `model`'s whole-decoder forward graph with its current weights (for a
+ * quantized model, its fake-quant weights): what {@linkcode ortForwardSession} and an
+ * `OrtForwardPool` (`ort_pool.ts`) run. Checks each tensor's size against the config
+ * (`FormatError`). Without `opts.chunks` the bytes are cached beside the session (same
+ * invalidation) while they are at most 64 MiB: callers must not modify them. `opts.chunks`: the
+ * graph's query blocks (`buildForwardGraph`, default 8), built anew on each call.
+ */
+export function ortForwardGraph(
+  model: Model,
+  opts: { chunks?: number } = {},
+): Promise<Uint8Array> {
+  if (opts.chunks !== undefined) return buildGraph(model, opts.chunks);
+  const e = entryOf(model);
+  if (e.bytes) return e.bytes;
+  const bytes = buildGraph(model);
+  e.bytes = bytes;
+  bytes.then(
+    (b) => {
+      if (b.byteLength > KEEP_GRAPH_BYTES && e.bytes === bytes) e.bytes = undefined;
+    },
+    () => {
+      if (e.bytes === bytes) e.bytes = undefined;
+    },
+  );
+  return bytes;
+}
+
+async function buildGraph(model: Model, chunks?: number): Promise<Uint8Array> {
+  const cfg = model.config;
+  const expect = (name: string): number[] => {
+    const l = name.match(/^model\.layers\.\d+\.(.+)\.weight$/)?.[1];
+    const D = cfg.hiddenSize, hd = cfg.headDim, I = cfg.intermediateSize;
+    if (name === "model.embed_tokens.weight" || name === "lm_head.weight") {
+      return [cfg.vocabSize, D];
+    }
+    switch (l) {
+      case "self_attn.q_proj":
+        return [cfg.numHeads * hd, D];
+      case "self_attn.k_proj":
+      case "self_attn.v_proj":
+        return [cfg.numKvHeads * hd, D];
+      case "self_attn.o_proj":
+        return [D, cfg.numHeads * hd];
+      case "mlp.gate_proj":
+      case "mlp.up_proj":
+        return [I, D];
+      case "mlp.down_proj":
+        return [D, I];
+    }
+    return [D]; // norms
+  };
+  const get = async (name: string): Promise<Tensor> => {
+    if (!model.weights.has(name)) {
+      throw new FormatError(model.source, `tensor "${name}" is missing`);
+    }
+    const t = await model.weights.get(name);
+    const shape = expect(name);
+    if (t.data.length !== shape.reduce((a, b) => a * b, 1)) {
+      throw new FormatError(
+        model.source,
+        `tensor "${name}" has shape [${t.shape}], config implies [${shape}]`,
+      );
+    }
+    return t;
+  };
+  return await buildForwardGraph(cfg, get, {
+    hasHead: model.weights.has("lm_head.weight"),
+    ...(chunks !== undefined ? { chunks } : {}),
+  });
 }
 
 /**
@@ -74,52 +165,10 @@ export function invalidateOrtForward(model: Model): void {
  * weights object or its override tensors changed since.
  */
 export function ortForwardSession(model: Model): Promise<Session> {
-  const overrides = overridesOf(model);
-  const have = sessions.get(model);
-  if (have && have.weights === model.weights && same(have.overrides, overrides)) {
-    return have.session;
-  }
-  const cfg = model.config;
+  const e = entryOf(model);
+  if (e.session) return e.session;
   const session = (async () => {
-    const expect = (name: string): number[] => {
-      const l = name.match(/^model\.layers\.\d+\.(.+)\.weight$/)?.[1];
-      const D = cfg.hiddenSize, hd = cfg.headDim, I = cfg.intermediateSize;
-      if (name === "model.embed_tokens.weight" || name === "lm_head.weight") {
-        return [cfg.vocabSize, D];
-      }
-      switch (l) {
-        case "self_attn.q_proj":
-          return [cfg.numHeads * hd, D];
-        case "self_attn.k_proj":
-        case "self_attn.v_proj":
-          return [cfg.numKvHeads * hd, D];
-        case "self_attn.o_proj":
-          return [D, cfg.numHeads * hd];
-        case "mlp.gate_proj":
-        case "mlp.up_proj":
-          return [I, D];
-        case "mlp.down_proj":
-          return [D, I];
-      }
-      return [D]; // norms
-    };
-    const get = async (name: string): Promise<Tensor> => {
-      if (!model.weights.has(name)) {
-        throw new FormatError(model.source, `tensor "${name}" is missing`);
-      }
-      const t = await model.weights.get(name);
-      const shape = expect(name);
-      if (t.data.length !== shape.reduce((a, b) => a * b, 1)) {
-        throw new FormatError(
-          model.source,
-          `tensor "${name}" has shape [${t.shape}], config implies [${shape}]`,
-        );
-      }
-      return t;
-    };
-    const bytes = await buildForwardGraph(cfg, get, {
-      hasHead: model.weights.has("lm_head.weight"),
-    });
+    const bytes = await ortForwardGraph(model);
     const ort = await loadOrt();
     // Intra-op threads: onnxruntime's default (one per physical core), not spinning between ops:
     // on 2 cores shared with other processes, spinning workers doubled the CPU time per window
@@ -130,9 +179,9 @@ export function ortForwardSession(model: Model): Promise<Session> {
       extra: { session: { intra_op: { allow_spinning: "0" } } },
     });
   })();
-  sessions.set(model, { weights: model.weights, overrides, session });
+  e.session = session;
   session.catch(() => {
-    if (sessions.get(model)?.session === session) sessions.delete(model);
+    if (e.session === session) e.session = undefined;
   });
   return session;
 }
@@ -177,20 +226,19 @@ export async function ortForwardLse(
  * onnxruntime forward graph: the float32 log-sum-exp of its logits and its logit of the next
  * token of the same sequence (token 0 at a sequence's last row), both computed in the graph, so
  * only two floats per token leave the session: a row's NLL of its next token is
- * `lse − next`, the same float32 values {@linkcode ortForwardLse} returns.
+ * `lse − next`, the same float32 values {@linkcode ortForwardLse} returns. `ids` may be int64
+ * already (a `BigInt64Array`, used as is).
  */
 export async function ortForwardNext(
   model: Model,
-  ids: number[],
+  ids: number[] | BigInt64Array,
   opts: { batch?: number } = {},
 ): Promise<{ lse: Float32Array; next: Float32Array }> {
   const batch = opts.batch ?? 1;
   const session = await ortForwardSession(model);
   const ort = await loadOrt();
-  const input = new ort.Tensor("int64", BigInt64Array.from(ids, (v) => BigInt(v)), [
-    batch,
-    ids.length / batch,
-  ]);
+  const big = ids instanceof BigInt64Array ? ids : BigInt64Array.from(ids, (v) => BigInt(v));
+  const input = new ort.Tensor("int64", big, [batch, ids.length / batch]);
   const out = await session.run({ input_ids: input }, ["lse", "next_logit"]);
   return { lse: out.lse.data as Float32Array, next: out.next_logit.data as Float32Array };
 }
