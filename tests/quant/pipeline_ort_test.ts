@@ -1,7 +1,10 @@
 /**
  * The pipeline's onnxruntime calibration forward (`forward: "ort"`, `src/models/ort_block.ts`)
  * against the TypeScript block forward, the reference: per-stage `XᵀX` and block outputs within
- * float32 rounding, and a small GPTQ run's report and perplexity within a tight tolerance.
+ * float32 rounding, and a small GPTQ run's report and perplexity within a tight tolerance. (On
+ * stories260K with 256-token windows they are bit-identical today; with 40 tokens, where the
+ * TypeScript forward attends in its own loop, they differ by ~2e-7 relative. The tolerances
+ * allow for other onnxruntime kernels.)
  */
 import { assert, assertEquals, assertLess, assertRejects } from "@std/assert";
 import { cpuBackend } from "../../src/backend/cpu.ts";
@@ -134,11 +137,6 @@ Deno.test("quantize forward ort: visible fallbacks, option checks, own run ident
   const a = await quantize(pm, rtn({ bits: 4 }), { calib, forward: "ort" });
   assertEquals(a.report.forward, "ts");
   assert(a.report.forwardFallback?.includes("quantization points"), a.report.forwardFallback);
-  // A backend other than the CPU one.
-  const other = { ...cpuBackend, name: "other" };
-  const b = await quantize(m, rtn({ bits: 4 }), { calib, forward: "ort", backend: other });
-  assertEquals(b.report.forward, "ts");
-  assert(b.report.forwardFallback?.includes("other"), b.report.forwardFallback);
   await assertRejects(
     () => quantize(m, rtn({ bits: 4 }), { calib, forward: "wasm" as "ts" }),
     OptionError,
