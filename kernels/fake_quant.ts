@@ -297,53 +297,64 @@ export function sdrQuantRef(
   const den = ds ? 2 ** (bits - 1) : maxq;
   const lower = ds ? -(2 ** (bits - 1)) : -maxq;
   const clip = f(spec.clip ?? 1);
-  const { units, gs, mode } = fakeQuantUnits(spec, rows, cols);
-  const lo = new Float64Array(units), hi = new Float64Array(units);
-  for (let i = 0; i < n; i++) {
-    const u = unitOfElement(i, cols, gs, mode), v = x[i];
-    if (v < lo[u]) lo[u] = v;
-    if (v > hi[u]) hi[u] = v;
-  }
-  const scale = new Float64Array(units), zero = new Float64Array(units);
+  const { units, count, gs, mode } = fakeQuantUnits(spec, rows, cols);
+  // Element e of unit u sits at base(u) + e·step, as in fakeQuantRef: each unit's range, scale
+  // and codes in one walk (the same elements in the same order as a per-element unit lookup).
+  const step = mode === 2 ? cols : 1;
+  const end = count * step;
+  const baseOf = (u: number) => (mode === 0 ? 0 : mode === 2 ? u : u * gs);
+  const scale = new Float64Array(units);
+  // QRazor's SDR pass needs every code before any output; the other grids write y directly.
+  const c = spec.qrazor ? new Float64Array(n) : undefined;
   for (let u = 0; u < units; u++) {
-    let xmin = f(lo[u] * clip), xmax = f(hi[u] * clip);
-    scale[u] = 1;
+    const base = baseOf(u);
+    let lo = 0, hi = 0;
+    for (let i = base; i < base + end; i += step) {
+      const v = x[i];
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+    let xmin = f(lo * clip), xmax = f(hi * clip);
+    let s = 1, zero = 0;
     if (sym) {
       xmax = Math.max(Math.abs(xmin), xmax);
-      if (xmax !== 0) scale[u] = f(xmax / den);
+      if (xmax !== 0) s = f(xmax / den);
     } else {
       if (xmin === 0 && xmax === 0) [xmin, xmax] = [-1, 1];
-      scale[u] = f(f(xmax - xmin) / den);
-      zero[u] = roundEven(f(-xmin / scale[u]));
+      s = f(f(xmax - xmin) / den);
+      zero = roundEven(f(-xmin / s));
+    }
+    scale[u] = s;
+    for (let i = base; i < base + end; i += step) {
+      const r = roundEven(f(x[i] / s));
+      const ci = sym
+        ? Math.min(Math.max(r, lower), maxq)
+        : Math.min(Math.max(r + zero, 0), maxq) - zero;
+      if (c) c[i] = ci;
+      else y[i] = f(s * ci) + 0;
     }
   }
-  const c = new Float64Array(n);
-  for (let i = 0; i < n; i++) {
-    const u = unitOfElement(i, cols, gs, mode);
-    const r = roundEven(f(x[i] / scale[u]));
-    c[i] = sym
-      ? Math.min(Math.max(r, lower), maxq)
-      : Math.min(Math.max(r + zero[u], 0), maxq) - zero[u];
-  }
-  if (spec.qrazor) {
-    const rb = spec.qrazor.bits, group = spec.qrazor.group;
-    for (let g0 = 0; g0 < n; g0 += group) {
-      const g1 = Math.min(g0 + group, n);
-      let m = 0;
-      for (let i = g0; i < g1; i++) m = Math.max(m, Math.abs(c[i]));
-      if (m < 2 ** (rb - 1)) continue;
-      const b = 32 - Math.clz32(m); // m ∈ [2^(b−1), 2^b)
-      if (b > bits) continue;
-      const unit = 2 ** (b + 1 - rb);
-      const edge = 2 ** b - 2 ** (b - 4);
-      const floorFrom = m >= edge ? Math.floor(edge) : Infinity;
-      for (let i = g0; i < g1; i++) {
-        const a = Math.abs(c[i]);
-        const k = a >= floorFrom ? Math.floor(a / unit) : roundEven(a / unit);
-        c[i] = Math.sign(c[i]) * k * unit;
-      }
+  if (!c) return y;
+  const rb = spec.qrazor!.bits, group = spec.qrazor!.group;
+  for (let g0 = 0; g0 < n; g0 += group) {
+    const g1 = Math.min(g0 + group, n);
+    let m = 0;
+    for (let i = g0; i < g1; i++) m = Math.max(m, Math.abs(c[i]));
+    if (m < 2 ** (rb - 1)) continue;
+    const b = 32 - Math.clz32(m); // m ∈ [2^(b−1), 2^b)
+    if (b > bits) continue;
+    const unit = 2 ** (b + 1 - rb);
+    const edge = 2 ** b - 2 ** (b - 4);
+    const floorFrom = m >= edge ? Math.floor(edge) : Infinity;
+    for (let i = g0; i < g1; i++) {
+      const a = Math.abs(c[i]);
+      const k = a >= floorFrom ? Math.floor(a / unit) : roundEven(a / unit);
+      c[i] = Math.sign(c[i]) * k * unit;
     }
   }
-  for (let i = 0; i < n; i++) y[i] = f(scale[unitOfElement(i, cols, gs, mode)] * c[i]) + 0;
+  for (let u = 0; u < units; u++) {
+    const base = baseOf(u), s = scale[u];
+    for (let i = base; i < base + end; i += step) y[i] = f(s * c[i]) + 0;
+  }
   return y;
 }

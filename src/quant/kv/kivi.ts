@@ -141,6 +141,12 @@ interface Layer {
   kFull: Float32Array[];
   vRows: VRow[];
   vFull: Float32Array[];
+  /**
+   * The host path's float32 copy of the quantized prefix: keys of the first `kDeqRows` rows and
+   * values of the first `vDeqRows`, dequantized once (blocks and rows are only appended, so a
+   * decode step dequantizes what is new, not the whole prefix; the same values).
+   */
+  deq?: { K: Float32Array; V: Float32Array; kDeqRows: number; vDeqRows: number };
 }
 
 /**
@@ -355,9 +361,10 @@ export class KiviCache implements KVCache {
       const S = n + t1;
       const K = new Float32Array(S * kw);
       const V = new Float32Array(S * kw);
-      this.#readK(L, b.qk, K);
+      const d = this.#dequantized(L, b.qk, b.qv);
+      K.set(d.K.subarray(0, b.qk * kw));
       for (let s = b.qk; s < S; s++) K.set(kRows[s - kBase], s * kw);
-      this.#readV(L, b.qv, V);
+      V.set(d.V.subarray(0, b.qv * kw));
       for (let s = b.qv; s < S; s++) V.set(vRows[s - vBase], s * kw);
       const y = await attention(
         q.subarray(t0 * qw, t1 * qw),
@@ -444,12 +451,44 @@ export class KiviCache implements KVCache {
     }
   }
 
-  /** Dequantizes keys [0, upto) of layer storage `L` into `K` [≥ upto, kw]. */
-  #readK(L: Layer, upto: number, K: Float32Array): void {
+  /** `L.deq` holding at least keys [0, kRows) and values [0, vRows) (grown as needed). */
+  #dequantized(L: Layer, kRows: number, vRows: number): NonNullable<Layer["deq"]> {
+    const kw = this.#kw;
+    const R = this.settings.residualLength;
+    // Keys are dequantized by whole blocks of R rows.
+    const kNeed = Math.ceil(kRows / R) * R;
+    let d = L.deq;
+    if (!d || d.K.length < kNeed * kw || d.V.length < vRows * kw) {
+      const size = Math.max(kNeed, vRows, Math.ceil(this.capacity / R) * R) * kw;
+      const grown = {
+        K: new Float32Array(size),
+        V: new Float32Array(size),
+        kDeqRows: d?.kDeqRows ?? 0,
+        vDeqRows: d?.vDeqRows ?? 0,
+      };
+      if (d) {
+        grown.K.set(d.K.subarray(0, d.kDeqRows * kw));
+        grown.V.set(d.V.subarray(0, d.vDeqRows * kw));
+      }
+      d = L.deq = grown;
+    }
+    if (d.kDeqRows < kNeed) {
+      this.#readK(L, kNeed, d.K, d.kDeqRows / R);
+      d.kDeqRows = kNeed;
+    }
+    if (d.vDeqRows < vRows) {
+      this.#readV(L, vRows, d.V, d.vDeqRows);
+      d.vDeqRows = vRows;
+    }
+    return d;
+  }
+
+  /** Dequantizes key blocks from `fromBlock` up to row `upto` of storage `L` into `K` [≥ upto, kw]. */
+  #readK(L: Layer, upto: number, K: Float32Array, fromBlock = 0): void {
     const s = this.settings;
     const R = s.residualLength;
     const kw = this.#kw;
-    for (let b = 0; b * R < upto; b++) {
+    for (let b = fromBlock; b * R < upto; b++) {
       const blk = L.kBlocks[b];
       if (blk.raw) {
         K.set(blk.raw, b * R * kw);
@@ -471,13 +510,13 @@ export class KiviCache implements KVCache {
     }
   }
 
-  /** Dequantizes values [0, upto) of `L` into `V`. */
-  #readV(L: Layer, upto: number, V: Float32Array): void {
+  /** Dequantizes values [from, upto) of `L` into `V`. */
+  #readV(L: Layer, upto: number, V: Float32Array, from = 0): void {
     const s = this.settings;
     const kw = this.#kw;
     const G = s.vGroupSize;
     const wpg = wordsPerGroup(G, s.bits);
-    for (let t = 0; t < upto; t++) {
+    for (let t = from; t < upto; t++) {
       const r = L.vRows[t];
       if (r.raw) {
         V.set(r.raw, t * kw);

@@ -383,6 +383,12 @@ export class KvQuantCache implements KVCache {
   #deviceBackend: Backend | undefined;
   /** Per layer: tokens already uploaded to the device copy. */
   #uploaded: number[];
+  /**
+   * Per layer, the host path's float32 copy of the cache as attention reads it (dequantized,
+   * keys rotated when stored before RoPE) for tokens [0, n): tokens are only appended, so a
+   * decode step dequantizes its new tokens only, not the whole prefix (the same values).
+   */
+  #deq: { K: Float32Array; V: Float32Array; n: number }[] = [];
 
   /** An empty cache for `capacity` tokens (default the model's context). */
   constructor(cfg: ModelConfig, opts: KvQuantOptions = {}, capacity = cfg.maxPositions) {
@@ -450,10 +456,21 @@ export class KvQuantCache implements KVCache {
       return attention(q, k, v, dims, backend);
     }
     const S = n + T;
-    const K = new Float32Array(S * kw);
-    const V = new Float32Array(S * kw);
-    this.#read(layer, S, K, V, this.settings.preRope);
-    return attention(q, K, V, { ...dims, S }, backend);
+    let d = this.#deq[layer];
+    if (!d || d.K.length < S * kw) {
+      const size = Math.max(S, this.capacity) * kw;
+      const grown = { K: new Float32Array(size), V: new Float32Array(size), n: d?.n ?? 0 };
+      if (d) {
+        grown.K.set(d.K.subarray(0, d.n * kw));
+        grown.V.set(d.V.subarray(0, d.n * kw));
+      }
+      d = this.#deq[layer] = grown;
+    }
+    if (d.n < S) {
+      this.#read(layer, S, d.K, d.V, this.settings.preRope, d.n);
+      d.n = S;
+    }
+    return attention(q, d.K.subarray(0, S * kw), d.V.subarray(0, S * kw), { ...dims, S }, backend);
   };
 
   /**
@@ -615,10 +632,17 @@ export class KvQuantCache implements KVCache {
   }
 
   /**
-   * Dequantizes tokens [0, upto) of `layer` into K and V [≥ upto, kw]; `rotate` applies RoPE to
-   * the keys at their positions (pre-RoPE storage).
+   * Dequantizes tokens [from, upto) of `layer` into rows [from, upto) of K and V [≥ upto, kw];
+   * `rotate` applies RoPE to the keys at their positions (pre-RoPE storage).
    */
-  #read(layer: number, upto: number, K: Float32Array, V: Float32Array, rotate: boolean): void {
+  #read(
+    layer: number,
+    upto: number,
+    K: Float32Array,
+    V: Float32Array,
+    rotate: boolean,
+    from = 0,
+  ): void {
     const s = this.settings;
     const kw = this.#kw;
     const toks = this.#toks[layer];
@@ -629,7 +653,7 @@ export class KvQuantCache implements KVCache {
     const wpr = wordsPerGroup(kw, bits);
     const cpw = codesPerWord(bits);
     const perCh = s.kCodebook === "channel";
-    for (let p = 0; p < upto; p++) {
+    for (let p = from; p < upto; p++) {
       const tk = toks[p];
       const o = p * kw;
       if (tk.raw) {
@@ -658,7 +682,7 @@ export class KvQuantCache implements KVCache {
       // applyRope's rotation (rotate-half, row p at position p) from the cached table.
       const { numKvHeads, headDim } = this.config;
       const half = headDim / 2;
-      for (let p = 0; p < upto; p++) {
+      for (let p = from; p < upto; p++) {
         const t0 = p * half * 2;
         for (let h = 0; h < numKvHeads; h++) {
           const o = p * kw + h * headDim;
