@@ -204,6 +204,57 @@ export function fakeQuantFields(
 }
 
 /**
+ * How the CPU references walk a unit of {@linkcode fakeQuantUnits}: element e of unit u sits at
+ * `baseOf(u) + e·step`, `end = count·step`. The tensor (mode 0) and a row's groups (mode 1:
+ * ⌊u / groups per row⌋·cols + (u mod groups per row)·gs = u·gs) are contiguous, a channel
+ * (mode 2) steps by cols.
+ */
+function unitWalk(
+  u: { count: number; gs: number; mode: 0 | 1 | 2 },
+  cols: number,
+): { step: number; end: number; baseOf: (u: number) => number } {
+  const { count, gs, mode } = u;
+  const step = mode === 2 ? cols : 1;
+  return {
+    step,
+    end: count * step,
+    baseOf: (i) => (mode === 0 ? 0 : mode === 2 ? i : i * gs),
+  };
+}
+
+/**
+ * One unit's min-max grid in f32, as the kernels: the range over `x[base], x[base + step], …`
+ * (always including 0) times `clip`; symmetric: `scale = max(|min|, max) / den` (1 for an all-zero
+ * unit); asymmetric: `scale = (max − min) / den`, `zero = round(−min / scale)` ([−1, 1] for an
+ * all-zero unit).
+ */
+function unitGrid(
+  x: Float32Array,
+  walk: { base: number; end: number; step: number },
+  o: { clip: number; sym: boolean; den: number },
+): { scale: number; zero: number } {
+  const f = Math.fround;
+  const { base, end, step } = walk;
+  let lo = 0, hi = 0;
+  for (let i = base; i < base + end; i += step) {
+    const v = x[i];
+    if (v < lo) lo = v;
+    if (v > hi) hi = v;
+  }
+  let xmin = f(lo * o.clip), xmax = f(hi * o.clip);
+  let scale = 1, zero = 0;
+  if (o.sym) {
+    xmax = Math.max(Math.abs(xmin), xmax);
+    if (xmax !== 0) scale = f(xmax / o.den);
+  } else {
+    if (xmin === 0 && xmax === 0) [xmin, xmax] = [-1, 1];
+    scale = f(f(xmax - xmin) / o.den);
+    zero = roundEven(f(-xmin / scale));
+  }
+  return { scale, zero };
+}
+
+/**
  * CPU reference of {@linkcode fakeQuantWGSL}: `x` [rows, cols] fake-quantized by `spec` into a new
  * array (f32 at every step, as the kernel). Assumes a valid spec (the backend checks specs).
  */
@@ -221,13 +272,9 @@ export function fakeQuantRef(
   const sym = spec.sym ?? true;
   const clip = f(spec.clip ?? 1);
   const { units, count, gs, mode } = fakeQuantUnits(spec, rows, cols);
-  // Element e of unit u sits at base(u) + e·step: the tensor (mode 0) and a row's groups
-  // (mode 1: ⌊u / groups per row⌋·cols + (u mod groups per row)·gs = u·gs) are contiguous, a
-  // channel (mode 2) steps by cols.
-  const step = mode === 2 ? cols : 1;
-  const end = count * step;
+  const { step, end, baseOf } = unitWalk({ count, gs, mode }, cols);
   for (let u = 0; u < units; u++) {
-    const base = mode === 0 ? 0 : mode === 2 ? u : u * gs;
+    const base = baseOf(u);
     if (spec.scales) {
       for (let i = base; i < base + end; i += step) {
         const s = spec.scales[i % cols];
@@ -235,22 +282,7 @@ export function fakeQuantRef(
       }
       continue;
     }
-    let lo = 0, hi = 0;
-    for (let i = base; i < base + end; i += step) {
-      const v = x[i];
-      if (v < lo) lo = v;
-      if (v > hi) hi = v;
-    }
-    let xmin = f(lo * clip), xmax = f(hi * clip);
-    let scale = 1, zero = 0;
-    if (sym) {
-      xmax = Math.max(Math.abs(xmin), xmax);
-      if (xmax !== 0) scale = f(xmax / maxq);
-    } else {
-      if (xmin === 0 && xmax === 0) [xmin, xmax] = [-1, 1];
-      scale = f(f(xmax - xmin) / maxq);
-      zero = roundEven(f(-xmin / scale));
-    }
+    const { scale, zero } = unitGrid(x, { base, end, step }, { clip, sym, den: maxq });
     for (let i = base; i < base + end; i += step) {
       const r = roundEven(f(x[i] / scale));
       y[i] = sym
@@ -298,32 +330,15 @@ export function sdrQuantRef(
   const lower = ds ? -(2 ** (bits - 1)) : -maxq;
   const clip = f(spec.clip ?? 1);
   const { units, count, gs, mode } = fakeQuantUnits(spec, rows, cols);
-  // Element e of unit u sits at base(u) + e·step, as in fakeQuantRef: each unit's range, scale
-  // and codes in one walk (the same elements in the same order as a per-element unit lookup).
-  const step = mode === 2 ? cols : 1;
-  const end = count * step;
-  const baseOf = (u: number) => (mode === 0 ? 0 : mode === 2 ? u : u * gs);
+  // Each unit's range, scale and codes in one walk (the same elements in the same order as a
+  // per-element unit lookup).
+  const { step, end, baseOf } = unitWalk({ count, gs, mode }, cols);
   const scale = new Float64Array(units);
   // QRazor's SDR pass needs every code before any output; the other grids write y directly.
   const c = spec.qrazor ? new Float64Array(n) : undefined;
   for (let u = 0; u < units; u++) {
     const base = baseOf(u);
-    let lo = 0, hi = 0;
-    for (let i = base; i < base + end; i += step) {
-      const v = x[i];
-      if (v < lo) lo = v;
-      if (v > hi) hi = v;
-    }
-    let xmin = f(lo * clip), xmax = f(hi * clip);
-    let s = 1, zero = 0;
-    if (sym) {
-      xmax = Math.max(Math.abs(xmin), xmax);
-      if (xmax !== 0) s = f(xmax / den);
-    } else {
-      if (xmin === 0 && xmax === 0) [xmin, xmax] = [-1, 1];
-      s = f(f(xmax - xmin) / den);
-      zero = roundEven(f(-xmin / s));
-    }
+    const { scale: s, zero } = unitGrid(x, { base, end, step }, { clip, sym, den });
     scale[u] = s;
     for (let i = base; i < base + end; i += step) {
       const r = roundEven(f(x[i] / s));

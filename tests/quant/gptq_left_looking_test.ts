@@ -6,38 +6,9 @@
  * right-looking update.
  */
 import { assertEquals } from "@std/assert";
-import {
-  type BlockUpdate,
-  gptqQuantize,
-  type GptqTimings,
-} from "../../src/quant/weight_only/gptq.ts";
+import type { GptqTimings } from "../../src/quant/weight_only/gptq.ts";
 import type { QuantResult } from "../../src/quant/core/types.ts";
-import { mulberry32, randnArray } from "../../src/rng.ts";
-import { randomH } from "./_oracles.ts";
-
-async function run(
-  rows: number,
-  cols: number,
-  opts: Record<string, unknown> & { bits: number; blockUpdate: BlockUpdate },
-): Promise<QuantResult> {
-  const rng = mulberry32(rows * 7 + cols);
-  const W = { shape: [rows, cols], data: Float32Array.from(randnArray(rng, rows * cols)) };
-  const H = randomH(rng, cols, { n: cols + 32, k: 8, damp: 1e-3 });
-  return await gptqQuantize(W, { H, nsamples: cols + 32 }, opts);
-}
-
-/** Mismatching entries of two arrays and the first one (no giant diff on failure). */
-function mismatches(a: ArrayLike<number>, b: ArrayLike<number>): string {
-  if (a.length !== b.length) return `lengths ${a.length} vs ${b.length}`;
-  let n = 0, first = -1;
-  for (let i = 0; i < a.length; i++) {
-    if (!Object.is(a[i], b[i])) {
-      if (first < 0) first = i;
-      n++;
-    }
-  }
-  return n === 0 ? "" : `${n} of ${a.length} differ, first at ${first}: ${a[first]} vs ${b[first]}`;
-}
+import { gptqOnRandomLayer, mismatches } from "./_gptq_cases.ts";
 
 function assertSame(a: QuantResult, b: QuantResult) {
   assertEquals(mismatches(a.meta.codes!, b.meta.codes!), "", "codes");
@@ -61,8 +32,8 @@ const cases: [string, number, number, Record<string, unknown> & { bits: number }
 
 for (const [name, rows, cols, opts] of cases) {
   Deno.test(`gptq left-looking update = right-looking, bit for bit: ${name}`, async () => {
-    const right = await run(rows, cols, { ...opts, blockUpdate: "right" });
-    const left = await run(rows, cols, { ...opts, blockUpdate: "left" });
+    const right = await gptqOnRandomLayer(rows, cols, { ...opts, blockUpdate: "right" });
+    const left = await gptqOnRandomLayer(rows, cols, { ...opts, blockUpdate: "left" });
     assertEquals((right.meta.timings as GptqTimings).blockUpdate, "right");
     assertEquals((left.meta.timings as GptqTimings).blockUpdate, "left");
     assertSame(left, right);
@@ -70,14 +41,14 @@ for (const [name, rows, cols, opts] of cases) {
 }
 
 Deno.test("gptq blockUpdate auto: left for large CPU layers, right for small ones", async () => {
-  const big = await run(512, 640, { bits: 4, groupSize: 128, blockUpdate: "auto" });
+  const big = await gptqOnRandomLayer(512, 640, { bits: 4, groupSize: 128, blockUpdate: "auto" });
   assertEquals((big.meta.timings as GptqTimings).blockUpdate, "left");
-  const small = await run(64, 256, { bits: 4, groupSize: 128, blockUpdate: "auto" });
+  const small = await gptqOnRandomLayer(64, 256, { bits: 4, groupSize: 128, blockUpdate: "auto" });
   assertEquals((small.meta.timings as GptqTimings).blockUpdate, "right");
 });
 
 Deno.test("gptq blockUpdate left: groups crossing blocks keep the right-looking update", async () => {
   // groupSize 96 with blocksize 128: the group at column 96 spans two blocks.
-  const res = await run(256, 768, { bits: 4, groupSize: 96, blockUpdate: "left" });
+  const res = await gptqOnRandomLayer(256, 768, { bits: 4, groupSize: 96, blockUpdate: "left" });
   assertEquals((res.meta.timings as GptqTimings).blockUpdate, "right");
 });

@@ -7,27 +7,9 @@
  */
 import { assert, assertEquals } from "@std/assert";
 import { gptqWasm, gptqWasmBytes } from "../../src/quant/weight_only/_gptq_wasm.ts";
-import {
-  gptqQuantize,
-  type GptqTimings,
-  type InBlockKernel,
-} from "../../src/quant/weight_only/gptq.ts";
-import type { QuantResult } from "../../src/quant/core/types.ts";
+import type { GptqTimings } from "../../src/quant/weight_only/gptq.ts";
 import { mulberry32, randnArray } from "../../src/rng.ts";
-import { randomH } from "./_oracles.ts";
-
-/** Mismatching entries of two arrays and the first one (no giant diff on failure). */
-function mismatches(a: ArrayLike<number>, b: ArrayLike<number>): string {
-  if (a.length !== b.length) return `lengths ${a.length} vs ${b.length}`;
-  let n = 0, first = -1;
-  for (let i = 0; i < a.length; i++) {
-    if (!Object.is(a[i], b[i])) {
-      if (first < 0) first = i;
-      n++;
-    }
-  }
-  return n === 0 ? "" : `${n} of ${a.length} differ, first at ${first}: ${a[first]} vs ${b[first]}`;
-}
+import { gptqOnRandomLayer, mismatches } from "./_gptq_cases.ts";
 
 Deno.test("gptq wasm kernel: valid module, W −= e·h equal to the TypeScript loop", () => {
   assert(WebAssembly.validate(gptqWasmBytes()));
@@ -53,17 +35,6 @@ Deno.test("gptq wasm kernel: valid module, W −= e·h equal to the TypeScript l
   }
 });
 
-async function run(
-  rows: number,
-  cols: number,
-  opts: Record<string, unknown> & { bits: number; inBlockKernel: InBlockKernel },
-): Promise<QuantResult> {
-  const rng = mulberry32(rows * 11 + cols);
-  const W = { shape: [rows, cols], data: Float32Array.from(randnArray(rng, rows * cols)) };
-  const H = randomH(rng, cols, { n: cols + 32, k: 8, damp: 1e-3 });
-  return await gptqQuantize(W, { H, nsamples: cols + 32 }, opts);
-}
-
 const cases: [string, number, number, Record<string, unknown> & { bits: number }][] = [
   ["4-bit g128 act-order, left-looking", 514, 640, { bits: 4, groupSize: 128, actOrder: true }],
   ["3-bit per-channel, right-looking", 67, 300, { bits: 3, blockUpdate: "right" }],
@@ -76,8 +47,8 @@ const cases: [string, number, number, Record<string, unknown> & { bits: number }
 ];
 for (const [name, rows, cols, opts] of cases) {
   Deno.test(`gptq with the wasm kernel = the TypeScript loop, bit for bit: ${name}`, async () => {
-    const ts = await run(rows, cols, { ...opts, inBlockKernel: "ts" });
-    const wasm = await run(rows, cols, { ...opts, inBlockKernel: "auto" });
+    const ts = await gptqOnRandomLayer(rows, cols, { ...opts, inBlockKernel: "ts" });
+    const wasm = await gptqOnRandomLayer(rows, cols, { ...opts, inBlockKernel: "auto" });
     assertEquals((ts.meta.timings as GptqTimings).inBlockKernel, "ts");
     assertEquals((wasm.meta.timings as GptqTimings).inBlockKernel, "wasm");
     assertEquals(mismatches(wasm.meta.codes!, ts.meta.codes!), "", "codes");

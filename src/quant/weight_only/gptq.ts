@@ -175,7 +175,7 @@ interface BlockBuffers {
   Q1: Float32Array;
   /**
    * The WebAssembly four-row update, with `W1` at byte `w1` of its memory and the block's
-   * `Hinv[i1:i2, i1:i2]` (row-major, `count` wide) at byte `h` (see {@linkcode blockScratch}).
+   * `Hinv[i1:i2, i1:i2]` (row-major, `count` wide) at byte `h` (see {@linkcode columnLoop}).
    */
   wasm?: { k: GptqWasm; w1: number; h: number };
   scales: Float32Array;
@@ -378,7 +378,7 @@ export type InBlockKernel = "auto" | "ts";
  * codes/Q at the original columns; returns `Σ (w − q)²/Hinv_ii²`.
  */
 async function cpuColumns(
-  buf: Omit<BlockBuffers, "W1" | "Err1" | "codes1" | "Q1"> & { Wc: Float32Array },
+  buf: ColumnBuffers & { Wc: Float32Array },
   o: ColumnOptions,
 ): Promise<number> {
   const mode = o.blockUpdate ?? "auto";
@@ -403,48 +403,83 @@ function fitBlockGroups(
   }
 }
 
+/** The layers' buffers every block's column loop reads or fills. */
+type ColumnBuffers = Omit<BlockBuffers, "W1" | "Err1" | "codes1" | "Q1" | "wasm">;
+
 /**
- * The block's `W1` view `[rows, count]` and, with the WebAssembly kernel, the kernel's memory
- * holding `W1` and the tile `Hinv[i1:i2, i1:i2]` (copied here). Views are made per block, in the
- * same synchronous stretch as the block's column loop: the memory is shared and may grow (and
- * be rewritten) during another layer's awaits. Without the kernel, `W1` is `fallback`.
+ * Per-layer scratch of the column loop, `rows × bs` each, allocated once (first touches of fresh
+ * pages are slow on virtual machines): the gathered block weights and the block's codes/weights.
  */
-function blockScratch(
-  Hinv: Float32Array,
-  o: {
-    rows: number;
-    cols: number;
+function columnScratch(rows: number, bs: number) {
+  return {
+    W1: new Float32Array(rows * bs),
+    codes1: new Uint8Array(rows * bs),
+    Q1: new Float32Array(rows * bs),
+  };
+}
+
+/** Columns [i1, i2) of the row-major `[rows, cols]` `W` into `out` as `[rows, i2 − i1]`. */
+function gatherColumns(
+  W: Float32Array,
+  out: Float32Array,
+  o: { rows: number; cols: number; i1: number; i2: number },
+): Float32Array {
+  const { rows, cols, i1, i2 } = o, count = i2 - i1;
+  const W1 = out.subarray(0, rows * count);
+  for (let r = 0; r < rows; r++) W1.set(W.subarray(r * cols + i1, r * cols + i2), r * count);
+  return W1;
+}
+
+/**
+ * {@linkcode quantizeBlock} on block [i1, i2) with weights `W1` (overwritten by the lazy
+ * updates). With the WebAssembly kernel, `W1` and the tile `Hinv[i1:i2, i1:i2]` are copied into
+ * its memory first, in the same synchronous stretch as the loop: the memory is shared and may
+ * grow (and be rewritten) during another layer's awaits. Returns the block's loss.
+ */
+function columnLoop(
+  buf: ColumnBuffers,
+  o: ColumnOptions,
+  b: {
     i1: number;
     i2: number;
-    fallback: Float32Array;
-    kernel?: InBlockKernel;
+    W1: Float32Array;
+    Err1: Float32Array;
+    scratch: { codes1: Uint8Array; Q1: Float32Array };
   },
-): { W1: Float32Array; wasm?: { k: GptqWasm; w1: number; h: number } } {
-  const { rows, cols, i1, i2 } = o, count = i2 - i1;
-  const k = o.kernel === "ts" ? null : gptqWasm();
-  if (!k) return { W1: o.fallback.subarray(0, rows * count) };
-  const buffer = k.memory(4 * (rows * count + count * count));
-  const h = 4 * rows * count;
-  const tile = new Float32Array(buffer, h, count * count);
-  for (let i = 0; i < count; i++) {
-    tile.set(Hinv.subarray((i1 + i) * cols + i1, (i1 + i) * cols + i2), i * count);
+): number {
+  const { rows, cols, ngroups, maxq } = o, { i1, i2 } = b, count = i2 - i1;
+  const { Hinv, codes, Q, scales, zeros, colGroup, perm } = buf;
+  const { codes1, Q1 } = b.scratch;
+  const k = o.inBlockKernel === "ts" ? null : gptqWasm();
+  let W1 = b.W1, wasm: BlockBuffers["wasm"];
+  if (k) {
+    const buffer = k.memory(4 * (rows * count + count * count));
+    const h = 4 * rows * count;
+    const tile = new Float32Array(buffer, h, count * count);
+    for (let i = 0; i < count; i++) {
+      tile.set(Hinv.subarray((i1 + i) * cols + i1, (i1 + i) * cols + i2), i * count);
+    }
+    W1 = new Float32Array(buffer, 0, rows * count);
+    W1.set(b.W1);
+    wasm = { k, w1: 0, h };
   }
-  return { W1: new Float32Array(buffer, 0, rows * count), wasm: { k, w1: 0, h } };
+  return quantizeBlock(
+    { W1, Err1: b.Err1, Hinv, codes, Q, codes1, Q1, scales, zeros, colGroup, perm, wasm },
+    { rows, cols, ngroups, i1, i2, maxq },
+  );
 }
 
 /** {@linkcode cpuColumns}, right-looking: the trailing product after each block. */
 async function rightLookingColumns(
-  buf: Omit<BlockBuffers, "W1" | "Err1" | "codes1" | "Q1"> & { Wc: Float32Array },
+  buf: ColumnBuffers & { Wc: Float32Array },
   o: ColumnOptions,
 ): Promise<number> {
-  const { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm } = buf;
-  const { rows, cols, ngroups, maxq, timings } = o;
+  const { Wc, Hinv } = buf;
+  const { rows, cols, timings } = o;
   const Wt: Tensor = { shape: [rows, cols], data: Wc };
   const clock = stopwatch<TimedStep>(timings);
-  // Block scratch, allocated once: first touches of fresh pages are slow on virtual machines.
-  const bs = Math.min(o.blocksize, cols);
-  const W1s = new Float32Array(rows * bs), Err1s = new Float32Array(rows * bs);
-  const codes1 = new Uint8Array(rows * bs), Q1 = new Float32Array(rows * bs);
+  const scratch = columnScratch(rows, Math.min(o.blocksize, cols));
+  const Err1s = new Float32Array(rows * Math.min(o.blocksize, cols));
   let loss = 0;
   for (let i1 = 0; i1 < cols; i1 += o.blocksize) {
     const i2 = Math.min(i1 + o.blocksize, cols), count = i2 - i1;
@@ -453,20 +488,9 @@ async function rightLookingColumns(
       fitBlockGroups(Wt, o, { i1, i2, c0: 0 });
       clock.lap("params");
     }
-    const { W1, wasm } = blockScratch(Hinv, {
-      rows,
-      cols,
-      i1,
-      i2,
-      fallback: W1s,
-      kernel: o.inBlockKernel,
-    });
-    for (let r = 0; r < rows; r++) W1.set(Wc.subarray(r * cols + i1, r * cols + i2), r * count);
+    const W1 = gatherColumns(Wc, scratch.W1, { rows, cols, i1, i2 });
     const Err1 = Err1s.subarray(0, rows * count); // every entry written by quantizeEntry
-    loss += quantizeBlock(
-      { W1, Err1, Hinv, codes, Q, codes1, Q1, scales, zeros, colGroup, perm, wasm },
-      { rows, cols, ngroups, i1, i2, maxq },
-    );
+    loss += columnLoop(buf, o, { i1, i2, W1, Err1, scratch });
     clock.lap("inBlock");
     if (i2 < cols) {
       const rest = cols - i2;
@@ -491,28 +515,29 @@ async function rightLookingColumns(
  * blocks' `Err1` are kept stacked. `Wc` is only read.
  */
 async function leftLookingColumns(
-  buf: Omit<BlockBuffers, "W1" | "Err1" | "codes1" | "Q1"> & { Wc: Float32Array },
+  buf: ColumnBuffers & { Wc: Float32Array },
   o: ColumnOptions,
 ): Promise<number> {
-  const { Wc, Hinv, codes, Q, scales, zeros, colGroup, perm } = buf;
-  const { rows, cols, ngroups, maxq, timings } = o;
+  const { Wc, Hinv } = buf;
+  const { rows, cols, timings } = o;
   const bs = o.blocksize, nblocks = Math.ceil(cols / bs);
   const clock = stopwatch<TimedStep>(timings);
   const update = await blockUpdateSession();
   // Err1 of blocks 0..nblocks−2 ([nb, rows, bs]) and the Hinv tiles above the current block.
   const E = new Float32Array((nblocks - 1) * rows * bs);
   const Ht = new Float32Array((nblocks - 1) * bs * bs);
-  // Block scratch, allocated once: first touches of fresh pages are slow on virtual machines.
-  const W1s = new Float32Array(rows * bs), lastErr = new Float32Array(rows * bs);
-  const codes1 = new Uint8Array(rows * bs), Q1 = new Float32Array(rows * bs);
+  const scratch = columnScratch(rows, bs), lastErr = new Float32Array(rows * bs);
   let loss = 0;
   for (let b = 0; b < nblocks; b++) {
     const i1 = b * bs, i2 = Math.min(i1 + bs, cols), count = i2 - i1;
     clock.restart();
-    let W1: Float32Array = W1s.subarray(0, rows * count);
-    for (let r = 0; r < rows; r++) W1.set(Wc.subarray(r * cols + i1, r * cols + i2), r * count);
     for (let k = 0; k < i1; k++) Ht.set(Hinv.subarray(k * cols + i1, k * cols + i2), k * count);
-    W1 = await update(W1, { E, H: Ht }, { rows, count, k: bs, nb: b });
+    const W1 = await update(gatherColumns(Wc, scratch.W1, { rows, cols, i1, i2 }), { E, H: Ht }, {
+      rows,
+      count,
+      k: bs,
+      nb: b,
+    });
     clock.lap("trailing");
     if (o.fitGroups) {
       fitBlockGroups({ shape: [rows, count], data: W1 }, o, { i1, i2, c0: i1 });
@@ -522,34 +547,7 @@ async function leftLookingColumns(
     const Err1 = b < nblocks - 1
       ? E.subarray(b * rows * bs, (b + 1) * rows * bs)
       : lastErr.subarray(0, rows * count);
-    // The block's weights into the kernel's memory, in the loop's synchronous stretch.
-    const scratch = blockScratch(Hinv, {
-      rows,
-      cols,
-      i1,
-      i2,
-      fallback: W1,
-      kernel: o.inBlockKernel,
-    });
-    if (scratch.W1 !== W1) scratch.W1.set(W1);
-    loss += quantizeBlock(
-      // The same key order as the right-looking call: one object shape for the column loop.
-      {
-        W1: scratch.W1,
-        Err1,
-        Hinv,
-        codes,
-        Q,
-        codes1,
-        Q1,
-        scales,
-        zeros,
-        colGroup,
-        perm,
-        wasm: scratch.wasm,
-      },
-      { rows, cols, ngroups, i1, i2, maxq },
-    );
+    loss += columnLoop(buf, o, { i1, i2, W1, Err1, scratch });
     clock.lap("inBlock");
   }
   return loss;
